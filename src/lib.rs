@@ -1,0 +1,33 @@
+//! certbroker: a gRPC certificate broker for STIR/SHAKEN.
+//!
+//! Signers (STI-AS) ask for "a valid certificate for SPC 1234"; the broker answers from its
+//! cache or obtains one from an upstream STI-CA over ACME (RFC 8555) with the token-based
+//! challenge tkauth-01 (RFC 9447/9448), once for the whole fleet.
+//!
+//! Module map, in request order: [`api`] (gRPC) → [`broker`] (cache, single-flight) →
+//! [`store`] (shared store) / [`ca`] (upstream CAs) → [`acme`] (protocol client) →
+//! [`challenge`] (tkauth-01 tokens, http-01). [`shaken`] holds the SHAKEN data formats,
+//! [`devca`] an embedded STI-PA and STI-CA for development and tests.
+
+pub mod acme;
+pub mod api;
+pub mod broker;
+pub mod ca;
+pub mod challenge;
+pub mod cli;
+pub mod config;
+pub mod devca;
+pub mod shaken;
+pub mod store;
+pub mod telemetry;
+pub mod tls;
+
+/// Generated protobuf and gRPC code for `certbroker.v1`.
+pub mod pb {
+    #![allow(missing_docs, unreachable_pub, unused_qualifications, clippy::all)]
+    tonic::include_proto!("certbroker.v1");
+
+    /// Encoded file descriptor set, for gRPC server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("certbroker_descriptor");
+}

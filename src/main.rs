@@ -1,0 +1,5 @@
+//! The `certbroker` binary: see `certbroker --help`.
+
+fn main() -> anyhow::Result<()> {
+    certbroker::cli::main()
+}
