@@ -1,1 +1,11 @@
-//! TODO module ca
+//! Upstream STI-CAs: one [`Upstream`] per `[[ca]]` (account, order flow, challenge answers)
+//! and the [`CaPool`] that tries them in priority order, failing over on retryable errors.
+
+mod attempt;
+mod pool;
+mod upstream;
+
+pub use attempt::AttemptError;
+pub use pool::CaPool;
+pub use upstream::{Issued, Upstream};
+pub(crate) use upstream::write_private;

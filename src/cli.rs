@@ -1,1 +1,83 @@
-//! TODO module cli
+//! The `certbroker` command line: `serve`, `devca`, `issue` (one certificate straight from an
+//! ACME CA, like `lego run`), and the gRPC client commands `get` and `revoke`.
+
+mod client;
+mod devca;
+mod ids;
+mod issue;
+mod serve;
+
+use clap::{Parser, Subcommand};
+
+/// certbroker: a gRPC certificate broker for STIR/SHAKEN.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the broker (gRPC). `--dev` embeds an STI-PA and STI-CA and needs no config.
+    Serve(serve::ServeArgs),
+    /// Run the embedded STI-PA + STI-CA standalone, for any ACME client.
+    Devca(devca::DevcaArgs),
+    /// Obtain one certificate directly from an ACME CA and write it to a directory.
+    Issue(issue::IssueArgs),
+    /// Ask a running broker for a certificate.
+    Get(client::GetArgs),
+    /// Ask a running broker to revoke a certificate.
+    Revoke(client::RevokeArgs),
+}
+
+/// Entry point of the binary.
+pub fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => serve::run(args).await,
+            Command::Devca(args) => devca::run(args).await,
+            Command::Issue(args) => issue::run(args).await,
+            Command::Get(args) => client::get(args).await,
+            Command::Revoke(args) => client::revoke(args).await,
+        }
+    })
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub(crate) async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutdown requested; finishing in-flight requests");
+}
+
+/// PEM-encodes DER under `label`.
+pub(crate) fn pem(label: &str, der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(chunk));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}

@@ -1,1 +1,325 @@
-//! TODO module config
+//! One typed configuration: a TOML file, overridden by `CERTBROKER_<SECTION>__<KEY>`
+//! environment variables (for example `CERTBROKER_SERVER__LISTEN=0.0.0.0:50051`).
+//!
+//! Every key is documented in the README's configuration reference. Loading validates
+//! everything up front and names the offending key, so a bad value stops start-up instead
+//! of surfacing on the first request.
+
+use std::{collections::BTreeSet, net::SocketAddr, path::PathBuf};
+
+use figment::{
+    Figment,
+    providers::{Env, Format, Serialized, Toml},
+};
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+use crate::challenge::TkAuthSettings;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// The gRPC listener.
+    #[serde(default)]
+    pub server: ServerSettings,
+    /// Where certificates are kept between requests and replicas.
+    #[serde(default)]
+    pub store: StoreSettings,
+    /// Cache and issuance behaviour.
+    #[serde(default)]
+    pub broker: BrokerSettings,
+    /// Logging.
+    #[serde(default)]
+    pub telemetry: TelemetrySettings,
+    /// Upstream STI-CAs, tried in `priority` order within a pool.
+    #[serde(default)]
+    pub ca: Vec<CaSettings>,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSettings {
+    /// Address of the gRPC listener.
+    pub listen: SocketAddr,
+    /// How long in-flight requests may run after SIGTERM before the process exits.
+    pub shutdown_grace_secs: u64,
+}
+
+/// `[store]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSettings {
+    /// `memory` (one process) or `redis` (a fleet).
+    pub backend: StoreBackend,
+    /// Redis URL for `backend = "redis"` (`redis://` or `rediss://`, with AUTH in the URL).
+    pub url: Option<String>,
+}
+
+/// Which store backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StoreBackend {
+    /// In-process only.
+    #[default]
+    Memory,
+    /// Shared Redis.
+    Redis,
+}
+
+/// `[broker]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerSettings {
+    /// Most certificates kept in the in-process cache.
+    pub cache_capacity: u64,
+    /// Validity a cached certificate must have left when the caller names none.
+    pub default_min_remaining_secs: u64,
+    /// Upper bound for one whole issuance, all CAs of the pool included.
+    pub issuance_timeout_secs: u64,
+}
+
+/// `[telemetry]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetrySettings {
+    /// `tracing` filter directives, e.g. `info,certbroker=debug`. `RUST_LOG` wins if set.
+    pub log_filter: String,
+    /// Log lines as JSON objects instead of text.
+    pub json: bool,
+}
+
+/// One `[[ca]]` upstream.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaSettings {
+    /// Unique name; reported as `issuer_ca`.
+    pub name: String,
+    /// ACME directory URL.
+    pub directory: Url,
+    /// PEM bundle trusted for the CA's HTTPS (and the STI-PA's, unless it names its own);
+    /// absent: the system's roots.
+    #[serde(default)]
+    pub trust_roots: Option<PathBuf>,
+    /// Pools this CA serves; a request names one (`ca_pool`), empty means `default`.
+    #[serde(default = "default_pools")]
+    pub pools: Vec<String>,
+    /// Lower is tried first.
+    #[serde(default)]
+    pub priority: u32,
+    /// PKCS#8 PEM of the ACME account key; created on first start if absent.
+    pub account_key: PathBuf,
+    /// Account contact URLs (`mailto:`).
+    #[serde(default)]
+    pub contact: Vec<String>,
+    /// External account binding, when the CA requires it.
+    #[serde(default)]
+    pub eab: Option<EabSettings>,
+    /// Timeout of one HTTP request to the CA.
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout_secs: u64,
+    /// Timeout of one whole order at this CA (per-attempt deadline before failover).
+    #[serde(default = "default_attempt_timeout")]
+    pub attempt_timeout_secs: u64,
+    /// Subject fields of the CSRs the broker makes.
+    #[serde(default)]
+    pub csr: CsrSettings,
+    /// tkauth-01 dialect of this CA.
+    #[serde(default)]
+    pub challenge: TkAuthSettings,
+    /// Where SPC tokens come from: the STI-PA API ...
+    #[serde(default)]
+    pub sti_pa: Option<StiPaSettings>,
+    /// ... or a file holding a token obtained out of band.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+}
+
+/// `[ca.eab]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EabSettings {
+    /// Key identifier the CA gave.
+    pub key_id: String,
+    /// Name of the environment variable holding the base64url HMAC key.
+    pub hmac_key_env: String,
+}
+
+/// `[ca.csr]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CsrSettings {
+    /// Subject C.
+    pub country: String,
+    /// Subject O: the carrier's legal name.
+    pub organization: String,
+}
+
+/// `[ca.sti_pa]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StiPaSettings {
+    /// API base, e.g. `https://authenticate-api.iconectiv.com`.
+    pub base_url: Url,
+    /// Login user id.
+    pub user_id: String,
+    /// Password, inline; prefer `password_env`.
+    #[serde(default, skip_serializing)]
+    pub password: Option<SecretString>,
+    /// Name of an environment variable holding the password.
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// PEM bundle trusted for the STI-PA's HTTPS; absent: the CA's `trust_roots`.
+    #[serde(default)]
+    pub trust_roots: Option<PathBuf>,
+}
+
+/// A configuration that cannot be used, naming the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file or an environment variable did not parse; figment names the key.
+    #[error("{0}")]
+    Parse(#[from] Box<figment::Error>),
+    /// A value parsed but is not usable.
+    #[error("invalid `{key}`: {reason}")]
+    Invalid {
+        /// The dotted key path.
+        key: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+// === impl Settings ===
+
+impl Settings {
+    /// Loads `file` (if given) and the `CERTBROKER_*` environment, then validates.
+    pub fn load(file: Option<&std::path::Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Self::default()));
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(ConfigError::Invalid {
+                    key: "--config".into(),
+                    reason: format!("{} does not exist", file.display()),
+                });
+            }
+            figment = figment.merge(Toml::file(file));
+        }
+        figment = figment.merge(Env::prefixed("CERTBROKER_").split("__"));
+        Self::from_figment(figment)
+    }
+
+    /// Extracts and validates settings from any figment (used by tests with inline TOML).
+    pub fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
+        let settings: Self = figment.extract().map_err(Box::new)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Parses TOML text with no environment overrides.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        Self::from_figment(
+            Figment::from(Serialized::defaults(Self::default())).merge(Toml::string(text)),
+        )
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: String, reason: &str| ConfigError::Invalid {
+            key,
+            reason: reason.to_owned(),
+        };
+        if self.store.backend == StoreBackend::Redis && self.store.url.is_none() {
+            return Err(invalid("store.url".into(), "required when store.backend = \"redis\""));
+        }
+        if self.broker.cache_capacity == 0 {
+            return Err(invalid("broker.cache_capacity".into(), "must be at least 1"));
+        }
+        let mut names = BTreeSet::new();
+        for (i, ca) in self.ca.iter().enumerate() {
+            let key = |k: &str| format!("ca[{i}].{k}");
+            if ca.name.is_empty() || !names.insert(ca.name.as_str()) {
+                return Err(invalid(key("name"), "must be non-empty and unique"));
+            }
+            if !matches!(ca.directory.scheme(), "https" | "http") {
+                return Err(invalid(key("directory"), "must be an https URL"));
+            }
+            if ca.pools.is_empty() || ca.pools.iter().any(String::is_empty) {
+                return Err(invalid(key("pools"), "must list at least one non-empty pool name"));
+            }
+            if ca.sti_pa.is_some() && ca.token_file.is_some() {
+                return Err(invalid(key("token_file"), "set either sti_pa or token_file, not both"));
+            }
+            if let Some(pa) = &ca.sti_pa {
+                if pa.password.is_none() && pa.password_env.is_none() {
+                    return Err(invalid(key("sti_pa.password_env"), "set password_env (or password)"));
+                }
+            }
+            if ca.request_timeout_secs == 0 || ca.attempt_timeout_secs == 0 {
+                return Err(invalid(key("attempt_timeout_secs"), "timeouts must be at least 1 second"));
+            }
+        }
+        Ok(())
+    }
+}
+
+// === defaults ===
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            shutdown_grace_secs: 30,
+        }
+    }
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        Self {
+            backend: StoreBackend::Memory,
+            url: None,
+        }
+    }
+}
+
+impl Default for BrokerSettings {
+    fn default() -> Self {
+        Self {
+            cache_capacity: 100_000,
+            default_min_remaining_secs: 300,
+            issuance_timeout_secs: 300,
+        }
+    }
+}
+
+impl Default for TelemetrySettings {
+    fn default() -> Self {
+        Self {
+            log_filter: "info".into(),
+            json: false,
+        }
+    }
+}
+
+impl Default for CsrSettings {
+    fn default() -> Self {
+        Self {
+            country: "US".into(),
+            organization: "certbroker".into(),
+        }
+    }
+}
+
+fn default_pools() -> Vec<String> {
+    vec!["default".into()]
+}
+
+fn default_request_timeout() -> u64 {
+    30
+}
+
+fn default_attempt_timeout() -> u64 {
+    120
+}

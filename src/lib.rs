@@ -11,6 +11,7 @@
 
 pub mod acme;
 pub mod api;
+pub mod app;
 pub mod broker;
 pub mod ca;
 pub mod challenge;

@@ -1,0 +1,129 @@
+//! The one place a [`BrokerError`] becomes a `tonic::Status`.
+//!
+//! | error | code | details |
+//! |---|---|---|
+//! | invalid request field | `INVALID_ARGUMENT` | `google.rpc.BadRequest` naming the field |
+//! | unknown certificate | `NOT_FOUND` | |
+//! | CA or STI-PA refused | `FAILED_PRECONDITION` | `ErrorInfo` with CA, problem type, detail |
+//! | CA rate limited | `RESOURCE_EXHAUSTED` | `ErrorInfo`, `RetryInfo` |
+//! | no CA reachable, CA timed out | `UNAVAILABLE` | `ErrorInfo`, `RetryInfo` when known |
+//! | issuance deadline passed | `DEADLINE_EXCEEDED` | |
+//! | anything else | `INTERNAL` | fixed message; the cause is logged |
+
+use std::collections::HashMap;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::broker::{BrokerError, FailureKind, IssueError};
+
+/// Maps a broker error to the status the caller sees.
+pub fn to_status(err: &BrokerError) -> Status {
+    match err {
+        BrokerError::InvalidArgument { field, reason } => Status::with_error_details(
+            Code::InvalidArgument,
+            format!("invalid {field}: {reason}"),
+            ErrorDetails::with_bad_request_violation(field.clone(), reason.clone()),
+        ),
+        BrokerError::NotFound(what) => Status::not_found(what.clone()),
+        BrokerError::Upstream(e) => upstream(e),
+        BrokerError::DeadlineExceeded(_) => Status::deadline_exceeded(err.to_string()),
+        BrokerError::Internal(cause) => {
+            tracing::error!(cause = %cause, "internal error");
+            Status::internal("internal error; see the broker's log")
+        }
+    }
+}
+
+fn upstream(e: &IssueError) -> Status {
+    let code = match e.kind {
+        FailureKind::Refused => Code::FailedPrecondition,
+        FailureKind::RateLimited => Code::ResourceExhausted,
+        FailureKind::Unavailable | FailureKind::Timeout => Code::Unavailable,
+        FailureKind::NoSuchPool => Code::InvalidArgument,
+    };
+    let mut metadata = HashMap::new();
+    if let Some(ca) = &e.ca {
+        metadata.insert("ca".to_owned(), ca.clone());
+    }
+    if let Some(t) = &e.problem_type {
+        metadata.insert("problem_type".to_owned(), t.clone());
+    }
+    metadata.insert("detail".to_owned(), e.detail.clone());
+    let reason = match e.kind {
+        FailureKind::Refused => "UPSTREAM_REFUSED",
+        FailureKind::RateLimited => "UPSTREAM_RATE_LIMITED",
+        FailureKind::Unavailable => "UPSTREAM_UNAVAILABLE",
+        FailureKind::Timeout => "UPSTREAM_TIMEOUT",
+        FailureKind::NoSuchPool => "NO_SUCH_POOL",
+    };
+    let mut details = ErrorDetails::with_error_info(reason, "certbroker", metadata);
+    if let Some(after) = e.retry_after {
+        details.set_retry_info(Some(after));
+    }
+    if e.kind == FailureKind::NoSuchPool {
+        details.add_bad_request_violation("ca_pool", e.detail.clone());
+    }
+    Status::with_error_details(code, e.to_string(), details)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn upstream_err(kind: FailureKind, retry: Option<u64>) -> BrokerError {
+        BrokerError::Upstream(IssueError {
+            ca: Some("ca1".into()),
+            kind,
+            problem_type: Some("urn:ietf:params:acme:error:rateLimited".into()),
+            detail: "slow down".into(),
+            retry_after: retry.map(Duration::from_secs),
+        })
+    }
+
+    #[test]
+    fn mapping_table() {
+        let cases = [
+            (BrokerError::invalid("tn_auth_list[0].spc", "must not be empty"), Code::InvalidArgument),
+            (BrokerError::NotFound("serial 01".into()), Code::NotFound),
+            (upstream_err(FailureKind::Refused, None), Code::FailedPrecondition),
+            (upstream_err(FailureKind::RateLimited, Some(30)), Code::ResourceExhausted),
+            (upstream_err(FailureKind::Unavailable, None), Code::Unavailable),
+            (upstream_err(FailureKind::Timeout, None), Code::Unavailable),
+            (upstream_err(FailureKind::NoSuchPool, None), Code::InvalidArgument),
+            (BrokerError::DeadlineExceeded(Duration::from_secs(1)), Code::DeadlineExceeded),
+            (BrokerError::Internal("secret detail".into()), Code::Internal),
+        ];
+        for (err, code) in cases {
+            assert_eq!(to_status(&err).code(), code, "{err}");
+        }
+    }
+
+    #[test]
+    fn invalid_argument_names_the_field() {
+        let status = to_status(&BrokerError::invalid("tn_auth_list[0].spc", "must not be empty"));
+        let details = status.get_error_details();
+        let bad = details.bad_request().expect("BadRequest details");
+        assert_eq!(bad.field_violations[0].field, "tn_auth_list[0].spc");
+        assert_eq!(bad.field_violations[0].description, "must not be empty");
+    }
+
+    #[test]
+    fn upstream_carries_problem_and_retry_info() {
+        let status = to_status(&upstream_err(FailureKind::RateLimited, Some(30)));
+        assert!(status.message().contains("rateLimited"), "{}", status.message());
+        let details = status.get_error_details();
+        let info = details.error_info().expect("ErrorInfo");
+        assert_eq!(info.metadata["ca"], "ca1");
+        assert_eq!(info.metadata["problem_type"], "urn:ietf:params:acme:error:rateLimited");
+        assert_eq!(details.retry_info().unwrap().retry_delay, Some(Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn internal_errors_do_not_leak() {
+        let status = to_status(&BrokerError::Internal("secret detail".into()));
+        assert!(!status.message().contains("secret"));
+    }
+}

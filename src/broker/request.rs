@@ -1,0 +1,160 @@
+//! Validated requests and the cache key that identifies "the same certificate".
+
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use super::BrokerError;
+use crate::{shaken::TnAuthList, store::CertSelector};
+
+/// What a certificate is for: exactly one kind of identifier.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Identifiers {
+    /// SHAKEN identifiers (RFC 8226).
+    TnAuthList(TnAuthList),
+    /// Ordinary DNS names, lowercased, sorted and de-duplicated.
+    Dns(Vec<String>),
+}
+
+/// A validated GetCertificate.
+#[derive(Debug, Clone)]
+pub struct CertRequest {
+    /// The identifiers.
+    pub identifiers: Identifiers,
+    /// The caller's CSR (DER), already checked against the identifiers.
+    pub csr_der: Option<Vec<u8>>,
+    /// SubjectPublicKeyInfo DER of the CSR's key; part of the cache key.
+    pub csr_public_key: Option<Vec<u8>>,
+    /// Pool name; `default` when the caller named none.
+    pub pool: String,
+    /// Least validity the answer must have left; `None` uses the configured default.
+    pub min_remaining: Option<Duration>,
+    /// Skip the cache.
+    pub force_renew: bool,
+}
+
+/// A validated Revoke.
+#[derive(Debug, Clone)]
+pub struct RevokeRequest {
+    /// Which certificate.
+    pub selector: CertSelector,
+    /// RFC 5280 CRLReason code.
+    pub reason: u8,
+}
+
+// === impl Identifiers ===
+
+impl Identifiers {
+    /// Validates DNS names (`dns_names[i]` names the bad one) into canonical form.
+    pub fn dns(names: &[String]) -> Result<Self, BrokerError> {
+        let mut out = Vec::with_capacity(names.len());
+        for (i, name) in names.iter().enumerate() {
+            let field = format!("dns_names[{i}]");
+            let name = name.trim_end_matches('.').to_ascii_lowercase();
+            validate_dns_name(&name).map_err(|reason| BrokerError::invalid(field, reason))?;
+            out.push(name);
+        }
+        if out.is_empty() {
+            return Err(BrokerError::invalid("dns_names", "must not be empty"));
+        }
+        out.sort();
+        out.dedup();
+        Ok(Self::Dns(out))
+    }
+
+    fn canonical(&self) -> String {
+        match self {
+            Self::TnAuthList(list) => format!("tnauthlist:{}", hex::encode(list.to_der())),
+            Self::Dns(names) => format!("dns:{}", names.join(",")),
+        }
+    }
+}
+
+fn validate_dns_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 253 {
+        return Err("must be 1 to 253 characters".into());
+    }
+    for label in name.split('.') {
+        let ok_chars = label
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-');
+        if label.is_empty() || label.len() > 63 || !ok_chars {
+            return Err(format!("label {label:?} is not a valid DNS label"));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err(format!("label {label:?} starts or ends with '-'"));
+        }
+    }
+    Ok(())
+}
+
+// === impl CertRequest ===
+
+impl CertRequest {
+    /// Identity of the certificate asked for: pool, identifiers and key source. Requests with
+    /// equal keys are answered by the same certificate.
+    pub fn cache_key(&self) -> String {
+        let key_spec = match &self.csr_public_key {
+            Some(spki) => format!("csr:{}", hex::encode(Sha256::digest(spki))),
+            None => "broker:p256".to_owned(),
+        };
+        let mut h = Sha256::new();
+        for part in [
+            "certbroker/v1",
+            &self.pool,
+            &self.identifiers.canonical(),
+            &key_spec,
+        ] {
+            h.update((part.len() as u64).to_be_bytes());
+            h.update(part.as_bytes());
+        }
+        hex::encode(h.finalize())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(ids: Identifiers, pool: &str, spki: Option<&[u8]>) -> CertRequest {
+        CertRequest {
+            identifiers: ids,
+            csr_der: None,
+            csr_public_key: spki.map(<[u8]>::to_vec),
+            pool: pool.into(),
+            min_remaining: None,
+            force_renew: false,
+        }
+    }
+
+    #[test]
+    fn dns_names_are_canonical_and_validated() {
+        let ids = Identifiers::dns(&["B.example.".into(), "a.example".into(), "b.example".into()]);
+        assert_eq!(
+            ids.unwrap(),
+            Identifiers::Dns(vec!["a.example".into(), "b.example".into()])
+        );
+        for (bad, idx) in [("", 0), ("-a.example", 0), ("a..b", 0), ("a_b.example", 0)] {
+            let err = Identifiers::dns(&[bad.into()]).unwrap_err();
+            assert!(
+                matches!(&err, BrokerError::InvalidArgument { field, .. } if *field == format!("dns_names[{idx}]")),
+                "{bad}: {err}"
+            );
+        }
+        assert!(Identifiers::dns(&[]).is_err());
+    }
+
+    #[test]
+    fn cache_key_separates_pool_identifiers_and_key_source() {
+        let spc = |s| Identifiers::TnAuthList(TnAuthList::from_spc(s).unwrap());
+        let base = req(spc("1234"), "default", None).cache_key();
+        assert_eq!(base, req(spc("1234"), "default", None).cache_key());
+        assert_ne!(base, req(spc("1235"), "default", None).cache_key());
+        assert_ne!(base, req(spc("1234"), "other", None).cache_key());
+        assert_ne!(base, req(spc("1234"), "default", Some(b"k")).cache_key());
+        assert_ne!(
+            req(spc("1234"), "default", Some(b"k1")).cache_key(),
+            req(spc("1234"), "default", Some(b"k2")).cache_key()
+        );
+    }
+}

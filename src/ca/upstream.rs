@@ -1,0 +1,402 @@
+//! One upstream CA: its ACME account and the full order flow for one certificate.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use rustls_pki_types::CertificateDer;
+use secrecy::{ExposeSecret, SecretString};
+use tokio::sync::OnceCell;
+use tracing::{debug, info, instrument};
+
+use super::AttemptError;
+use crate::{
+    acme::{
+        self, Account, AccountKey, AcmeError, Client, ClientSettings, ExternalAccountKey,
+        Identifier, NewAccount, NewOrder, RetryPolicy,
+    },
+    broker::Identifiers,
+    challenge::{
+        self, CachingTokenProvider, StaticTokenProvider, StiPaClient, TkAuthSettings,
+        TokenProvider, TokenRequest,
+    },
+    config::{CaSettings, CsrSettings},
+    shaken::{self, CertInfo, CsrSpec, Expected, Subject, TnAuthList},
+    tls,
+};
+
+/// A certificate one CA issued.
+#[derive(Debug)]
+pub struct Issued {
+    /// PEM chain, leaf first, as the CA sent it.
+    pub chain_pem: String,
+    /// DER chain, leaf first.
+    pub chain_der: Vec<Vec<u8>>,
+    /// PKCS#8 DER of the key the broker generated (None when the caller sent a CSR).
+    pub key_pkcs8: Option<Vec<u8>>,
+    /// What the leaf says.
+    pub leaf: CertInfo,
+    /// The account URL that ordered it.
+    pub account_url: String,
+}
+
+/// One `[[ca]]`: settings, lazily created account, token source.
+#[derive(Debug)]
+pub struct Upstream {
+    name: String,
+    priority: u32,
+    pools: Vec<String>,
+    directory: url::Url,
+    trust_roots: Option<Vec<CertificateDer<'static>>>,
+    account_key_path: PathBuf,
+    contact: Vec<String>,
+    eab: Option<ExternalAccountKey>,
+    request_timeout: Duration,
+    attempt_timeout: Duration,
+    csr: CsrSettings,
+    tkauth: TkAuthSettings,
+    tokens: Option<Arc<dyn TokenProvider>>,
+    account: OnceCell<Account>,
+}
+
+impl Upstream {
+    /// Builds an upstream from its settings, reading trust roots and secrets from files and
+    /// the environment. Fails naming the key that is wrong.
+    pub fn from_settings(s: &CaSettings) -> Result<Self, AttemptError> {
+        let setup = |key: &str, e: &dyn std::fmt::Display| {
+            AttemptError::Setup(format!("ca {:?}: {key}: {e}", s.name))
+        };
+        let trust_roots = s
+            .trust_roots
+            .as_deref()
+            .map(tls::read_roots)
+            .transpose()
+            .map_err(|e| setup("trust_roots", &e))?;
+        let eab = s
+            .eab
+            .as_ref()
+            .map(|eab| {
+                let key = std::env::var(&eab.hmac_key_env)
+                    .map_err(|_| setup("eab.hmac_key_env", &format!("{} is not set", eab.hmac_key_env)))?;
+                ExternalAccountKey::new(eab.key_id.clone(), &key)
+                    .map_err(|e| setup("eab.hmac_key_env", &e))
+            })
+            .transpose()?;
+        let tokens: Option<Arc<dyn TokenProvider>> = if let Some(pa) = &s.sti_pa {
+            let password = match (&pa.password, &pa.password_env) {
+                (_, Some(var)) => SecretString::from(
+                    std::env::var(var)
+                        .map_err(|_| setup("sti_pa.password_env", &format!("{var} is not set")))?,
+                ),
+                (Some(p), None) => SecretString::from(p.expose_secret().to_owned()),
+                (None, None) => return Err(setup("sti_pa.password_env", &"not set")),
+            };
+            let roots = match &pa.trust_roots {
+                Some(path) => Some(tls::read_roots(path).map_err(|e| setup("sti_pa.trust_roots", &e))?),
+                None => trust_roots.clone(),
+            };
+            let client = StiPaClient::new(challenge::StiPaSettings {
+                base_url: pa.base_url.clone(),
+                user_id: pa.user_id.clone(),
+                password,
+                trust_roots: roots,
+                tkvalue_encoding: s.challenge.tkvalue_encoding,
+                timeout: Duration::from_secs(s.request_timeout_secs),
+            })
+            .map_err(|e| setup("sti_pa", &e))?;
+            Some(Arc::new(CachingTokenProvider::new(
+                Arc::new(client),
+                s.challenge.refresh_margin,
+            )))
+        } else {
+            s.token_file
+                .as_deref()
+                .map(|p| Arc::new(StaticTokenProvider::from_file(p)) as Arc<dyn TokenProvider>)
+        };
+        Ok(Self {
+            name: s.name.clone(),
+            priority: s.priority,
+            pools: s.pools.clone(),
+            directory: s.directory.clone(),
+            trust_roots,
+            account_key_path: s.account_key.clone(),
+            contact: s.contact.clone(),
+            eab,
+            request_timeout: Duration::from_secs(s.request_timeout_secs),
+            attempt_timeout: Duration::from_secs(s.attempt_timeout_secs),
+            csr: s.csr.clone(),
+            tkauth: s.challenge.clone(),
+            tokens,
+            account: OnceCell::new(),
+        })
+    }
+
+    /// Configured name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Lower is tried first.
+    pub fn priority(&self) -> u32 {
+        self.priority
+    }
+
+    /// Pools this CA serves.
+    pub fn pools(&self) -> &[String] {
+        &self.pools
+    }
+
+    /// The ACME account, created (or found) on first use.
+    pub async fn account(&self) -> Result<&Account, AttemptError> {
+        self.account
+            .get_or_try_init(|| async {
+                let key = load_or_create_key(&self.account_key_path)?;
+                let client = Client::new(ClientSettings {
+                    directory_url: self.directory.clone(),
+                    trust_roots: self.trust_roots.clone(),
+                    request_timeout: self.request_timeout,
+                    retry: RetryPolicy::new().timeout(self.attempt_timeout),
+                    max_bad_nonce_retries: 10,
+                })
+                .await?;
+                let account = match client.find_account(key.clone()).await {
+                    Ok(a) => a,
+                    Err(AcmeError::Problem { problem, .. })
+                        if problem.r#type.as_deref()
+                            == Some("urn:ietf:params:acme:error:accountDoesNotExist") =>
+                    {
+                        let req = NewAccount {
+                            contact: self.contact.clone(),
+                            terms_of_service_agreed: true,
+                            external_account_binding: self.eab.clone(),
+                        };
+                        let a = client.new_account(key, &req).await?;
+                        info!(ca = %self.name, account = %a.url(), "ACME account created");
+                        a
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                Ok(account)
+            })
+            .await
+    }
+
+    /// Obtains one certificate for `identifiers`, with the caller's CSR or a fresh P-256
+    /// key. Bounded by the CA's `attempt_timeout_secs`.
+    #[instrument(skip_all, fields(ca = %self.name))]
+    pub async fn issue(
+        &self,
+        identifiers: &Identifiers,
+        csr_der: Option<&[u8]>,
+    ) -> Result<Issued, AttemptError> {
+        tokio::time::timeout(self.attempt_timeout, self.issue_inner(identifiers, csr_der))
+            .await
+            .map_err(|_| AttemptError::Timeout(self.attempt_timeout))?
+    }
+
+    async fn issue_inner(
+        &self,
+        identifiers: &Identifiers,
+        csr_der: Option<&[u8]>,
+    ) -> Result<Issued, AttemptError> {
+        let account = self.account().await?;
+        let (csr, key_pkcs8, spki) = match csr_der {
+            Some(der) => {
+                let parsed = shaken::parse_csr(der)?;
+                (der.to_vec(), None, parsed.public_key_spki_der)
+            }
+            None => self.new_key_and_csr(identifiers)?,
+        };
+
+        let acme_ids = match identifiers {
+            Identifiers::TnAuthList(list) => vec![Identifier::new(
+                "TNAuthList",
+                list.encode(self.tkauth.tkvalue_encoding),
+            )],
+            Identifiers::Dns(names) => names.iter().map(|n| Identifier::dns(n)).collect(),
+        };
+        let order = account
+            .new_order(&NewOrder {
+                identifiers: acme_ids,
+                not_before: None,
+                not_after: None,
+                replaces: None,
+            })
+            .await?;
+        debug!(order = %order.url, "order placed");
+        let policy = RetryPolicy::new().timeout(self.attempt_timeout);
+        for authz_url in &order.state.authorizations {
+            self.authorize(account, authz_url, &policy).await?;
+        }
+        let order = account.poll_order(&order.url, &policy).await?;
+        let order = account.finalize(&order, &csr).await?;
+        let order = account.poll_order(&order.url, &policy).await?;
+        let cert_url = order.state.certificate.clone().ok_or_else(|| {
+            AttemptError::Acme(AcmeError::Protocol(format!(
+                "order {} is {:?} without a certificate URL",
+                order.url, order.state.status
+            )))
+        })?;
+        let chain = account.certificate_chain(&cert_url).await?;
+        let chain_der = shaken::parse_pem_chain(&chain.pem)?;
+        let (tn, dns): (Option<&TnAuthList>, &[String]) = match identifiers {
+            Identifiers::TnAuthList(list) => (Some(list), &[]),
+            Identifiers::Dns(names) => (None, names),
+        };
+        let leaf = shaken::check_issued(
+            &chain_der,
+            &Expected {
+                tn_auth_list: tn,
+                dns_names: dns,
+                public_key_spki_der: &spki,
+            },
+            time::OffsetDateTime::now_utc(),
+        )?;
+        Ok(Issued {
+            chain_pem: chain.pem,
+            chain_der,
+            key_pkcs8,
+            leaf,
+            account_url: account.url().to_owned(),
+        })
+    }
+
+    /// Answers one authorization's challenge and waits for it to become valid.
+    async fn authorize(
+        &self,
+        account: &Account,
+        authz_url: &str,
+        policy: &RetryPolicy,
+    ) -> Result<(), AttemptError> {
+        let authz = account.authorization(authz_url).await?;
+        if authz.status == acme::AuthorizationStatus::Valid {
+            return Ok(());
+        }
+        let id_type = authz.identifier.r#type.as_str();
+        let payload = if id_type.eq_ignore_ascii_case("TNAuthList") {
+            let challenge = find_challenge(&authz, "tkauth-01")?;
+            let tokens = self.tokens.as_ref().ok_or_else(|| {
+                AttemptError::Setup(format!(
+                    "ca {:?} needs an SPC token: configure sti_pa or token_file",
+                    self.name
+                ))
+            })?;
+            let list = TnAuthList::decode(&authz.identifier.value)?;
+            let fingerprint =
+                challenge::fingerprint(self.tkauth.fingerprint, &account.key().public_jwk())?;
+            let token = tokens
+                .token(&TokenRequest {
+                    tn_auth_list: list,
+                    ca: false,
+                    fingerprint,
+                })
+                .await?;
+            (challenge.url.clone(), challenge::response_payload(self.tkauth.response_field, &token))
+        } else {
+            // http-01: the CA fetches the key authorization from a responder the operator
+            // runs for these names; the broker only tells the CA it is ready.
+            let challenge = find_challenge(&authz, "http-01")?;
+            (challenge.url.clone(), serde_json::json!({}))
+        };
+        account.respond_challenge(&payload.0, &payload.1).await?;
+        account.poll_authorization(authz_url, policy).await?;
+        Ok(())
+    }
+
+    fn new_key_and_csr(
+        &self,
+        identifiers: &Identifiers,
+    ) -> Result<(Vec<u8>, Option<Vec<u8>>, Vec<u8>), AttemptError> {
+        let key = shaken::generate_key()?;
+        let (cn, tn, dns): (String, Option<&TnAuthList>, &[String]) = match identifiers {
+            Identifiers::TnAuthList(list) => {
+                let first = list
+                    .spcs()
+                    .next()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| list.entries()[0].to_string());
+                (format!("SHAKEN {first}"), Some(list), &[])
+            }
+            Identifiers::Dns(names) => (names[0].clone(), None, names),
+        };
+        let subject = Subject {
+            country: self.csr.country.clone(),
+            organization: self.csr.organization.clone(),
+            common_name: cn,
+        };
+        let csr = shaken::build_csr(
+            &key,
+            &CsrSpec {
+                subject: &subject,
+                tn_auth_list: tn,
+                dns_names: dns,
+                ca: false,
+            },
+        )?;
+        Ok((csr, Some(key.serialize_der()), key.public_key_der()))
+    }
+
+    /// Revokes a certificate this CA issued, signed by the account. A certificate the CA
+    /// already revoked counts as revoked.
+    pub async fn revoke(&self, cert_der: &[u8], reason: u8) -> Result<(), AttemptError> {
+        let account = self.account().await?;
+        match account.revoke(cert_der, Some(reason)).await {
+            Err(AcmeError::Problem { problem, .. })
+                if problem.r#type.as_deref()
+                    == Some("urn:ietf:params:acme:error:alreadyRevoked") =>
+            {
+                Ok(())
+            }
+            other => Ok(other?),
+        }
+    }
+}
+
+fn find_challenge<'a>(
+    authz: &'a acme::Authorization,
+    kind: &str,
+) -> Result<&'a acme::Challenge, AttemptError> {
+    authz
+        .challenges
+        .iter()
+        .find(|c| c.r#type == kind)
+        .ok_or_else(|| {
+            let offered: Vec<&str> = authz.challenges.iter().map(|c| c.r#type.as_str()).collect();
+            AttemptError::Unsupported(format!(
+                "authorization for {} offers no {kind} challenge (offered: {offered:?})",
+                authz.identifier.value
+            ))
+        })
+}
+
+/// Reads the account key, or creates one (mode 0600) on first start.
+fn load_or_create_key(path: &Path) -> Result<AccountKey, AttemptError> {
+    let setup = |e: &dyn std::fmt::Display| AttemptError::Setup(format!("account key {}: {e}", path.display()));
+    match std::fs::read(path) {
+        Ok(pem) => Ok(AccountKey::from_pkcs8_pem(&pem)?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = AccountKey::generate()?;
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(|e| setup(&e))?;
+            }
+            write_private(path, key.to_pkcs8_pem().as_bytes()).map_err(|e| setup(&e))?;
+            info!(path = %path.display(), "created ACME account key");
+            Ok(key)
+        }
+        Err(e) => Err(setup(&e)),
+    }
+}
+
+/// Writes a secret file readable by the owner only.
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::{io::Write, os::unix::fs::OpenOptionsExt};
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(bytes)
+}

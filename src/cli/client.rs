@@ -1,0 +1,206 @@
+//! `certbroker get` and `certbroker revoke`: a gRPC client for a running broker.
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::Context;
+use clap::Args;
+use tonic_types::StatusExt;
+
+use super::ids::{IdArgs, Ids};
+use crate::pb::{
+    self, certificate_broker_client::CertificateBrokerClient, revoke_request::Target,
+    tn_auth_entry::Entry,
+};
+
+#[derive(Debug, Args)]
+pub(crate) struct GetArgs {
+    /// Broker address.
+    #[arg(long, env = "CERTBROKER_ADDR", default_value = "http://127.0.0.1:50051")]
+    addr: String,
+    #[command(flatten)]
+    ids: IdArgs,
+    /// Upstream pool; default: the broker's default pool.
+    #[arg(long)]
+    pool: Option<String>,
+    /// Least validity the certificate must have left, in seconds.
+    #[arg(long)]
+    min_remaining: Option<u64>,
+    /// Skip the cache and issue anew.
+    #[arg(long)]
+    force_renew: bool,
+    /// Your own CSR (PEM or DER); the answer then carries no key.
+    #[arg(long)]
+    csr: Option<PathBuf>,
+    /// Write cert.pem (chain) and key.pem here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RevokeArgs {
+    /// Broker address.
+    #[arg(long, env = "CERTBROKER_ADDR", default_value = "http://127.0.0.1:50051")]
+    addr: String,
+    /// Leaf serial number (hex).
+    #[arg(long, conflicts_with = "fingerprint", required_unless_present = "fingerprint")]
+    serial: Option<String>,
+    /// SHA-256 fingerprint of the leaf (hex).
+    #[arg(long)]
+    fingerprint: Option<String>,
+    /// RFC 5280 reason.
+    #[arg(long, value_enum, default_value = "unspecified")]
+    reason: ReasonArg,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ReasonArg {
+    Unspecified,
+    KeyCompromise,
+    AffiliationChanged,
+    Superseded,
+    CessationOfOperation,
+}
+
+pub(crate) async fn get(args: GetArgs) -> anyhow::Result<()> {
+    let mut req = pb::GetCertificateRequest {
+        ca_pool: args.pool.unwrap_or_default(),
+        force_renew: args.force_renew,
+        min_remaining_validity: args.min_remaining.map(|s| prost_types::Duration {
+            seconds: s as i64,
+            nanos: 0,
+        }),
+        ..Default::default()
+    };
+    match args.ids.parse()? {
+        Ids::Dns(names) => req.dns_names = names,
+        Ids::TnAuthList(list) => {
+            req.tn_auth_list = list
+                .entries()
+                .iter()
+                .map(|e| pb::TnAuthEntry {
+                    entry: Some(match e {
+                        crate::shaken::TnEntry::Spc(s) => Entry::Spc(s.clone()),
+                        crate::shaken::TnEntry::One(t) => Entry::Tn(t.clone()),
+                        crate::shaken::TnEntry::Range { start, count } => {
+                            Entry::Range(pb::TelephoneNumberRange {
+                                start: start.clone(),
+                                count: *count,
+                            })
+                        }
+                    }),
+                })
+                .collect();
+        }
+    }
+    if let Some(path) = &args.csr {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        req.csr_der = if bytes.starts_with(b"-----") {
+            pem_body(&bytes).with_context(|| format!("{}: not a PEM CSR", path.display()))?
+        } else {
+            bytes
+        };
+    }
+    let mut client = connect(&args.addr).await?;
+    let resp = client
+        .get_certificate(req)
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let status = pb::CacheStatus::try_from(resp.cache_status)
+        .map(|s| s.as_str_name())
+        .unwrap_or("?");
+    println!("serial:       {}", resp.serial_hex);
+    println!("fingerprint:  {}", resp.sha256_fingerprint_hex);
+    if let Some(t) = &resp.not_after {
+        println!("notAfter:     {}", format_ts(t));
+    }
+    println!("issuer_ca:    {}", resp.issuer_ca);
+    println!("cache_status: {status}");
+    if let Some(out) = &args.out {
+        std::fs::create_dir_all(out)?;
+        std::fs::write(out.join("cert.pem"), &resp.certificate_chain_pem)?;
+        if !resp.private_key_pkcs8_der.is_empty() {
+            let pem = super::pem("PRIVATE KEY", &resp.private_key_pkcs8_der);
+            crate::ca::write_private(&out.join("key.pem"), pem.as_bytes())?;
+        }
+        println!("written:      {}", out.display());
+    }
+    Ok(())
+}
+
+pub(crate) async fn revoke(args: RevokeArgs) -> anyhow::Result<()> {
+    let target = match (args.serial, args.fingerprint) {
+        (Some(s), _) => Target::SerialHex(s),
+        (None, Some(f)) => Target::Sha256FingerprintHex(f),
+        (None, None) => anyhow::bail!("give --serial or --fingerprint"),
+    };
+    let reason = match args.reason {
+        ReasonArg::Unspecified => pb::RevocationReason::Unspecified,
+        ReasonArg::KeyCompromise => pb::RevocationReason::KeyCompromise,
+        ReasonArg::AffiliationChanged => pb::RevocationReason::AffiliationChanged,
+        ReasonArg::Superseded => pb::RevocationReason::Superseded,
+        ReasonArg::CessationOfOperation => pb::RevocationReason::CessationOfOperation,
+    };
+    let mut client = connect(&args.addr).await?;
+    let resp = client
+        .revoke(pb::RevokeRequest {
+            target: Some(target),
+            reason: reason as i32,
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    println!("revoked serial {} at {}", resp.serial_hex, resp.issuer_ca);
+    Ok(())
+}
+
+async fn connect(
+    addr: &str,
+) -> anyhow::Result<CertificateBrokerClient<tonic::transport::Channel>> {
+    let channel = tonic::transport::Endpoint::from_shared(addr.to_owned())
+        .with_context(|| format!("--addr {addr}"))?
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {addr}"))?;
+    Ok(CertificateBrokerClient::new(channel))
+}
+
+/// Renders a gRPC error with its structured details.
+fn status_error(status: tonic::Status) -> anyhow::Error {
+    let mut msg = format!("{:?}: {}", status.code(), status.message());
+    let details = status.get_error_details();
+    if let Some(bad) = details.bad_request() {
+        for v in &bad.field_violations {
+            msg.push_str(&format!("\n  field {}: {}", v.field, v.description));
+        }
+    }
+    if let Some(info) = details.error_info() {
+        let mut meta: Vec<_> = info.metadata.iter().collect();
+        meta.sort();
+        for (k, v) in meta {
+            msg.push_str(&format!("\n  {k}: {v}"));
+        }
+    }
+    if let Some(retry) = details.retry_info().and_then(|r| r.retry_delay) {
+        msg.push_str(&format!("\n  retry after: {retry:?}"));
+    }
+    anyhow::anyhow!(msg)
+}
+
+fn pem_body(pem: &[u8]) -> Option<Vec<u8>> {
+    use base64::Engine;
+    let text = std::str::from_utf8(pem).ok()?;
+    let b64: String = text
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    base64::engine::general_purpose::STANDARD.decode(b64).ok()
+}
+
+fn format_ts(t: &prost_types::Timestamp) -> String {
+    time::OffsetDateTime::from_unix_timestamp(t.seconds)
+        .ok()
+        .and_then(|d| d.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| t.seconds.to_string())
+}

@@ -1,0 +1,164 @@
+//! `certbroker issue`: one certificate straight from an ACME CA, like `lego run`, using the
+//! same upstream code the broker uses.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use secrecy::ExposeSecret;
+
+use super::ids::{IdArgs, Ids};
+use crate::{
+    broker::Identifiers,
+    ca::Upstream,
+    challenge::{FingerprintAlgorithm, ResponseField, TkAuthSettings},
+    config::{CaSettings, CsrSettings, EabSettings, StiPaSettings},
+    shaken::TkValueEncoding,
+    telemetry,
+};
+
+#[derive(Debug, Args)]
+pub(crate) struct IssueArgs {
+    /// ACME directory URL of the CA.
+    #[arg(long)]
+    directory: url::Url,
+    /// PEM bundle to trust for the CA's (and STI-PA's) HTTPS instead of the system roots.
+    #[arg(long)]
+    trust_root: Option<PathBuf>,
+    #[command(flatten)]
+    ids: IdArgs,
+    /// STI-PA API base URL, for tkauth-01.
+    #[arg(long, requires_all = ["sti_pa_user", "sti_pa_password_env"])]
+    sti_pa: Option<url::Url>,
+    /// STI-PA user id.
+    #[arg(long)]
+    sti_pa_user: Option<String>,
+    /// Name of the environment variable holding the STI-PA password.
+    #[arg(long)]
+    sti_pa_password_env: Option<String>,
+    /// File holding an SPC token obtained out of band (instead of --sti-pa).
+    #[arg(long, conflicts_with = "sti_pa")]
+    token_file: Option<PathBuf>,
+    /// Output directory for cert.pem (chain, leaf first) and key.pem.
+    #[arg(long)]
+    out: PathBuf,
+    /// ACME account key (PKCS#8 PEM); created if missing. Default: OUT/account.pem.
+    #[arg(long)]
+    account_key: Option<PathBuf>,
+    /// Account contact, e.g. mailto:noc@example.net (repeatable).
+    #[arg(long)]
+    contact: Vec<String>,
+    /// Subject O of the CSR.
+    #[arg(long, default_value = "certbroker")]
+    org: String,
+    /// Field carrying the token in the challenge response.
+    #[arg(long, value_enum, default_value = "atc")]
+    response_field: ResponseFieldArg,
+    /// How the account-key fingerprint in the SPC token is computed.
+    #[arg(long, value_enum, default_value = "jwk-thumbprint")]
+    fingerprint: FingerprintArg,
+    /// String encoding of the TNAuthList sent to the CA and the STI-PA.
+    #[arg(long, value_enum, default_value = "base64")]
+    tkvalue_encoding: EncodingArg,
+    /// EAB key id, when the CA requires external account binding.
+    #[arg(long, requires = "eab_hmac_env")]
+    eab_kid: Option<String>,
+    /// Name of the environment variable holding the base64url EAB HMAC key.
+    #[arg(long)]
+    eab_hmac_env: Option<String>,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 120)]
+    timeout: u64,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ResponseFieldArg {
+    Atc,
+    Tkauth,
+    Both,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum FingerprintArg {
+    JwkThumbprint,
+    SpkiSha256,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum EncodingArg {
+    Base64,
+    Base64url,
+}
+
+pub(crate) async fn run(args: IssueArgs) -> anyhow::Result<()> {
+    telemetry::init(&Default::default());
+    let identifiers = match args.ids.parse()? {
+        Ids::TnAuthList(list) => Identifiers::TnAuthList(list),
+        Ids::Dns(names) => Identifiers::dns(&names).map_err(|e| anyhow::anyhow!("--dns: {e}"))?,
+    };
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    let settings = CaSettings {
+        name: args.directory.host_str().unwrap_or("ca").to_owned(),
+        directory: args.directory.clone(),
+        trust_roots: args.trust_root.clone(),
+        pools: vec!["default".into()],
+        priority: 0,
+        account_key: args
+            .account_key
+            .clone()
+            .unwrap_or_else(|| args.out.join("account.pem")),
+        contact: args.contact.clone(),
+        eab: args.eab_kid.clone().map(|key_id| EabSettings {
+            key_id,
+            hmac_key_env: args.eab_hmac_env.clone().unwrap_or_default(),
+        }),
+        request_timeout_secs: 30,
+        attempt_timeout_secs: args.timeout,
+        csr: CsrSettings {
+            country: "US".into(),
+            organization: args.org.clone(),
+        },
+        challenge: TkAuthSettings {
+            response_field: match args.response_field {
+                ResponseFieldArg::Atc => ResponseField::Atc,
+                ResponseFieldArg::Tkauth => ResponseField::Tkauth,
+                ResponseFieldArg::Both => ResponseField::Both,
+            },
+            fingerprint: match args.fingerprint {
+                FingerprintArg::JwkThumbprint => FingerprintAlgorithm::JwkThumbprint,
+                FingerprintArg::SpkiSha256 => FingerprintAlgorithm::SpkiSha256,
+            },
+            tkvalue_encoding: match args.tkvalue_encoding {
+                EncodingArg::Base64 => TkValueEncoding::Base64,
+                EncodingArg::Base64url => TkValueEncoding::Base64Url,
+            },
+            ..TkAuthSettings::default()
+        },
+        sti_pa: args.sti_pa.clone().map(|base_url| StiPaSettings {
+            base_url,
+            user_id: args.sti_pa_user.clone().unwrap_or_default(),
+            password: None,
+            password_env: args.sti_pa_password_env.clone(),
+            trust_roots: None,
+        }),
+        token_file: args.token_file.clone(),
+    };
+    let upstream = Upstream::from_settings(&settings)?;
+    let issued = upstream.issue(&identifiers, None).await?;
+
+    let cert_path = args.out.join("cert.pem");
+    std::fs::write(&cert_path, &issued.chain_pem)
+        .with_context(|| format!("writing {}", cert_path.display()))?;
+    if let Some(key) = &issued.key_pkcs8 {
+        let pem = secrecy::SecretString::from(super::pem("PRIVATE KEY", key));
+        let key_path = args.out.join("key.pem");
+        crate::ca::write_private(&key_path, pem.expose_secret().as_bytes())
+            .with_context(|| format!("writing {}", key_path.display()))?;
+    }
+    let leaf = &issued.leaf;
+    println!("serial:    {}", leaf.serial_hex);
+    println!("notAfter:  {}", leaf.not_after);
+    println!("issuer:    {}", leaf.issuer);
+    println!("written:   {} and {}", cert_path.display(), args.out.join("key.pem").display());
+    Ok(())
+}

@@ -1,0 +1,173 @@
+//! Shared test harness: a real devca over HTTPS and a real broker on port 0.
+#![allow(dead_code, unreachable_pub)]
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use certbroker::{
+    app::App,
+    config::{CaSettings, Settings},
+    devca::{DevCa, DevCaHandle, DevCaSettings},
+    pb::certificate_broker_client::CertificateBrokerClient,
+};
+use tokio::net::TcpListener;
+use tonic::transport::Channel;
+
+/// Quiet unless TEST_LOG is set.
+pub fn init_tracing() {
+    if std::env::var_os("TEST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("certbroker=debug,info")
+            .with_test_writer()
+            .try_init();
+    }
+}
+
+/// A devca and a directory for account keys, removed on drop.
+pub struct DevEnv {
+    pub ca: DevCaHandle,
+    pub dir: tempfile::TempDir,
+}
+
+impl DevEnv {
+    pub async fn start() -> Self {
+        Self::start_with(DevCaSettings::default()).await
+    }
+
+    pub async fn start_with(settings: DevCaSettings) -> Self {
+        init_tracing();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = DevCa::start(DevCaSettings {
+            state_dir: Some(dir.path().join("devca")),
+            ..settings
+        })
+        .await
+        .expect("devca starts");
+        Self { ca, dir }
+    }
+
+    /// A `[[ca]]` entry for this devca, with an account key of its own under `name`.
+    pub fn ca_settings(&self, name: &str) -> CaSettings {
+        let (user, password) = self.ca.sti_pa_credentials();
+        let mut s: CaSettings = toml_ca(&format!(
+            r#"
+            name = "{name}"
+            directory = "{dir}"
+            trust_roots = "{roots}"
+            account_key = "{key}"
+            request_timeout_secs = 10
+            attempt_timeout_secs = 20
+            [sti_pa]
+            base_url = "{pa}"
+            user_id = "{user}"
+            password = "placeholder"
+            "#,
+            dir = self.ca.directory_url(),
+            roots = self.ca.trust_root_path().display(),
+            key = self.dir.path().join(format!("{name}-account.pem")).display(),
+            pa = self.ca.sti_pa_url(),
+        ));
+        if let Some(pa) = s.sti_pa.as_mut() {
+            pa.password = Some(password);
+        }
+        s
+    }
+}
+
+/// Parses one `[[ca]]` table.
+pub fn toml_ca(table: &str) -> CaSettings {
+    let settings = Settings::from_toml(&format!("[[ca]]\n{table}")).expect("valid ca table");
+    settings.ca.into_iter().next().expect("one ca")
+}
+
+/// A broker serving gRPC on a free loopback port until dropped.
+pub struct TestBroker {
+    pub addr: SocketAddr,
+    pub app: App,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl TestBroker {
+    pub async fn start(cas: Vec<CaSettings>) -> Self {
+        let mut settings = Settings::from_toml("").expect("defaults");
+        settings.ca = cas;
+        Self::start_settings(settings).await
+    }
+
+    pub async fn start_settings(settings: Settings) -> Self {
+        let app = App::build(&settings).await.expect("app builds");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let serving = app.clone();
+        tokio::spawn(async move {
+            serving
+                .serve(listener, async {
+                    let _ = rx.await;
+                })
+                .await
+                .expect("server runs");
+        });
+        Self {
+            addr,
+            app,
+            stop: Some(tx),
+        }
+    }
+
+    pub async fn client(&self) -> CertificateBrokerClient<Channel> {
+        let channel = Channel::from_shared(format!("http://{}", self.addr))
+            .expect("uri")
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .expect("connects");
+        CertificateBrokerClient::new(channel)
+    }
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// `openssl verify` of a PEM chain (leaf first) against a root PEM. Returns openssl's output.
+pub fn openssl_verify(chain_pem: &str, root_pem: &str) -> Result<String, String> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs: Vec<&str> = split_pem(chain_pem);
+    let leaf = dir.path().join("leaf.pem");
+    let untrusted = dir.path().join("untrusted.pem");
+    let root = dir.path().join("root.pem");
+    std::fs::write(&leaf, certs[0]).unwrap();
+    std::fs::write(&untrusted, certs[1..].concat()).unwrap();
+    std::fs::write(&root, root_pem).unwrap();
+    let mut cmd = std::process::Command::new("openssl");
+    cmd.arg("verify").arg("-CAfile").arg(&root);
+    if certs.len() > 1 {
+        cmd.arg("-untrusted").arg(&untrusted);
+    }
+    let out = cmd.arg(&leaf).output().expect("openssl runs (apt-get install openssl)");
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    if out.status.success() { Ok(text) } else { Err(text) }
+}
+
+fn split_pem(pem: &str) -> Vec<&str> {
+    let mut out = vec![];
+    let mut rest = pem;
+    while let Some(start) = rest.find("-----BEGIN CERTIFICATE-----") {
+        let end_marker = "-----END CERTIFICATE-----";
+        let end = rest[start..].find(end_marker).expect("PEM end") + start + end_marker.len();
+        out.push(&rest[start..end]);
+        rest = &rest[end..];
+    }
+    out
+}
+
+/// Path of the built `certbroker` binary.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_certbroker"))
+}
+
+pub type Shared<T> = Arc<T>;
