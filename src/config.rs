@@ -323,3 +323,75 @@ fn default_request_timeout() -> u64 {
 fn default_attempt_timeout() -> u64 {
     120
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_loads() {
+        let text = include_str!("../deploy/config/example.toml");
+        let s = Settings::from_toml(text).unwrap();
+        assert_eq!(s.ca.len(), 2);
+        assert_eq!(s.ca[1].priority, 10);
+        assert_eq!(s.server.listen.port(), 50051);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            ("[server]\nlisten = \"not an address\"", "server.listen"),
+            ("[server]\nlisten_typo = \"1.2.3.4:5\"", "listen_typo"),
+            ("[store]\nbackend = \"redis\"", "store.url"),
+            ("[store]\nbackend = \"etcd\"", "store.backend"),
+            ("[broker]\ncache_capacity = 0", "broker.cache_capacity"),
+            (
+                "[[ca]]\nname = \"a\"\ndirectory = \"ftp://x\"\naccount_key = \"k\"",
+                "ca[0].directory",
+            ),
+            (
+                "[[ca]]\nname = \"a\"\ndirectory = \"https://x\"\naccount_key = \"k\"\n[[ca]]\nname = \"a\"\ndirectory = \"https://y\"\naccount_key = \"k2\"",
+                "ca[1].name",
+            ),
+            (
+                "[[ca]]\nname = \"a\"\ndirectory = \"https://x\"\naccount_key = \"k\"\n[ca.challenge]\nresponse_field = \"body\"",
+                "response_field",
+            ),
+        ];
+        for (text, key) in cases {
+            let err = Settings::from_toml(text).unwrap_err().to_string();
+            assert!(err.contains(key), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn secrets_are_not_in_debug_output() {
+        let s = Settings::from_toml(
+            "[[ca]]\nname = \"a\"\ndirectory = \"https://x\"\naccount_key = \"k\"\n[ca.sti_pa]\nbase_url = \"https://pa\"\nuser_id = \"u\"\npassword = \"hunter2\"",
+        )
+        .unwrap();
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+}
+
+#[cfg(test)]
+mod env_tests {
+    use super::*;
+
+    #[test]
+    fn environment_overrides_the_file() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("c.toml", "[server]\nlisten = \"127.0.0.1:1\"\n")?;
+            jail.set_env("CERTBROKER_SERVER__LISTEN", "127.0.0.1:2");
+            jail.set_env("CERTBROKER_BROKER__CACHE_CAPACITY", "7");
+            let s = Settings::load(Some(std::path::Path::new("c.toml")))
+                .map_err(|e| e.to_string())?;
+            assert_eq!(s.server.listen.port(), 2);
+            assert_eq!(s.broker.cache_capacity, 7);
+            jail.set_env("CERTBROKER_SERVER__LISTEN", "nonsense");
+            let err = Settings::load(Some(std::path::Path::new("c.toml"))).unwrap_err();
+            assert!(err.to_string().contains("server.listen"), "{err}");
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,123 @@
+//! The README's quick start, as a new user runs it: `certbroker serve --dev`, then a client
+//! no one here wrote (Python grpcio via server reflection) and the `certbroker get` CLI.
+
+mod common;
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve_dev() -> Server {
+    let mut child = Command::new(common::bin())
+        .args(["serve", "--dev", "--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("certbroker starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let addr = loop {
+        let line = lines
+            .next()
+            .expect("serve --dev prints its address before exiting")
+            .expect("readable stdout");
+        if let Some(rest) = line.strip_prefix("certbroker (dev mode) listening on ") {
+            break rest.trim().to_owned();
+        }
+    };
+    // Keep draining stdout so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Server { child, addr }
+}
+
+#[test]
+fn python_grpcio_via_reflection_gets_a_shaken_chain() {
+    let server = serve_dev();
+    let out = Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/reflect_client.py"))
+        .args([&server.addr, "1234"])
+        .output()
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "python client failed (scripts/test installs grpcio):\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let calls: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    assert_eq!(calls[0]["cache_status"], "CACHE_STATUS_ISSUED");
+    assert_eq!(calls[1]["cache_status"], "CACHE_STATUS_HIT_LOCAL");
+    assert_eq!(calls[0]["serial_hex"], calls[1]["serial_hex"]);
+    assert!(calls[0]["key_len"].as_u64().unwrap() > 100);
+    let chain = calls[0]["chain_pem"].as_str().unwrap();
+    assert_eq!(chain.matches("BEGIN CERTIFICATE").count(), 2);
+    assert_eq!(calls[2]["code"], "INVALID_ARGUMENT");
+    assert!(calls[2]["details"].as_str().unwrap().contains("tn_auth_list[0].spc"));
+}
+
+#[test]
+fn cli_get_writes_chain_and_matching_key_then_sigterm_stops_the_server() {
+    let mut server = serve_dev();
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = Command::new(common::bin())
+        .args(["get", "--addr", &format!("http://{}", server.addr), "--spc", "1234", "--out"])
+        .arg(out_dir.path())
+        .output()
+        .expect("certbroker get runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("cache_status: CACHE_STATUS_ISSUED"), "{stdout}");
+
+    // The key in key.pem belongs to the leaf in cert.pem.
+    let pubkey = |args: &[&str]| {
+        let o = Command::new("openssl").args(args).output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        o.stdout
+    };
+    let cert = out_dir.path().join("cert.pem");
+    let key = out_dir.path().join("key.pem");
+    assert_eq!(
+        pubkey(&["x509", "-in", cert.to_str().unwrap(), "-noout", "-pubkey"]),
+        pubkey(&["pkey", "-in", key.to_str().unwrap(), "-pubout"])
+    );
+
+    // Bad input through the CLI names the field.
+    let bad = Command::new(common::bin())
+        .args(["get", "--addr", &format!("http://{}", server.addr), "--dns", "bad_name"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(stderr.contains("InvalidArgument") && stderr.contains("dns_names[0]"), "{stderr}");
+
+    // SIGTERM: the server exits cleanly.
+    let pid = server.child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            assert!(status.success(), "exit status {status}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "server did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
