@@ -135,6 +135,11 @@ pub struct CaSettings {
     /// ... or a file holding a token obtained out of band.
     #[serde(default)]
     pub token_file: Option<PathBuf>,
+    /// For `dns` identifiers: where to serve http-01 key authorizations (the CA must reach
+    /// it on port 80 of the names, usually through a load balancer). Absent: the broker
+    /// answers http-01 without serving anything, for CAs that validate out of band.
+    #[serde(default)]
+    pub http01_listen: Option<SocketAddr>,
 }
 
 /// `[ca.eab]`

@@ -19,7 +19,7 @@ use crate::{
     },
     broker::Identifiers,
     challenge::{
-        self, CachingTokenProvider, StaticTokenProvider, StiPaClient, TkAuthSettings,
+        self, CachingTokenProvider, Http01Responder, StaticTokenProvider, StiPaClient, TkAuthSettings,
         TokenProvider, TokenRequest,
     },
     config::{CaSettings, CsrSettings},
@@ -58,6 +58,8 @@ pub struct Upstream {
     csr: CsrSettings,
     tkauth: TkAuthSettings,
     tokens: Option<Arc<dyn TokenProvider>>,
+    http01_listen: Option<std::net::SocketAddr>,
+    http01: OnceCell<Http01Responder>,
     account: OnceCell<Account>,
 }
 
@@ -129,6 +131,8 @@ impl Upstream {
             csr: s.csr.clone(),
             tkauth: s.challenge.clone(),
             tokens,
+            http01_listen: s.http01_listen,
+            http01: OnceCell::new(),
             account: OnceCell::new(),
         })
     }
@@ -295,14 +299,46 @@ impl Upstream {
                 .await?;
             (challenge.url.clone(), challenge::response_payload(self.tkauth.response_field, &token))
         } else {
-            // http-01: the CA fetches the key authorization from a responder the operator
-            // runs for these names; the broker only tells the CA it is ready.
             let challenge = find_challenge(&authz, "http-01")?;
+            if let (Some(responder), Some(token)) = (self.http01().await?, &challenge.token) {
+                let key_auth = challenge::key_authorization(token, &account.key().thumbprint_b64());
+                responder.insert(token, key_auth);
+                let result = self.answer(account, &challenge.url, &serde_json::json!({}), authz_url, policy).await;
+                responder.remove(token);
+                return result;
+            }
             (challenge.url.clone(), serde_json::json!({}))
         };
-        account.respond_challenge(&payload.0, &payload.1).await?;
+        self.answer(account, &payload.0, &payload.1, authz_url, policy).await
+    }
+
+    async fn answer(
+        &self,
+        account: &Account,
+        challenge_url: &str,
+        payload: &serde_json::Value,
+        authz_url: &str,
+        policy: &RetryPolicy,
+    ) -> Result<(), AttemptError> {
+        account.respond_challenge(challenge_url, payload).await?;
         account.poll_authorization(authz_url, policy).await?;
         Ok(())
+    }
+
+    /// The http-01 responder, bound on first use when `http01_listen` is configured.
+    async fn http01(&self) -> Result<Option<&Http01Responder>, AttemptError> {
+        let Some(addr) = self.http01_listen else {
+            return Ok(None);
+        };
+        let responder = self
+            .http01
+            .get_or_try_init(|| async {
+                Http01Responder::bind(addr).await.map_err(|e| {
+                    AttemptError::Setup(format!("ca {:?}: http01_listen {addr}: {e}", self.name))
+                })
+            })
+            .await?;
+        Ok(Some(responder))
     }
 
     fn new_key_and_csr(

@@ -99,6 +99,7 @@ pub(crate) fn ca_settings_for(handle: &DevCaHandle, state_dir: &Path) -> CaSetti
             trust_roots: None,
         }),
         token_file: None,
+        http01_listen: None,
     }
 }
 

@@ -66,6 +66,9 @@ pub(crate) struct IssueArgs {
     /// Name of the environment variable holding the base64url EAB HMAC key.
     #[arg(long)]
     eab_hmac_env: Option<String>,
+    /// Serve http-01 key authorizations on this address (for --dns).
+    #[arg(long)]
+    http01_listen: Option<std::net::SocketAddr>,
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 120)]
     timeout: u64,
@@ -142,6 +145,7 @@ pub(crate) async fn run(args: IssueArgs) -> anyhow::Result<()> {
             trust_roots: None,
         }),
         token_file: args.token_file.clone(),
+        http01_listen: args.http01_listen,
     };
     let upstream = Upstream::from_settings(&settings)?;
     let issued = upstream.issue(&identifiers, None).await?;
