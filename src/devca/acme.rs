@@ -110,7 +110,7 @@ async fn new_account(
             .ok_or_else(|| Problem::not_found("account"))?;
         return Ok(created(
             StatusCode::OK,
-            &inner.url(&format!("/acme/acct/{id}")).to_string(),
+            inner.url(&format!("/acme/acct/{id}")).as_str(),
             account_json(acct, &id, &inner),
         ));
     }
@@ -137,7 +137,7 @@ async fn new_account(
     state.account_by_key.insert(key, id.clone());
     Ok(created(
         StatusCode::CREATED,
-        &inner.url(&format!("/acme/acct/{id}")).to_string(),
+        inner.url(&format!("/acme/acct/{id}")).as_str(),
         body,
     ))
 }
