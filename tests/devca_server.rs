@@ -338,6 +338,20 @@ async fn full_tkauth_flow_issues_a_checked_chain_and_revokes() {
     let req = json!({"certificate": URL_SAFE_NO_PAD.encode(&chain[0]), "reason": 4});
     assert_eq!(c.post(&revoke, Some(&req)).await.0, 200);
     assert!(ca.revoked(&leaf.serial_hex));
+    let crl = c
+        .http
+        .get(ca.sti_pa_url().join("/download/v1/crl").unwrap())
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let (_, crl) = x509_parser::parse_x509_crl(&crl).unwrap();
+    assert!(
+        crl.iter_revoked_certificates()
+            .any(|r| hex::encode(r.raw_serial()) == leaf.serial_hex)
+    );
     let (status, p, _) = c.post(&revoke, Some(&req)).await;
     assert_eq!(status, 400);
     assert_eq!(p["type"], "urn:ietf:params:acme:error:alreadyRevoked");

@@ -191,6 +191,35 @@ impl Pki {
     }
 }
 
+impl Pki {
+    /// A DER CRL signed by the intermediate, listing the revoked serials (lowercase hex),
+    /// valid for a day. The real SHAKEN CRL is the STI-PA's; one issuer keeps the devca
+    /// small.
+    pub(crate) fn crl(&self, revoked_serials: &[String]) -> Result<Vec<u8>, rcgen::Error> {
+        let now = OffsetDateTime::now_utc();
+        let revoked_certs = revoked_serials
+            .iter()
+            .filter_map(|s| hex::decode(s).ok())
+            .map(|serial| rcgen::RevokedCertParams {
+                serial_number: SerialNumber::from_slice(&serial),
+                revocation_time: now,
+                reason_code: None,
+                invalidity_date: None,
+            })
+            .collect();
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: now,
+            next_update: now + Duration::days(1),
+            crl_number: SerialNumber::from_slice(&now.unix_timestamp().to_be_bytes()),
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        let issuer = Issuer::from_params(&self.intermediate_params, &self.intermediate_key);
+        Ok(params.signed_by(&issuer)?.der().to_vec())
+    }
+}
+
 /// A CA certificate: CA:TRUE (critical, optional pathLen), keyCertSign + cRLSign (critical),
 /// SKI, AKI, the SHAKEN CP; valid ten years.
 fn ca_params(subject: Subject, now: OffsetDateTime, path_len: Option<u8>) -> CertificateParams {
@@ -301,6 +330,20 @@ mod tests {
         let (req, _key) = request(true);
         let chain = parse_pem_chain(&pki.issue(&req).unwrap().chain_pem).unwrap();
         assert!(CertInfo::parse(&chain[0]).unwrap().is_ca);
+    }
+
+    #[test]
+    fn crl_lists_revoked_serials() {
+        let pki = pki();
+        let (req, _key) = request(false);
+        let issued = pki.issue(&req).unwrap();
+        let der = pki.crl(std::slice::from_ref(&issued.serial_hex)).unwrap();
+        let (_, crl) = x509_parser::parse_x509_crl(&der).unwrap();
+        let serials: Vec<String> = crl
+            .iter_revoked_certificates()
+            .map(|r| hex::encode(r.raw_serial()))
+            .collect();
+        assert_eq!(serials, vec![issued.serial_hex]);
     }
 
     #[test]

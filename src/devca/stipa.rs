@@ -34,6 +34,7 @@ pub(crate) fn router(inner: Arc<Inner>) -> Router {
         .route("/api/v1/account/{ocn}/token/", post(token))
         .route("/api/v1/account/{ocn}/token", post(token))
         .route(X5U_PATH, get(certificate))
+        .route("/download/v1/crl", get(crl))
         .with_state(inner)
 }
 
@@ -151,6 +152,21 @@ async fn certificate(State(inner): State<Arc<Inner>>, headers: HeaderMap) -> Res
             inner.pki.stipa_cert_pem.clone(),
         )
             .into_response()
+    }
+}
+
+/// Serves the CRL (`application/pkix-crl`) listing every certificate revoked so far.
+async fn crl(State(inner): State<Arc<Inner>>) -> Response {
+    let revoked: Vec<String> = inner
+        .lock_state()
+        .certs
+        .values()
+        .filter(|c| c.revoked.is_some())
+        .map(|c| c.serial_hex.clone())
+        .collect();
+    match inner.pki.crl(&revoked) {
+        Ok(der) => ([(header::CONTENT_TYPE, "application/pkix-crl")], der).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     }
 }
 
