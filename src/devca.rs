@@ -1,1 +1,288 @@
-//! TODO module devca
+//! An embedded STI-PA and STI-CA over real HTTPS, for `serve --dev` and for tests.
+//!
+//! One HTTPS server (axum + rustls) on `listen:port` serves both:
+//! - the STI-PA token API, shaped like iconectiv's (shaken-acme.md §4): login, logout,
+//!   `POST /api/v1/account/{OCN}/token/`, the token-signing certificate at
+//!   `/download/v1/certificate/sti-pa.crt` and a CRL at `/download/v1/crl`;
+//! - an RFC 8555 ACME server under `/acme/` that validates `tkauth-01` (RFC 9447/9448)
+//!   strictly: token signature, `x5u`, `exp`, `jti` replay, `tktype`, `tkvalue` (compared
+//!   after DER decoding), `fingerprint` and `ca`; and checks the CSR at finalize.
+//!
+//! PKI: a self-signed **TLS root** issues the HTTPS server certificate
+//! ([`DevCaHandle::trust_root_pem`]). A separate **SHAKEN root** issues the SHAKEN
+//! intermediate (which issues end-entity certificates) and the STI-PA token-signing
+//! certificate ([`DevCaHandle::issuing_root_pem`]). Keys live in memory only; the PEMs are
+//! written to the state directory. `dns` identifiers are authorized without a real check
+//! (an `http-01` challenge that is already valid): the devca targets SHAKEN, not the Web PKI.
+
+mod acme;
+mod behaviour;
+mod jws;
+mod order;
+mod pki;
+mod state;
+mod stipa;
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use secrecy::SecretString;
+use url::Url;
+
+pub use behaviour::{Behaviour, Stats, TokenFault};
+
+/// Which challenge-response field the STI-CA reads the SPC token from (shaken-acme.md §0.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DevResponseField {
+    /// `{"atc": token}`, as deployed SHAKEN CAs expect.
+    Atc,
+    /// `{"tkauth": token}`, as RFC 9448 §4 says.
+    Tkauth,
+    /// Either field is accepted.
+    #[default]
+    Either,
+}
+
+/// How the STI-CA computes the account-key fingerprint it expects in the token
+/// (shaken-acme.md §0.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DevFingerprint {
+    /// SHA-256 RFC 7638 JWK thumbprint (RFC 9448 §5 via RFC 8555 §8.1).
+    #[default]
+    JwkThumbprint,
+    /// SHA-256 of the DER SubjectPublicKeyInfo.
+    SpkiSha256,
+}
+
+/// Settings of the embedded CA.
+#[derive(Clone)]
+pub struct DevCaSettings {
+    /// Address to listen on; 127.0.0.1 by default.
+    pub listen: IpAddr,
+    /// Port; 0 picks a free one.
+    pub port: u16,
+    /// Where the trust-root PEMs are written; `None` creates a fresh directory under the
+    /// system temp dir.
+    pub state_dir: Option<PathBuf>,
+    /// Lifetime of issued end-entity certificates; 24 hours by default. An order's
+    /// `notAfter` shortens it.
+    pub cert_lifetime: Duration,
+    /// Lifetime of SPC tokens; 10 minutes by default.
+    pub token_lifetime: Duration,
+    /// Which challenge-response field is read.
+    pub response_field: DevResponseField,
+    /// Which fingerprint algorithm the CA expects.
+    pub fingerprint: DevFingerprint,
+    /// When set, newAccount requires an External Account Binding (RFC 8555 §7.3.4) with
+    /// this key id and HMAC key (HS256).
+    pub require_eab: Option<(String, Vec<u8>)>,
+    /// STI-PA user id.
+    pub sti_pa_user: String,
+    /// STI-PA password.
+    pub sti_pa_password: SecretString,
+}
+
+impl Default for DevCaSettings {
+    fn default() -> Self {
+        Self {
+            listen: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            port: 0,
+            state_dir: None,
+            cert_lifetime: Duration::from_secs(24 * 3600),
+            token_lifetime: Duration::from_secs(600),
+            response_field: DevResponseField::default(),
+            fingerprint: DevFingerprint::default(),
+            require_eab: None,
+            sti_pa_user: "dev".to_owned(),
+            sti_pa_password: SecretString::from(state::random_id()),
+        }
+    }
+}
+
+impl std::fmt::Debug for DevCaSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DevCaSettings")
+            .field("listen", &self.listen)
+            .field("port", &self.port)
+            .field("state_dir", &self.state_dir)
+            .field("cert_lifetime", &self.cert_lifetime)
+            .field("token_lifetime", &self.token_lifetime)
+            .field("response_field", &self.response_field)
+            .field("fingerprint", &self.fingerprint)
+            .field(
+                "require_eab",
+                &self
+                    .require_eab
+                    .as_ref()
+                    .map(|(kid, _)| (kid, "[REDACTED]")),
+            )
+            .field("sti_pa_user", &self.sti_pa_user)
+            .field("sti_pa_password", &"[REDACTED]")
+            .finish()
+    }
+}
+
+/// Errors starting the embedded CA.
+#[derive(Debug, thiserror::Error)]
+pub enum DevCaError {
+    /// Binding the listener or writing the state directory failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Generating keys or certificates failed.
+    #[error("generating PKI: {0}")]
+    Pki(String),
+}
+
+/// Starts embedded CAs.
+#[derive(Debug)]
+pub struct DevCa;
+
+/// A running embedded CA; dropping it without [`DevCaHandle::shutdown`] leaves the server
+/// running until the runtime stops.
+pub struct DevCaHandle {
+    inner: Arc<state::Inner>,
+    server: axum_server::Handle<SocketAddr>,
+    task: tokio::task::JoinHandle<()>,
+    trust_root_path: PathBuf,
+}
+
+impl DevCa {
+    /// Generates the PKI, binds the listener and serves in a background task.
+    pub async fn start(settings: DevCaSettings) -> Result<DevCaHandle, DevCaError> {
+        crate::tls::init();
+        let io = |what: String| move |source| DevCaError::Io { what, source };
+        let listener = std::net::TcpListener::bind(SocketAddr::new(settings.listen, settings.port))
+            .map_err(io(format!("binding {}:{}", settings.listen, settings.port)))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(io("setting the listener non-blocking".into()))?;
+        let addr = listener
+            .local_addr()
+            .map_err(io("reading the bound address".into()))?;
+        let base = Url::parse(&format!("https://{addr}"))
+            .map_err(|e| DevCaError::Pki(format!("base URL: {e}")))?;
+        let pki = pki::Pki::generate(&base, settings.listen)?;
+
+        let dir = match &settings.state_dir {
+            Some(d) => d.clone(),
+            None => std::env::temp_dir().join(format!("certbroker-devca-{}", state::random_id())),
+        };
+        std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
+        let trust_root_path = dir.join("tls-root.pem");
+        std::fs::write(&trust_root_path, &pki.tls_root_pem)
+            .map_err(io(format!("writing {}", trust_root_path.display())))?;
+        let shaken_root_path = dir.join("shaken-root.pem");
+        std::fs::write(&shaken_root_path, &pki.shaken_root_pem)
+            .map_err(io(format!("writing {}", shaken_root_path.display())))?;
+
+        let tls = axum_server::tls_rustls::RustlsConfig::from_der(
+            vec![pki.tls_server_der.clone()],
+            pki.tls_server_key_der.clone(),
+        )
+        .await
+        .map_err(io("building the TLS config".into()))?;
+        let inner = Arc::new(state::Inner {
+            base,
+            settings,
+            pki,
+            behaviour: Behaviour::default(),
+            state: Mutex::new(state::AcmeState::default()),
+            nonces: Mutex::new(state::Nonces::default()),
+            access_tokens: Mutex::new(Default::default()),
+        });
+        let app = acme::router(inner.clone()).merge(stipa::router(inner.clone()));
+        let server = axum_server::Handle::new();
+        let srv = axum_server::from_tcp_rustls(listener, tls)
+            .map_err(io("starting the server".into()))?
+            .handle(server.clone());
+        let task = tokio::spawn(async move {
+            if let Err(e) = srv.serve(app.into_make_service()).await {
+                tracing::error!(error = %e, "devca server stopped");
+            }
+        });
+        tracing::info!(%addr, "devca listening");
+        Ok(DevCaHandle {
+            inner,
+            server,
+            task,
+            trust_root_path,
+        })
+    }
+}
+
+impl DevCaHandle {
+    /// The ACME directory URL, `https://ADDR/acme/directory`.
+    pub fn directory_url(&self) -> Url {
+        self.inner.url("/acme/directory")
+    }
+
+    /// The STI-PA API base URL, `https://ADDR` (the same server as the ACME API).
+    pub fn sti_pa_url(&self) -> Url {
+        self.inner.base.clone()
+    }
+
+    /// The PEM file of the TLS trust root of the HTTPS endpoints.
+    pub fn trust_root_path(&self) -> &Path {
+        &self.trust_root_path
+    }
+
+    /// The PEM of the TLS trust root of the HTTPS endpoints.
+    pub fn trust_root_pem(&self) -> String {
+        self.inner.pki.tls_root_pem.clone()
+    }
+
+    /// The PEM of the SHAKEN root that issued the intermediate of every issued chain and
+    /// the STI-PA token-signing certificate. It differs from the TLS root.
+    pub fn issuing_root_pem(&self) -> String {
+        self.inner.pki.shaken_root_pem.clone()
+    }
+
+    /// The STI-PA user id and password.
+    pub fn sti_pa_credentials(&self) -> (String, SecretString) {
+        (
+            self.inner.settings.sti_pa_user.clone(),
+            self.inner.settings.sti_pa_password.clone(),
+        )
+    }
+
+    /// Misbehaviour knobs, settable while the server runs.
+    pub fn behaviour(&self) -> &Behaviour {
+        &self.inner.behaviour
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> Stats {
+        self.inner.behaviour.stats()
+    }
+
+    /// Whether the certificate with this serial (lowercase hex, no leading zero byte) was
+    /// revoked through `revokeCert`.
+    pub fn revoked(&self, serial_hex: &str) -> bool {
+        self.inner.lock_state().is_revoked(serial_hex)
+    }
+
+    /// Stops the server, letting in-flight requests finish for up to a second.
+    pub async fn shutdown(self) {
+        self.server.graceful_shutdown(Some(Duration::from_secs(1)));
+        let _ = self.task.await;
+    }
+}
+
+impl std::fmt::Debug for DevCaHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DevCaHandle")
+            .field("base", &self.inner.base.as_str())
+            .field("trust_root_path", &self.trust_root_path)
+            .finish_non_exhaustive()
+    }
+}

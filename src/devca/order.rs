@@ -1,0 +1,549 @@
+//! Orders, authorizations, the tkauth-01 challenge, finalize, certificate download and
+//! revocation (RFC 8555 §7.4–§7.6, RFC 9447, RFC 9448).
+
+use std::sync::Arc;
+
+use axum::{
+    Json,
+    body::Bytes,
+    extract::{Path, State},
+    http::{HeaderValue, StatusCode, Uri, header},
+    response::{IntoResponse, Response},
+};
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use serde_json::{Value, json};
+use time::{Duration, OffsetDateTime, format_description::well_known::Rfc3339};
+
+use super::{
+    DevResponseField,
+    acme::created,
+    behaviour::Counter,
+    jws::{KeyRef, Problem, spki_der, verify_request},
+    pki::IssueRequest,
+    state::{
+        Authz, Challenge, Identifier, Inner, IssuedCert, Order, Status, authz_json, challenge_json,
+        order_json, random_id,
+    },
+    stipa,
+};
+use crate::shaken::{CertInfo, TnAuthList, parse_csr};
+
+fn bad_csr(detail: impl Into<String>) -> Problem {
+    Problem::new(StatusCode::BAD_REQUEST, "badCSR", detail)
+}
+
+/// newOrder (RFC 8555 §7.4) for `TNAuthList` (RFC 9448 §3) and `dns` identifiers.
+pub(crate) async fn new_order(
+    State(inner): State<Arc<Inner>>,
+    uri: Uri,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    let req = verify_request(&inner, uri.path(), &body, KeyRef::Kid)?;
+    let account = req.account_id()?.to_owned();
+    if let Some(secs) = inner.behaviour.rate_limit() {
+        let mut p = Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rateLimited",
+            "the devca is configured to rate-limit newOrder",
+        );
+        p.retry_after = Some(secs);
+        return Err(p);
+    }
+    let payload = req
+        .json()?
+        .ok_or_else(|| Problem::malformed("newOrder needs a payload"))?;
+    let ids = payload
+        .get("identifiers")
+        .and_then(Value::as_array)
+        .filter(|a| !a.is_empty())
+        .ok_or_else(|| Problem::malformed("identifiers must be a non-empty array"))?;
+    let mut identifiers = Vec::new();
+    for id in ids {
+        identifiers.push(parse_identifier(id)?);
+    }
+    if identifiers
+        .iter()
+        .filter(|i| i.tn_auth_list.is_some())
+        .count()
+        > 1
+    {
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "rejectedIdentifier",
+            "at most one TNAuthList identifier per order",
+        ));
+    }
+    let not_after = match payload.get("notAfter").and_then(Value::as_str) {
+        None => None,
+        Some(s) => Some(
+            OffsetDateTime::parse(s, &Rfc3339)
+                .map_err(|e| Problem::malformed(format!("notAfter: {e}")))?,
+        ),
+    };
+    let now = OffsetDateTime::now_utc();
+    let order_id = random_id();
+    let mut state = inner.lock_state();
+    let mut authz_ids = Vec::new();
+    for identifier in &identifiers {
+        let authz_id = random_id();
+        let chall_id = random_id();
+        // dns identifiers are not checked: the devca targets SHAKEN (module docs).
+        let is_dns = identifier.kind == "dns";
+        let status = if is_dns {
+            Status::Valid
+        } else {
+            Status::Pending
+        };
+        state
+            .authz_by_challenge
+            .insert(chall_id.clone(), authz_id.clone());
+        state.authzs.insert(
+            authz_id.clone(),
+            Authz {
+                account: account.clone(),
+                order: order_id.clone(),
+                identifier: identifier.clone(),
+                status,
+                expires: now + Duration::days(7),
+                challenge: Challenge {
+                    id: chall_id,
+                    kind: if is_dns { "http-01" } else { "tkauth-01" },
+                    status,
+                    validated: is_dns.then_some(now),
+                    error: None,
+                },
+                token_ca: None,
+            },
+        );
+        authz_ids.push(authz_id);
+    }
+    let all_valid = identifiers.iter().all(|i| i.kind == "dns");
+    let order = Order {
+        account,
+        status: if all_valid {
+            Status::Ready
+        } else {
+            Status::Pending
+        },
+        expires: now + Duration::days(7),
+        identifiers,
+        not_before: payload
+            .get("notBefore")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        not_after,
+        authzs: authz_ids,
+        cert: None,
+        error: None,
+    };
+    let body = order_json(&order, &order_id, &inner);
+    state.orders.insert(order_id.clone(), order);
+    drop(state);
+    inner.behaviour.count(Counter::NewOrder);
+    Ok(created(
+        StatusCode::CREATED,
+        inner.url(&format!("/acme/order/{order_id}")).as_str(),
+        body,
+    ))
+}
+
+fn parse_identifier(id: &Value) -> Result<Identifier, Problem> {
+    let kind = id.get("type").and_then(Value::as_str).unwrap_or_default();
+    let value = id.get("value").and_then(Value::as_str).unwrap_or_default();
+    let tn_auth_list = match kind {
+        "TNAuthList" => Some(TnAuthList::decode(value).map_err(|e| {
+            Problem::new(
+                StatusCode::BAD_REQUEST,
+                "rejectedIdentifier",
+                format!("TNAuthList identifier {value:?}: {e}"),
+            )
+        })?),
+        "dns" if !value.is_empty() => None,
+        _ => {
+            return Err(Problem::new(
+                StatusCode::BAD_REQUEST,
+                "unsupportedIdentifier",
+                format!("identifier type {kind:?} with value {value:?} is not supported"),
+            ));
+        }
+    };
+    Ok(Identifier {
+        kind: kind.to_owned(),
+        value: value.to_owned(),
+        tn_auth_list,
+    })
+}
+
+/// Order POST-as-GET.
+pub(crate) async fn order(
+    State(inner): State<Arc<Inner>>,
+    Path(id): Path<String>,
+    uri: Uri,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    let req = verify_request(&inner, uri.path(), &body, KeyRef::Kid)?;
+    let state = inner.lock_state();
+    let order = state
+        .orders
+        .get(&id)
+        .ok_or_else(|| Problem::not_found("order"))?;
+    if order.account != req.account_id()? {
+        return Err(Problem::unauthorized("not your order"));
+    }
+    Ok(Json(order_json(order, &id, &inner)).into_response())
+}
+
+/// Authorization POST-as-GET.
+pub(crate) async fn authz(
+    State(inner): State<Arc<Inner>>,
+    Path(id): Path<String>,
+    uri: Uri,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    let req = verify_request(&inner, uri.path(), &body, KeyRef::Kid)?;
+    let state = inner.lock_state();
+    let authz = state
+        .authzs
+        .get(&id)
+        .ok_or_else(|| Problem::not_found("authorization"))?;
+    if authz.account != req.account_id()? {
+        return Err(Problem::unauthorized("not your authorization"));
+    }
+    Ok(Json(authz_json(authz, &inner)).into_response())
+}
+
+/// Challenge: POST-as-GET reads it; a JSON object with the token (RFC 9448 §4: `tkauth`;
+/// deployed CAs: `atc`) starts validation, which runs in the background.
+pub(crate) async fn challenge(
+    State(inner): State<Arc<Inner>>,
+    Path(id): Path<String>,
+    uri: Uri,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    let req = verify_request(&inner, uri.path(), &body, KeyRef::Kid)?;
+    let payload = req.json()?;
+    let mut state = inner.lock_state();
+    let authz_id = state
+        .authz_by_challenge
+        .get(&id)
+        .cloned()
+        .ok_or_else(|| Problem::not_found("challenge"))?;
+    let authz = state
+        .authzs
+        .get_mut(&authz_id)
+        .ok_or_else(|| Problem::not_found("authorization"))?;
+    if authz.account != req.account_id()? {
+        return Err(Problem::unauthorized("not your challenge"));
+    }
+    if let Some(p) = payload
+        && authz.challenge.status == Status::Pending
+    {
+        let token = match inner.settings.response_field {
+            DevResponseField::Atc => p.get("atc"),
+            DevResponseField::Tkauth => p.get("tkauth"),
+            DevResponseField::Either => p.get("atc").or_else(|| p.get("tkauth")),
+        }
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .ok_or_else(|| {
+            Problem::malformed(format!(
+                "challenge response lacks the token field ({:?})",
+                inner.settings.response_field
+            ))
+        })?;
+        authz.challenge.status = Status::Processing;
+        let (inner2, jwk) = (inner.clone(), req.jwk.clone());
+        tokio::spawn(async move { validate(&inner2, &authz_id, &token, &jwk) });
+        let mut resp = Json(challenge_json(&authz.challenge, &inner)).into_response();
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return Ok(resp);
+    }
+    Ok(Json(challenge_json(&authz.challenge, &inner)).into_response())
+}
+
+fn validate(inner: &Inner, authz_id: &str, token: &str, jwk: &Value) {
+    let mut state = inner.lock_state();
+    let Some(expected) = state
+        .authzs
+        .get(authz_id)
+        .and_then(|a| a.identifier.tn_auth_list.clone())
+    else {
+        return;
+    };
+    let result = stipa::verify_token(inner, token, &expected, jwk).and_then(|grant| {
+        if state.used_jtis.insert(grant.jti.clone()) {
+            Ok(grant)
+        } else {
+            Err(Problem::unauthorized("token already used (jti replay)"))
+        }
+    });
+    let Some(authz) = state.authzs.get_mut(authz_id) else {
+        return;
+    };
+    let order_id = authz.order.clone();
+    match result {
+        Ok(grant) => {
+            authz.status = Status::Valid;
+            authz.challenge.status = Status::Valid;
+            authz.challenge.validated = Some(OffsetDateTime::now_utc());
+            authz.token_ca = Some(grant.ca);
+            inner.behaviour.count(Counter::ChallengeValidated);
+        }
+        Err(problem) => {
+            tracing::debug!(detail = %problem.detail, "tkauth-01 challenge invalid");
+            authz.status = Status::Invalid;
+            authz.challenge.status = Status::Invalid;
+            authz.challenge.error = Some(problem.to_json());
+        }
+    }
+    let statuses: Vec<Status> = state
+        .orders
+        .get(&order_id)
+        .map(|o| {
+            o.authzs
+                .iter()
+                .filter_map(|a| state.authzs.get(a).map(|a| a.status))
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Some(order) = state.orders.get_mut(&order_id) {
+        if statuses.contains(&Status::Invalid) {
+            order.status = Status::Invalid;
+            order.error =
+                Some(Problem::unauthorized("an authorization of this order is invalid").to_json());
+        } else if statuses.iter().all(|s| *s == Status::Valid) {
+            order.status = Status::Ready;
+        }
+    }
+}
+
+/// finalize (RFC 8555 §7.4): checks the CSR against the order and the SHAKEN rules, then
+/// issues in the background.
+pub(crate) async fn finalize(
+    State(inner): State<Arc<Inner>>,
+    Path(id): Path<String>,
+    uri: Uri,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    let req = verify_request(&inner, uri.path(), &body, KeyRef::Kid)?;
+    let payload = req.json()?.unwrap_or_default();
+    let csr_der = payload
+        .get("csr")
+        .and_then(Value::as_str)
+        .and_then(|s| URL_SAFE_NO_PAD.decode(s).ok())
+        .ok_or_else(|| bad_csr("csr must be base64url DER"))?;
+    let mut state = inner.lock_state();
+    let order = state
+        .orders
+        .get(&id)
+        .ok_or_else(|| Problem::not_found("order"))?;
+    if order.account != req.account_id()? {
+        return Err(Problem::unauthorized("not your order"));
+    }
+    if order.status != Status::Ready {
+        return Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "orderNotReady",
+            format!("order is {}", order.status.as_str()),
+        ));
+    }
+    let csr = parse_csr(&csr_der).map_err(|e| bad_csr(e.to_string()))?;
+    if !csr.key_is_p256 {
+        return Err(bad_csr("CSR key must be P-256"));
+    }
+    if !csr.is_ecdsa_sha256() {
+        return Err(bad_csr("CSR must be signed with ecdsa-with-SHA256"));
+    }
+    if csr.public_key_spki_der == spki_der(&req.jwk) {
+        return Err(bad_csr("CSR key must not be the account key"));
+    }
+    let ordered_list = order
+        .identifiers
+        .iter()
+        .find_map(|i| i.tn_auth_list.clone());
+    match (&ordered_list, &csr.tn_auth_list) {
+        (Some(want), Some(got)) if want != got => {
+            return Err(bad_csr(format!(
+                "TNAuthList extension value does not match: CSR {got}, order {want}"
+            )));
+        }
+        (Some(_), None) => return Err(bad_csr("CSR lacks the TNAuthList extension")),
+        (None, Some(_)) => return Err(bad_csr("CSR has a TNAuthList the order lacks")),
+        _ => {}
+    }
+    if csr.tn_auth_list_critical {
+        return Err(bad_csr("Invalid TNAuthList extension - cannot be critical"));
+    }
+    let mut ordered_dns: Vec<String> = order
+        .identifiers
+        .iter()
+        .filter(|i| i.kind == "dns")
+        .map(|i| i.value.to_ascii_lowercase())
+        .collect();
+    let mut csr_dns: Vec<String> = csr
+        .dns_names
+        .iter()
+        .map(|d| d.to_ascii_lowercase())
+        .collect();
+    ordered_dns.sort();
+    csr_dns.sort();
+    if ordered_dns != csr_dns {
+        return Err(bad_csr(format!(
+            "CSR names {csr_dns:?} are not the order's {ordered_dns:?}"
+        )));
+    }
+    let token_ca = order
+        .authzs
+        .iter()
+        .filter_map(|a| state.authzs.get(a).and_then(|a| a.token_ca))
+        .any(|ca| ca);
+    if csr.ca && !ordered_dns.is_empty() {
+        return Err(bad_csr("a CA certificate cannot carry dns names"));
+    }
+    if ordered_list.is_some() && csr.ca != token_ca {
+        return Err(bad_csr(format!(
+            "CSR basicConstraints CA={} does not match the token's atc.ca={token_ca}",
+            csr.ca
+        )));
+    }
+    let lifetime = Duration::try_from(inner.settings.cert_lifetime).unwrap_or(Duration::DAY);
+    let max_after = OffsetDateTime::now_utc() + lifetime;
+    let issue = IssueRequest {
+        spki_der: csr.public_key_spki_der,
+        subject: csr.subject,
+        tn_auth_list: csr.tn_auth_list,
+        dns_names: csr.dns_names,
+        ca: csr.ca,
+        not_after: order.not_after.map_or(max_after, |na| na.min(max_after)),
+    };
+    let account = order.account.clone();
+    if let Some(order) = state.orders.get_mut(&id) {
+        order.status = Status::Processing;
+    }
+    let body = state.orders.get(&id).map(|o| order_json(o, &id, &inner));
+    drop(state);
+    inner.behaviour.count(Counter::Finalize);
+    let inner2 = inner.clone();
+    let order_id = id.clone();
+    tokio::spawn(async move { issue_for(&inner2, &order_id, &account, &issue) });
+    let mut resp = Json(body.unwrap_or_default()).into_response();
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    if let Ok(v) = HeaderValue::from_str(inner.url(&format!("/acme/order/{id}")).as_str()) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(resp)
+}
+
+fn issue_for(inner: &Inner, order_id: &str, account: &str, req: &IssueRequest) {
+    let result = inner.pki.issue(req);
+    let mut state = inner.lock_state();
+    let cert_id = random_id();
+    match result {
+        Ok(issued) => {
+            state.certs.insert(
+                cert_id.clone(),
+                IssuedCert {
+                    account: account.to_owned(),
+                    chain_pem: issued.chain_pem,
+                    leaf_der: issued.leaf_der,
+                    serial_hex: issued.serial_hex,
+                    revoked: None,
+                },
+            );
+            if let Some(order) = state.orders.get_mut(order_id) {
+                order.status = Status::Valid;
+                order.cert = Some(cert_id);
+            }
+            inner.behaviour.count(Counter::CertificateIssued);
+        }
+        Err(e) => {
+            if let Some(order) = state.orders.get_mut(order_id) {
+                order.status = Status::Invalid;
+                order.error = Some(
+                    Problem::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "serverInternal",
+                        e.to_string(),
+                    )
+                    .to_json(),
+                );
+            }
+        }
+    }
+}
+
+/// Certificate download, POST-as-GET, `application/pem-certificate-chain` (RFC 8555 §7.4.2).
+pub(crate) async fn certificate(
+    State(inner): State<Arc<Inner>>,
+    Path(id): Path<String>,
+    uri: Uri,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    let req = verify_request(&inner, uri.path(), &body, KeyRef::Kid)?;
+    let state = inner.lock_state();
+    let cert = state
+        .certs
+        .get(&id)
+        .ok_or_else(|| Problem::not_found("certificate"))?;
+    if cert.account != req.account_id()? {
+        return Err(Problem::unauthorized("not your certificate"));
+    }
+    Ok((
+        [(header::CONTENT_TYPE, "application/pem-certificate-chain")],
+        cert.chain_pem.clone(),
+    )
+        .into_response())
+}
+
+/// revokeCert (RFC 8555 §7.6), signed by the issuing account (kid) or the certificate key
+/// (jwk).
+pub(crate) async fn revoke(
+    State(inner): State<Arc<Inner>>,
+    uri: Uri,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    let req = verify_request(&inner, uri.path(), &body, KeyRef::Either)?;
+    let payload = req.json()?.unwrap_or_default();
+    let der = payload
+        .get("certificate")
+        .and_then(Value::as_str)
+        .and_then(|s| URL_SAFE_NO_PAD.decode(s).ok())
+        .ok_or_else(|| Problem::malformed("certificate must be base64url DER"))?;
+    let reason = payload.get("reason").and_then(Value::as_u64).unwrap_or(0);
+    if reason == 7 || reason > 10 {
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "badRevocationReason",
+            format!("reason {reason} is not allowed"),
+        ));
+    }
+    let info = CertInfo::parse(&der).map_err(|e| Problem::malformed(e.to_string()))?;
+    let mut state = inner.lock_state();
+    let cert = state
+        .certs
+        .values_mut()
+        .find(|c| c.leaf_der == der)
+        .ok_or_else(|| Problem::not_found("certificate issued by this CA"))?;
+    let allowed = match &req.account {
+        Some(acct) => *acct == cert.account,
+        None => spki_der(&req.jwk) == info.public_key_spki_der,
+    };
+    if !allowed {
+        return Err(Problem::unauthorized(
+            "neither the issuing account nor the certificate key signed this request",
+        ));
+    }
+    if cert.revoked.is_some() {
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "alreadyRevoked",
+            format!("certificate {} is already revoked", cert.serial_hex),
+        ));
+    }
+    cert.revoked = Some(u8::try_from(reason).unwrap_or(0));
+    drop(state);
+    inner.behaviour.count(Counter::Revocation);
+    Ok((StatusCode::OK, Json(json!({}))).into_response())
+}
