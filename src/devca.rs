@@ -80,6 +80,9 @@ pub struct DevCaSettings {
     /// When set, newAccount requires an External Account Binding (RFC 8555 §7.3.4) with
     /// this key id and HMAC key (HS256).
     pub require_eab: Option<(String, Vec<u8>)>,
+    /// Reject a token whose `jti` was already used in a challenge (akamu enforces this;
+    /// iconectiv tokens are reused until `exp`). Off by default.
+    pub one_time_jti: bool,
     /// STI-PA user id.
     pub sti_pa_user: String,
     /// STI-PA password.
@@ -97,6 +100,7 @@ impl Default for DevCaSettings {
             response_field: DevResponseField::default(),
             fingerprint: DevFingerprint::default(),
             require_eab: None,
+            one_time_jti: false,
             sti_pa_user: "dev".to_owned(),
             sti_pa_password: SecretString::from(state::random_id()),
         }
@@ -120,6 +124,7 @@ impl std::fmt::Debug for DevCaSettings {
                     .as_ref()
                     .map(|(kid, _)| (kid, "[REDACTED]")),
             )
+            .field("one_time_jti", &self.one_time_jti)
             .field("sti_pa_user", &self.sti_pa_user)
             .field("sti_pa_password", &"[REDACTED]")
             .finish()

@@ -150,6 +150,7 @@ async fn start() -> DevCaHandle {
     let dir = tempfile::tempdir().unwrap().keep();
     DevCa::start(DevCaSettings {
         state_dir: Some(dir),
+        one_time_jti: true,
         ..DevCaSettings::default()
     })
     .await

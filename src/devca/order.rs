@@ -272,7 +272,7 @@ fn validate(inner: &Inner, authz_id: &str, token: &str, jwk: &Value) {
         return;
     };
     let result = stipa::verify_token(inner, token, &expected, jwk).and_then(|grant| {
-        if state.used_jtis.insert(grant.jti.clone()) {
+        if !inner.settings.one_time_jti || state.used_jtis.insert(grant.jti.clone()) {
             Ok(grant)
         } else {
             Err(Problem::unauthorized("token already used (jti replay)"))
