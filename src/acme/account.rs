@@ -121,7 +121,7 @@ impl Account {
             .find_map(|c| c.error.clone())
             .unwrap_or_else(|| synthesized(format!("authorization {url} is {:?}", authz.status)));
         Err(AcmeError::Problem {
-            problem,
+            problem: Box::new(problem),
             retry_after: None,
         })
     }
@@ -161,7 +161,7 @@ impl Account {
                 .error
                 .unwrap_or_else(|| synthesized(format!("order {order_url} is invalid")));
             return Err(AcmeError::Problem {
-                problem,
+                problem: Box::new(problem),
                 retry_after: None,
             });
         }

@@ -37,8 +37,8 @@ pub enum AcmeError {
     /// ended `invalid` and this is its (possibly synthesized) problem.
     #[error("ACME problem: {problem}")]
     Problem {
-        /// The problem document.
-        problem: Problem,
+        /// The problem document (boxed to keep `Result<_, AcmeError>` small).
+        problem: Box<Problem>,
         /// `Retry-After` sent with it, relative to when it was received.
         retry_after: Option<Duration>,
     },
@@ -149,11 +149,11 @@ mod tests {
 
     fn problem(kind: Option<&str>, status: Option<u16>) -> AcmeError {
         AcmeError::Problem {
-            problem: Problem {
+            problem: Box::new(Problem {
                 r#type: kind.map(|k| format!("urn:ietf:params:acme:error:{k}")),
                 status,
                 ..Problem::default()
-            },
+            }),
             retry_after: None,
         }
     }
@@ -218,10 +218,10 @@ mod tests {
     #[test]
     fn retry_after_and_problem_accessors() {
         let err = AcmeError::Problem {
-            problem: Problem {
+            problem: Box::new(Problem {
                 r#type: Some("urn:ietf:params:acme:error:rateLimited".into()),
                 ..Problem::default()
-            },
+            }),
             retry_after: Some(Duration::from_secs(7)),
         };
         assert_eq!(err.retry_after(), Some(Duration::from_secs(7)));

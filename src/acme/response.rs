@@ -69,7 +69,7 @@ impl Response {
             Ok(mut problem) if problem.r#type.is_some() || problem.detail.is_some() => {
                 problem.status.get_or_insert(self.status.as_u16());
                 AcmeError::Problem {
-                    problem,
+                    problem: Box::new(problem),
                     retry_after,
                 }
             }

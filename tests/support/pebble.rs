@@ -6,7 +6,7 @@
 use std::{
     fs,
     net::TcpListener,
-    path::PathBuf,
+    path::Path,
     process::{Child, Command, Stdio},
     sync::Once,
     time::{Duration, Instant},
@@ -47,7 +47,7 @@ impl Pebble {
         init_tracing();
         let bin = std::env::var("PEBBLE_BIN").unwrap_or_else(|_| "pebble".into());
         let dir = tempfile::tempdir().expect("tempdir");
-        let tls_root = write_tls_files(&dir.path().to_path_buf());
+        let tls_root = write_tls_files(dir.path());
         let [acme, mgmt, http01, tlsalpn] = free_ports();
 
         let mut config = serde_json::json!({"pebble": {
@@ -192,7 +192,7 @@ pub(crate) fn serial_hex(raw_serial: &[u8]) -> String {
 }
 
 /// Writes a CA-issued TLS certificate for 127.0.0.1/localhost and its key; returns the CA.
-fn write_tls_files(dir: &PathBuf) -> CertificateDer<'static> {
+fn write_tls_files(dir: &Path) -> CertificateDer<'static> {
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params
