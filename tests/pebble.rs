@@ -7,8 +7,8 @@ mod support;
 use std::time::Duration;
 
 use certbroker::acme::{
-    Account, AccountKey, AcmeError, Client, ExternalAccountKey, Identifier, NewAccount, NewOrder,
-    OrderStatus, RetryPolicy,
+    Account, AccountKey, AcmeError, ChallengeStatus, Client, ExternalAccountKey, Identifier,
+    NewAccount, NewOrder, OrderStatus, RetryPolicy,
 };
 use serde_json::json;
 use support::{Pebble, PebbleOptions, serial_hex};
@@ -393,4 +393,67 @@ async fn csr_for_other_name_is_a_final_problem() {
     let err = account.finalize(&order, csr.der()).await.unwrap_err();
     assert!(err.problem().is_some(), "{err:?}");
     assert!(!err.is_retryable(), "{err:?}");
+}
+
+#[tokio::test]
+async fn failed_validation_surfaces_the_challenge_problem() {
+    // Real validation of http-01 for `localhost`: nothing listens on pebble's httpPort, so
+    // the challenge fails and the authorization goes invalid.
+    let pebble = Pebble::start(PebbleOptions {
+        real_validation: true,
+        ..PebbleOptions::default()
+    })
+    .await;
+    let account = account(&pebble).await;
+    let order = account
+        .new_order(&NewOrder {
+            identifiers: vec![Identifier::dns("localhost")],
+            ..NewOrder::default()
+        })
+        .await
+        .unwrap();
+    let url = &order.state.authorizations[0];
+    let authz = account.authorization(url).await.unwrap();
+    let ch = authz
+        .challenges
+        .iter()
+        .find(|c| c.r#type == "http-01")
+        .unwrap();
+    account
+        .respond_challenge(&ch.url, &json!({}))
+        .await
+        .unwrap();
+    let err = account.poll_authorization(url, &POLL).await.unwrap_err();
+    let problem = err.problem().unwrap_or_else(|| panic!("{err:?}"));
+    assert!(
+        problem.r#type.is_some(),
+        "the challenge's own problem: {problem}"
+    );
+    assert!(!err.is_retryable(), "{err:?}");
+
+    let err = account.poll_order(&order.url, &POLL).await.unwrap_err();
+    assert!(err.problem().is_some(), "{err:?}");
+    let challenge = account.challenge(&ch.url).await.unwrap();
+    assert_eq!(challenge.status, ChallengeStatus::Invalid);
+    assert!(challenge.error.is_some());
+}
+
+#[tokio::test]
+async fn polling_gives_up_at_the_deadline() {
+    let pebble = Pebble::start(PebbleOptions::default()).await;
+    let account = account(&pebble).await;
+    let order = account
+        .new_order(&NewOrder {
+            identifiers: vec![Identifier::dns(NAME)],
+            ..NewOrder::default()
+        })
+        .await
+        .unwrap();
+    // Nobody answers the challenge, so the order stays pending.
+    let quick = POLL.timeout(Duration::from_millis(400));
+    let started = std::time::Instant::now();
+    let err = account.poll_order(&order.url, &quick).await.unwrap_err();
+    assert!(matches!(err, AcmeError::Timeout { .. }), "{err:?}");
+    assert!(err.is_retryable());
+    assert!(started.elapsed() < Duration::from_secs(3));
 }

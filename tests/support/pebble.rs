@@ -26,6 +26,8 @@ pub(crate) struct PebbleOptions {
     /// `externalAccountMACKeys` (key id → base64url MAC key); non-empty turns on
     /// `externalAccountBindingRequired`.
     pub(crate) eab_keys: Vec<(String, String)>,
+    /// Really validate challenges instead of `PEBBLE_VA_ALWAYS_VALID=1`.
+    pub(crate) real_validation: bool,
 }
 
 /// A running pebble.
@@ -77,7 +79,10 @@ impl Pebble {
             .arg("-config")
             .arg(&config_path)
             .arg("-strict")
-            .env("PEBBLE_VA_ALWAYS_VALID", "1")
+            .env(
+                "PEBBLE_VA_ALWAYS_VALID",
+                if opts.real_validation { "0" } else { "1" },
+            )
             .env("PEBBLE_VA_NOSLEEP", "1")
             .env(
                 "PEBBLE_WFE_NONCEREJECT",
