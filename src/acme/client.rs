@@ -306,3 +306,28 @@ fn replay_nonce(resp: &Response) -> Option<String> {
 
 /// Nonces kept for reuse; older ones are dropped (servers expire them anyway).
 const NONCE_POOL_SIZE: usize = 16;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn revocation_payload_shape() {
+        assert_eq!(
+            revocation_payload(&[0x30, 0x82], Some(1)),
+            json!({"certificate": "MII", "reason": 1})
+        );
+        assert_eq!(
+            revocation_payload(&[0x30, 0x82], None),
+            json!({"certificate": "MII"})
+        );
+    }
+
+    #[test]
+    fn settings_defaults() {
+        let s = ClientSettings::new("https://ca.test/dir".parse().unwrap());
+        assert_eq!(s.max_bad_nonce_retries, 5);
+        assert!(s.trust_roots.is_none());
+        assert_eq!(s.retry, RetryPolicy::new());
+    }
+}
