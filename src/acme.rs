@@ -1,1 +1,37 @@
-//! TODO module acme
+//! An ACME ([RFC 8555](https://www.rfc-editor.org/rfc/rfc8555)) client on reqwest + josekit.
+//!
+//! The module knows the protocol and nothing about what the certificates are for: identifier
+//! types and challenge response payloads are plain strings and JSON chosen by the caller, so
+//! the same client drives `dns`/`http-01` against Pebble and `TNAuthList`/`tkauth-01` against
+//! an STI-CA.
+//!
+//! Shape (after instant-acme): a cheap-to-clone [`Client`] holds the directory, the HTTP client
+//! and a pool of anti-replay nonces; an [`Account`] pairs a client with an [`AccountKey`] and
+//! the account URL, and carries every `kid`-signed operation. Every request body is a flattened
+//! JWS signed with ES256 ([RFC 8555 §6.2](https://www.rfc-editor.org/rfc/rfc8555#section-6.2));
+//! `badNonce` rejections are retried with the nonce from the error response, bounded by
+//! [`ClientSettings::max_bad_nonce_retries`]. Polling follows a [`RetryPolicy`] and honours
+//! `Retry-After`.
+//!
+//! Logging: each request opens a `tracing` span with method and URL and records the response
+//! status; JWS bodies, keys and certificates are never logged.
+
+mod account;
+mod client;
+mod error;
+mod jws;
+mod key;
+mod response;
+mod retry;
+mod types;
+
+pub use account::Account;
+pub use client::{Client, ClientSettings};
+pub use error::AcmeError;
+pub use key::{AccountKey, ExternalAccountKey};
+pub use retry::RetryPolicy;
+pub use types::{
+    AccountStatus, Authorization, AuthorizationStatus, CertificateChain, Challenge,
+    ChallengeStatus, Directory, DirectoryMeta, Identifier, NewAccount, NewOrder, Order, OrderState,
+    OrderStatus, Problem,
+};
