@@ -198,7 +198,7 @@ async fn caller_csr_keeps_its_key() {
         .into_inner();
     assert!(resp.private_key_pkcs8_der.is_empty(), "no key when the caller brought a CSR");
     let leaf = certbroker::shaken::CertInfo::parse(&resp.certificate_chain_der[0]).unwrap();
-    assert_eq!(leaf.public_key_spki_der, key.public_key_der());
+    assert_eq!(leaf.public_key_spki_der, rcgen::PublicKeyData::subject_public_key_info(&key));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -187,7 +187,7 @@ impl fmt::Debug for ExternalAccountKey {
 }
 
 /// A key that can sign a JWS and describe itself as a public JWK.
-pub(crate) trait SigningKey {
+pub(crate) trait SigningKey: Send + Sync {
     /// The JWS `alg`.
     fn alg(&self) -> &'static str;
     /// The public JWK with only the required members.

@@ -82,7 +82,7 @@ impl Upstream {
             .map(|eab| {
                 let key = std::env::var(&eab.hmac_key_env)
                     .map_err(|_| setup("eab.hmac_key_env", &format!("{} is not set", eab.hmac_key_env)))?;
-                ExternalAccountKey::new(eab.key_id.clone(), &key)
+                ExternalAccountKey::from_base64url(eab.key_id.clone(), &key)
                     .map_err(|e| setup("eab.hmac_key_env", &e))
             })
             .transpose()?;
@@ -371,7 +371,8 @@ impl Upstream {
                 ca: false,
             },
         )?;
-        Ok((csr, Some(key.serialize_der()), key.public_key_der()))
+        let spki = rcgen::PublicKeyData::subject_public_key_info(&key);
+        Ok((csr, Some(key.serialize_der()), spki))
     }
 
     /// Revokes a certificate this CA issued, signed by the account. A certificate the CA

@@ -162,7 +162,13 @@ pub(crate) async fn run(args: IssueArgs) -> anyhow::Result<()> {
     let leaf = &issued.leaf;
     println!("serial:    {}", leaf.serial_hex);
     println!("notAfter:  {}", leaf.not_after);
-    println!("issuer:    {}", leaf.issuer);
+    let issuer = issued
+        .chain_der
+        .get(1)
+        .and_then(|der| crate::shaken::CertInfo::parse(der).ok())
+        .map(|ca| format!("CN={}, O={}, C={}", ca.subject.common_name, ca.subject.organization, ca.subject.country))
+        .unwrap_or_else(|| "(not in chain)".into());
+    println!("issuer:    {issuer}");
     println!("written:   {} and {}", cert_path.display(), args.out.join("key.pem").display());
     Ok(())
 }
