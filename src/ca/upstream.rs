@@ -108,10 +108,12 @@ impl Upstream {
                 timeout: Duration::from_secs(s.request_timeout_secs),
             })
             .map_err(|e| setup("sti_pa", &e))?;
-            Some(Arc::new(CachingTokenProvider::new(
-                Arc::new(client),
-                s.challenge.refresh_margin,
-            )))
+            let client: Arc<dyn TokenProvider> = Arc::new(client);
+            Some(if s.challenge.reuse_tokens {
+                Arc::new(CachingTokenProvider::new(client, s.challenge.refresh_margin))
+            } else {
+                client
+            })
         } else {
             s.token_file
                 .as_deref()

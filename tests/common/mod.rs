@@ -56,7 +56,7 @@ impl DevEnv {
             account_key = "{key}"
             request_timeout_secs = 10
             attempt_timeout_secs = 20
-            [sti_pa]
+            [ca.sti_pa]
             base_url = "{pa}"
             user_id = "{user}"
             password = "placeholder"

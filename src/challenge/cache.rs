@@ -1,0 +1,140 @@
+//! SPC tokens cached per (TNAuthList, ca flag, account fingerprint) until shortly before
+//! their `exp`. A new account key means a new fingerprint and so a new token.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use time::OffsetDateTime;
+
+use super::{AuthorityToken, TokenError, TokenProvider, TokenRequest};
+
+type Key = (Vec<u8>, bool, String);
+type Slot = Arc<tokio::sync::Mutex<Option<AuthorityToken>>>;
+
+/// Wraps a provider with a cache. Concurrent requests for the same key wait for one fetch.
+#[derive(Debug)]
+pub struct CachingTokenProvider {
+    inner: Arc<dyn TokenProvider>,
+    refresh_margin: Duration,
+    slots: Mutex<HashMap<Key, Slot>>,
+}
+
+impl CachingTokenProvider {
+    /// Caches `inner`'s tokens, refetching `refresh_margin` before `exp`.
+    pub fn new(inner: Arc<dyn TokenProvider>, refresh_margin: Duration) -> Self {
+        Self {
+            inner,
+            refresh_margin,
+            slots: Mutex::default(),
+        }
+    }
+
+    fn slot(&self, req: &TokenRequest) -> Slot {
+        let key = (req.tn_auth_list.to_der(), req.ca, req.fingerprint.to_ascii_uppercase());
+        // Each critical section is one map operation, so a poisoned lock is still consistent.
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        slots
+            .retain(|_, s| Arc::strong_count(s) > 1 || s.try_lock().is_ok_and(|t| t.is_some()));
+        slots.entry(key).or_default().clone()
+    }
+}
+
+#[async_trait::async_trait]
+impl TokenProvider for CachingTokenProvider {
+    async fn token(&self, req: &TokenRequest) -> Result<AuthorityToken, TokenError> {
+        let slot = self.slot(req);
+        let mut cached = slot.lock().await;
+        let fresh_until = OffsetDateTime::now_utc() + self.refresh_margin;
+        if let Some(t) = cached.as_ref().filter(|t| t.expires_at > fresh_until) {
+            return Ok(t.clone());
+        }
+        let token = self.inner.token(req).await?;
+        token.check(req, self.refresh_margin)?;
+        *cached = Some(token.clone());
+        Ok(token)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::{
+        challenge::token::tests::{FP, token_json},
+        shaken::{TkValueEncoding, TnAuthList},
+    };
+
+    #[derive(Debug)]
+    struct Counting {
+        calls: AtomicUsize,
+        ttl_secs: i64,
+    }
+
+    #[async_trait::async_trait]
+    impl TokenProvider for Counting {
+        async fn token(&self, req: &TokenRequest) -> Result<AuthorityToken, TokenError> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let value = req.tn_auth_list.encode(TkValueEncoding::Base64);
+            let mut t = AuthorityToken::parse(&token_json(&value, self.ttl_secs))?;
+            t.fingerprint = req.fingerprint.clone();
+            Ok(t)
+        }
+    }
+
+    fn req(spc: &str, fp: &str) -> TokenRequest {
+        TokenRequest {
+            tn_auth_list: TnAuthList::from_spc(spc).unwrap(),
+            ca: false,
+            fingerprint: fp.into(),
+        }
+    }
+
+    fn cache(ttl_secs: i64) -> (Arc<Counting>, Arc<CachingTokenProvider>) {
+        let inner = Arc::new(Counting {
+            calls: AtomicUsize::new(0),
+            ttl_secs,
+        });
+        let cache = Arc::new(CachingTokenProvider::new(inner.clone(), Duration::from_secs(60)));
+        (inner, cache)
+    }
+
+    #[tokio::test]
+    async fn reuses_until_near_expiry_and_keys_by_fingerprint() {
+        let (inner, cache) = cache(3600);
+        cache.token(&req("1234", FP)).await.unwrap();
+        cache.token(&req("1234", FP)).await.unwrap();
+        assert_eq!(inner.calls.load(Ordering::SeqCst), 1);
+        cache.token(&req("1234", "SHA256 AA")).await.unwrap();
+        cache.token(&req("5678", FP)).await.unwrap();
+        assert_eq!(inner.calls.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn tokens_inside_the_margin_are_refetched_and_refused() {
+        let (inner, cache) = cache(30);
+        // A 30 s token is inside the 60 s margin: fetched, and refused as too short.
+        assert!(matches!(cache.token(&req("1234", FP)).await, Err(TokenError::Expired(_))));
+        assert!(cache.token(&req("1234", FP)).await.is_err());
+        assert_eq!(inner.calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn concurrent_requests_share_one_fetch() {
+        let (inner, cache) = cache(3600);
+        let tasks: Vec<_> = (0..20)
+            .map(|_| {
+                let cache = cache.clone();
+                tokio::spawn(async move { cache.token(&req("1234", FP)).await })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        assert_eq!(inner.calls.load(Ordering::SeqCst), 1);
+    }
+}
