@@ -25,6 +25,8 @@ enum Command {
     Devca(devca::DevcaArgs),
     /// Obtain one certificate directly from an ACME CA and write it to a directory.
     Issue(issue::IssueArgs),
+    /// Revoke a certificate directly at an ACME CA (the counterpart of `issue`).
+    RevokeCert(issue::RevokeCertArgs),
     /// Ask a running broker for a certificate.
     Get(client::GetArgs),
     /// Ask a running broker to revoke a certificate.
@@ -40,6 +42,7 @@ pub fn main() -> anyhow::Result<()> {
             Command::Serve(args) => serve::run(args).await,
             Command::Devca(args) => devca::run(args).await,
             Command::Issue(args) => issue::run(args).await,
+            Command::RevokeCert(args) => issue::revoke_cert(args).await,
             Command::Get(args) => client::get(args).await,
             Command::Revoke(args) => client::revoke(args).await,
         }

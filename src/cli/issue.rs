@@ -74,6 +74,26 @@ pub(crate) struct IssueArgs {
     timeout: u64,
 }
 
+#[derive(Debug, Args)]
+pub(crate) struct RevokeCertArgs {
+    /// ACME directory URL of the CA that issued the certificate.
+    #[arg(long)]
+    directory: url::Url,
+    /// PEM bundle to trust for the CA's HTTPS instead of the system roots.
+    #[arg(long)]
+    trust_root: Option<PathBuf>,
+    /// The ACME account key that ordered the certificate (PKCS#8 PEM).
+    #[arg(long)]
+    account_key: PathBuf,
+    /// The certificate (PEM; the first certificate of a chain is revoked).
+    #[arg(long)]
+    cert: PathBuf,
+    /// RFC 5280 reason code (0 unspecified, 1 keyCompromise, 3 affiliationChanged,
+    /// 4 superseded, 5 cessationOfOperation).
+    #[arg(long, default_value_t = 0)]
+    reason: u8,
+}
+
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum ResponseFieldArg {
     Atc,
@@ -100,22 +120,16 @@ pub(crate) async fn run(args: IssueArgs) -> anyhow::Result<()> {
         Ids::Dns(names) => Identifiers::dns(&names).map_err(|e| anyhow::anyhow!("--dns: {e}"))?,
     };
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    let account_key = args
+        .account_key
+        .clone()
+        .unwrap_or_else(|| args.out.join("account.pem"));
     let settings = CaSettings {
-        name: args.directory.host_str().unwrap_or("ca").to_owned(),
-        directory: args.directory.clone(),
-        trust_roots: args.trust_root.clone(),
-        pools: vec!["default".into()],
-        priority: 0,
-        account_key: args
-            .account_key
-            .clone()
-            .unwrap_or_else(|| args.out.join("account.pem")),
         contact: args.contact.clone(),
         eab: args.eab_kid.clone().map(|key_id| EabSettings {
             key_id,
             hmac_key_env: args.eab_hmac_env.clone().unwrap_or_default(),
         }),
-        request_timeout_secs: 30,
         attempt_timeout_secs: args.timeout,
         csr: CsrSettings {
             country: "US".into(),
@@ -146,6 +160,7 @@ pub(crate) async fn run(args: IssueArgs) -> anyhow::Result<()> {
         }),
         token_file: args.token_file.clone(),
         http01_listen: args.http01_listen,
+        ..base_settings(&args.directory, args.trust_root.clone(), account_key)
     };
     let upstream = Upstream::from_settings(&settings)?;
     let issued = upstream.issue(&identifiers, None).await?;
@@ -171,4 +186,41 @@ pub(crate) async fn run(args: IssueArgs) -> anyhow::Result<()> {
     println!("issuer:    {issuer}");
     println!("written:   {} and {}", cert_path.display(), args.out.join("key.pem").display());
     Ok(())
+}
+
+/// `certbroker revoke-cert`: revokes a certificate directly at the ACME CA, signed by the
+/// account that ordered it.
+pub(crate) async fn revoke_cert(args: RevokeCertArgs) -> anyhow::Result<()> {
+    telemetry::init(&Default::default());
+    let pem = std::fs::read_to_string(&args.cert)
+        .with_context(|| format!("reading {}", args.cert.display()))?;
+    let chain = crate::shaken::parse_pem_chain(&pem)?;
+    let leaf = chain.first().context("no certificate in --cert")?;
+    let settings = base_settings(&args.directory, args.trust_root.clone(), args.account_key.clone());
+    let upstream = Upstream::from_settings(&settings)?;
+    upstream.revoke(leaf, args.reason).await?;
+    let info = crate::shaken::CertInfo::parse(leaf)?;
+    println!("revoked serial {} (reason {})", info.serial_hex, args.reason);
+    Ok(())
+}
+
+/// Settings for a one-off upstream named after the directory's host.
+fn base_settings(directory: &url::Url, trust_root: Option<PathBuf>, account_key: PathBuf) -> CaSettings {
+    CaSettings {
+        name: directory.host_str().unwrap_or("ca").to_owned(),
+        directory: directory.clone(),
+        trust_roots: trust_root,
+        pools: vec!["default".into()],
+        priority: 0,
+        account_key,
+        contact: vec![],
+        eab: None,
+        request_timeout_secs: 30,
+        attempt_timeout_secs: 120,
+        csr: CsrSettings::default(),
+        challenge: TkAuthSettings::default(),
+        sti_pa: None,
+        token_file: None,
+        http01_listen: None,
+    }
 }
