@@ -145,7 +145,7 @@ pub async fn connect(settings: &RedisSettings) -> Result<RedisStore, StoreError>
             prefix,
             keyring,
             timeout,
-            subscriber: Subscriber::spawn(clients, routes.clone(), timeout),
+            _subscriber: Subscriber::spawn(clients, routes.clone(), timeout),
             routes,
             scripts: Scripts::new(),
         }),
@@ -171,8 +171,7 @@ struct Inner {
     timeout: Duration,
     routes: Routes,
     /// Kept for its `Drop`, which stops the subscription task.
-    #[allow(dead_code)]
-    subscriber: Subscriber,
+    _subscriber: Subscriber,
     scripts: Scripts,
 }
 
