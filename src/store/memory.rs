@@ -1,16 +1,62 @@
 //! In-process store for a single broker (`store.backend = "memory"`, and `serve --dev`).
+//! Locks, progress, negative entries and notifications work within this process only.
 
 use std::{
     collections::HashMap,
-    sync::{Arc, RwLock},
+    sync::{Arc, Mutex, RwLock},
+    time::Duration,
 };
 
-use super::{CertRecord, CertSelector, Store, StoreError};
+use tokio::{sync::broadcast, time::Instant};
 
-/// Keeps records in a map; expired records are dropped on the next write.
-#[derive(Debug, Default, Clone)]
+use super::{CertRecord, CertSelector, LockToken, Store, StoreError, StoreHealth, wait_for_ready};
+
+/// Keeps records in a map; expired records are dropped on the next write. Cheap to clone:
+/// clones share the same maps.
+#[derive(Debug, Clone)]
 pub struct MemoryStore {
     inner: Arc<RwLock<Inner>>,
+    coord: Arc<Mutex<Coord>>,
+    /// Keys whose work finished or whose lock was released.
+    ready: broadcast::Sender<String>,
+    invalidations: broadcast::Sender<String>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self {
+            inner: Arc::default(),
+            coord: Arc::default(),
+            ready: broadcast::channel(CHANNEL_CAPACITY).0,
+            invalidations: broadcast::channel(CHANNEL_CAPACITY).0,
+        }
+    }
+}
+
+/// Fleet-coordination state, every entry with its expiry.
+#[derive(Debug, Default)]
+struct Coord {
+    locks: HashMap<String, (LockToken, Instant)>,
+    progress: HashMap<String, (Vec<u8>, Instant)>,
+    negative: HashMap<String, (String, Instant)>,
+}
+
+impl Coord {
+    /// The live lock on `key`, dropping it if it expired.
+    fn lock(&mut self, key: &str) -> Option<&LockToken> {
+        live(&mut self.locks, key)
+    }
+}
+
+/// The live entry for `key` in `map`, dropping it if it expired.
+fn live<'m, T>(map: &'m mut HashMap<String, (T, Instant)>, key: &str) -> Option<&'m T> {
+    if map
+        .get(key)
+        .is_some_and(|(_, until)| *until <= Instant::now())
+    {
+        map.remove(key);
+    }
+    map.get(key).map(|(v, _)| v)
 }
 
 #[derive(Debug, Default)]
@@ -37,6 +83,12 @@ impl MemoryStore {
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
         self.inner.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn coord(&self) -> std::sync::MutexGuard<'_, Coord> {
+        // Every critical section below is a single map operation, so a poisoned mutex still
+        // guards consistent maps.
+        self.coord.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -88,6 +140,108 @@ impl Store for MemoryStore {
         remove(&mut self.write(), record);
         Ok(())
     }
+
+    async fn try_lock(&self, key: &str, ttl: Duration) -> Result<Option<LockToken>, StoreError> {
+        let mut coord = self.coord();
+        if coord.lock(key).is_some() {
+            return Ok(None);
+        }
+        let token = LockToken::random();
+        coord
+            .locks
+            .insert(key.to_owned(), (token.clone(), Instant::now() + ttl));
+        Ok(Some(token))
+    }
+
+    async fn renew_lock(
+        &self,
+        key: &str,
+        token: &LockToken,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let mut coord = self.coord();
+        if coord.lock(key) != Some(token) {
+            return Ok(false);
+        }
+        coord
+            .locks
+            .insert(key.to_owned(), (token.clone(), Instant::now() + ttl));
+        Ok(true)
+    }
+
+    async fn release_lock(&self, key: &str, token: &LockToken) -> Result<(), StoreError> {
+        let released = {
+            let mut coord = self.coord();
+            let owned = coord.lock(key) == Some(token);
+            if owned {
+                coord.locks.remove(key);
+            }
+            owned
+        };
+        if released {
+            // No receiver is not an error: nobody waits.
+            let _ = self.ready.send(key.to_owned());
+        }
+        Ok(())
+    }
+
+    async fn set_progress(
+        &self,
+        key: &str,
+        progress: &[u8],
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        self.coord()
+            .progress
+            .insert(key.to_owned(), (progress.to_vec(), Instant::now() + ttl));
+        Ok(())
+    }
+
+    async fn progress(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(live(&mut self.coord().progress, key).cloned())
+    }
+
+    async fn clear_progress(&self, key: &str) -> Result<(), StoreError> {
+        self.coord().progress.remove(key);
+        Ok(())
+    }
+
+    async fn publish_ready(&self, key: &str) -> Result<(), StoreError> {
+        let _ = self.ready.send(key.to_owned());
+        Ok(())
+    }
+
+    async fn wait_ready(&self, key: &str, timeout: Duration) -> Result<(), StoreError> {
+        let rx = self.ready.subscribe();
+        wait_for_ready(rx, key, timeout, POLL_INTERVAL, || async {
+            Ok(self.coord().lock(key).is_some())
+        })
+        .await
+    }
+
+    async fn put_negative(&self, key: &str, reason: &str, ttl: Duration) -> Result<(), StoreError> {
+        self.coord()
+            .negative
+            .insert(key.to_owned(), (reason.to_owned(), Instant::now() + ttl));
+        Ok(())
+    }
+
+    async fn negative(&self, key: &str) -> Result<Option<String>, StoreError> {
+        Ok(live(&mut self.coord().negative, key).cloned())
+    }
+
+    async fn publish_invalidation(&self, cache_key: &str) -> Result<(), StoreError> {
+        let _ = self.invalidations.send(cache_key.to_owned());
+        Ok(())
+    }
+
+    async fn subscribe_invalidations(&self) -> Result<broadcast::Receiver<String>, StoreError> {
+        Ok(self.invalidations.subscribe())
+    }
+
+    async fn health(&self) -> StoreHealth {
+        StoreHealth::Ok
+    }
 }
 
 fn remove(inner: &mut Inner, record: &CertRecord) {
@@ -97,6 +251,10 @@ fn remove(inner: &mut Inner, record: &CertRecord) {
         inner.current.remove(&record.cache_key);
     }
 }
+
+/// Lock expiry is only noticed by polling; release wakes waiters at once.
+const POLL_INTERVAL: Duration = Duration::from_millis(50);
+const CHANNEL_CAPACITY: usize = 1024;
 
 #[cfg(test)]
 mod tests {
@@ -146,5 +304,99 @@ mod tests {
         let sel = CertSelector::Serial("01".into());
         assert_eq!(store.find(&sel).await.unwrap(), None);
         assert_eq!(store.current("a").await.unwrap(), None);
+    }
+}
+
+#[cfg(test)]
+mod coord_tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn lock_is_exclusive_owned_and_expires() {
+        let store = MemoryStore::new();
+        let ttl = Duration::from_millis(300);
+        let a = store.try_lock("k", ttl).await.unwrap().unwrap();
+        assert_eq!(store.try_lock("k", ttl).await.unwrap(), None);
+
+        let stranger = LockToken::random();
+        store.release_lock("k", &stranger).await.unwrap();
+        assert!(!store.renew_lock("k", &stranger, ttl).await.unwrap());
+        assert_eq!(store.try_lock("k", ttl).await.unwrap(), None);
+
+        assert!(store.renew_lock("k", &a, ttl).await.unwrap());
+        store.release_lock("k", &a).await.unwrap();
+        let b = store.try_lock("k", ttl).await.unwrap().unwrap();
+        assert_ne!(a, b);
+
+        tokio::time::sleep(ttl + Duration::from_millis(20)).await;
+        assert!(!store.renew_lock("k", &b, ttl).await.unwrap());
+        assert!(store.try_lock("k", ttl).await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn wait_ready_wakes_on_publish_release_or_times_out() {
+        let store = MemoryStore::new();
+        let ttl = Duration::from_secs(60);
+        // Nobody holds the lock: nothing to wait for.
+        store.wait_ready("k", Duration::ZERO).await.unwrap();
+
+        let token = store.try_lock("k", ttl).await.unwrap().unwrap();
+        let waiter = {
+            let store = store.clone();
+            tokio::spawn(async move { store.wait_ready("k", Duration::from_secs(5)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!waiter.is_finished());
+        let published = Instant::now();
+        store.publish_ready("k").await.unwrap();
+        waiter.await.unwrap().unwrap();
+        assert!(
+            published.elapsed() < POLL_INTERVAL,
+            "woken by the message, not polling"
+        );
+
+        let waiter = {
+            let store = store.clone();
+            tokio::spawn(async move { store.wait_ready("k", Duration::from_secs(5)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!waiter.is_finished());
+        store.release_lock("k", &token).await.unwrap();
+        waiter.await.unwrap().unwrap();
+
+        store.try_lock("k", ttl).await.unwrap().unwrap();
+        let err = store
+            .wait_ready("k", Duration::from_millis(200))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::TimedOut(_)), "{err}");
+    }
+
+    #[tokio::test]
+    async fn progress_negative_and_invalidations() {
+        let store = MemoryStore::new();
+        let ttl = Duration::from_millis(200);
+        store.set_progress("k", b"order-url", ttl).await.unwrap();
+        assert_eq!(
+            store.progress("k").await.unwrap().as_deref(),
+            Some(&b"order-url"[..])
+        );
+        store.clear_progress("k").await.unwrap();
+        assert_eq!(store.progress("k").await.unwrap(), None);
+
+        store.put_negative("k", "{\"why\":1}", ttl).await.unwrap();
+        assert_eq!(
+            store.negative("k").await.unwrap().as_deref(),
+            Some("{\"why\":1}")
+        );
+        tokio::time::sleep(ttl).await;
+        assert_eq!(store.negative("k").await.unwrap(), None);
+
+        let mut rx = store.subscribe_invalidations().await.unwrap();
+        store.publish_invalidation("ck").await.unwrap();
+        assert_eq!(rx.recv().await.unwrap(), "ck");
+        assert_eq!(store.health().await, StoreHealth::Ok);
     }
 }

@@ -1,0 +1,436 @@
+//! The fleet-wide store in Redis, standalone or Cluster.
+//!
+//! Key layout under `prefix` (default `certbroker`). Everything about one cache key shares a
+//! hash tag, so it lives in one Cluster slot and multi-key scripts stay legal:
+//!
+//! | key | value | expires |
+//! |---|---|---|
+//! | `prefix:{ck}:current` | serial of the current certificate | its notAfter |
+//! | `prefix:{ck}:cert:<serial>` | the record (JSON, private key sealed) | its notAfter |
+//! | `prefix:serial:<serial>` | `{"cache_key","serial"}` | notAfter |
+//! | `prefix:fp:<sha256>` | `{"cache_key","serial"}` | notAfter |
+//! | `prefix:{key}:lock` | random owner token | lock TTL |
+//! | `prefix:{key}:progress` | opaque bytes | given TTL |
+//! | `prefix:{key}:negative` | opaque reason | given TTL |
+//!
+//! Pub/sub channels `prefix:ready` and `prefix:invalidate` carry keys as payload.
+//! Every command is bounded by `timeout_ms`; every Redis failure is
+//! [`StoreError::Unavailable`], which callers treat as a miss.
+
+mod codec;
+mod conn;
+mod pubsub;
+mod scripts;
+
+use std::{fmt, sync::Arc, time::Duration};
+
+use redis::{Client, FromRedisValue, RedisResult, Value};
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+use self::{
+    codec::IndexEntry,
+    conn::{Conn, redact_url},
+    pubsub::{Routes, Subscriber},
+    scripts::Scripts,
+};
+use super::{
+    CertRecord, CertSelector, Keyring, KeyringSettings, LockToken, Store, StoreError, StoreHealth,
+    wait_for_ready,
+};
+
+/// `[store.redis]`: where the shared store lives.
+#[derive(Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisSettings {
+    /// Standalone server: `redis://[user:password@]host:port[/db]`, or `rediss://` for TLS
+    /// (trusting the system roots). Unset in cluster mode. Default: unset.
+    pub url: Option<String>,
+    /// Redis Cluster seed nodes, each a `redis://` or `rediss://` URL; non-empty selects
+    /// cluster mode (then `url` must be unset). Default: empty.
+    pub cluster_nodes: Vec<String>,
+    /// Prefix of every key and channel, so several deployments can share one Redis.
+    /// Must not contain `{` or `}`. Default: `certbroker`.
+    pub prefix: String,
+    /// Keys that encrypt private keys at rest. Required as soon as the broker stores a
+    /// certificate whose key it generated. Default: none.
+    pub keyring: Option<KeyringSettings>,
+    /// Upper bound, in milliseconds, for connecting and for each command. Default: 1000.
+    pub timeout_ms: u64,
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        Self {
+            url: None,
+            cluster_nodes: Vec::new(),
+            prefix: "certbroker".into(),
+            keyring: None,
+            timeout_ms: 1000,
+        }
+    }
+}
+
+impl fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisSettings")
+            .field("url", &self.url.as_deref().map(redact_url))
+            .field(
+                "cluster_nodes",
+                &self
+                    .cluster_nodes
+                    .iter()
+                    .map(|n| redact_url(n))
+                    .collect::<Vec<_>>(),
+            )
+            .field("prefix", &self.prefix)
+            .field("keyring", &self.keyring)
+            .field("timeout_ms", &self.timeout_ms)
+            .finish()
+    }
+}
+
+/// Opens the store described by `settings`. Connections are made lazily and re-made after
+/// every failure, so this returns within `timeout_ms` even when Redis is down (it logs a
+/// warning); operations fail with [`StoreError::Unavailable`] until Redis is back.
+/// [`StoreError::Config`] for unusable settings. Needs a Tokio runtime.
+pub async fn connect(settings: &RedisSettings) -> Result<RedisStore, StoreError> {
+    crate::tls::init();
+    let timeout = Duration::from_millis(settings.timeout_ms.max(1));
+    if settings.prefix.is_empty() || settings.prefix.contains(['{', '}']) {
+        return Err(StoreError::Config(format!(
+            "store.redis.prefix {:?} must be non-empty and contain no braces",
+            settings.prefix
+        )));
+    }
+    let keyring = settings.keyring.as_ref().map(Keyring::new).transpose()?;
+    let (conn, sub_urls, mode) = match (&settings.url, settings.cluster_nodes.as_slice()) {
+        (Some(url), []) => (
+            Conn::standalone(url, timeout)?,
+            vec![url.clone()],
+            redact_url(url),
+        ),
+        (None, nodes) if !nodes.is_empty() => (
+            Conn::cluster(nodes, timeout)?,
+            nodes.to_vec(),
+            format!("cluster of {} seed nodes", nodes.len()),
+        ),
+        (None, _) => {
+            return Err(StoreError::Config(
+                "set store.redis.url or store.redis.cluster_nodes".into(),
+            ));
+        }
+        (Some(_), _) => {
+            return Err(StoreError::Config(
+                "store.redis.url and store.redis.cluster_nodes are exclusive".into(),
+            ));
+        }
+    };
+    let clients = sub_urls
+        .iter()
+        .map(|u| Client::open(u.as_str()))
+        .collect::<RedisResult<Vec<_>>>()
+        .map_err(|e| StoreError::Config(format!("invalid Redis address: {e}")))?;
+    let prefix = settings.prefix.clone();
+    let routes = Routes {
+        ready_channel: format!("{prefix}:ready"),
+        ready: broadcast::channel(CHANNEL_CAPACITY).0,
+        invalidate_channel: format!("{prefix}:invalidate"),
+        invalidations: broadcast::channel(CHANNEL_CAPACITY).0,
+    };
+    let store = RedisStore {
+        inner: Arc::new(Inner {
+            conn,
+            mode,
+            prefix,
+            keyring,
+            timeout,
+            _subscriber: Subscriber::spawn(clients, routes.clone(), timeout),
+            routes,
+            scripts: Scripts::new(),
+        }),
+    };
+    if let StoreHealth::Degraded(reason) = store.health().await {
+        tracing::warn!(%reason, "redis not reachable at start-up; running degraded until it is");
+    }
+    Ok(store)
+}
+
+/// [`Store`] on Redis. Cheap to clone: clones share connections and the subscription.
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    conn: Conn,
+    /// Redacted address, for `Debug`.
+    mode: String,
+    prefix: String,
+    keyring: Option<Keyring>,
+    timeout: Duration,
+    routes: Routes,
+    /// Kept for its `Drop`, which stops the subscription task.
+    _subscriber: Subscriber,
+    scripts: Scripts,
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("redis", &self.inner.mode)
+            .field("prefix", &self.inner.prefix)
+            .field("keyring", &self.inner.keyring)
+            .finish_non_exhaustive()
+    }
+}
+
+// === impl RedisStore ===
+
+impl RedisStore {
+    /// Runs one command, bounded by the configured timeout.
+    async fn query<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
+        let mut conn = self.inner.conn.clone();
+        self.bounded(cmd.query_async(&mut conn)).await
+    }
+
+    /// Runs one script, bounded by the configured timeout.
+    async fn script<T: FromRedisValue>(
+        &self,
+        invocation: redis::ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.inner.conn.clone();
+        self.bounded(invocation.invoke_async(&mut conn)).await
+    }
+
+    async fn bounded<T>(&self, fut: impl Future<Output = RedisResult<T>>) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.inner.timeout, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(StoreError::Unavailable(format!("redis: {e}"))),
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "redis did not answer within {:?}",
+                self.inner.timeout
+            ))),
+        }
+    }
+
+    /// `prefix:{key}:suffix`: hash-tagged so all of one key's entries share a slot.
+    fn tagged(&self, key: &str, suffix: &str) -> String {
+        format!("{}:{{{key}}}:{suffix}", self.inner.prefix)
+    }
+
+    fn index_key(&self, kind: &str, id: &str) -> String {
+        format!("{}:{kind}:{id}", self.inner.prefix)
+    }
+
+    async fn load(&self, cache_key: &str, serial: &str) -> Result<Option<CertRecord>, StoreError> {
+        let key = self.tagged(cache_key, &format!("cert:{serial}"));
+        let bytes: Option<Vec<u8>> = self.query(redis::cmd("GET").arg(&key)).await?;
+        bytes
+            .map(|b| codec::decode(&b, self.inner.keyring.as_ref()))
+            .transpose()
+    }
+
+    async fn lookup(&self, kind: &str, id: &str) -> Result<Option<CertRecord>, StoreError> {
+        let bytes: Option<Vec<u8>> = self
+            .query(redis::cmd("GET").arg(self.index_key(kind, id)))
+            .await?;
+        let Some(bytes) = bytes else { return Ok(None) };
+        let entry = codec::decode_index(&bytes)?;
+        self.load(&entry.cache_key, &entry.serial).await
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for RedisStore {
+    async fn current(&self, cache_key: &str) -> Result<Option<CertRecord>, StoreError> {
+        let serial: Option<String> = self
+            .query(redis::cmd("GET").arg(self.tagged(cache_key, "current")))
+            .await?;
+        match serial {
+            Some(serial) => self.load(cache_key, &serial).await,
+            None => Ok(None),
+        }
+    }
+
+    /// Records that expired already are not written (and `Ok` is returned).
+    async fn put(&self, record: &CertRecord) -> Result<(), StoreError> {
+        if record.not_after <= time::OffsetDateTime::now_utc().unix_timestamp() {
+            return Ok(());
+        }
+        let body = codec::encode(record, self.inner.keyring.as_ref())?;
+        let ck = &record.cache_key;
+        let mut put = self.inner.scripts.put.prepare_invoke();
+        put.key(self.tagged(ck, &format!("cert:{}", record.serial_hex)))
+            .key(self.tagged(ck, "current"))
+            .arg(body)
+            .arg(&record.serial_hex)
+            .arg(record.not_after);
+        self.script::<i64>(put).await?;
+        let entry = codec::encode_index(&IndexEntry {
+            cache_key: ck.clone(),
+            serial: record.serial_hex.clone(),
+        })?;
+        for key in [
+            self.index_key("serial", &record.serial_hex),
+            self.index_key("fp", &record.fingerprint_hex),
+        ] {
+            let set = redis::cmd("SET")
+                .arg(key)
+                .arg(&entry)
+                .arg("EXAT")
+                .arg(record.not_after)
+                .clone();
+            self.query::<()>(&set).await?;
+        }
+        Ok(())
+    }
+
+    async fn find(&self, selector: &CertSelector) -> Result<Option<CertRecord>, StoreError> {
+        let found = match selector {
+            CertSelector::Serial(s) => self.lookup("serial", s).await?,
+            CertSelector::Fingerprint(f) => self.lookup("fp", f).await?,
+        };
+        // An index entry may outlive a re-put under another key; trust only a match.
+        Ok(found.filter(|r| match selector {
+            CertSelector::Serial(s) => &r.serial_hex == s,
+            CertSelector::Fingerprint(f) => &r.fingerprint_hex == f,
+        }))
+    }
+
+    async fn evict(&self, record: &CertRecord) -> Result<(), StoreError> {
+        let ck = &record.cache_key;
+        let mut evict = self.inner.scripts.evict.prepare_invoke();
+        evict
+            .key(self.tagged(ck, "current"))
+            .key(self.tagged(ck, &format!("cert:{}", record.serial_hex)))
+            .arg(&record.serial_hex);
+        self.script::<i64>(evict).await?;
+        for key in [
+            self.index_key("serial", &record.serial_hex),
+            self.index_key("fp", &record.fingerprint_hex),
+        ] {
+            self.query::<()>(redis::cmd("DEL").arg(key)).await?;
+        }
+        Ok(())
+    }
+
+    async fn try_lock(&self, key: &str, ttl: Duration) -> Result<Option<LockToken>, StoreError> {
+        let token = LockToken::random();
+        let set = redis::cmd("SET")
+            .arg(self.tagged(key, "lock"))
+            .arg(token.as_str())
+            .arg("NX")
+            .arg("PX")
+            .arg(millis(ttl))
+            .clone();
+        let ok: Option<String> = self.query(&set).await?;
+        Ok(ok.map(|_| token))
+    }
+
+    async fn renew_lock(
+        &self,
+        key: &str,
+        token: &LockToken,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let mut renew = self.inner.scripts.renew.prepare_invoke();
+        renew
+            .key(self.tagged(key, "lock"))
+            .arg(token.as_str())
+            .arg(millis(ttl));
+        Ok(self.script::<i64>(renew).await? == 1)
+    }
+
+    async fn release_lock(&self, key: &str, token: &LockToken) -> Result<(), StoreError> {
+        let mut release = self.inner.scripts.release.prepare_invoke();
+        release.key(self.tagged(key, "lock")).arg(token.as_str());
+        self.script::<i64>(release).await.map(drop)
+    }
+
+    async fn set_progress(
+        &self,
+        key: &str,
+        progress: &[u8],
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let set = redis::cmd("SET")
+            .arg(self.tagged(key, "progress"))
+            .arg(progress)
+            .arg("PX")
+            .arg(millis(ttl))
+            .clone();
+        self.query(&set).await
+    }
+
+    async fn progress(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.query(redis::cmd("GET").arg(self.tagged(key, "progress")))
+            .await
+    }
+
+    async fn clear_progress(&self, key: &str) -> Result<(), StoreError> {
+        self.query(redis::cmd("DEL").arg(self.tagged(key, "progress")))
+            .await
+    }
+
+    async fn publish_ready(&self, key: &str) -> Result<(), StoreError> {
+        let publish = redis::cmd("PUBLISH")
+            .arg(&self.inner.routes.ready_channel)
+            .arg(key)
+            .clone();
+        self.query(&publish).await
+    }
+
+    async fn wait_ready(&self, key: &str, timeout: Duration) -> Result<(), StoreError> {
+        let rx = self.inner.routes.ready.subscribe();
+        let lock = self.tagged(key, "lock");
+        wait_for_ready(rx, key, timeout, POLL_INTERVAL, || {
+            let exists = redis::cmd("EXISTS").arg(&lock).clone();
+            async move { Ok(self.query::<i64>(&exists).await? > 0) }
+        })
+        .await
+    }
+
+    async fn put_negative(&self, key: &str, reason: &str, ttl: Duration) -> Result<(), StoreError> {
+        let set = redis::cmd("SET")
+            .arg(self.tagged(key, "negative"))
+            .arg(reason)
+            .arg("PX")
+            .arg(millis(ttl))
+            .clone();
+        self.query(&set).await
+    }
+
+    async fn negative(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.query(redis::cmd("GET").arg(self.tagged(key, "negative")))
+            .await
+    }
+
+    async fn publish_invalidation(&self, cache_key: &str) -> Result<(), StoreError> {
+        let publish = redis::cmd("PUBLISH")
+            .arg(&self.inner.routes.invalidate_channel)
+            .arg(cache_key)
+            .clone();
+        self.query(&publish).await
+    }
+
+    async fn subscribe_invalidations(&self) -> Result<broadcast::Receiver<String>, StoreError> {
+        Ok(self.inner.routes.invalidations.subscribe())
+    }
+
+    async fn health(&self) -> StoreHealth {
+        match self.query::<Value>(&redis::cmd("PING")).await {
+            Ok(_) => StoreHealth::Ok,
+            Err(e) => StoreHealth::Degraded(e.to_string()),
+        }
+    }
+}
+
+/// A TTL in whole milliseconds, at least 1 (Redis rejects 0).
+fn millis(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+/// Between lock checks in [`Store::wait_ready`] when no message arrives.
+const POLL_INTERVAL: Duration = Duration::from_millis(250);
+const CHANNEL_CAPACITY: usize = 1024;
