@@ -7,5 +7,5 @@ mod upstream;
 
 pub use attempt::AttemptError;
 pub use pool::CaPool;
-pub use upstream::{Issued, Upstream};
 pub(crate) use upstream::write_private;
+pub use upstream::{Issued, Upstream};

@@ -169,8 +169,14 @@ mod tests {
     #[test]
     fn payload_shapes() {
         let t = token::tests::sample_token(3600);
-        assert_eq!(response_payload(ResponseField::Atc, &t), serde_json::json!({"atc": t.jwt()}));
-        assert_eq!(response_payload(ResponseField::Tkauth, &t), serde_json::json!({"tkauth": t.jwt()}));
+        assert_eq!(
+            response_payload(ResponseField::Atc, &t),
+            serde_json::json!({"atc": t.jwt()})
+        );
+        assert_eq!(
+            response_payload(ResponseField::Tkauth, &t),
+            serde_json::json!({"tkauth": t.jwt()})
+        );
         let both = response_payload(ResponseField::Both, &t);
         assert_eq!(both["atc"], both["tkauth"]);
     }

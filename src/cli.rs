@@ -24,7 +24,7 @@ enum Command {
     /// Run the embedded STI-PA + STI-CA standalone, for any ACME client.
     Devca(devca::DevcaArgs),
     /// Obtain one certificate directly from an ACME CA and write it to a directory.
-    Issue(issue::IssueArgs),
+    Issue(Box<issue::IssueArgs>),
     /// Revoke a certificate directly at an ACME CA (the counterpart of `issue`).
     RevokeCert(issue::RevokeCertArgs),
     /// Ask a running broker for a certificate.
@@ -41,7 +41,7 @@ pub fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Serve(args) => serve::run(args).await,
             Command::Devca(args) => devca::run(args).await,
-            Command::Issue(args) => issue::run(args).await,
+            Command::Issue(args) => issue::run(*args).await,
             Command::RevokeCert(args) => issue::revoke_cert(args).await,
             Command::Get(args) => client::get(args).await,
             Command::Revoke(args) => client::revoke(args).await,

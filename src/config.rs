@@ -236,10 +236,16 @@ impl Settings {
             reason: reason.to_owned(),
         };
         if self.store.backend == StoreBackend::Redis && self.store.url.is_none() {
-            return Err(invalid("store.url".into(), "required when store.backend = \"redis\""));
+            return Err(invalid(
+                "store.url".into(),
+                "required when store.backend = \"redis\"",
+            ));
         }
         if self.broker.cache_capacity == 0 {
-            return Err(invalid("broker.cache_capacity".into(), "must be at least 1"));
+            return Err(invalid(
+                "broker.cache_capacity".into(),
+                "must be at least 1",
+            ));
         }
         let mut names = BTreeSet::new();
         for (i, ca) in self.ca.iter().enumerate() {
@@ -251,18 +257,30 @@ impl Settings {
                 return Err(invalid(key("directory"), "must be an https URL"));
             }
             if ca.pools.is_empty() || ca.pools.iter().any(String::is_empty) {
-                return Err(invalid(key("pools"), "must list at least one non-empty pool name"));
+                return Err(invalid(
+                    key("pools"),
+                    "must list at least one non-empty pool name",
+                ));
             }
             if ca.sti_pa.is_some() && ca.token_file.is_some() {
-                return Err(invalid(key("token_file"), "set either sti_pa or token_file, not both"));
+                return Err(invalid(
+                    key("token_file"),
+                    "set either sti_pa or token_file, not both",
+                ));
             }
             if let Some(pa) = &ca.sti_pa {
                 if pa.password.is_none() && pa.password_env.is_none() {
-                    return Err(invalid(key("sti_pa.password_env"), "set password_env (or password)"));
+                    return Err(invalid(
+                        key("sti_pa.password_env"),
+                        "set password_env (or password)",
+                    ));
                 }
             }
             if ca.request_timeout_secs == 0 || ca.attempt_timeout_secs == 0 {
-                return Err(invalid(key("attempt_timeout_secs"), "timeouts must be at least 1 second"));
+                return Err(invalid(
+                    key("attempt_timeout_secs"),
+                    "timeouts must be at least 1 second",
+                ));
             }
         }
         Ok(())
@@ -380,6 +398,7 @@ mod tests {
 }
 
 #[cfg(test)]
+#[allow(clippy::result_large_err)]
 mod env_tests {
     use super::*;
 
@@ -389,13 +408,16 @@ mod env_tests {
             jail.create_file("c.toml", "[server]\nlisten = \"127.0.0.1:1\"\n")?;
             jail.set_env("CERTBROKER_SERVER__LISTEN", "127.0.0.1:2");
             jail.set_env("CERTBROKER_BROKER__CACHE_CAPACITY", "7");
-            let s = Settings::load(Some(std::path::Path::new("c.toml")))
-                .map_err(|e| e.to_string())?;
+            let s =
+                Settings::load(Some(std::path::Path::new("c.toml"))).map_err(|e| e.to_string())?;
             assert_eq!(s.server.listen.port(), 2);
             assert_eq!(s.broker.cache_capacity, 7);
             jail.set_env("CERTBROKER_SERVER__LISTEN", "nonsense");
             let err = Settings::load(Some(std::path::Path::new("c.toml"))).unwrap_err();
-            assert!(err.to_string().to_lowercase().contains("server.listen"), "{err}");
+            assert!(
+                err.to_string().to_lowercase().contains("server.listen"),
+                "{err}"
+            );
             Ok(())
         });
     }

@@ -28,10 +28,17 @@ async fn issues_then_serves_from_cache_then_revokes() {
     let broker = TestBroker::start(vec![env.ca_settings("devca")]).await;
     let mut client = broker.client().await;
 
-    let first = client.get_certificate(spc_request("1234")).await.unwrap().into_inner();
+    let first = client
+        .get_certificate(spc_request("1234"))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(first.cache_status(), CacheStatus::Issued);
     assert_eq!(first.issuer_ca, "devca");
-    assert!(!first.private_key_pkcs8_der.is_empty(), "broker-made key is returned");
+    assert!(
+        !first.private_key_pkcs8_der.is_empty(),
+        "broker-made key is returned"
+    );
     assert_eq!(first.certificate_chain_der.len(), 2, "leaf + intermediate");
     // The leaf carries exactly TNAuthList spc 1234 (DER 3008a006160431323334).
     let leaf = certbroker::shaken::CertInfo::parse(&first.certificate_chain_der[0]).unwrap();
@@ -40,9 +47,14 @@ async fn issues_then_serves_from_cache_then_revokes() {
         "3008a006160431323334"
     );
     assert_eq!(leaf.serial_hex.trim_start_matches('0'), first.serial_hex);
-    openssl_verify(&first.certificate_chain_pem, &env.ca.issuing_root_pem()).expect("chain verifies");
+    openssl_verify(&first.certificate_chain_pem, &env.ca.issuing_root_pem())
+        .expect("chain verifies");
 
-    let second = client.get_certificate(spc_request("1234")).await.unwrap().into_inner();
+    let second = client
+        .get_certificate(spc_request("1234"))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(second.cache_status(), CacheStatus::HitLocal);
     assert_eq!(second.serial_hex, first.serial_hex);
     assert_eq!(env.ca.stats().new_orders, 1);
@@ -57,16 +69,25 @@ async fn issues_then_serves_from_cache_then_revokes() {
         .into_inner();
     assert_eq!(revoked.serial_hex, first.serial_hex);
     assert_eq!(revoked.issuer_ca, "devca");
-    assert!(env.ca.revoked(&leaf.serial_hex), "devca recorded the revocation");
+    assert!(
+        env.ca.revoked(&leaf.serial_hex),
+        "devca recorded the revocation"
+    );
 
-    let third = client.get_certificate(spc_request("1234")).await.unwrap().into_inner();
+    let third = client
+        .get_certificate(spc_request("1234"))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(third.cache_status(), CacheStatus::Issued);
     assert_ne!(third.serial_hex, first.serial_hex);
 
     // Revoking by fingerprint works too; an unknown serial is NOT_FOUND.
     client
         .revoke(RevokeRequest {
-            target: Some(Target::Sha256FingerprintHex(third.sha256_fingerprint_hex.clone())),
+            target: Some(Target::Sha256FingerprintHex(
+                third.sha256_fingerprint_hex.clone(),
+            )),
             reason: 0,
         })
         .await
@@ -90,7 +111,9 @@ async fn hundred_concurrent_requests_cause_one_order() {
     for _ in 0..100 {
         let mut c = client.clone();
         tasks.push(tokio::spawn(async move {
-            c.get_certificate(spc_request("5678")).await.map(|r| r.into_inner())
+            c.get_certificate(spc_request("5678"))
+                .await
+                .map(|r| r.into_inner())
         }));
     }
     let mut serials = HashSet::new();
@@ -134,44 +157,89 @@ async fn bad_input_is_invalid_argument_naming_the_field() {
     bad_signature[last] ^= 0x55;
 
     let range = |start: &str, count| pb::TnAuthEntry {
-        entry: Some(Entry::Range(pb::TelephoneNumberRange { start: start.into(), count })),
+        entry: Some(Entry::Range(pb::TelephoneNumberRange {
+            start: start.into(),
+            count,
+        })),
     };
     let cases: Vec<(GetCertificateRequest, &str)> = vec![
         (GetCertificateRequest::default(), "tn_auth_list"),
         (
-            GetCertificateRequest { dns_names: vec!["a.example".into()], ..spc_request("1234") },
+            GetCertificateRequest {
+                dns_names: vec!["a.example".into()],
+                ..spc_request("1234")
+            },
             "dns_names",
         ),
         (spc_request(""), "tn_auth_list[0].spc"),
         (
             GetCertificateRequest {
-                tn_auth_list: vec![pb::TnAuthEntry { entry: Some(Entry::Tn("12a4".into())) }],
+                tn_auth_list: vec![pb::TnAuthEntry {
+                    entry: Some(Entry::Tn("12a4".into())),
+                }],
                 ..Default::default()
             },
             "tn_auth_list[0].tn",
         ),
         (
-            GetCertificateRequest { tn_auth_list: vec![range("1215555", 1)], ..Default::default() },
+            GetCertificateRequest {
+                tn_auth_list: vec![range("1215555", 1)],
+                ..Default::default()
+            },
             "tn_auth_list[0].range.count",
         ),
         (
-            GetCertificateRequest { tn_auth_list: vec![range("12x", 10)], ..Default::default() },
+            GetCertificateRequest {
+                tn_auth_list: vec![range("12x", 10)],
+                ..Default::default()
+            },
             "tn_auth_list[0].range.start",
         ),
-        (GetCertificateRequest { csr_der: vec![0x30, 0x03, 1, 2, 3], ..spc_request("1234") }, "csr_der"),
-        (GetCertificateRequest { csr_der: bad_signature, ..spc_request("9999") }, "csr_der"),
-        (GetCertificateRequest { csr_der: mismatched_csr, ..spc_request("1234") }, "csr_der"),
-        (GetCertificateRequest { ca_pool: "nope".into(), ..spc_request("1234") }, "ca_pool"),
+        (
+            GetCertificateRequest {
+                csr_der: vec![0x30, 0x03, 1, 2, 3],
+                ..spc_request("1234")
+            },
+            "csr_der",
+        ),
+        (
+            GetCertificateRequest {
+                csr_der: bad_signature,
+                ..spc_request("9999")
+            },
+            "csr_der",
+        ),
+        (
+            GetCertificateRequest {
+                csr_der: mismatched_csr,
+                ..spc_request("1234")
+            },
+            "csr_der",
+        ),
+        (
+            GetCertificateRequest {
+                ca_pool: "nope".into(),
+                ..spc_request("1234")
+            },
+            "ca_pool",
+        ),
     ];
     for (req, field) in cases {
         let status = client.get_certificate(req).await.unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument, "{field}: {status:?}");
         let details = status.get_error_details();
-        let violations = &details.bad_request().expect("BadRequest details").field_violations;
+        let violations = &details
+            .bad_request()
+            .expect("BadRequest details")
+            .field_violations;
         assert_eq!(violations[0].field, field, "{status:?}");
         assert!(!violations[0].description.is_empty());
     }
-    assert_eq!(env.ca.stats().new_orders, 0, "bad input never reaches the CA");
+    assert_eq!(
+        env.ca.stats().new_orders,
+        0,
+        "bad input never reaches the CA"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -192,13 +260,22 @@ async fn caller_csr_keeps_its_key() {
     )
     .unwrap();
     let resp = client
-        .get_certificate(GetCertificateRequest { csr_der: csr, ..spc_request("4321") })
+        .get_certificate(GetCertificateRequest {
+            csr_der: csr,
+            ..spc_request("4321")
+        })
         .await
         .unwrap()
         .into_inner();
-    assert!(resp.private_key_pkcs8_der.is_empty(), "no key when the caller brought a CSR");
+    assert!(
+        resp.private_key_pkcs8_der.is_empty(),
+        "no key when the caller brought a CSR"
+    );
     let leaf = certbroker::shaken::CertInfo::parse(&resp.certificate_chain_der[0]).unwrap();
-    assert_eq!(leaf.public_key_spki_der, rcgen::PublicKeyData::subject_public_key_info(&key));
+    assert_eq!(
+        leaf.public_key_spki_der,
+        rcgen::PublicKeyData::subject_public_key_info(&key)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -213,7 +290,9 @@ async fn health_reports_serving() {
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
     for service in ["", "certbroker.v1.CertificateBroker"] {
         let resp = health
-            .check(tonic_health::pb::HealthCheckRequest { service: service.into() })
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
             .await
             .unwrap()
             .into_inner();

@@ -49,7 +49,10 @@ fn serve_dev() -> Server {
 fn python_grpcio_via_reflection_gets_a_shaken_chain() {
     let server = serve_dev();
     let out = Command::new("python3")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/reflect_client.py"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/python/reflect_client.py"
+        ))
         .args([&server.addr, "1234"])
         .output()
         .expect("python3 runs");
@@ -70,7 +73,12 @@ fn python_grpcio_via_reflection_gets_a_shaken_chain() {
     let chain = calls[0]["chain_pem"].as_str().unwrap();
     assert_eq!(chain.matches("BEGIN CERTIFICATE").count(), 2);
     assert_eq!(calls[2]["code"], "INVALID_ARGUMENT");
-    assert!(calls[2]["details"].as_str().unwrap().contains("tn_auth_list[0].spc"));
+    assert!(
+        calls[2]["details"]
+            .as_str()
+            .unwrap()
+            .contains("tn_auth_list[0].spc")
+    );
 }
 
 #[test]
@@ -78,13 +86,27 @@ fn cli_get_writes_chain_and_matching_key_then_sigterm_stops_the_server() {
     let mut server = serve_dev();
     let out_dir = tempfile::tempdir().unwrap();
     let out = Command::new(common::bin())
-        .args(["get", "--addr", &format!("http://{}", server.addr), "--spc", "1234", "--out"])
+        .args([
+            "get",
+            "--addr",
+            &format!("http://{}", server.addr),
+            "--spc",
+            "1234",
+            "--out",
+        ])
         .arg(out_dir.path())
         .output()
         .expect("certbroker get runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("cache_status: CACHE_STATUS_ISSUED"), "{stdout}");
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("cache_status: CACHE_STATUS_ISSUED"),
+        "{stdout}"
+    );
 
     // The key in key.pem belongs to the leaf in cert.pem.
     let pubkey = |args: &[&str]| {
@@ -101,23 +123,41 @@ fn cli_get_writes_chain_and_matching_key_then_sigterm_stops_the_server() {
 
     // Bad input through the CLI names the field.
     let bad = Command::new(common::bin())
-        .args(["get", "--addr", &format!("http://{}", server.addr), "--dns", "bad_name"])
+        .args([
+            "get",
+            "--addr",
+            &format!("http://{}", server.addr),
+            "--dns",
+            "bad_name",
+        ])
         .output()
         .unwrap();
     assert!(!bad.status.success());
     let stderr = String::from_utf8_lossy(&bad.stderr);
-    assert!(stderr.contains("InvalidArgument") && stderr.contains("dns_names[0]"), "{stderr}");
+    assert!(
+        stderr.contains("InvalidArgument") && stderr.contains("dns_names[0]"),
+        "{stderr}"
+    );
 
     // SIGTERM: the server exits cleanly.
     let pid = server.child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
         if let Some(status) = server.child.try_wait().unwrap() {
             assert!(status.success(), "exit status {status}");
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "server did not stop on SIGTERM");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "server did not stop on SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }

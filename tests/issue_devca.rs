@@ -48,13 +48,20 @@ async fn spc_1234_end_to_end() {
     assert!(!leaf.tn_auth_list_critical);
     assert_eq!(leaf.subject.common_name, "SHAKEN 1234");
     assert_eq!(issued.chain_der.len(), 2);
-    openssl_verify(&issued.chain_pem, &env.ca.issuing_root_pem()).expect("verifies to the devca root");
+    openssl_verify(&issued.chain_pem, &env.ca.issuing_root_pem())
+        .expect("verifies to the devca root");
 
     // key.pem matches the leaf.
     let key = rcgen::KeyPair::try_from(issued.key_pkcs8.as_deref().unwrap()).unwrap();
-    assert_eq!(rcgen::PublicKeyData::subject_public_key_info(&key), leaf.public_key_spki_der);
+    assert_eq!(
+        rcgen::PublicKeyData::subject_public_key_info(&key),
+        leaf.public_key_spki_der
+    );
     let stats = env.ca.stats();
-    assert_eq!((stats.new_orders, stats.finalizes, stats.tokens_issued), (1, 1, 1));
+    assert_eq!(
+        (stats.new_orders, stats.finalizes, stats.tokens_issued),
+        (1, 1, 1)
+    );
 
     // The account is reused, and so is the SPC token (cached until shortly before exp).
     up.issue(&spc("1234"), None).await.expect("second issuance");
@@ -83,14 +90,18 @@ async fn badnonce_storm_is_absorbed() {
     let env = DevEnv::start().await;
     env.ca.behaviour().set_nonce_reject_percent(50);
     let up = upstream(&env, |_| {});
-    up.issue(&spc("1234"), None).await.expect("issued despite badNonce");
+    up.issue(&spc("1234"), None)
+        .await
+        .expect("issued despite badNonce");
     assert!(env.ca.stats().bad_nonces > 0, "the storm really happened");
 }
 
 #[tokio::test]
 async fn wrong_token_signature_is_refused_by_the_ca() {
     let env = DevEnv::start().await;
-    env.ca.behaviour().set_token_fault(Some(TokenFault::WrongKey));
+    env.ca
+        .behaviour()
+        .set_token_fault(Some(TokenFault::WrongKey));
     let err = issue_err(&upstream(&env, |_| {}), &spc("1234")).await;
     assert_eq!(err.kind, FailureKind::Refused, "{err}");
     assert_eq!(err.problem_type.as_deref(), Some(UNAUTHORIZED), "{err}");
@@ -101,7 +112,9 @@ async fn wrong_token_signature_is_refused_by_the_ca() {
 #[tokio::test]
 async fn expired_token_is_caught_before_it_is_sent() {
     let env = DevEnv::start().await;
-    env.ca.behaviour().set_token_fault(Some(TokenFault::Expired));
+    env.ca
+        .behaviour()
+        .set_token_fault(Some(TokenFault::Expired));
     let err = issue_err(&upstream(&env, |_| {}), &spc("1234")).await;
     assert_eq!(err.kind, FailureKind::Refused, "{err}");
     assert!(err.detail.contains("expired"), "{err}");
@@ -143,7 +156,9 @@ async fn fingerprint_algorithm_mismatch_is_refused_by_the_ca() {
         s.challenge.fingerprint = FingerprintAlgorithm::SpkiSha256;
         s.account_key = s.account_key.with_file_name("spki-account.pem");
     });
-    up.issue(&spc("1234"), None).await.expect("spki fingerprint accepted");
+    up.issue(&spc("1234"), None)
+        .await
+        .expect("spki fingerprint accepted");
 }
 
 #[tokio::test]
@@ -162,7 +177,9 @@ async fn response_field_follows_the_ca() {
     );
     assert!(err.detail.contains("lacks the token field"), "{err}");
     let up = upstream(&env, |s| s.challenge.response_field = ResponseField::Tkauth);
-    up.issue(&spc("1235"), None).await.expect("tkauth field accepted");
+    up.issue(&spc("1235"), None)
+        .await
+        .expect("tkauth field accepted");
 }
 
 #[tokio::test]
@@ -174,7 +191,9 @@ async fn one_time_jti_needs_fresh_tokens() {
     .await;
     let up = upstream(&env, |s| s.challenge.reuse_tokens = false);
     up.issue(&spc("1234"), None).await.expect("first");
-    up.issue(&spc("1234"), None).await.expect("second, with a new token");
+    up.issue(&spc("1234"), None)
+        .await
+        .expect("second, with a new token");
     assert_eq!(env.ca.stats().tokens_issued, 2);
 }
 
@@ -196,7 +215,9 @@ async fn unavailable_ca_is_retryable() {
 #[tokio::test]
 async fn rate_limit_carries_retry_after() {
     let env = DevEnv::start().await;
-    env.ca.behaviour().set_rate_limit(Some(Duration::from_secs(7)));
+    env.ca
+        .behaviour()
+        .set_rate_limit(Some(Duration::from_secs(7)));
     let err = issue_err(&upstream(&env, |_| {}), &spc("1234")).await;
     assert_eq!(err.kind, FailureKind::RateLimited, "{err}");
     assert_eq!(
@@ -204,7 +225,10 @@ async fn rate_limit_carries_retry_after() {
         Some("urn:ietf:params:acme:error:rateLimited")
     );
     let after = err.retry_after.expect("Retry-After is passed on");
-    assert!(after <= Duration::from_secs(7) && after >= Duration::from_secs(5), "{after:?}");
+    assert!(
+        after <= Duration::from_secs(7) && after >= Duration::from_secs(5),
+        "{after:?}"
+    );
 }
 
 #[tokio::test]
@@ -216,7 +240,11 @@ async fn slow_ca_hits_the_attempt_timeout() {
     let started = std::time::Instant::now();
     let err = issue_err(&up, &spc("1234")).await;
     assert_eq!(err.kind, FailureKind::Timeout, "{err}");
-    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -244,6 +272,9 @@ async fn leaf_profile_is_checked() {
     // A sanity check that the profile checker is wired in: the issued leaf passes it, and
     // the info it returns matches an independent parse.
     let env = DevEnv::start().await;
-    let issued = upstream(&env, |_| {}).issue(&spc("1234"), None).await.unwrap();
+    let issued = upstream(&env, |_| {})
+        .issue(&spc("1234"), None)
+        .await
+        .unwrap();
     assert_eq!(CertInfo::parse(&issued.chain_der[0]).unwrap(), issued.leaf);
 }

@@ -44,9 +44,8 @@ pub(crate) fn cert_request(req: pb::GetCertificateRequest) -> Result<CertRequest
     let min_remaining = req
         .min_remaining_validity
         .map(|d| {
-            Duration::try_from(d).map_err(|_| {
-                BrokerError::invalid("min_remaining_validity", "must not be negative")
-            })
+            Duration::try_from(d)
+                .map_err(|_| BrokerError::invalid("min_remaining_validity", "must not be negative"))
         })
         .transpose()?;
 
@@ -75,7 +74,12 @@ fn tn_auth_list(entries: &[pb::TnAuthEntry]) -> Result<TnAuthList, BrokerError> 
             other => BrokerError::invalid(format!("tn_auth_list[{i}]"), other),
         };
         let entry = match &e.entry {
-            None => return Err(BrokerError::invalid(format!("tn_auth_list[{i}]"), "entry is not set")),
+            None => {
+                return Err(BrokerError::invalid(
+                    format!("tn_auth_list[{i}]"),
+                    "entry is not set",
+                ));
+            }
             Some(Entry::Spc(spc)) => TnEntry::spc(spc),
             Some(Entry::Tn(tn)) => TnEntry::one(tn),
             Some(Entry::Range(r)) => TnEntry::range(&r.start, r.count),
@@ -106,7 +110,11 @@ fn check_csr(der: &[u8], identifiers: &Identifiers) -> Result<Vec<u8>, BrokerErr
             }
         },
         Identifiers::Dns(want) => {
-            let mut got: Vec<String> = csr.dns_names.iter().map(|n| n.to_ascii_lowercase()).collect();
+            let mut got: Vec<String> = csr
+                .dns_names
+                .iter()
+                .map(|n| n.to_ascii_lowercase())
+                .collect();
             got.sort();
             got.dedup();
             if &got != want {
@@ -124,7 +132,12 @@ fn check_csr(der: &[u8], identifiers: &Identifiers) -> Result<Vec<u8>, BrokerErr
 pub(crate) fn revoke_request(req: pb::RevokeRequest) -> Result<RevokeRequest, BrokerError> {
     use pb::revoke_request::Target;
     let selector = match req.target {
-        None => return Err(BrokerError::invalid("target", "set serial_hex or sha256_fingerprint_hex")),
+        None => {
+            return Err(BrokerError::invalid(
+                "target",
+                "set serial_hex or sha256_fingerprint_hex",
+            ));
+        }
         Some(Target::SerialHex(s)) => CertSelector::Serial(normalize_serial(&s)?),
         Some(Target::Sha256FingerprintHex(f)) => {
             let f = f.replace(':', "").to_ascii_lowercase();
@@ -137,8 +150,12 @@ pub(crate) fn revoke_request(req: pb::RevokeRequest) -> Result<RevokeRequest, Br
             CertSelector::Fingerprint(f)
         }
     };
-    let reason = pb::RevocationReason::try_from(req.reason)
-        .map_err(|_| BrokerError::invalid("reason", format!("{} is not a supported RFC 5280 reason", req.reason)))?;
+    let reason = pb::RevocationReason::try_from(req.reason).map_err(|_| {
+        BrokerError::invalid(
+            "reason",
+            format!("{} is not a supported RFC 5280 reason", req.reason),
+        )
+    })?;
     Ok(RevokeRequest {
         selector,
         // The enum's values are the RFC 5280 codes.
@@ -152,7 +169,11 @@ fn normalize_serial(s: &str) -> Result<String, BrokerError> {
         return Err(BrokerError::invalid("serial_hex", "must be hex digits"));
     }
     let trimmed = s.trim_start_matches('0');
-    Ok(if trimmed.is_empty() { "0".into() } else { trimmed.into() })
+    Ok(if trimmed.is_empty() {
+        "0".into()
+    } else {
+        trimmed.into()
+    })
 }
 
 /// Encodes a certificate answer. The private key goes out only when the broker made it.
@@ -231,7 +252,10 @@ mod tests {
             ),
             (
                 pb::GetCertificateRequest {
-                    tn_auth_list: vec![entry(Entry::Spc("1234".into())), entry(Entry::Spc(String::new()))],
+                    tn_auth_list: vec![
+                        entry(Entry::Spc("1234".into())),
+                        entry(Entry::Spc(String::new())),
+                    ],
                     ..base.clone()
                 },
                 "tn_auth_list[1].spc",
@@ -245,7 +269,10 @@ mod tests {
             ),
             (
                 pb::GetCertificateRequest {
-                    tn_auth_list: vec![entry(Entry::Range(pb::TelephoneNumberRange { start: "1215".into(), count: 1 }))],
+                    tn_auth_list: vec![entry(Entry::Range(pb::TelephoneNumberRange {
+                        start: "1215".into(),
+                        count: 1,
+                    }))],
                     ..base.clone()
                 },
                 "tn_auth_list[0].range.count",
@@ -275,7 +302,10 @@ mod tests {
             (
                 pb::GetCertificateRequest {
                     tn_auth_list: vec![entry(Entry::Spc("1234".into()))],
-                    min_remaining_validity: Some(prost_types::Duration { seconds: -5, nanos: 0 }),
+                    min_remaining_validity: Some(prost_types::Duration {
+                        seconds: -5,
+                        nanos: 0,
+                    }),
                     ..base.clone()
                 },
                 "min_remaining_validity",
@@ -294,18 +324,32 @@ mod tests {
         })
         .unwrap();
         assert_eq!(req.pool, DEFAULT_POOL);
-        assert_eq!(req.identifiers, Identifiers::TnAuthList(TnAuthList::from_spc("1234").unwrap()));
+        assert_eq!(
+            req.identifiers,
+            Identifiers::TnAuthList(TnAuthList::from_spc("1234").unwrap())
+        );
         assert!(req.csr_der.is_none() && req.min_remaining.is_none());
     }
 
     #[test]
     fn revoke_validation() {
         use pb::revoke_request::Target;
-        let r = |t: Option<Target>, reason: i32| revoke_request(pb::RevokeRequest { target: t, reason });
+        let r = |t: Option<Target>, reason: i32| {
+            revoke_request(pb::RevokeRequest { target: t, reason })
+        };
         assert_eq!(field_of(r(None, 0).unwrap_err()), "target");
-        assert_eq!(field_of(r(Some(Target::SerialHex("xyz".into())), 0).unwrap_err()), "serial_hex");
-        assert_eq!(field_of(r(Some(Target::Sha256FingerprintHex("ab".into())), 0).unwrap_err()), "sha256_fingerprint_hex");
-        assert_eq!(field_of(r(Some(Target::SerialHex("01".into())), 2).unwrap_err()), "reason");
+        assert_eq!(
+            field_of(r(Some(Target::SerialHex("xyz".into())), 0).unwrap_err()),
+            "serial_hex"
+        );
+        assert_eq!(
+            field_of(r(Some(Target::Sha256FingerprintHex("ab".into())), 0).unwrap_err()),
+            "sha256_fingerprint_hex"
+        );
+        assert_eq!(
+            field_of(r(Some(Target::SerialHex("01".into())), 2).unwrap_err()),
+            "reason"
+        );
         let ok = r(Some(Target::SerialHex("00:0A:bC".into())), 4).unwrap();
         assert_eq!(ok.selector, CertSelector::Serial("abc".into()));
         assert_eq!(ok.reason, 4);

@@ -86,15 +86,36 @@ mod tests {
     #[test]
     fn mapping_table() {
         let cases = [
-            (BrokerError::invalid("tn_auth_list[0].spc", "must not be empty"), Code::InvalidArgument),
+            (
+                BrokerError::invalid("tn_auth_list[0].spc", "must not be empty"),
+                Code::InvalidArgument,
+            ),
             (BrokerError::NotFound("serial 01".into()), Code::NotFound),
-            (upstream_err(FailureKind::Refused, None), Code::FailedPrecondition),
-            (upstream_err(FailureKind::RateLimited, Some(30)), Code::ResourceExhausted),
-            (upstream_err(FailureKind::Unavailable, None), Code::Unavailable),
+            (
+                upstream_err(FailureKind::Refused, None),
+                Code::FailedPrecondition,
+            ),
+            (
+                upstream_err(FailureKind::RateLimited, Some(30)),
+                Code::ResourceExhausted,
+            ),
+            (
+                upstream_err(FailureKind::Unavailable, None),
+                Code::Unavailable,
+            ),
             (upstream_err(FailureKind::Timeout, None), Code::Unavailable),
-            (upstream_err(FailureKind::NoSuchPool, None), Code::InvalidArgument),
-            (BrokerError::DeadlineExceeded(Duration::from_secs(1)), Code::DeadlineExceeded),
-            (BrokerError::Internal("secret detail".into()), Code::Internal),
+            (
+                upstream_err(FailureKind::NoSuchPool, None),
+                Code::InvalidArgument,
+            ),
+            (
+                BrokerError::DeadlineExceeded(Duration::from_secs(1)),
+                Code::DeadlineExceeded,
+            ),
+            (
+                BrokerError::Internal("secret detail".into()),
+                Code::Internal,
+            ),
         ];
         for (err, code) in cases {
             assert_eq!(to_status(&err).code(), code, "{err}");
@@ -103,7 +124,10 @@ mod tests {
 
     #[test]
     fn invalid_argument_names_the_field() {
-        let status = to_status(&BrokerError::invalid("tn_auth_list[0].spc", "must not be empty"));
+        let status = to_status(&BrokerError::invalid(
+            "tn_auth_list[0].spc",
+            "must not be empty",
+        ));
         let details = status.get_error_details();
         let bad = details.bad_request().expect("BadRequest details");
         assert_eq!(bad.field_violations[0].field, "tn_auth_list[0].spc");
@@ -113,12 +137,22 @@ mod tests {
     #[test]
     fn upstream_carries_problem_and_retry_info() {
         let status = to_status(&upstream_err(FailureKind::RateLimited, Some(30)));
-        assert!(status.message().contains("rateLimited"), "{}", status.message());
+        assert!(
+            status.message().contains("rateLimited"),
+            "{}",
+            status.message()
+        );
         let details = status.get_error_details();
         let info = details.error_info().expect("ErrorInfo");
         assert_eq!(info.metadata["ca"], "ca1");
-        assert_eq!(info.metadata["problem_type"], "urn:ietf:params:acme:error:rateLimited");
-        assert_eq!(details.retry_info().unwrap().retry_delay, Some(Duration::from_secs(30)));
+        assert_eq!(
+            info.metadata["problem_type"],
+            "urn:ietf:params:acme:error:rateLimited"
+        );
+        assert_eq!(
+            details.retry_info().unwrap().retry_delay,
+            Some(Duration::from_secs(30))
+        );
     }
 
     #[test]

@@ -75,9 +75,7 @@ fn validate_dns_name(name: &str) -> Result<(), String> {
         return Err("must be 1 to 253 characters".into());
     }
     for label in name.split('.') {
-        let ok_chars = label
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-');
+        let ok_chars = label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
         if label.is_empty() || label.len() > 63 || !ok_chars {
             return Err(format!("label {label:?} is not a valid DNS label"));
         }

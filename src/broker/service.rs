@@ -98,7 +98,9 @@ impl Broker {
             ));
         }
         let key = req.cache_key();
-        let min_remaining = req.min_remaining.unwrap_or(inner.opts.default_min_remaining);
+        let min_remaining = req
+            .min_remaining
+            .unwrap_or(inner.opts.default_min_remaining);
         let fresh = |c: &CertRecord| c.remaining_secs(now()) > min_remaining.as_secs() as i64;
 
         if !req.force_renew {
@@ -128,7 +130,11 @@ impl Broker {
             .run(
                 &key,
                 move || async move { this.issue_and_store(issue_req).await },
-                |panic| Err(BrokerError::Internal(format!("issuance task failed: {panic}"))),
+                |panic| {
+                    Err(BrokerError::Internal(format!(
+                        "issuance task failed: {panic}"
+                    )))
+                },
             )
             .await;
         let cert = result?;
@@ -211,6 +217,8 @@ impl Expiry<String, Arc<CertRecord>> for UntilNotAfter {
         value: &Arc<CertRecord>,
         _created_at: std::time::Instant,
     ) -> Option<Duration> {
-        Some(Duration::from_secs(value.remaining_secs(now()).max(0) as u64))
+        Some(Duration::from_secs(
+            value.remaining_secs(now()).max(0) as u64
+        ))
     }
 }

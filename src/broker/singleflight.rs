@@ -157,7 +157,11 @@ mod tests {
     async fn panics_become_values() {
         let sf = SingleFlight::<String>::new();
         let (v, _) = sf
-            .run("k", || async { panic!("boom") }, |e| format!("panicked: {e}"))
+            .run(
+                "k",
+                || async { panic!("boom") },
+                |e| format!("panicked: {e}"),
+            )
             .await;
         assert!(v.starts_with("panicked"), "{v}");
     }

@@ -64,7 +64,10 @@ impl Issuer for CaPool {
     async fn issue(&self, req: &IssueRequest) -> Result<CertRecord, IssueError> {
         let mut last = None;
         for upstream in self.members(&req.pool) {
-            match upstream.issue(&req.identifiers, req.csr_der.as_deref()).await {
+            match upstream
+                .issue(&req.identifiers, req.csr_der.as_deref())
+                .await
+            {
                 Ok(issued) => {
                     return Ok(CertRecord {
                         cache_key: req.cache_key.clone(),

@@ -19,8 +19,8 @@ use crate::{
     },
     broker::Identifiers,
     challenge::{
-        self, CachingTokenProvider, Http01Responder, StaticTokenProvider, StiPaClient, TkAuthSettings,
-        TokenProvider, TokenRequest,
+        self, CachingTokenProvider, Http01Responder, StaticTokenProvider, StiPaClient,
+        TkAuthSettings, TokenProvider, TokenRequest,
     },
     config::{CaSettings, CsrSettings},
     shaken::{self, CertInfo, CsrSpec, Expected, Subject, TnAuthList},
@@ -41,6 +41,9 @@ pub struct Issued {
     /// The account URL that ordered it.
     pub account_url: String,
 }
+
+/// A fresh CSR, its key (PKCS#8 DER) and the key's SubjectPublicKeyInfo DER.
+type NewKey = (Vec<u8>, Option<Vec<u8>>, Vec<u8>);
 
 /// One `[[ca]]`: settings, lazily created account, token source.
 #[derive(Debug)]
@@ -80,8 +83,12 @@ impl Upstream {
             .eab
             .as_ref()
             .map(|eab| {
-                let key = std::env::var(&eab.hmac_key_env)
-                    .map_err(|_| setup("eab.hmac_key_env", &format!("{} is not set", eab.hmac_key_env)))?;
+                let key = std::env::var(&eab.hmac_key_env).map_err(|_| {
+                    setup(
+                        "eab.hmac_key_env",
+                        &format!("{} is not set", eab.hmac_key_env),
+                    )
+                })?;
                 ExternalAccountKey::from_base64url(eab.key_id.clone(), &key)
                     .map_err(|e| setup("eab.hmac_key_env", &e))
             })
@@ -96,7 +103,9 @@ impl Upstream {
                 (None, None) => return Err(setup("sti_pa.password_env", &"not set")),
             };
             let roots = match &pa.trust_roots {
-                Some(path) => Some(tls::read_roots(path).map_err(|e| setup("sti_pa.trust_roots", &e))?),
+                Some(path) => {
+                    Some(tls::read_roots(path).map_err(|e| setup("sti_pa.trust_roots", &e))?)
+                }
                 None => trust_roots.clone(),
             };
             let client = StiPaClient::new(challenge::StiPaSettings {
@@ -110,7 +119,10 @@ impl Upstream {
             .map_err(|e| setup("sti_pa", &e))?;
             let client: Arc<dyn TokenProvider> = Arc::new(client);
             Some(if s.challenge.reuse_tokens {
-                Arc::new(CachingTokenProvider::new(client, s.challenge.refresh_margin))
+                Arc::new(CachingTokenProvider::new(
+                    client,
+                    s.challenge.refresh_margin,
+                ))
             } else {
                 client
             })
@@ -221,7 +233,7 @@ impl Upstream {
                 "TNAuthList",
                 list.encode(self.tkauth.tkvalue_encoding),
             )],
-            Identifiers::Dns(names) => names.iter().map(|n| Identifier::dns(n)).collect(),
+            Identifiers::Dns(names) => names.iter().map(Identifier::dns).collect(),
         };
         let order = account
             .new_order(&NewOrder {
@@ -299,19 +311,31 @@ impl Upstream {
                     fingerprint,
                 })
                 .await?;
-            (challenge.url.clone(), challenge::response_payload(self.tkauth.response_field, &token))
+            (
+                challenge.url.clone(),
+                challenge::response_payload(self.tkauth.response_field, &token),
+            )
         } else {
             let challenge = find_challenge(&authz, "http-01")?;
             if let (Some(responder), Some(token)) = (self.http01().await?, &challenge.token) {
                 let key_auth = challenge::key_authorization(token, &account.key().thumbprint_b64());
                 responder.insert(token, key_auth);
-                let result = self.answer(account, &challenge.url, &serde_json::json!({}), authz_url, policy).await;
+                let result = self
+                    .answer(
+                        account,
+                        &challenge.url,
+                        &serde_json::json!({}),
+                        authz_url,
+                        policy,
+                    )
+                    .await;
                 responder.remove(token);
                 return result;
             }
             (challenge.url.clone(), serde_json::json!({}))
         };
-        self.answer(account, &payload.0, &payload.1, authz_url, policy).await
+        self.answer(account, &payload.0, &payload.1, authz_url, policy)
+            .await
     }
 
     async fn answer(
@@ -343,10 +367,7 @@ impl Upstream {
         Ok(Some(responder))
     }
 
-    fn new_key_and_csr(
-        &self,
-        identifiers: &Identifiers,
-    ) -> Result<(Vec<u8>, Option<Vec<u8>>, Vec<u8>), AttemptError> {
+    fn new_key_and_csr(&self, identifiers: &Identifiers) -> Result<NewKey, AttemptError> {
         let key = shaken::generate_key()?;
         let (cn, tn, dns): (String, Option<&TnAuthList>, &[String]) = match identifiers {
             Identifiers::TnAuthList(list) => {
@@ -412,7 +433,9 @@ fn find_challenge<'a>(
 
 /// Reads the account key, or creates one (mode 0600) on first start.
 fn load_or_create_key(path: &Path) -> Result<AccountKey, AttemptError> {
-    let setup = |e: &dyn std::fmt::Display| AttemptError::Setup(format!("account key {}: {e}", path.display()));
+    let setup = |e: &dyn std::fmt::Display| {
+        AttemptError::Setup(format!("account key {}: {e}", path.display()))
+    };
     match std::fs::read(path) {
         Ok(pem) => Ok(AccountKey::from_pkcs8_pem(&pem)?),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

@@ -33,11 +33,14 @@ impl CachingTokenProvider {
     }
 
     fn slot(&self, req: &TokenRequest) -> Slot {
-        let key = (req.tn_auth_list.to_der(), req.ca, req.fingerprint.to_ascii_uppercase());
+        let key = (
+            req.tn_auth_list.to_der(),
+            req.ca,
+            req.fingerprint.to_ascii_uppercase(),
+        );
         // Each critical section is one map operation, so a poisoned lock is still consistent.
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        slots
-            .retain(|_, s| Arc::strong_count(s) > 1 || s.try_lock().is_ok_and(|t| t.is_some()));
+        slots.retain(|_, s| Arc::strong_count(s) > 1 || s.try_lock().is_ok_and(|t| t.is_some()));
         slots.entry(key).or_default().clone()
     }
 }
@@ -99,7 +102,10 @@ mod tests {
             calls: AtomicUsize::new(0),
             ttl_secs,
         });
-        let cache = Arc::new(CachingTokenProvider::new(inner.clone(), Duration::from_secs(60)));
+        let cache = Arc::new(CachingTokenProvider::new(
+            inner.clone(),
+            Duration::from_secs(60),
+        ));
         (inner, cache)
     }
 
@@ -118,7 +124,10 @@ mod tests {
     async fn tokens_inside_the_margin_are_refetched_and_refused() {
         let (inner, cache) = cache(30);
         // A 30 s token is inside the 60 s margin: fetched, and refused as too short.
-        assert!(matches!(cache.token(&req("1234", FP)).await, Err(TokenError::Expired(_))));
+        assert!(matches!(
+            cache.token(&req("1234", FP)).await,
+            Err(TokenError::Expired(_))
+        ));
         assert!(cache.token(&req("1234", FP)).await.is_err());
         assert_eq!(inner.calls.load(Ordering::SeqCst), 2);
     }

@@ -81,7 +81,12 @@ async fn serve(State(tokens): State<Tokens>, Path(token): Path<String>) -> impl 
         .get(&token)
         .cloned();
     match found {
-        Some(key_auth) => (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain")], key_auth).into_response(),
+        Some(key_auth) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/plain")],
+            key_auth,
+        )
+            .into_response(),
         None => StatusCode::NOT_FOUND.into_response(),
     }
 }
@@ -92,15 +97,31 @@ mod tests {
 
     #[tokio::test]
     async fn serves_inserted_tokens_only() {
-        let r = Http01Responder::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let r = Http01Responder::bind("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
         r.insert("tok", key_authorization("tok", "thumb"));
         let base = format!("http://{}/.well-known/acme-challenge", r.local_addr());
         let http = crate::tls::http_client(None, std::time::Duration::from_secs(5)).unwrap();
         let ok = http.get(format!("{base}/tok")).send().await.unwrap();
         assert_eq!(ok.status(), 200);
         assert_eq!(ok.text().await.unwrap(), "tok.thumb");
-        assert_eq!(http.get(format!("{base}/other")).send().await.unwrap().status(), 404);
+        assert_eq!(
+            http.get(format!("{base}/other"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            404
+        );
         r.remove("tok");
-        assert_eq!(http.get(format!("{base}/tok")).send().await.unwrap().status(), 404);
+        assert_eq!(
+            http.get(format!("{base}/tok"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            404
+        );
     }
 }

@@ -40,7 +40,10 @@ impl TokenProvider for StaticTokenProvider {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{challenge::token::tests::{FP, token_json}, shaken::TnAuthList};
+    use crate::{
+        challenge::token::tests::{FP, token_json},
+        shaken::TnAuthList,
+    };
 
     fn req(spc: &str) -> TokenRequest {
         TokenRequest {
@@ -55,16 +58,25 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("token");
         let provider = StaticTokenProvider::from_file(&path);
-        assert!(matches!(provider.token(&req("281K")).await, Err(TokenError::Io { .. })));
+        assert!(matches!(
+            provider.token(&req("281K")).await,
+            Err(TokenError::Io { .. })
+        ));
 
         std::fs::write(&path, token_json("MAigBhYEMjgxSw==", 3600)).unwrap();
         provider.token(&req("281K")).await.unwrap();
         assert!(matches!(
             provider.token(&req("1234")).await,
-            Err(TokenError::Mismatch { field: "tkvalue", .. })
+            Err(TokenError::Mismatch {
+                field: "tkvalue",
+                ..
+            })
         ));
 
         std::fs::write(&path, token_json("MAigBhYEMjgxSw==", -10)).unwrap();
-        assert!(matches!(provider.token(&req("281K")).await, Err(TokenError::Expired(_))));
+        assert!(matches!(
+            provider.token(&req("281K")).await,
+            Err(TokenError::Expired(_))
+        ));
     }
 }

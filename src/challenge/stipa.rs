@@ -115,7 +115,8 @@ impl StiPaClient {
             *slot = Some(self.login().await?);
         }
         // The slot was filled just above when empty.
-        slot.clone().ok_or_else(|| TokenError::Setup("no access token".into()))
+        slot.clone()
+            .ok_or_else(|| TokenError::Setup("no access token".into()))
     }
 
     /// One token request; `Ok(None)` when the access token was refused (401).
@@ -177,10 +178,12 @@ impl TokenProvider for StiPaClient {
             None => {
                 // The session expired: log in again, once.
                 let access = self.access(true).await?;
-                self.request(&access, req).await?.ok_or(TokenError::Request {
-                    status: 401,
-                    detail: "access token refused right after login".into(),
-                })?
+                self.request(&access, req)
+                    .await?
+                    .ok_or(TokenError::Request {
+                        status: 401,
+                        detail: "access token refused right after login".into(),
+                    })?
             }
         };
         token.check(req, Duration::ZERO)?;

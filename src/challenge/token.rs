@@ -111,10 +111,13 @@ impl AuthorityToken {
     pub fn check(&self, req: &TokenRequest, margin: std::time::Duration) -> Result<(), TokenError> {
         let mismatch = |field, detail: String| TokenError::Mismatch { field, detail };
         if !self.tktype.eq_ignore_ascii_case("TNAuthList") {
-            return Err(mismatch("tktype", format!("{:?}, expected TNAuthList", self.tktype)));
+            return Err(mismatch(
+                "tktype",
+                format!("{:?}, expected TNAuthList", self.tktype),
+            ));
         }
-        let got = TnAuthList::decode(&self.tkvalue)
-            .map_err(|e| mismatch("tkvalue", e.to_string()))?;
+        let got =
+            TnAuthList::decode(&self.tkvalue).map_err(|e| mismatch("tkvalue", e.to_string()))?;
         if got != req.tn_auth_list {
             return Err(mismatch(
                 "tkvalue",
@@ -122,7 +125,10 @@ impl AuthorityToken {
             ));
         }
         if self.ca != req.ca {
-            return Err(mismatch("ca", format!("token ca={}, asked ca={}", self.ca, req.ca)));
+            return Err(mismatch(
+                "ca",
+                format!("token ca={}, asked ca={}", self.ca, req.ca),
+            ));
         }
         if !self.fingerprint.eq_ignore_ascii_case(&req.fingerprint) {
             return Err(mismatch(
@@ -162,7 +168,9 @@ pub(crate) mod tests {
         let mut payload = JwtPayload::new();
         let exp = OffsetDateTime::now_utc().unix_timestamp() + ttl_secs;
         payload.set_claim("exp", Some(exp.into())).unwrap();
-        payload.set_claim("jti", Some("519175cb-6998-4074-9aea-0da5175a1622".into())).unwrap();
+        payload
+            .set_claim("jti", Some("519175cb-6998-4074-9aea-0da5175a1622".into()))
+            .unwrap();
         payload
             .set_claim(
                 "atc",
@@ -202,24 +210,47 @@ pub(crate) mod tests {
             other => panic!("{other:?}"),
         };
         assert_eq!(field(&req("1234")), "tkvalue");
-        assert_eq!(field(&TokenRequest { ca: true, ..req("281K") }), "ca");
-        assert_eq!(field(&TokenRequest { fingerprint: "SHA256 00".into(), ..req("281K") }), "fingerprint");
+        assert_eq!(
+            field(&TokenRequest {
+                ca: true,
+                ..req("281K")
+            }),
+            "ca"
+        );
+        assert_eq!(
+            field(&TokenRequest {
+                fingerprint: "SHA256 00".into(),
+                ..req("281K")
+            }),
+            "fingerprint"
+        );
         // base64url of the same DER is the same list.
-        let url = TnAuthList::from_spc("281K").unwrap().encode(TkValueEncoding::Base64Url);
-        AuthorityToken::parse(&token_json(&url, 3600)).unwrap().check(&req("281K"), Duration::ZERO).unwrap();
+        let url = TnAuthList::from_spc("281K")
+            .unwrap()
+            .encode(TkValueEncoding::Base64Url);
+        AuthorityToken::parse(&token_json(&url, 3600))
+            .unwrap()
+            .check(&req("281K"), Duration::ZERO)
+            .unwrap();
     }
 
     #[test]
     fn expiry_honours_the_margin() {
         let t = sample_token(30);
         assert!(t.check(&req("281K"), Duration::ZERO).is_ok());
-        assert!(matches!(t.check(&req("281K"), Duration::from_secs(60)), Err(TokenError::Expired(_))));
+        assert!(matches!(
+            t.check(&req("281K"), Duration::from_secs(60)),
+            Err(TokenError::Expired(_))
+        ));
     }
 
     #[test]
     fn malformed_tokens() {
         for bad in ["", "a.b", "a.b.c.d", "!!.!!.!!"] {
-            assert!(matches!(AuthorityToken::parse(bad), Err(TokenError::Malformed(_))), "{bad}");
+            assert!(
+                matches!(AuthorityToken::parse(bad), Err(TokenError::Malformed(_))),
+                "{bad}"
+            );
         }
     }
 

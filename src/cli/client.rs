@@ -15,7 +15,11 @@ use crate::pb::{
 #[derive(Debug, Args)]
 pub(crate) struct GetArgs {
     /// Broker address.
-    #[arg(long, env = "CERTBROKER_ADDR", default_value = "http://127.0.0.1:50051")]
+    #[arg(
+        long,
+        env = "CERTBROKER_ADDR",
+        default_value = "http://127.0.0.1:50051"
+    )]
     addr: String,
     #[command(flatten)]
     ids: IdArgs,
@@ -39,10 +43,18 @@ pub(crate) struct GetArgs {
 #[derive(Debug, Args)]
 pub(crate) struct RevokeArgs {
     /// Broker address.
-    #[arg(long, env = "CERTBROKER_ADDR", default_value = "http://127.0.0.1:50051")]
+    #[arg(
+        long,
+        env = "CERTBROKER_ADDR",
+        default_value = "http://127.0.0.1:50051"
+    )]
     addr: String,
     /// Leaf serial number (hex).
-    #[arg(long, conflicts_with = "fingerprint", required_unless_present = "fingerprint")]
+    #[arg(
+        long,
+        conflicts_with = "fingerprint",
+        required_unless_present = "fingerprint"
+    )]
     serial: Option<String>,
     /// SHA-256 fingerprint of the leaf (hex).
     #[arg(long)]
@@ -154,9 +166,7 @@ pub(crate) async fn revoke(args: RevokeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn connect(
-    addr: &str,
-) -> anyhow::Result<CertificateBrokerClient<tonic::transport::Channel>> {
+async fn connect(addr: &str) -> anyhow::Result<CertificateBrokerClient<tonic::transport::Channel>> {
     let channel = tonic::transport::Endpoint::from_shared(addr.to_owned())
         .with_context(|| format!("--addr {addr}"))?
         .connect_timeout(Duration::from_secs(5))
@@ -191,16 +201,16 @@ fn status_error(status: tonic::Status) -> anyhow::Error {
 fn pem_body(pem: &[u8]) -> Option<Vec<u8>> {
     use base64::Engine;
     let text = std::str::from_utf8(pem).ok()?;
-    let b64: String = text
-        .lines()
-        .filter(|l| !l.starts_with("-----"))
-        .collect();
+    let b64: String = text.lines().filter(|l| !l.starts_with("-----")).collect();
     base64::engine::general_purpose::STANDARD.decode(b64).ok()
 }
 
 fn format_ts(t: &prost_types::Timestamp) -> String {
     time::OffsetDateTime::from_unix_timestamp(t.seconds)
         .ok()
-        .and_then(|d| d.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|d| {
+            d.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_else(|| t.seconds.to_string())
 }

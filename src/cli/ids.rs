@@ -51,7 +51,9 @@ impl IdArgs {
                     let count: u32 = count
                         .parse()
                         .with_context(|| format!("--tn-range {r}: COUNT is not a number"))?;
-                    entries.push(TnEntry::range(start, count).with_context(|| format!("--tn-range {r}"))?);
+                    entries.push(
+                        TnEntry::range(start, count).with_context(|| format!("--tn-range {r}"))?,
+                    );
                 }
                 Ok(Ids::TnAuthList(TnAuthList::new(entries)?))
             }

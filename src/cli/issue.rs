@@ -119,7 +119,8 @@ pub(crate) async fn run(args: IssueArgs) -> anyhow::Result<()> {
         Ids::TnAuthList(list) => Identifiers::TnAuthList(list),
         Ids::Dns(names) => Identifiers::dns(&names).map_err(|e| anyhow::anyhow!("--dns: {e}"))?,
     };
-    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
     let account_key = args
         .account_key
         .clone()
@@ -181,10 +182,19 @@ pub(crate) async fn run(args: IssueArgs) -> anyhow::Result<()> {
         .chain_der
         .get(1)
         .and_then(|der| crate::shaken::CertInfo::parse(der).ok())
-        .map(|ca| format!("CN={}, O={}, C={}", ca.subject.common_name, ca.subject.organization, ca.subject.country))
+        .map(|ca| {
+            format!(
+                "CN={}, O={}, C={}",
+                ca.subject.common_name, ca.subject.organization, ca.subject.country
+            )
+        })
         .unwrap_or_else(|| "(not in chain)".into());
     println!("issuer:    {issuer}");
-    println!("written:   {} and {}", cert_path.display(), args.out.join("key.pem").display());
+    println!(
+        "written:   {} and {}",
+        cert_path.display(),
+        args.out.join("key.pem").display()
+    );
     Ok(())
 }
 
@@ -196,16 +206,27 @@ pub(crate) async fn revoke_cert(args: RevokeCertArgs) -> anyhow::Result<()> {
         .with_context(|| format!("reading {}", args.cert.display()))?;
     let chain = crate::shaken::parse_pem_chain(&pem)?;
     let leaf = chain.first().context("no certificate in --cert")?;
-    let settings = base_settings(&args.directory, args.trust_root.clone(), args.account_key.clone());
+    let settings = base_settings(
+        &args.directory,
+        args.trust_root.clone(),
+        args.account_key.clone(),
+    );
     let upstream = Upstream::from_settings(&settings)?;
     upstream.revoke(leaf, args.reason).await?;
     let info = crate::shaken::CertInfo::parse(leaf)?;
-    println!("revoked serial {} (reason {})", info.serial_hex, args.reason);
+    println!(
+        "revoked serial {} (reason {})",
+        info.serial_hex, args.reason
+    );
     Ok(())
 }
 
 /// Settings for a one-off upstream named after the directory's host.
-fn base_settings(directory: &url::Url, trust_root: Option<PathBuf>, account_key: PathBuf) -> CaSettings {
+fn base_settings(
+    directory: &url::Url,
+    trust_root: Option<PathBuf>,
+    account_key: PathBuf,
+) -> CaSettings {
     CaSettings {
         name: directory.host_str().unwrap_or("ca").to_owned(),
         directory: directory.clone(),

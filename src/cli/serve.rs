@@ -67,7 +67,10 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let grace = Duration::from_secs(settings.server.shutdown_grace_secs);
     match tokio::time::timeout(grace, &mut server).await {
         Ok(res) => res.context("server task")??,
-        Err(_) => tracing::warn!(?grace, "requests still in flight after the grace period; exiting"),
+        Err(_) => tracing::warn!(
+            ?grace,
+            "requests still in flight after the grace period; exiting"
+        ),
     }
     if let Some(ca) = dev_ca {
         ca.shutdown().await;

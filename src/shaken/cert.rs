@@ -165,7 +165,7 @@ pub fn parse_pem_chain(pem: &str) -> Result<Vec<Vec<u8>>, ShakenError> {
 /// Checks an issued chain (leaf first) against what was ordered and the SHAKEN profile,
 /// and returns the leaf.
 ///
-/// Checks: P-256 leaf key; ecdsa-with-SHA256 signature; TNAuthList present, equal after
+/// Checks: for TNAuthList orders, P-256 leaf key and ecdsa-with-SHA256 signature; TNAuthList present, equal after
 /// DER decoding and non-critical; DNS names equal as sets; the leaf key equals the CSR key;
 /// `now` within validity; each certificate's issuer equals the next one's subject and its
 /// signature verifies with the next one's key.
@@ -179,10 +179,13 @@ pub fn check_issued(
         .first()
         .ok_or_else(|| fail("chain", "empty chain".into()))?;
     let leaf = CertInfo::parse(leaf_der)?;
-    if !leaf.key_is_p256 {
+    // The SHAKEN key and signature rules bind STI certificates only; a `dns` certificate
+    // from a Web PKI CA (Pebble signs with RSA) is checked for names, key and validity.
+    let shaken = expected.tn_auth_list.is_some();
+    if shaken && !leaf.key_is_p256 {
         return Err(fail("key_algorithm", "leaf key is not P-256".into()));
     }
-    if leaf.signature_algorithm_oid != ECDSA_SHA256_OID {
+    if shaken && leaf.signature_algorithm_oid != ECDSA_SHA256_OID {
         return Err(fail(
             "signature_algorithm",
             format!("{} is not ecdsa-with-SHA256", leaf.signature_algorithm_oid),

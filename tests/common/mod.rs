@@ -63,7 +63,11 @@ impl DevEnv {
             "#,
             dir = self.ca.directory_url(),
             roots = self.ca.trust_root_path().display(),
-            key = self.dir.path().join(format!("{name}-account.pem")).display(),
+            key = self
+                .dir
+                .path()
+                .join(format!("{name}-account.pem"))
+                .display(),
             pa = self.ca.sti_pa_url(),
         ));
         if let Some(pa) = s.sti_pa.as_mut() {
@@ -148,9 +152,17 @@ pub fn openssl_verify(chain_pem: &str, root_pem: &str) -> Result<String, String>
     if certs.len() > 1 {
         cmd.arg("-untrusted").arg(&untrusted);
     }
-    let out = cmd.arg(&leaf).output().expect("openssl runs (apt-get install openssl)");
-    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    if out.status.success() { Ok(text) } else { Err(text) }
+    let out = cmd
+        .arg(&leaf)
+        .output()
+        .expect("openssl runs (apt-get install openssl)");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    if out.status.success() {
+        Ok(text)
+    } else {
+        Err(text)
+    }
 }
 
 fn split_pem(pem: &str) -> Vec<&str> {

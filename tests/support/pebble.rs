@@ -3,6 +3,8 @@
 //!
 //! A missing binary fails the test with instructions; it never skips.
 
+#![allow(dead_code)]
+
 use std::{
     fs,
     net::TcpListener,
