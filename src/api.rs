@@ -10,6 +10,8 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
 
+use tonic_health::ServingStatus;
+
 use crate::{
     broker::Broker,
     pb::{
@@ -73,6 +75,24 @@ pub async fn serve(
     health_reporter
         .set_serving::<CertificateBrokerServer<GrpcBroker>>()
         .await;
+    // The broker keeps serving without its shared store (degraded to per-replica caching);
+    // the store's own health is reported under its own name for dashboards and alerts.
+    let store_health = tokio::spawn({
+        let (broker, reporter) = (broker.clone(), health_reporter.clone());
+        async move {
+            loop {
+                let status = if broker.store_ok().await {
+                    ServingStatus::Serving
+                } else {
+                    ServingStatus::NotServing
+                };
+                reporter
+                    .set_service_status(STORE_HEALTH_SERVICE, status)
+                    .await;
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+    });
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
@@ -80,7 +100,7 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
-    tonic::transport::Server::builder()
+    let served = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .trace_fn(|req| tracing::info_span!("rpc", path = %req.uri().path()))
         .add_service(health_service)
@@ -88,9 +108,14 @@ pub async fn serve(
         .add_service(reflection_v1alpha)
         .add_service(CertificateBrokerServer::new(GrpcBroker::new(broker)))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await?;
+        .await;
+    store_health.abort();
+    served?;
     Ok(())
 }
+
+/// Health-service name reporting whether the shared store answers.
+pub const STORE_HEALTH_SERVICE: &str = "certbroker.store";
 
 /// The server could not be built or failed.
 #[derive(Debug, thiserror::Error)]

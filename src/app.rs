@@ -11,7 +11,7 @@ use crate::{
     broker::{Broker, BrokerOptions},
     ca::CaPool,
     config::{Settings, StoreBackend},
-    store::{MemoryStore, Store},
+    store::{self, MemoryStore, Store},
 };
 
 /// A built broker, ready to serve.
@@ -34,9 +34,13 @@ impl App {
         }
         let store: Arc<dyn Store> = match settings.store.backend {
             StoreBackend::Memory => Arc::new(MemoryStore::new()),
-            StoreBackend::Redis => anyhow::bail!(
-                "store.backend = \"redis\" is not available in this build yet; use \"memory\""
-            ),
+            StoreBackend::Redis | StoreBackend::RedisCluster => {
+                let redis = store::connect(&settings.store.redis())
+                    .await
+                    .context("store")?;
+                redis.check_keyring().await.context("store.keyring")?;
+                Arc::new(redis)
+            }
         };
         let b = &settings.broker;
         let broker = Broker::new(
@@ -46,8 +50,13 @@ impl App {
                 cache_capacity: b.cache_capacity,
                 default_min_remaining: Duration::from_secs(b.default_min_remaining_secs),
                 issuance_timeout: Duration::from_secs(b.issuance_timeout_secs),
+                lock_ttl: Duration::from_secs(b.lock_ttl_secs),
+                negative_ttl: Duration::from_secs(b.negative_ttl_secs),
             },
         );
+        if let Err(e) = broker.listen_for_invalidations().await {
+            tracing::warn!(error = %e, "no fleet invalidations until the store is back");
+        }
         Ok(Self { broker })
     }
 

@@ -3,11 +3,13 @@
 //! once for all concurrent callers of the same cache key.
 
 mod error;
+mod fleet;
 mod request;
 mod service;
 mod singleflight;
 
 pub use error::{BrokerError, FailureKind, IssueError};
+pub use fleet::BrokerStats;
 pub use request::{CertRequest, Identifiers, RevokeRequest};
 pub use service::{Broker, BrokerOptions, CacheStatus, Revoked};
 

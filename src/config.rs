@@ -15,7 +15,10 @@ use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use url::Url;
 
-use crate::challenge::TkAuthSettings;
+use crate::{
+    challenge::TkAuthSettings,
+    store::{Keyring, KeyringSettings, RedisSettings},
+};
 
 /// The whole configuration.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -52,10 +55,19 @@ pub struct ServerSettings {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreSettings {
-    /// `memory` (one process) or `redis` (a fleet).
+    /// `memory` (one process), `redis` (standalone) or `redis-cluster` (a fleet).
     pub backend: StoreBackend,
-    /// Redis URL for `backend = "redis"` (`redis://` or `rediss://`, with AUTH in the URL).
+    /// Redis URL for `backend = "redis"`: `redis://[user:password@]host:port[/db]`, or
+    /// `rediss://` for TLS.
     pub url: Option<String>,
+    /// Seed nodes (`redis://host:port`) for `backend = "redis-cluster"`.
+    pub cluster_nodes: Vec<String>,
+    /// Prefix of every Redis key and channel; no `{` or `}`.
+    pub prefix: String,
+    /// Bound on connecting and on each Redis command, in milliseconds.
+    pub timeout_ms: u64,
+    /// AES-256-GCM keys that encrypt private keys at rest; required with Redis.
+    pub keyring: Option<KeyringSettings>,
 }
 
 /// Which store backend.
@@ -65,8 +77,10 @@ pub enum StoreBackend {
     /// In-process only.
     #[default]
     Memory,
-    /// Shared Redis.
+    /// Shared standalone Redis (or Sentinel-fronted).
     Redis,
+    /// Shared Redis Cluster.
+    RedisCluster,
 }
 
 /// `[broker]`
@@ -79,6 +93,11 @@ pub struct BrokerSettings {
     pub default_min_remaining_secs: u64,
     /// Upper bound for one whole issuance, all CAs of the pool included.
     pub issuance_timeout_secs: u64,
+    /// Lifetime of the fleet lock on one cache key; renewed while the holder works, so it
+    /// bounds how long a crashed holder delays the others.
+    pub lock_ttl_secs: u64,
+    /// How long a CA's refusal (non-retryable) is remembered fleet-wide for that key.
+    pub negative_ttl_secs: u64,
 }
 
 /// `[telemetry]`
@@ -235,11 +254,32 @@ impl Settings {
             key,
             reason: reason.to_owned(),
         };
-        if self.store.backend == StoreBackend::Redis && self.store.url.is_none() {
-            return Err(invalid(
-                "store.url".into(),
-                "required when store.backend = \"redis\"",
-            ));
+        match self.store.backend {
+            StoreBackend::Redis if self.store.url.is_none() => {
+                return Err(invalid(
+                    "store.url".into(),
+                    "required when store.backend = \"redis\"",
+                ));
+            }
+            StoreBackend::RedisCluster if self.store.cluster_nodes.is_empty() => {
+                return Err(invalid(
+                    "store.cluster_nodes".into(),
+                    "required when store.backend = \"redis-cluster\"",
+                ));
+            }
+            StoreBackend::Redis | StoreBackend::RedisCluster if self.store.keyring.is_none() => {
+                return Err(invalid(
+                    "store.keyring".into(),
+                    "required with Redis: private keys at rest are always encrypted",
+                ));
+            }
+            _ => {}
+        }
+        if let Some(keyring) = &self.store.keyring {
+            Keyring::new(keyring).map_err(|e| invalid("store.keyring".into(), &e.to_string()))?;
+        }
+        if self.broker.lock_ttl_secs < 3 {
+            return Err(invalid("broker.lock_ttl_secs".into(), "must be at least 3"));
         }
         if self.broker.cache_capacity == 0 {
             return Err(invalid(
@@ -300,9 +340,33 @@ impl Default for ServerSettings {
 
 impl Default for StoreSettings {
     fn default() -> Self {
+        let redis = RedisSettings::default();
         Self {
             backend: StoreBackend::Memory,
             url: None,
+            cluster_nodes: vec![],
+            prefix: redis.prefix,
+            timeout_ms: redis.timeout_ms,
+            keyring: None,
+        }
+    }
+}
+
+impl StoreSettings {
+    /// The Redis connection settings these describe.
+    pub fn redis(&self) -> RedisSettings {
+        RedisSettings {
+            url: (self.backend == StoreBackend::Redis)
+                .then(|| self.url.clone())
+                .flatten(),
+            cluster_nodes: if self.backend == StoreBackend::RedisCluster {
+                self.cluster_nodes.clone()
+            } else {
+                vec![]
+            },
+            prefix: self.prefix.clone(),
+            keyring: self.keyring.clone(),
+            timeout_ms: self.timeout_ms,
         }
     }
 }
@@ -313,6 +377,8 @@ impl Default for BrokerSettings {
             cache_capacity: 100_000,
             default_min_remaining_secs: 300,
             issuance_timeout_secs: 300,
+            lock_ttl_secs: 15,
+            negative_ttl_secs: 30,
         }
     }
 }
@@ -366,6 +432,18 @@ mod tests {
             ("[server]\nlisten = \"not an address\"", "server.listen"),
             ("[server]\nlisten_typo = \"1.2.3.4:5\"", "listen_typo"),
             ("[store]\nbackend = \"redis\"", "store.url"),
+            (
+                "[store]\nbackend = \"redis\"\nurl = \"redis://x\"",
+                "store.keyring",
+            ),
+            (
+                "[store]\nbackend = \"redis-cluster\"",
+                "store.cluster_nodes",
+            ),
+            (
+                "[store]\nbackend = \"redis\"\nurl = \"redis://x\"\n[store.keyring]\nactive = \"k1\"\n[store.keyring.keys]\nk1 = \"c2hvcnQ=\"",
+                "store.keyring",
+            ),
             ("[store]\nbackend = \"etcd\"", "store.backend"),
             ("[broker]\ncache_capacity = 0", "broker.cache_capacity"),
             (

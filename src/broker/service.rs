@@ -6,10 +6,14 @@ use moka::{Expiry, future::Cache};
 use time::OffsetDateTime;
 use tracing::{info, warn};
 
+use tokio::sync::broadcast;
+
 use super::{
-    BrokerError, CertRequest, IssueRequest, Issuer, RevokeRequest, singleflight::SingleFlight,
+    BrokerError, CertRequest, IssueRequest, Issuer, RevokeRequest,
+    fleet::{BrokerStats, Obtained, Usable, decode_refusal},
+    singleflight::SingleFlight,
 };
-use crate::store::{CertRecord, Store};
+use crate::store::{CertRecord, Store, StoreHealth};
 
 /// Where an answer came from; mirrors the API's `CacheStatus`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,9 +48,13 @@ pub struct BrokerOptions {
     pub default_min_remaining: Duration,
     /// Bound on one issuance, failover included.
     pub issuance_timeout: Duration,
+    /// Lifetime of the fleet lock on one cache key (renewed while held).
+    pub lock_ttl: Duration,
+    /// How long a refusal is remembered fleet-wide.
+    pub negative_ttl: Duration,
 }
 
-type IssueResult = Result<Arc<CertRecord>, BrokerError>;
+type FlightResult = Obtained;
 
 /// The broker. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -55,12 +63,13 @@ pub struct Broker {
 }
 
 #[derive(Debug)]
-struct Inner {
-    issuer: Arc<dyn Issuer>,
-    store: Arc<dyn Store>,
-    l1: Cache<String, Arc<CertRecord>>,
-    flights: SingleFlight<IssueResult>,
-    opts: BrokerOptions,
+pub(super) struct Inner {
+    pub(super) issuer: Arc<dyn Issuer>,
+    pub(super) store: Arc<dyn Store>,
+    pub(super) l1: Cache<String, Arc<CertRecord>>,
+    flights: SingleFlight<FlightResult>,
+    pub(super) opts: BrokerOptions,
+    pub(super) stats: BrokerStats,
 }
 
 // === impl Broker ===
@@ -79,12 +88,46 @@ impl Broker {
                 l1,
                 flights: SingleFlight::new(),
                 opts,
+                stats: BrokerStats::default(),
             }),
         }
     }
 
+    pub(super) fn inner(&self) -> &Inner {
+        &self.inner
+    }
+
+    /// Counters about the broker's own behaviour.
+    pub fn stats(&self) -> &BrokerStats {
+        &self.inner.stats
+    }
+
+    /// Whether the shared store answers (false: degraded to per-replica caching).
+    pub async fn store_ok(&self) -> bool {
+        matches!(self.inner.store.health().await, StoreHealth::Ok)
+    }
+
+    /// Drops L1 entries that any replica invalidates (after a revocation). Resubscribes
+    /// through store reconnects; on a lagging receiver, drops the whole L1.
+    pub async fn listen_for_invalidations(&self) -> Result<(), crate::store::StoreError> {
+        let mut rx = self.inner.store.subscribe_invalidations().await?;
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            loop {
+                let msg = rx.recv().await;
+                let Some(inner) = weak.upgrade() else { break };
+                match msg {
+                    Ok(key) => inner.l1.invalidate(&key).await,
+                    Err(broadcast::error::RecvError::Lagged(_)) => inner.l1.invalidate_all(),
+                    Err(broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        });
+        Ok(())
+    }
+
     /// A certificate for `req`: L1, then the store, then one issuance shared by every
-    /// concurrent caller with the same cache key.
+    /// concurrent caller with the same cache key, in this process and across the fleet.
     #[tracing::instrument(skip_all, fields(pool = %req.pool, force_renew = req.force_renew))]
     pub async fn get_certificate(
         &self,
@@ -101,23 +144,34 @@ impl Broker {
         let min_remaining = req
             .min_remaining
             .unwrap_or(inner.opts.default_min_remaining);
-        let fresh = |c: &CertRecord| c.remaining_secs(now()) > min_remaining.as_secs() as i64;
+        let min_secs = min_remaining.as_secs() as i64;
+        let fresh = move |c: &CertRecord| c.remaining_secs(now()) > min_secs;
 
-        if !req.force_renew {
-            if let Some(c) = inner.l1.get(&key).await.filter(|c| fresh(c)) {
+        // The certificate this request finds wanting, if any: a replacement must differ.
+        let mut stale_serial = None;
+        if let Some(c) = inner.l1.get(&key).await {
+            if fresh(&c) && !req.force_renew {
                 return Ok((c, CacheStatus::HitLocal));
             }
-            match inner.store.current(&key).await {
-                Ok(Some(c)) if fresh(&c) => {
-                    let c = Arc::new(c);
-                    inner.l1.insert(key, c.clone()).await;
-                    return Ok((c, CacheStatus::HitShared));
-                }
-                Ok(_) => {}
-                Err(e) => warn!(error = %e, "store lookup failed; treating as a miss"),
+            stale_serial = Some(c.serial_hex.clone());
+        }
+        match inner.store.current(&key).await {
+            Ok(Some(c)) if fresh(&c) && !req.force_renew => {
+                let c = Arc::new(c);
+                inner.l1.insert(key, c.clone()).await;
+                return Ok((c, CacheStatus::HitShared));
             }
+            Ok(Some(c)) => stale_serial = Some(c.serial_hex),
+            Ok(None) => {}
+            Err(e) => warn!(error = %e, "store lookup failed; treating as a miss"),
+        }
+        if let Ok(Some(refusal)) = inner.store.negative(&key).await {
+            return Err(decode_refusal(&refusal));
         }
 
+        let usable: Usable = Arc::new(move |c: &CertRecord| {
+            c.remaining_secs(now()) > 0 && Some(&c.serial_hex) != stale_serial.as_ref()
+        });
         let this = self.clone();
         let issue_req = IssueRequest {
             pool: req.pool.clone(),
@@ -129,7 +183,7 @@ impl Broker {
             .flights
             .run(
                 &key,
-                move || async move { this.issue_and_store(issue_req).await },
+                move || async move { this.obtain(issue_req, usable).await },
                 |panic| {
                     Err(BrokerError::Internal(format!(
                         "issuance task failed: {panic}"
@@ -137,7 +191,7 @@ impl Broker {
                 },
             )
             .await;
-        let cert = result?;
+        let (cert, issued_here) = result?;
         if !fresh(&cert) {
             return Err(BrokerError::invalid(
                 "min_remaining_validity",
@@ -148,16 +202,16 @@ impl Broker {
                 ),
             ));
         }
-        let status = if joined {
-            CacheStatus::Joined
-        } else {
+        let status = if issued_here && !joined {
             CacheStatus::Issued
+        } else {
+            CacheStatus::Joined
         };
         Ok((cert, status))
     }
 
-    /// Revokes a certificate at the CA that issued it and forgets it, so the next request
-    /// for its identifiers issues anew.
+    /// Revokes a certificate at the CA that issued it and forgets it fleet-wide, so the next
+    /// request for its identifiers issues anew.
     #[tracing::instrument(skip_all)]
     pub async fn revoke(&self, req: RevokeRequest) -> Result<Revoked, BrokerError> {
         let inner = &self.inner;
@@ -174,6 +228,9 @@ impl Broker {
         if let Err(e) = inner.store.evict(&record).await {
             warn!(error = %e, serial = %record.serial_hex, "revoked certificate could not be evicted from the store");
         }
+        if let Err(e) = inner.store.publish_invalidation(&record.cache_key).await {
+            warn!(error = %e, "could not tell the fleet about the revocation");
+        }
         info!(serial = %record.serial_hex, issuer_ca = %record.issuer_ca, reason = req.reason, "certificate revoked");
         Ok(Revoked {
             serial_hex: record.serial_hex,
@@ -181,29 +238,9 @@ impl Broker {
             revoked_at: OffsetDateTime::now_utc(),
         })
     }
-
-    async fn issue_and_store(&self, req: IssueRequest) -> IssueResult {
-        let inner = &self.inner;
-        let timeout = inner.opts.issuance_timeout;
-        let record = tokio::time::timeout(timeout, inner.issuer.issue(&req))
-            .await
-            .map_err(|_| BrokerError::DeadlineExceeded(timeout))??;
-        info!(
-            serial = %record.serial_hex,
-            issuer_ca = %record.issuer_ca,
-            not_after = record.not_after,
-            "certificate issued"
-        );
-        if let Err(e) = inner.store.put(&record).await {
-            warn!(error = %e, "issued certificate could not be written to the store");
-        }
-        let record = Arc::new(record);
-        inner.l1.insert(req.cache_key, record.clone()).await;
-        Ok(record)
-    }
 }
 
-fn now() -> i64 {
+pub(super) fn now() -> i64 {
     OffsetDateTime::now_utc().unix_timestamp()
 }
 

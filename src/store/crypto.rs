@@ -109,6 +109,11 @@ impl Keyring {
         &self.active
     }
 
+    /// Ids of every configured key.
+    pub fn ids(&self) -> impl Iterator<Item = &str> {
+        self.ciphers.keys().map(String::as_str)
+    }
+
     /// Seals `plaintext` under the active key, bound to `aad`.
     pub fn encrypt(&self, plaintext: &[u8], aad: &[u8]) -> Result<Vec<u8>, StoreError> {
         let cipher = self.ciphers.get(&self.active).ok_or_else(|| {

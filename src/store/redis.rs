@@ -214,6 +214,62 @@ impl RedisStore {
         }
     }
 
+    fn keyring_for(&self, what: &str) -> Result<&Keyring, StoreError> {
+        self.inner.keyring.as_ref().ok_or_else(|| {
+            StoreError::Config(format!(
+                "storing {what} needs store.keyring: secrets at rest are always encrypted"
+            ))
+        })
+    }
+
+    /// Start-up check that the configured keyring can read what the fleet already wrote:
+    /// every key id that ever sealed an entry must be configured, with the same key. Each
+    /// key id leaves an encrypted canary the first time it is seen. An unreachable Redis
+    /// passes (the broker starts degraded and the check runs on the next start).
+    pub async fn check_keyring(&self) -> Result<(), StoreError> {
+        let Some(keyring) = &self.inner.keyring else {
+            return Ok(());
+        };
+        let ids_key = self.index_key("keyring", "ids");
+        let known: Vec<String> = match self.query(redis::cmd("SMEMBERS").arg(&ids_key)).await {
+            Ok(ids) => ids,
+            Err(StoreError::Unavailable(e)) => {
+                tracing::warn!(error = %e, "keyring check skipped: redis unreachable");
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        let configured: Vec<&str> = keyring.ids().collect();
+        if let Some(missing) = known.iter().find(|id| !configured.contains(&id.as_str())) {
+            return Err(StoreError::Config(format!(
+                "store.keyring lacks key id {missing:?}, which sealed entries already in this store; add it back (rotation keeps old keys)"
+            )));
+        }
+        for id in configured {
+            let canary_key = self.index_key("keyring-canary", id);
+            let canary: Option<Vec<u8>> = self.query(redis::cmd("GET").arg(&canary_key)).await?;
+            match canary {
+                Some(blob) => {
+                    keyring.decrypt(&blob, canary_key.as_bytes()).map_err(|_| {
+                        StoreError::Config(format!(
+                            "store.keyring key {id:?} is not the key that sealed this store's entries"
+                        ))
+                    })?;
+                }
+                None if id == keyring.active_id() => {
+                    let blob =
+                        keyring.encrypt(b"certbroker keyring canary", canary_key.as_bytes())?;
+                    self.query::<()>(redis::cmd("SET").arg(&canary_key).arg(blob))
+                        .await?;
+                    self.query::<()>(redis::cmd("SADD").arg(&ids_key).arg(id))
+                        .await?;
+                }
+                None => {}
+            }
+        }
+        Ok(())
+    }
+
     /// `prefix:{key}:suffix`: hash-tagged so all of one key's entries share a slot.
     fn tagged(&self, key: &str, suffix: &str) -> String {
         format!("{}:{{{key}}}:{suffix}", self.inner.prefix)
@@ -354,9 +410,12 @@ impl Store for RedisStore {
         progress: &[u8],
         ttl: Duration,
     ) -> Result<(), StoreError> {
+        // Progress may hold an order's private key: sealed like every key at rest.
+        let keyring = self.keyring_for("progress")?;
+        let sealed = keyring.encrypt(progress, self.tagged(key, "progress").as_bytes())?;
         let set = redis::cmd("SET")
             .arg(self.tagged(key, "progress"))
-            .arg(progress)
+            .arg(sealed)
             .arg("PX")
             .arg(millis(ttl))
             .clone();
@@ -364,8 +423,15 @@ impl Store for RedisStore {
     }
 
     async fn progress(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        self.query(redis::cmd("GET").arg(self.tagged(key, "progress")))
-            .await
+        let sealed: Option<Vec<u8>> = self
+            .query(redis::cmd("GET").arg(self.tagged(key, "progress")))
+            .await?;
+        let Some(sealed) = sealed else {
+            return Ok(None);
+        };
+        let keyring = self.keyring_for("progress")?;
+        let plain = keyring.decrypt(&sealed, self.tagged(key, "progress").as_bytes())?;
+        Ok(Some(plain.to_vec()))
     }
 
     async fn clear_progress(&self, key: &str) -> Result<(), StoreError> {
