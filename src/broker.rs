@@ -26,6 +26,39 @@ pub struct IssueRequest {
     pub csr_der: Option<Vec<u8>>,
     /// The cache key the result will be stored under.
     pub cache_key: String,
+    /// An in-flight order another replica recorded before it died: resume it instead of
+    /// placing a new one. Opaque to the broker; written and read by the issuer.
+    pub resume: Option<Vec<u8>>,
+    /// Where the issuer records its in-flight order, so a takeover can resume it.
+    pub progress: Option<ProgressSink>,
+}
+
+/// Records an issuer's in-flight order (opaque bytes) where the fleet can find it. The
+/// issuer awaits it before going on, so a crash right after leaves the record behind.
+#[derive(Clone)]
+pub struct ProgressSink(
+    std::sync::Arc<dyn Fn(Vec<u8>) -> futures::future::BoxFuture<'static, ()> + Send + Sync>,
+);
+
+impl ProgressSink {
+    /// A sink calling `f`.
+    pub fn new<F>(f: F) -> Self
+    where
+        F: Fn(Vec<u8>) -> futures::future::BoxFuture<'static, ()> + Send + Sync + 'static,
+    {
+        Self(std::sync::Arc::new(f))
+    }
+
+    /// Records `progress`.
+    pub async fn record(&self, progress: Vec<u8>) {
+        (self.0)(progress).await;
+    }
+}
+
+impl std::fmt::Debug for ProgressSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProgressSink")
+    }
 }
 
 /// Upstream certificate authorities, as the broker sees them. Implemented by

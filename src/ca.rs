@@ -3,9 +3,11 @@
 
 mod attempt;
 mod pool;
+mod progress;
 mod upstream;
 
 pub use attempt::AttemptError;
 pub use pool::CaPool;
+pub use progress::OrderProgress;
 pub(crate) use upstream::write_private;
-pub use upstream::{Issued, Upstream};
+pub use upstream::{Issued, Tracking, Upstream};

@@ -12,8 +12,12 @@ use std::sync::Arc;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use super::{BrokerError, FailureKind, IssueError, IssueRequest, service::Broker};
+use super::{BrokerError, FailureKind, IssueError, IssueRequest, ProgressSink, service::Broker};
 use crate::store::{CertRecord, LockToken, StoreError};
+
+/// How long a recorded in-flight order stays resumable. ACME orders live for days; an hour
+/// covers any takeover while bounding what a stale record can cost (one failed resume).
+const PROGRESS_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// A certificate, and whether this replica issued it (false: another replica did).
 pub(super) type Obtained = Result<(Arc<CertRecord>, bool), BrokerError>;
@@ -37,7 +41,10 @@ impl Broker {
             if let Some(token) = token {
                 let result = match self.stored(&key, &usable).await {
                     Some(done) => Ok((done, false)),
-                    None => self.issue_here(&req, Some(&token)).await,
+                    None => {
+                        self.issue_here(&self.tracked(&req).await, Some(&token))
+                            .await
+                    }
                 };
                 if let Err(e) = inner.store.publish_ready(&key).await {
                     warn!(error = %e, "could not announce the result to the fleet");
@@ -66,6 +73,37 @@ impl Broker {
                 return Err(decode_refusal(&refusal));
             }
             // The holder finished without a usable result or died; try to take over.
+        }
+    }
+
+    /// `req` with its in-flight order recorded in the store, and any order a previous holder
+    /// recorded handed over for resumption.
+    async fn tracked(&self, req: &IssueRequest) -> IssueRequest {
+        let store = self.inner().store.clone();
+        let key = req.cache_key.clone();
+        let resume = match store.progress(&key).await {
+            Ok(Some(p)) => {
+                info!("resuming the order a previous lock holder recorded");
+                Some(p)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                warn!(error = %e, "could not read in-flight order; placing a new one");
+                None
+            }
+        };
+        let sink = ProgressSink::new(move |blob| {
+            let (store, key) = (store.clone(), key.clone());
+            Box::pin(async move {
+                if let Err(e) = store.set_progress(&key, &blob, PROGRESS_TTL).await {
+                    warn!(error = %e, "could not record the in-flight order");
+                }
+            })
+        });
+        IssueRequest {
+            resume,
+            progress: Some(sink),
+            ..req.clone()
         }
     }
 
@@ -117,6 +155,7 @@ impl Broker {
             Err(_) => return Err(BrokerError::DeadlineExceeded(timeout)),
             Ok(Err(e)) => {
                 if e.kind == FailureKind::Refused {
+                    self.forget_progress(&req.cache_key).await;
                     let ttl = inner.opts.negative_ttl;
                     if let Err(se) = inner
                         .store
@@ -136,6 +175,7 @@ impl Broker {
             not_after = record.not_after,
             "certificate issued"
         );
+        self.forget_progress(&req.cache_key).await;
         if let Err(e) = inner.store.put(&record).await {
             inner.stats.record_store_fallback();
             warn!(error = %e, "issued certificate could not be written to the shared store");
@@ -143,6 +183,14 @@ impl Broker {
         let record = Arc::new(record);
         inner.l1.insert(req.cache_key.clone(), record.clone()).await;
         Ok((record, true))
+    }
+}
+
+impl Broker {
+    async fn forget_progress(&self, key: &str) {
+        if let Err(e) = self.inner().store.clear_progress(key).await {
+            warn!(error = %e, "could not clear the in-flight order record");
+        }
     }
 }
 

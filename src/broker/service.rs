@@ -178,6 +178,8 @@ impl Broker {
             identifiers: req.identifiers.clone(),
             csr_der: req.csr_der.clone(),
             cache_key: key.clone(),
+            resume: None,
+            progress: None,
         };
         let (result, joined) = inner
             .flights

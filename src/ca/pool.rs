@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tracing::warn;
 
-use super::{AttemptError, Upstream};
+use super::{AttemptError, Tracking, Upstream};
 use crate::{
     broker::{FailureKind, IssueError, IssueRequest, Issuer},
     config::CaSettings,
@@ -64,10 +64,13 @@ impl Issuer for CaPool {
     async fn issue(&self, req: &IssueRequest) -> Result<CertRecord, IssueError> {
         let mut last = None;
         for upstream in self.members(&req.pool) {
-            match upstream
-                .issue(&req.identifiers, req.csr_der.as_deref())
-                .await
-            {
+            let tracking = Tracking {
+                resume: req.resume.as_deref(),
+                progress: req.progress.as_ref(),
+            };
+            let attempt =
+                upstream.issue_tracked(&req.identifiers, req.csr_der.as_deref(), tracking);
+            match attempt.await {
                 Ok(issued) => {
                     return Ok(CertRecord {
                         cache_key: req.cache_key.clone(),

@@ -9,15 +9,15 @@ use std::{
 use rustls_pki_types::CertificateDer;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::OnceCell;
-use tracing::{debug, info, instrument};
+use tracing::{debug, info, instrument, warn};
 
-use super::AttemptError;
+use super::{AttemptError, progress::OrderProgress};
 use crate::{
     acme::{
         self, Account, AccountKey, AcmeError, Client, ClientSettings, ExternalAccountKey,
         Identifier, NewAccount, NewOrder, RetryPolicy,
     },
-    broker::Identifiers,
+    broker::{Identifiers, ProgressSink},
     challenge::{
         self, CachingTokenProvider, Http01Responder, StaticTokenProvider, StiPaClient,
         TkAuthSettings, TokenProvider, TokenRequest,
@@ -40,6 +40,15 @@ pub struct Issued {
     pub leaf: CertInfo,
     /// The account URL that ordered it.
     pub account_url: String,
+}
+
+/// Crash takeover for one attempt: an order to resume, and where to record a new one.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Tracking<'a> {
+    /// A recorded [`OrderProgress`], as bytes.
+    pub resume: Option<&'a [u8]>,
+    /// Where to record the order this attempt places.
+    pub progress: Option<&'a ProgressSink>,
 }
 
 /// A fresh CSR, its key (PKCS#8 DER) and the key's SubjectPublicKeyInfo DER.
@@ -209,48 +218,66 @@ impl Upstream {
         identifiers: &Identifiers,
         csr_der: Option<&[u8]>,
     ) -> Result<Issued, AttemptError> {
-        tokio::time::timeout(self.attempt_timeout, self.issue_inner(identifiers, csr_der))
+        self.issue_tracked(identifiers, csr_der, Tracking::default())
             .await
-            .map_err(|_| AttemptError::Timeout(self.attempt_timeout))?
+    }
+
+    /// [`Upstream::issue`], resuming a recorded order and recording the new one.
+    pub async fn issue_tracked(
+        &self,
+        identifiers: &Identifiers,
+        csr_der: Option<&[u8]>,
+        tracking: Tracking<'_>,
+    ) -> Result<Issued, AttemptError> {
+        tokio::time::timeout(
+            self.attempt_timeout,
+            self.issue_inner(identifiers, csr_der, tracking),
+        )
+        .await
+        .map_err(|_| AttemptError::Timeout(self.attempt_timeout))?
     }
 
     async fn issue_inner(
         &self,
         identifiers: &Identifiers,
         csr_der: Option<&[u8]>,
+        tracking: Tracking<'_>,
     ) -> Result<Issued, AttemptError> {
         let account = self.account().await?;
-        let (csr, key_pkcs8, spki) = match csr_der {
-            Some(der) => {
-                let parsed = shaken::parse_csr(der)?;
-                (der.to_vec(), None, parsed.public_key_spki_der)
+        let (order, csr, key_pkcs8, spki) = match self.resumable(account, tracking.resume).await {
+            Some(resumed) => resumed,
+            None => {
+                let (csr, key_pkcs8, spki) = match csr_der {
+                    Some(der) => {
+                        let parsed = shaken::parse_csr(der)?;
+                        (der.to_vec(), None, parsed.public_key_spki_der)
+                    }
+                    None => self.new_key_and_csr(identifiers)?,
+                };
+                let order = self.place_order(account, identifiers).await?;
+                if let Some(sink) = tracking.progress {
+                    let record = OrderProgress::new(
+                        &self.name,
+                        account.url(),
+                        &order.url,
+                        &csr,
+                        key_pkcs8.as_deref(),
+                    );
+                    sink.record(record.to_bytes()).await;
+                }
+                (order, csr, key_pkcs8, spki)
             }
-            None => self.new_key_and_csr(identifiers)?,
         };
-
-        let acme_ids = match identifiers {
-            Identifiers::TnAuthList(list) => vec![Identifier::new(
-                "TNAuthList",
-                list.encode(self.tkauth.tkvalue_encoding),
-            )],
-            Identifiers::Dns(names) => names.iter().map(Identifier::dns).collect(),
-        };
-        let order = account
-            .new_order(&NewOrder {
-                identifiers: acme_ids,
-                not_before: None,
-                not_after: None,
-                replaces: None,
-            })
-            .await?;
-        debug!(order = %order.url, "order placed");
         let policy = RetryPolicy::new().timeout(self.attempt_timeout);
         for authz_url in &order.state.authorizations {
             self.authorize(account, authz_url, &policy).await?;
         }
-        let order = account.poll_order(&order.url, &policy).await?;
-        let order = account.finalize(&order, &csr).await?;
-        let order = account.poll_order(&order.url, &policy).await?;
+        let mut order = account.poll_order(&order.url, &policy).await?;
+        // A resumed order may already be finalized.
+        if order.state.status == acme::OrderStatus::Ready {
+            order = account.finalize(&order, &csr).await?;
+            order = account.poll_order(&order.url, &policy).await?;
+        }
         let cert_url = order.state.certificate.clone().ok_or_else(|| {
             AttemptError::Acme(AcmeError::Protocol(format!(
                 "order {} is {:?} without a certificate URL",
@@ -279,6 +306,56 @@ impl Upstream {
             leaf,
             account_url: account.url().to_owned(),
         })
+    }
+
+    async fn place_order(
+        &self,
+        account: &Account,
+        identifiers: &Identifiers,
+    ) -> Result<acme::Order, AttemptError> {
+        let acme_ids = match identifiers {
+            Identifiers::TnAuthList(list) => vec![Identifier::new(
+                "TNAuthList",
+                list.encode(self.tkauth.tkvalue_encoding),
+            )],
+            Identifiers::Dns(names) => names.iter().map(Identifier::dns).collect(),
+        };
+        let order = account
+            .new_order(&NewOrder {
+                identifiers: acme_ids,
+                not_before: None,
+                not_after: None,
+                replaces: None,
+            })
+            .await?;
+        debug!(order = %order.url, "order placed");
+        Ok(order)
+    }
+
+    /// The order a previous holder recorded, when it is this CA's and account's and still
+    /// usable; `None` means place a new one.
+    async fn resumable(
+        &self,
+        account: &Account,
+        resume: Option<&[u8]>,
+    ) -> Option<(acme::Order, Vec<u8>, Option<Vec<u8>>, Vec<u8>)> {
+        let p = OrderProgress::from_bytes(resume?)?;
+        if p.ca != self.name || p.account_url != account.url() {
+            return None;
+        }
+        let csr = p.csr()?;
+        let spki = shaken::parse_csr(&csr).ok()?.public_key_spki_der;
+        match account.order(&p.order_url).await {
+            Ok(order) if order.state.status != acme::OrderStatus::Invalid => {
+                info!(order = %order.url, status = ?order.state.status, "resuming recorded order");
+                Some((order, csr, p.key(), spki))
+            }
+            Ok(_) => None,
+            Err(e) => {
+                warn!(error = %e, "recorded order cannot be resumed; placing a new one");
+                None
+            }
+        }
     }
 
     /// Answers one authorization's challenge and waits for it to become valid.

@@ -49,8 +49,9 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding server.listen {}", settings.server.listen))?;
     let addr = listener.local_addr()?;
-    if let Some(ca) = &dev_ca {
-        print_dev_banner(addr, ca);
+    match &dev_ca {
+        Some(ca) => print_dev_banner(addr, ca),
+        None => println!("certbroker listening on {addr}"),
     }
     tracing::info!(%addr, "certbroker listening");
 
