@@ -426,8 +426,58 @@ async fn redis_cluster_fleet_dedups_too() {
     );
     let s = settings(&env, &store, &keyring("k1", &[("k1", KEY1)]));
     let fleet = replicas(&s, 3).await;
-    let (statuses, serials) = burst(&fleet, "5005", 90).await;
+    let (statuses, serials) = burst(&fleet, "5005", 300).await;
     assert_eq!(serials.len(), 1);
     assert_eq!(statuses.get(&CacheStatus::Issued), Some(&1), "{statuses:?}");
     assert_eq!(env.ca.stats().new_orders, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_auth_from_the_url() {
+    let redis = RedisServer::start_with(&["--requirepass", "s3cret"]);
+    let env = DevEnv::start().await;
+    let with_auth = redis.url().replacen("redis://", "redis://:s3cret@", 1);
+    let s = settings(
+        &env,
+        &redis_store(&with_auth),
+        &keyring("k1", &[("k1", KEY1)]),
+    );
+    let fleet = replicas(&s, 2).await;
+    let first = fleet[0]
+        .client()
+        .await
+        .get_certificate(spc_request("8008"))
+        .await
+        .unwrap()
+        .into_inner();
+    let second = fleet[1]
+        .client()
+        .await
+        .get_certificate(spc_request("8008"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        second.cache_status(),
+        CacheStatus::HitShared,
+        "shared through the authenticated Redis"
+    );
+    assert_eq!(second.serial_hex, first.serial_hex);
+
+    // Without the password the store is unusable: the broker degrades instead of failing.
+    let s = settings(
+        &env,
+        &redis_store(&redis.url()),
+        &keyring("k1", &[("k1", KEY1)]),
+    );
+    let r = TestBroker::start_settings(s).await;
+    let resp = r
+        .client()
+        .await
+        .get_certificate(spc_request("8009"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resp.cache_status(), CacheStatus::Issued);
+    assert!(r.app.broker().stats().store_fallbacks() > 0);
 }

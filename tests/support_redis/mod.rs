@@ -198,7 +198,7 @@ fn spawn(port: u16, dir: &Path, extra: &[String]) -> Result<Child, String> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if let Ok(reply) = raw(port, "PING") {
-            if reply.starts_with("+PONG") {
+            if reply.starts_with("+PONG") || reply.starts_with("-NOAUTH") {
                 return Ok(child);
             }
         }
