@@ -8,7 +8,7 @@ use tokio::net::TcpListener;
 
 use crate::{
     api,
-    broker::{Broker, BrokerOptions},
+    broker::{Broker, BrokerOptions, RenewalOptions},
     ca::CaPool,
     config::{Settings, StoreBackend},
     store::{self, MemoryStore, Store},
@@ -56,6 +56,15 @@ impl App {
         );
         if let Err(e) = broker.listen_for_invalidations().await {
             tracing::warn!(error = %e, "no fleet invalidations until the store is back");
+        }
+        let r = &settings.renewal;
+        if r.enabled {
+            broker.spawn_renewal(RenewalOptions {
+                check_interval: Duration::from_secs(r.check_interval_secs),
+                idle_horizon: Duration::from_secs(r.idle_horizon_secs),
+                renew_fraction: r.renew_fraction,
+                retry_base: Duration::from_secs(r.retry_base_secs),
+            });
         }
         Ok(Self { broker })
     }

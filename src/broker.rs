@@ -4,12 +4,14 @@
 
 mod error;
 mod fleet;
+mod renewal;
 mod request;
 mod service;
 mod singleflight;
 
 pub use error::{BrokerError, FailureKind, IssueError};
 pub use fleet::BrokerStats;
+pub use renewal::{RenewalOptions, RenewalStatus, unix_to_rfc3339};
 pub use request::{CertRequest, Identifiers, RevokeRequest};
 pub use service::{Broker, BrokerOptions, CacheStatus, Revoked};
 

@@ -36,6 +36,12 @@ pub struct Settings {
     /// Logging.
     #[serde(default)]
     pub telemetry: TelemetrySettings,
+    /// Proactive renewal.
+    #[serde(default)]
+    pub renewal: RenewalSettings,
+    /// STI-CR publication of issued chains (the `x5u` URLs).
+    #[serde(default)]
+    pub publish: PublishSettings,
     /// Upstream STI-CAs, tried in `priority` order within a pool.
     #[serde(default)]
     pub ca: Vec<CaSettings>,
@@ -98,6 +104,45 @@ pub struct BrokerSettings {
     pub lock_ttl_secs: u64,
     /// How long a CA's refusal (non-retryable) is remembered fleet-wide for that key.
     pub negative_ttl_secs: u64,
+}
+
+/// `[renewal]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RenewalSettings {
+    /// Renew certificates ahead of expiry.
+    pub enabled: bool,
+    /// How often tracked certificates are checked.
+    pub check_interval_secs: u64,
+    /// Certificates nobody requested or watched for this long are no longer renewed.
+    pub idle_horizon_secs: u64,
+    /// Renew when this fraction of the lifetime is left.
+    pub renew_fraction: f64,
+    /// First retry delay after a failed renewal (doubles per failure, with jitter).
+    pub retry_base_secs: u64,
+}
+
+impl Default for RenewalSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            check_interval_secs: 5,
+            idle_horizon_secs: 24 * 3600,
+            renew_fraction: 1.0 / 3.0,
+            retry_base_secs: 10,
+        }
+    }
+}
+
+/// `[publish]`
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PublishSettings {
+    /// Public base URL of the STI-CR, e.g. `https://cr.example.net/sti/`; responses carry
+    /// `x5u = base_url + <sha256 fingerprint>.pem`. Unset: no publication.
+    pub base_url: Option<Url>,
+    /// Where this replica serves the chains (plain HTTP; put TLS and a CDN in front).
+    pub listen: Option<SocketAddr>,
 }
 
 /// `[telemetry]`
@@ -277,6 +322,33 @@ impl Settings {
         }
         if let Some(keyring) = &self.store.keyring {
             Keyring::new(keyring).map_err(|e| invalid("store.keyring".into(), &e.to_string()))?;
+        }
+        if !(0.0..1.0).contains(&self.renewal.renew_fraction) || self.renewal.renew_fraction == 0.0
+        {
+            return Err(invalid(
+                "renewal.renew_fraction".into(),
+                "must be between 0 and 1",
+            ));
+        }
+        if self.renewal.check_interval_secs == 0 {
+            return Err(invalid(
+                "renewal.check_interval_secs".into(),
+                "must be at least 1",
+            ));
+        }
+        if self.publish.base_url.is_some() != self.publish.listen.is_some() {
+            return Err(invalid(
+                "publish.listen".into(),
+                "set both publish.base_url and publish.listen, or neither",
+            ));
+        }
+        if let Some(base) = &self.publish.base_url {
+            if !base.path().ends_with('/') || base.query().is_some() || base.fragment().is_some() {
+                return Err(invalid(
+                    "publish.base_url".into(),
+                    "must end with '/' and have no query or fragment (STI-CR URL rules)",
+                ));
+            }
         }
         if self.broker.lock_ttl_secs < 3 {
             return Err(invalid("broker.lock_ttl_secs".into(), "must be at least 3"));

@@ -223,9 +223,21 @@ pub(super) fn decode_refusal(s: &str) -> BrokerError {
 #[derive(Debug, Default)]
 pub struct BrokerStats {
     store_fallbacks: std::sync::atomic::AtomicU64,
+    renewal_failures: std::sync::atomic::AtomicU64,
 }
 
 impl BrokerStats {
+    pub(super) fn record_renewal_failure(&self) {
+        self.renewal_failures
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Renewals that failed (each is retried with backoff).
+    pub fn renewal_failures(&self) -> u64 {
+        self.renewal_failures
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     fn record_store_fallback(&self) {
         self.store_fallbacks
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -11,6 +11,7 @@ use tokio::sync::broadcast;
 use super::{
     BrokerError, CertRequest, IssueRequest, Issuer, RevokeRequest,
     fleet::{BrokerStats, Obtained, Usable, decode_refusal},
+    renewal::Tracker,
     singleflight::SingleFlight,
 };
 use crate::store::{CertRecord, Store, StoreHealth};
@@ -70,6 +71,9 @@ pub(super) struct Inner {
     flights: SingleFlight<FlightResult>,
     pub(super) opts: BrokerOptions,
     pub(super) stats: BrokerStats,
+    pub(super) tracker: Tracker,
+    /// Cache keys whose current certificate changed (renewed here or elsewhere, revoked).
+    updates: broadcast::Sender<String>,
 }
 
 // === impl Broker ===
@@ -89,7 +93,31 @@ impl Broker {
                 flights: SingleFlight::new(),
                 opts,
                 stats: BrokerStats::default(),
+                tracker: Tracker::default(),
+                updates: broadcast::channel(1024).0,
             }),
+        }
+    }
+
+    pub(super) fn downgrade(&self) -> std::sync::Weak<Inner> {
+        Arc::downgrade(&self.inner)
+    }
+
+    pub(super) fn upgrade(weak: &std::sync::Weak<Inner>) -> Option<Self> {
+        weak.upgrade().map(|inner| Self { inner })
+    }
+
+    /// Cache keys whose certificate changed, as they change: renewed on this replica or on
+    /// another (through the store's invalidations), or revoked.
+    pub fn watch(&self) -> broadcast::Receiver<String> {
+        self.inner.updates.subscribe()
+    }
+
+    /// Tells this replica's watchers and the fleet that `key` has a new certificate.
+    pub(super) async fn announce(&self, key: &str) {
+        let _ = self.inner.updates.send(key.to_owned());
+        if let Err(e) = self.inner.store.publish_invalidation(key).await {
+            warn!(error = %e, "could not tell the fleet about the new certificate");
         }
     }
 
@@ -117,7 +145,10 @@ impl Broker {
                 let msg = rx.recv().await;
                 let Some(inner) = weak.upgrade() else { break };
                 match msg {
-                    Ok(key) => inner.l1.invalidate(&key).await,
+                    Ok(key) => {
+                        inner.l1.invalidate(&key).await;
+                        let _ = inner.updates.send(key);
+                    }
                     Err(broadcast::error::RecvError::Lagged(_)) => inner.l1.invalidate_all(),
                     Err(broadcast::error::RecvError::Closed) => break,
                 }
@@ -141,6 +172,15 @@ impl Broker {
             ));
         }
         let key = req.cache_key();
+        let template = || IssueRequest {
+            pool: req.pool.clone(),
+            identifiers: req.identifiers.clone(),
+            csr_der: req.csr_der.clone(),
+            cache_key: key.clone(),
+            resume: None,
+            progress: None,
+        };
+        inner.tracker.touch_with(&key, template);
         let min_remaining = req
             .min_remaining
             .unwrap_or(inner.opts.default_min_remaining);
@@ -173,14 +213,7 @@ impl Broker {
             c.remaining_secs(now()) > 0 && Some(&c.serial_hex) != stale_serial.as_ref()
         });
         let this = self.clone();
-        let issue_req = IssueRequest {
-            pool: req.pool.clone(),
-            identifiers: req.identifiers.clone(),
-            csr_der: req.csr_der.clone(),
-            cache_key: key.clone(),
-            resume: None,
-            progress: None,
-        };
+        let issue_req = template();
         let (result, joined) = inner
             .flights
             .run(
@@ -227,6 +260,7 @@ impl Broker {
             })?;
         inner.issuer.revoke(&record, req.reason).await?;
         inner.l1.invalidate(&record.cache_key).await;
+        let _ = inner.updates.send(record.cache_key.clone());
         if let Err(e) = inner.store.evict(&record).await {
             warn!(error = %e, serial = %record.serial_hex, "revoked certificate could not be evicted from the store");
         }

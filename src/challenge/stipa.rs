@@ -95,11 +95,11 @@ impl StiPaClient {
             .send()
             .await?;
         let status = resp.status().as_u16();
-        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        let (body, text) = read_body(resp).await;
         if status != 200 || body["status"] != "success" {
             return Err(TokenError::Login {
                 status,
-                detail: message(&body),
+                detail: message(&body, &text),
             });
         }
         let token = body["accessToken"]
@@ -144,11 +144,11 @@ impl StiPaClient {
         if status == 401 {
             return Ok(None);
         }
-        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        let (body, text) = read_body(resp).await;
         if status != 200 || body["status"] != "success" {
             return Err(TokenError::Request {
                 status,
-                detail: message(&body),
+                detail: message(&body, &text),
             });
         }
         let jwt = body["token"]
@@ -191,10 +191,17 @@ impl TokenProvider for StiPaClient {
     }
 }
 
-fn message(body: &Value) -> String {
+/// The body as JSON (Null when it is not) and as text.
+async fn read_body(resp: reqwest::Response) -> (Value, String) {
+    let text = resp.text().await.unwrap_or_default();
+    (serde_json::from_str(&text).unwrap_or(Value::Null), text)
+}
+
+/// The STI-PA's own words: `message` or `error` of a JSON body, else the body text.
+fn message(body: &Value, text: &str) -> String {
     body["message"]
         .as_str()
         .or_else(|| body["error"].as_str())
         .map(str::to_owned)
-        .unwrap_or_else(|| body.to_string())
+        .unwrap_or_else(|| text.chars().take(200).collect::<String>().trim().to_owned())
 }
