@@ -11,7 +11,7 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::OnceCell;
 use tracing::{debug, info, instrument};
 
-use super::AttemptError;
+use super::{AttemptError, Progress};
 use crate::{
     acme::{
         self, Account, AccountKey, AcmeError, Client, ClientSettings, ExternalAccountKey,
@@ -22,7 +22,7 @@ use crate::{
         self, CachingTokenProvider, Http01Responder, StaticTokenProvider, StiPaClient,
         TkAuthSettings, TokenProvider, TokenRequest,
     },
-    config::{CaSettings, CsrSettings},
+    config::{BreakerSettings, CaSettings, CsrSettings},
     shaken::{self, CertInfo, CsrSpec, Expected, Subject, TnAuthList},
     tls,
 };
@@ -64,6 +64,10 @@ pub struct Upstream {
     http01_listen: Option<std::net::SocketAddr>,
     http01: OnceCell<Http01Responder>,
     account: OnceCell<Account>,
+    weight: u32,
+    breaker: BreakerSettings,
+    reuse_account_key: bool,
+    cert_lifetime: Option<Duration>,
 }
 
 impl Upstream {
@@ -148,6 +152,10 @@ impl Upstream {
             http01_listen: s.http01_listen,
             http01: OnceCell::new(),
             account: OnceCell::new(),
+            weight: s.weight,
+            breaker: s.breaker.clone(),
+            reuse_account_key: s.allow_account_key_reuse,
+            cert_lifetime: s.cert_lifetime_secs.map(Duration::from_secs),
         })
     }
 
@@ -164,6 +172,16 @@ impl Upstream {
     /// Pools this CA serves.
     pub fn pools(&self) -> &[String] {
         &self.pools
+    }
+
+    /// Share among CAs of equal priority in a weighted pool.
+    pub fn weight(&self) -> u32 {
+        self.weight
+    }
+
+    /// Circuit-breaker settings.
+    pub fn breaker_settings(&self) -> &BreakerSettings {
+        &self.breaker
     }
 
     /// The ACME account, created (or found) on first use.
@@ -203,21 +221,37 @@ impl Upstream {
 
     /// Obtains one certificate for `identifiers`, with the caller's CSR or a fresh P-256
     /// key. Bounded by the CA's `attempt_timeout_secs`.
-    #[instrument(skip_all, fields(ca = %self.name))]
     pub async fn issue(
         &self,
         identifiers: &Identifiers,
         csr_der: Option<&[u8]>,
     ) -> Result<Issued, AttemptError> {
-        tokio::time::timeout(self.attempt_timeout, self.issue_inner(identifiers, csr_der))
+        self.issue_tracked(identifiers, csr_der, &Progress::default())
             .await
-            .map_err(|_| AttemptError::Timeout(self.attempt_timeout))?
+    }
+
+    /// [`Upstream::issue`], reporting in `progress` when the finalize request goes out
+    /// (after that, abandoning the attempt may still leave an issued certificate behind).
+    #[instrument(skip_all, fields(ca = %self.name))]
+    pub async fn issue_tracked(
+        &self,
+        identifiers: &Identifiers,
+        csr_der: Option<&[u8]>,
+        progress: &Progress,
+    ) -> Result<Issued, AttemptError> {
+        tokio::time::timeout(
+            self.attempt_timeout,
+            self.issue_inner(identifiers, csr_der, progress),
+        )
+        .await
+        .map_err(|_| AttemptError::Timeout(self.attempt_timeout))?
     }
 
     async fn issue_inner(
         &self,
         identifiers: &Identifiers,
         csr_der: Option<&[u8]>,
+        progress: &Progress,
     ) -> Result<Issued, AttemptError> {
         let account = self.account().await?;
         let (csr, key_pkcs8, spki) = match csr_der {
@@ -225,7 +259,7 @@ impl Upstream {
                 let parsed = shaken::parse_csr(der)?;
                 (der.to_vec(), None, parsed.public_key_spki_der)
             }
-            None => self.new_key_and_csr(identifiers)?,
+            None => self.new_key_and_csr(identifiers, account)?,
         };
 
         let acme_ids = match identifiers {
@@ -239,7 +273,9 @@ impl Upstream {
             .new_order(&NewOrder {
                 identifiers: acme_ids,
                 not_before: None,
-                not_after: None,
+                not_after: self
+                    .cert_lifetime
+                    .map(|life| time::OffsetDateTime::now_utc() + life),
                 replaces: None,
             })
             .await?;
@@ -249,6 +285,7 @@ impl Upstream {
             self.authorize(account, authz_url, &policy).await?;
         }
         let order = account.poll_order(&order.url, &policy).await?;
+        progress.finalizing();
         let order = account.finalize(&order, &csr).await?;
         let order = account.poll_order(&order.url, &policy).await?;
         let cert_url = order.state.certificate.clone().ok_or_else(|| {
@@ -367,8 +404,18 @@ impl Upstream {
         Ok(Some(responder))
     }
 
-    fn new_key_and_csr(&self, identifiers: &Identifiers) -> Result<NewKey, AttemptError> {
-        let key = shaken::generate_key()?;
+    fn new_key_and_csr(
+        &self,
+        identifiers: &Identifiers,
+        account: &Account,
+    ) -> Result<NewKey, AttemptError> {
+        let key = if self.reuse_account_key {
+            // The CA wants the account key in the certificate (shaken-acme.md §0.7).
+            rcgen::KeyPair::try_from(account.key().to_pkcs8_der().as_slice())
+                .map_err(|e| AttemptError::Setup(format!("account key as certificate key: {e}")))?
+        } else {
+            shaken::generate_key()?
+        };
         let (cn, tn, dns): (String, Option<&TnAuthList>, &[String]) = match identifiers {
             Identifiers::TnAuthList(list) => {
                 let first = list
@@ -376,7 +423,8 @@ impl Upstream {
                     .next()
                     .map(str::to_owned)
                     .unwrap_or_else(|| list.entries()[0].to_string());
-                (format!("SHAKEN {first}"), Some(list), &[])
+                let cn = self.csr.common_name_template.replace("{spc}", &first);
+                (cn, Some(list), &[])
             }
             Identifiers::Dns(names) => (names[0].clone(), None, names),
         };
