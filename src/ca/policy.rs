@@ -7,14 +7,22 @@ use crate::config::PoolPolicy;
 /// given order; `Weighted` shuffles each group of equal priority so that a CA comes first
 /// with probability proportional to its weight (Efraimidis–Spirakis weighted sampling
 /// without replacement: sort by `u^(1/w)` descending, `u` uniform in (0, 1)).
-pub(crate) fn order(policy: PoolPolicy, members: &[(u32, u32)], mut uniform: impl FnMut() -> f64) -> Vec<usize> {
+pub(crate) fn order(
+    policy: PoolPolicy,
+    members: &[(u32, u32)],
+    mut uniform: impl FnMut() -> f64,
+) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..members.len()).collect();
     if policy == PoolPolicy::Priority {
         return idx;
     }
     let keys: Vec<f64> = members
         .iter()
-        .map(|(_, w)| uniform().max(f64::MIN_POSITIVE).powf(1.0 / f64::from((*w).max(1))))
+        .map(|(_, w)| {
+            uniform()
+                .max(f64::MIN_POSITIVE)
+                .powf(1.0 / f64::from((*w).max(1)))
+        })
         .collect();
     idx.sort_by(|a, b| {
         members[*a]
@@ -46,6 +54,9 @@ mod tests {
             first[o[0]] += 1;
         }
         let share = f64::from(first[0]) / 4000.0;
-        assert!((0.70..0.80).contains(&share), "share of the weight-3 CA: {share}");
+        assert!(
+            (0.70..0.80).contains(&share),
+            "share of the weight-3 CA: {share}"
+        );
     }
 }

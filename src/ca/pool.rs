@@ -131,10 +131,12 @@ impl Issuer for CaPool {
                 retry_after: None,
             });
         }
-        let (policy, hedge_after) = self.pools.get(&req.pool).map_or(
-            (PoolPolicy::Priority, None),
-            |p| (p.policy, p.hedge_after_ms.map(Duration::from_millis)),
-        );
+        let (policy, hedge_after) = self
+            .pools
+            .get(&req.pool)
+            .map_or((PoolPolicy::Priority, None), |p| {
+                (p.policy, p.hedge_after_ms.map(Duration::from_millis))
+            });
         let keys: Vec<(u32, u32)> = candidates
             .iter()
             .map(|m| (m.upstream.priority(), m.upstream.weight()))
@@ -314,7 +316,9 @@ fn summarize(pool: &str, errors: Vec<(usize, Failed)>) -> IssueError {
     if skips.is_empty() {
         return internal("no attempt was made");
     }
-    let rate_limited = skips.iter().any(|(_, s)| s.reason == SkipReason::RetryAfter);
+    let rate_limited = skips
+        .iter()
+        .any(|(_, s)| s.reason == SkipReason::RetryAfter);
     let why: Vec<String> = skips
         .iter()
         .map(|(name, s)| {

@@ -115,7 +115,10 @@ mod tests {
 
     use super::*;
 
-    fn after(ms: u64, o: Outcome<&'static str, &'static str>) -> BoxFuture<'static, Outcome<&'static str, &'static str>> {
+    fn after(
+        ms: u64,
+        o: Outcome<&'static str, &'static str>,
+    ) -> BoxFuture<'static, Outcome<&'static str, &'static str>> {
         async move {
             tokio::time::sleep(Duration::from_millis(ms)).await;
             o
@@ -127,19 +130,28 @@ mod tests {
     async fn failover_is_sequential_without_hedging() {
         let t = Instant::now();
         let f = run(
-            vec![after(50, Outcome::Retryable("a down")), after(50, Outcome::Won("b"))],
+            vec![
+                after(50, Outcome::Retryable("a down")),
+                after(50, Outcome::Won("b")),
+            ],
             None,
         )
         .await;
         assert!(matches!(f.result, Ok((1, "b"))));
-        assert!(t.elapsed() >= Duration::from_millis(100), "b started after a failed");
+        assert!(
+            t.elapsed() >= Duration::from_millis(100),
+            "b started after a failed"
+        );
     }
 
     #[tokio::test]
     async fn hedging_lets_the_fast_one_win() {
         let t = Instant::now();
         let f = run(
-            vec![after(5_000, Outcome::Won("slow")), after(10, Outcome::Won("fast"))],
+            vec![
+                after(5_000, Outcome::Won("slow")),
+                after(10, Outcome::Won("fast")),
+            ],
             Some(Duration::from_millis(50)),
         )
         .await;
@@ -151,13 +163,19 @@ mod tests {
     #[tokio::test]
     async fn fatal_stops_and_exhaustion_collects_errors() {
         let f = run(
-            vec![after(1, Outcome::Fatal("refused")), after(1, Outcome::Won("never"))],
+            vec![
+                after(1, Outcome::Fatal("refused")),
+                after(1, Outcome::Won("never")),
+            ],
             None,
         )
         .await;
         assert!(matches!(f.result, Err(Stop::Fatal("refused"))));
         let f = run(
-            vec![after(1, Outcome::Retryable("x")), after(1, Outcome::Retryable("y"))],
+            vec![
+                after(1, Outcome::Retryable("x")),
+                after(1, Outcome::Retryable("y")),
+            ],
             Some(Duration::from_millis(100)),
         )
         .await;
