@@ -509,6 +509,23 @@ mod tests {
     }
 
     #[test]
+    fn readme_multi_ca_example_loads() {
+        let readme = include_str!("../README.md");
+        let section = &readme[readme.find("## Multi-CA").expect("Multi-CA section")..];
+        let start = section.find("```toml\n").expect("toml block") + "```toml\n".len();
+        let text = &section[start..start + section[start..].find("```").expect("block end")];
+        let s = Settings::from_toml(text).unwrap();
+        assert_eq!(s.ca.len(), 3);
+        assert_eq!(s.pool[0].policy, PoolPolicy::Weighted);
+        assert_eq!(s.pool[0].hedge_after_ms, Some(20_000));
+        assert_eq!((s.ca[0].weight, s.ca[1].weight), (3, 1));
+        assert!(s.ca[1].allow_account_key_reuse && !s.ca[0].allow_account_key_reuse);
+        assert_eq!(s.ca[2].cert_lifetime_secs, Some(2_592_000));
+        assert_eq!(s.ca[2].breaker.failure_threshold, 3, "default");
+        assert_eq!(s.ca[2].csr.common_name_template, "SHAKEN {spc}", "default");
+    }
+
+    #[test]
     fn secrets_are_not_in_debug_output() {
         let s = Settings::from_toml(
             "[[ca]]\nname = \"a\"\ndirectory = \"https://x\"\naccount_key = \"k\"\n[ca.sti_pa]\nbase_url = \"https://pa\"\nuser_id = \"u\"\npassword = \"hunter2\"",

@@ -225,7 +225,11 @@ mod tests {
         let later = Instant::now() + Duration::from_secs(31);
         assert_eq!(b.state(later), BreakerState::HalfOpen);
         b.admit(later).unwrap().failure(None);
-        assert_eq!(b.admit(later).unwrap_err().reason, SkipReason::Open);
+        // Re-opened for a fresh cool-down from the failure.
+        assert_eq!(
+            b.admit(Instant::now()).unwrap_err().reason,
+            SkipReason::Open
+        );
     }
 
     #[test]
