@@ -18,6 +18,7 @@ use crate::{
 #[derive(Debug, Clone)]
 pub struct App {
     broker: Broker,
+    pool: Arc<CaPool>,
 }
 
 impl App {
@@ -27,7 +28,7 @@ impl App {
             !settings.ca.is_empty(),
             "no [[ca]] configured: the broker needs at least one upstream CA"
         );
-        let pool = CaPool::from_settings(&settings.ca)?;
+        let pool = CaPool::from_settings(&settings.ca, &settings.pool)?;
         for (ca, err) in pool.warm_up().await {
             // Not fatal: the CA may come back; requests will fail over or report it.
             tracing::warn!(ca = %ca, error = %err, "CA account not ready at start-up");
@@ -42,9 +43,10 @@ impl App {
                 Arc::new(redis)
             }
         };
+        let pool = Arc::new(pool);
         let b = &settings.broker;
         let broker = Broker::new(
-            Arc::new(pool),
+            pool.clone(),
             store,
             BrokerOptions {
                 cache_capacity: b.cache_capacity,
@@ -66,12 +68,17 @@ impl App {
                 retry_base: Duration::from_secs(r.retry_base_secs),
             });
         }
-        Ok(Self { broker })
+        Ok(Self { broker, pool })
     }
 
     /// The broker core.
     pub fn broker(&self) -> &Broker {
         &self.broker
+    }
+
+    /// The upstream CAs, for their counters ([`CaPool::stats`]).
+    pub fn ca_pool(&self) -> &Arc<CaPool> {
+        &self.pool
     }
 
     /// Serves gRPC on `listener` until `shutdown` resolves.

@@ -1,13 +1,21 @@
 //! Upstream STI-CAs: one [`Upstream`] per `[[ca]]` (account, order flow, challenge answers)
-//! and the [`CaPool`] that tries them in priority order, failing over on retryable errors.
+//! and the [`CaPool`] that picks among them by the pool's policy, failing over on retryable
+//! errors, optionally hedging, and keeping a circuit breaker and counters per CA.
 
 mod attempt;
+mod breaker;
+mod metrics;
+mod policy;
 mod pool;
 mod progress;
+mod race;
 mod upstream;
 
 pub use attempt::AttemptError;
+pub use breaker::{BreakerState, Skip, SkipReason};
+pub use metrics::CaStats;
 pub use pool::CaPool;
 pub use progress::OrderProgress;
+pub use race::Progress;
 pub(crate) use upstream::write_private;
 pub use upstream::{Issued, Tracking, Upstream};

@@ -45,6 +45,9 @@ pub struct Settings {
     /// Upstream STI-CAs, tried in `priority` order within a pool.
     #[serde(default)]
     pub ca: Vec<CaSettings>,
+    /// How each named pool picks among its CAs; a pool not listed uses the defaults.
+    #[serde(default)]
+    pub pool: Vec<PoolSettings>,
 }
 
 /// `[server]`
@@ -204,6 +207,62 @@ pub struct CaSettings {
     /// answers http-01 without serving anything, for CAs that validate out of band.
     #[serde(default)]
     pub http01_listen: Option<SocketAddr>,
+    /// Share of requests among CAs of equal priority in a `weighted` pool (at least 1).
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// When to stop sending requests to this CA after failures.
+    #[serde(default)]
+    pub breaker: BreakerSettings,
+    /// The CA accepts (Peeringhub: demands) a certificate key equal to the ACME account key.
+    /// When set, certificates the broker makes keys for use the account key, and that key
+    /// is what the caller receives. Default false: a fresh P-256 key per certificate, as
+    /// Boulder-style CAs require.
+    #[serde(default)]
+    pub allow_account_key_reuse: bool,
+    /// Certificate lifetime to ask for, sent as `notAfter` in newOrder
+    /// ([RFC 8555 §7.4](https://www.rfc-editor.org/rfc/rfc8555#section-7.4)). Absent: the
+    /// CA's default; leave it absent for CAs that reject `notAfter`.
+    #[serde(default)]
+    pub cert_lifetime_secs: Option<u64>,
+}
+
+/// `[ca.breaker]`: the per-CA circuit breaker and `Retry-After` handling.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerSettings {
+    /// Consecutive retryable failures (network, timeout, 5xx, rateLimited) that open the
+    /// breaker; while open the CA is skipped.
+    pub failure_threshold: u32,
+    /// How long the breaker stays open before one probe request is let through.
+    pub cool_down_secs: u64,
+    /// Upper bound on a CA's `Retry-After`, so a bogus header cannot park a CA for days.
+    pub max_retry_after_secs: u64,
+}
+
+/// `[[pool]]`: how one named pool picks among its CAs.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolSettings {
+    /// Pool name, as the CAs' `pools` and the request's `ca_pool` say.
+    pub name: String,
+    /// Order in which CAs are tried.
+    #[serde(default)]
+    pub policy: PoolPolicy,
+    /// Hedging: when the CA being tried has not finished after this long, start the next
+    /// one as well; the first valid certificate wins. Absent: strictly one at a time.
+    #[serde(default)]
+    pub hedge_after_ms: Option<u64>,
+}
+
+/// Which CA of a pool is tried first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PoolPolicy {
+    /// Lowest `priority` first, configuration order among equals.
+    #[default]
+    Priority,
+    /// Lowest `priority` first; among equals, a random order weighted by `weight`.
+    Weighted,
 }
 
 /// `[ca.eab]`
@@ -224,6 +283,9 @@ pub struct CsrSettings {
     pub country: String,
     /// Subject O: the carrier's legal name.
     pub organization: String,
+    /// Subject CN of end-entity certificates; `{spc}` becomes the first SPC of the
+    /// TNAuthList (or its first entry). SHAKEN CAs want `SHAKEN <OCN>` (shaken-acme.md §0.7).
+    pub common_name_template: String,
 }
 
 /// `[ca.sti_pa]`
@@ -394,6 +456,34 @@ impl Settings {
                     "timeouts must be at least 1 second",
                 ));
             }
+            if ca.weight == 0 {
+                return Err(invalid(key("weight"), "must be at least 1"));
+            }
+            if ca.breaker.failure_threshold == 0 {
+                return Err(invalid(
+                    key("breaker.failure_threshold"),
+                    "must be at least 1",
+                ));
+            }
+            if ca.cert_lifetime_secs == Some(0) {
+                return Err(invalid(key("cert_lifetime_secs"), "must be at least 1"));
+            }
+            if !ca.csr.common_name_template.contains("{spc}") {
+                return Err(invalid(
+                    key("csr.common_name_template"),
+                    "must contain {spc}",
+                ));
+            }
+        }
+        let mut pools = BTreeSet::new();
+        for (i, pool) in self.pool.iter().enumerate() {
+            let key = format!("pool[{i}].name");
+            if !pools.insert(pool.name.as_str()) {
+                return Err(invalid(key, "must be unique"));
+            }
+            if !self.ca.iter().any(|c| c.pools.contains(&pool.name)) {
+                return Err(invalid(key, "no [[ca]] lists this pool in its `pools`"));
+            }
         }
         Ok(())
     }
@@ -469,8 +559,23 @@ impl Default for CsrSettings {
         Self {
             country: "US".into(),
             organization: "certbroker".into(),
+            common_name_template: "SHAKEN {spc}".into(),
         }
     }
+}
+
+impl Default for BreakerSettings {
+    fn default() -> Self {
+        Self {
+            failure_threshold: 3,
+            cool_down_secs: 30,
+            max_retry_after_secs: 3600,
+        }
+    }
+}
+
+fn default_weight() -> u32 {
+    1
 }
 
 fn default_pools() -> Vec<String> {
@@ -530,11 +635,44 @@ mod tests {
                 "[[ca]]\nname = \"a\"\ndirectory = \"https://x\"\naccount_key = \"k\"\n[ca.challenge]\nresponse_field = \"body\"",
                 "response_field",
             ),
+            (
+                "[[ca]]\nname = \"a\"\ndirectory = \"https://x\"\naccount_key = \"k\"\nweight = 0",
+                "ca[0].weight",
+            ),
+            (
+                "[[ca]]\nname = \"a\"\ndirectory = \"https://x\"\naccount_key = \"k\"\n[ca.breaker]\nfailure_threshold = 0",
+                "ca[0].breaker.failure_threshold",
+            ),
+            (
+                "[[ca]]\nname = \"a\"\ndirectory = \"https://x\"\naccount_key = \"k\"\n[[pool]]\nname = \"other\"",
+                "pool[0].name",
+            ),
+            (
+                "[[ca]]\nname = \"a\"\ndirectory = \"https://x\"\naccount_key = \"k\"\n[[pool]]\nname = \"default\"\npolicy = \"random\"",
+                "policy",
+            ),
         ];
         for (text, key) in cases {
             let err = Settings::from_toml(text).unwrap_err().to_string();
             assert!(err.contains(key), "{text:?}: {err}");
         }
+    }
+
+    #[test]
+    fn readme_multi_ca_example_loads() {
+        let readme = include_str!("../README.md");
+        let section = &readme[readme.find("## Multi-CA").expect("Multi-CA section")..];
+        let start = section.find("```toml\n").expect("toml block") + "```toml\n".len();
+        let text = &section[start..start + section[start..].find("```").expect("block end")];
+        let s = Settings::from_toml(text).unwrap();
+        assert_eq!(s.ca.len(), 3);
+        assert_eq!(s.pool[0].policy, PoolPolicy::Weighted);
+        assert_eq!(s.pool[0].hedge_after_ms, Some(20_000));
+        assert_eq!((s.ca[0].weight, s.ca[1].weight), (3, 1));
+        assert!(s.ca[1].allow_account_key_reuse && !s.ca[0].allow_account_key_reuse);
+        assert_eq!(s.ca[2].cert_lifetime_secs, Some(2_592_000));
+        assert_eq!(s.ca[2].breaker.failure_threshold, 3, "default");
+        assert_eq!(s.ca[2].csr.common_name_template, "SHAKEN {spc}", "default");
     }
 
     #[test]

@@ -58,6 +58,20 @@ pub enum DevFingerprint {
     SpkiSha256,
 }
 
+/// Whether the STI-CA lets the certificate key be the ACME account key
+/// (shaken-acme.md §0.7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DevKeyReuse {
+    /// A CSR with the account key is `badCSR`, as Boulder-style servers do.
+    #[default]
+    Reject,
+    /// Either key is accepted.
+    Allow,
+    /// The CSR key must be the account key ("Public key does not match account"), as
+    /// Peeringhub's flow does.
+    Require,
+}
+
 /// Settings of the embedded CA.
 #[derive(Clone)]
 pub struct DevCaSettings {
@@ -83,6 +97,8 @@ pub struct DevCaSettings {
     /// Reject a token whose `jti` was already used in a challenge (akamu enforces this;
     /// iconectiv tokens are reused until `exp`). Off by default.
     pub one_time_jti: bool,
+    /// Whether the certificate key may (or must) be the account key.
+    pub account_key_reuse: DevKeyReuse,
     /// STI-PA user id.
     pub sti_pa_user: String,
     /// STI-PA password.
@@ -101,6 +117,7 @@ impl Default for DevCaSettings {
             fingerprint: DevFingerprint::default(),
             require_eab: None,
             one_time_jti: false,
+            account_key_reuse: DevKeyReuse::default(),
             sti_pa_user: "dev".to_owned(),
             sti_pa_password: SecretString::from(state::random_id()),
         }
@@ -125,6 +142,7 @@ impl std::fmt::Debug for DevCaSettings {
                     .map(|(kid, _)| (kid, "[REDACTED]")),
             )
             .field("one_time_jti", &self.one_time_jti)
+            .field("account_key_reuse", &self.account_key_reuse)
             .field("sti_pa_user", &self.sti_pa_user)
             .field("sti_pa_password", &"[REDACTED]")
             .finish()

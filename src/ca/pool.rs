@@ -1,113 +1,175 @@
-//! The CA pool: named groups of upstreams, tried in priority order with failover on
-//! retryable failures. A refusal (bad identifier, bad token, bad CSR) ends the request:
-//! another CA would be asked the same wrong thing.
+//! The CA pool: named groups of upstreams, tried by the pool's policy with failover on
+//! retryable failures and optional hedging. A refusal (bad identifier, bad token, bad CSR)
+//! ends the request: another CA would be asked the same wrong thing.
 
-use std::sync::Arc;
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
-use tracing::warn;
+use futures::{FutureExt, StreamExt, future::BoxFuture};
+use tokio::sync::watch;
+use tracing::{info, warn};
 
-use super::{AttemptError, Tracking, Upstream};
+use super::{
+    AttemptError, CaStats, Issued, Tracking, Upstream,
+    breaker::{Breaker, Skip, SkipReason},
+    metrics::{Event, Metrics},
+    policy,
+    race::{self, CancelRx, Outcome, Progress, Stop},
+};
 use crate::{
     broker::{FailureKind, IssueError, IssueRequest, Issuer},
-    config::CaSettings,
+    config::{CaSettings, PoolPolicy, PoolSettings},
     store::CertRecord,
 };
+
+/// RFC 5280 CRLReason `superseded`, for hedged losers that were issued anyway.
+const SUPERSEDED: u8 = 4;
 
 /// Every configured upstream, grouped by pool.
 #[derive(Debug)]
 pub struct CaPool {
     /// Sorted by priority, then by configuration order.
-    upstreams: Vec<Arc<Upstream>>,
+    members: Vec<Arc<Member>>,
+    pools: HashMap<String, PoolSettings>,
+}
+
+/// One upstream with its breaker and counters.
+#[derive(Debug)]
+struct Member {
+    upstream: Arc<Upstream>,
+    breaker: Breaker,
+    metrics: Metrics,
+}
+
+/// Why one member produced no certificate.
+enum Failed {
+    /// It was asked and failed.
+    Issue(IssueError),
+    /// It was not asked: breaker open or `Retry-After` pending.
+    Skipped(String, Skip),
+    /// The race was decided before it finished.
+    Abandoned,
 }
 
 impl CaPool {
-    /// Builds every `[[ca]]`; fails on the first bad one.
-    pub fn from_settings(cas: &[CaSettings]) -> Result<Self, AttemptError> {
+    /// Builds every `[[ca]]`; fails on the first bad one. `pools` sets the policy of the
+    /// pools it names; other pools use priority order without hedging.
+    pub fn from_settings(cas: &[CaSettings], pools: &[PoolSettings]) -> Result<Self, AttemptError> {
         let upstreams = cas
             .iter()
             .map(|s| Upstream::from_settings(s).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self::new(upstreams))
+        Ok(Self::new(upstreams, pools))
     }
 
     /// A pool over already-built upstreams.
-    pub fn new(mut upstreams: Vec<Arc<Upstream>>) -> Self {
+    pub fn new(mut upstreams: Vec<Arc<Upstream>>, pools: &[PoolSettings]) -> Self {
         upstreams.sort_by_key(|u| u.priority());
-        Self { upstreams }
+        let members = upstreams
+            .into_iter()
+            .map(|upstream| {
+                Arc::new(Member {
+                    breaker: Breaker::new(upstream.breaker_settings()),
+                    metrics: Metrics::default(),
+                    upstream,
+                })
+            })
+            .collect();
+        let pools = pools.iter().map(|p| (p.name.clone(), p.clone())).collect();
+        Self { members, pools }
     }
 
-    /// The upstreams serving `pool`, in the order they are tried.
+    /// The upstreams serving `pool`, by priority (the order of the `priority` policy).
     pub fn members(&self, pool: &str) -> impl Iterator<Item = &Arc<Upstream>> {
-        self.upstreams
+        self.members_of(pool).map(|m| &m.upstream)
+    }
+
+    fn members_of(&self, pool: &str) -> impl Iterator<Item = &Arc<Member>> {
+        self.members
             .iter()
-            .filter(move |u| u.pools().iter().any(|p| p == pool))
+            .filter(move |m| m.upstream.pools().iter().any(|p| p == pool))
     }
 
     /// Creates (or finds) the account at every CA, so configuration mistakes show at start-up.
     pub async fn warm_up(&self) -> Vec<(String, AttemptError)> {
         let mut failures = vec![];
-        for u in &self.upstreams {
-            if let Err(e) = u.account().await {
-                failures.push((u.name().to_owned(), e));
+        for m in &self.members {
+            if let Err(e) = m.upstream.account().await {
+                failures.push((m.upstream.name().to_owned(), e));
             }
         }
         failures
+    }
+
+    /// Per-CA counters and breaker states, in priority order.
+    pub fn stats(&self) -> Vec<CaStats> {
+        let now = Instant::now();
+        self.members
+            .iter()
+            .map(|m| m.metrics.snapshot(m.upstream.name(), m.breaker.state(now)))
+            .collect()
     }
 }
 
 #[async_trait::async_trait]
 impl Issuer for CaPool {
     fn has_pool(&self, pool: &str) -> bool {
-        self.members(pool).next().is_some()
+        self.members_of(pool).next().is_some()
     }
 
     async fn issue(&self, req: &IssueRequest) -> Result<CertRecord, IssueError> {
-        let mut last = None;
-        for upstream in self.members(&req.pool) {
-            let tracking = Tracking {
-                resume: req.resume.as_deref(),
-                progress: req.progress.as_ref(),
-            };
-            let attempt =
-                upstream.issue_tracked(&req.identifiers, req.csr_der.as_deref(), tracking);
-            match attempt.await {
-                Ok(issued) => {
-                    return Ok(CertRecord {
-                        cache_key: req.cache_key.clone(),
-                        chain_pem: issued.chain_pem,
-                        chain_der: issued.chain_der,
-                        private_key_pkcs8: issued.key_pkcs8,
-                        not_before: issued.leaf.not_before.unix_timestamp(),
-                        not_after: issued.leaf.not_after.unix_timestamp(),
-                        serial_hex: issued.leaf.serial_hex.trim_start_matches('0').to_owned(),
-                        fingerprint_hex: issued.leaf.sha256_fingerprint_hex,
-                        issuer_ca: upstream.name().to_owned(),
-                        issuer_account: issued.account_url,
-                    });
-                }
-                Err(e) => {
-                    let err = e.to_issue_error(upstream.name());
-                    if !err.is_retryable() {
-                        return Err(err);
-                    }
-                    warn!(ca = %upstream.name(), error = %err, "CA failed; trying the next");
-                    last = Some(err);
-                }
-            }
+        let candidates: Vec<Arc<Member>> = self.members_of(&req.pool).cloned().collect();
+        if candidates.is_empty() {
+            return Err(IssueError {
+                ca: None,
+                kind: FailureKind::NoSuchPool,
+                problem_type: None,
+                detail: format!("no CA serves pool {:?}", req.pool),
+                retry_after: None,
+            });
         }
-        Err(last.unwrap_or_else(|| IssueError {
-            ca: None,
-            kind: FailureKind::NoSuchPool,
-            problem_type: None,
-            detail: format!("no CA serves pool {:?}", req.pool),
-            retry_after: None,
-        }))
+        let (policy, hedge_after) = self
+            .pools
+            .get(&req.pool)
+            .map_or((PoolPolicy::Priority, None), |p| {
+                (p.policy, p.hedge_after_ms.map(Duration::from_millis))
+            });
+        let keys: Vec<(u32, u32)> = candidates
+            .iter()
+            .map(|m| (m.upstream.priority(), m.upstream.weight()))
+            .collect();
+        let ordered: Vec<Arc<Member>> = policy::order(policy, &keys, rand::random)
+            .into_iter()
+            .map(|i| candidates[i].clone())
+            .collect();
+
+        let (cancel_tx, cancel_rx) = watch::channel(false);
+        let shared = Arc::new(req.clone());
+        let attempts = ordered
+            .iter()
+            .map(|m| attempt(m.clone(), shared.clone(), cancel_rx.clone()))
+            .collect();
+        let finish = race::run(attempts, hedge_after).await;
+        let _ = cancel_tx.send(true);
+        if !finish.leftovers.is_empty() {
+            tokio::spawn(drain_losers(finish.leftovers, ordered.clone()));
+        }
+        match finish.result {
+            Ok((_, record)) => Ok(record),
+            Err(Stop::Fatal(Failed::Issue(e))) => Err(e),
+            Err(Stop::Fatal(_)) => Err(internal("a skip was classified as fatal")),
+            Err(Stop::Exhausted(errors)) => Err(summarize(&req.pool, errors)),
+        }
     }
 
     async fn revoke(&self, cert: &CertRecord, reason: u8) -> Result<(), IssueError> {
         let upstream = self
-            .upstreams
+            .members
             .iter()
+            .map(|m| &m.upstream)
             .find(|u| u.name() == cert.issuer_ca)
             .ok_or_else(|| IssueError {
                 ca: Some(cert.issuer_ca.clone()),
@@ -127,5 +189,175 @@ impl Issuer for CaPool {
             .revoke(leaf, reason)
             .await
             .map_err(|e| e.to_issue_error(upstream.name()))
+    }
+}
+
+/// One attempt at one member: gated by its breaker, bounded by its attempt timeout, and
+/// abandoned when the race is decided elsewhere, unless the finalize request already went
+/// out (then it runs to the end so that its certificate can be revoked).
+fn attempt(
+    m: Arc<Member>,
+    req: Arc<IssueRequest>,
+    mut cancel: CancelRx,
+) -> BoxFuture<'static, Outcome<CertRecord, Failed>> {
+    async move {
+        let name = m.upstream.name().to_owned();
+        let permit = match m.breaker.admit(Instant::now()) {
+            Ok(p) => p,
+            Err(skip) => {
+                m.metrics.record(Event::Skipped);
+                return Outcome::Retryable(Failed::Skipped(name, skip));
+            }
+        };
+        m.metrics.record(Event::Attempt);
+        let started = Instant::now();
+        let progress = Progress::default();
+        let tracking = Tracking {
+            resume: req.resume.as_deref(),
+            progress: req.progress.as_ref(),
+            race: Some(&progress),
+        };
+        let work = m
+            .upstream
+            .issue_tracked(&req.identifiers, req.csr_der.as_deref(), tracking);
+        tokio::pin!(work);
+        let result = tokio::select! {
+            r = &mut work => r,
+            () = race::cancelled(&mut cancel) => {
+                if !progress.finalize_sent() {
+                    m.metrics.record(Event::Abandoned);
+                    return Outcome::Retryable(Failed::Abandoned);
+                }
+                work.await
+            }
+        };
+        let latency = started.elapsed();
+        match result {
+            Ok(issued) => {
+                permit.success();
+                m.metrics.record(Event::Success(latency));
+                Outcome::Won(record(&req, &name, issued))
+            }
+            Err(e) => {
+                let err = e.to_issue_error(&name);
+                m.metrics.record(Event::Failure(&err, latency));
+                if err.is_retryable() {
+                    permit.failure(err.retry_after);
+                    warn!(ca = %name, error = %err, "CA failed; trying the next");
+                    Outcome::Retryable(Failed::Issue(err))
+                } else {
+                    // The CA (or STI-PA) answered and refused: it is healthy.
+                    permit.success();
+                    Outcome::Fatal(Failed::Issue(err))
+                }
+            }
+        }
+    }
+    .boxed()
+}
+
+/// Lets hedged losers that were past finalize finish, and revokes what they issued.
+async fn drain_losers(
+    mut leftovers: futures::stream::FuturesUnordered<
+        BoxFuture<'static, (usize, Outcome<CertRecord, Failed>)>,
+    >,
+    ordered: Vec<Arc<Member>>,
+) {
+    while let Some((i, outcome)) = leftovers.next().await {
+        let (Outcome::Won(cert), Some(m)) = (outcome, ordered.get(i)) else {
+            continue;
+        };
+        let Some(leaf) = cert.chain_der.first() else {
+            continue;
+        };
+        match m.upstream.revoke(leaf, SUPERSEDED).await {
+            Ok(()) => {
+                m.metrics.record(Event::Superseded);
+                info!(ca = %cert.issuer_ca, serial = %cert.serial_hex, "hedged loser revoked as superseded");
+            }
+            Err(e) => {
+                warn!(ca = %cert.issuer_ca, serial = %cert.serial_hex, error = %e, "hedged loser could not be revoked");
+            }
+        }
+    }
+}
+
+fn record(req: &IssueRequest, ca: &str, issued: Issued) -> CertRecord {
+    CertRecord {
+        cache_key: req.cache_key.clone(),
+        chain_pem: issued.chain_pem,
+        chain_der: issued.chain_der,
+        private_key_pkcs8: issued.key_pkcs8,
+        not_before: issued.leaf.not_before.unix_timestamp(),
+        not_after: issued.leaf.not_after.unix_timestamp(),
+        serial_hex: issued.leaf.serial_hex.trim_start_matches('0').to_owned(),
+        fingerprint_hex: issued.leaf.sha256_fingerprint_hex,
+        issuer_ca: ca.to_owned(),
+        issuer_account: issued.account_url,
+    }
+}
+
+/// Every member failed or was skipped. Reports the last real failure; when every CA was
+/// skipped, reports why and when the first one may be asked again.
+fn summarize(pool: &str, errors: Vec<(usize, Failed)>) -> IssueError {
+    let now = Instant::now();
+    let mut last = None;
+    let mut skips = vec![];
+    for (_, failed) in errors {
+        match failed {
+            Failed::Issue(e) => last = Some(e),
+            Failed::Skipped(name, skip) => skips.push((name, skip)),
+            Failed::Abandoned => {}
+        }
+    }
+    let earliest = skips
+        .iter()
+        .map(|(_, s)| s.until.saturating_duration_since(now))
+        .min();
+    if let Some(mut e) = last {
+        e.retry_after = e.retry_after.or(earliest);
+        return e;
+    }
+    if skips.is_empty() {
+        return internal("no attempt was made");
+    }
+    let rate_limited = skips
+        .iter()
+        .any(|(_, s)| s.reason == SkipReason::RetryAfter);
+    let why: Vec<String> = skips
+        .iter()
+        .map(|(name, s)| {
+            let reason = match s.reason {
+                SkipReason::RetryAfter => "asked us to retry later",
+                SkipReason::Open => "circuit breaker open",
+                SkipReason::ProbeInFlight => "circuit breaker probing",
+            };
+            let wait = s.until.saturating_duration_since(now);
+            format!("{name}: {reason} (for {:.1}s)", wait.as_secs_f64())
+        })
+        .collect();
+    IssueError {
+        ca: (skips.len() == 1).then(|| skips[0].0.clone()),
+        kind: if rate_limited {
+            FailureKind::RateLimited
+        } else {
+            FailureKind::Unavailable
+        },
+        problem_type: None,
+        detail: format!(
+            "every CA of pool {pool:?} is backing off: {}",
+            why.join("; ")
+        ),
+        retry_after: earliest.map(|d| d.max(Duration::from_millis(1))),
+    }
+}
+
+fn internal(detail: &str) -> IssueError {
+    IssueError {
+        ca: None,
+        kind: FailureKind::Unavailable,
+        problem_type: None,
+        detail: detail.to_owned(),
+        retry_after: None,
     }
 }

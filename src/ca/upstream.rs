@@ -11,7 +11,7 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::OnceCell;
 use tracing::{debug, info, instrument, warn};
 
-use super::{AttemptError, progress::OrderProgress};
+use super::{AttemptError, Progress, progress::OrderProgress};
 use crate::{
     acme::{
         self, Account, AccountKey, AcmeError, Client, ClientSettings, ExternalAccountKey,
@@ -22,7 +22,7 @@ use crate::{
         self, CachingTokenProvider, Http01Responder, StaticTokenProvider, StiPaClient,
         TkAuthSettings, TokenProvider, TokenRequest,
     },
-    config::{CaSettings, CsrSettings},
+    config::{BreakerSettings, CaSettings, CsrSettings},
     shaken::{self, CertInfo, CsrSpec, Expected, Subject, TnAuthList},
     tls,
 };
@@ -49,6 +49,8 @@ pub struct Tracking<'a> {
     pub resume: Option<&'a [u8]>,
     /// Where to record the order this attempt places.
     pub progress: Option<&'a ProgressSink>,
+    /// Told when the finalize request goes out (hedging needs to know).
+    pub race: Option<&'a Progress>,
 }
 
 /// A fresh CSR, its key (PKCS#8 DER) and the key's SubjectPublicKeyInfo DER.
@@ -73,6 +75,10 @@ pub struct Upstream {
     http01_listen: Option<std::net::SocketAddr>,
     http01: OnceCell<Http01Responder>,
     account: OnceCell<Account>,
+    weight: u32,
+    breaker: BreakerSettings,
+    reuse_account_key: bool,
+    cert_lifetime: Option<Duration>,
 }
 
 impl Upstream {
@@ -157,6 +163,10 @@ impl Upstream {
             http01_listen: s.http01_listen,
             http01: OnceCell::new(),
             account: OnceCell::new(),
+            weight: s.weight,
+            breaker: s.breaker.clone(),
+            reuse_account_key: s.allow_account_key_reuse,
+            cert_lifetime: s.cert_lifetime_secs.map(Duration::from_secs),
         })
     }
 
@@ -173,6 +183,16 @@ impl Upstream {
     /// Pools this CA serves.
     pub fn pools(&self) -> &[String] {
         &self.pools
+    }
+
+    /// Share among CAs of equal priority in a weighted pool.
+    pub fn weight(&self) -> u32 {
+        self.weight
+    }
+
+    /// Circuit-breaker settings.
+    pub fn breaker_settings(&self) -> &BreakerSettings {
+        &self.breaker
     }
 
     /// The ACME account, created (or found) on first use.
@@ -212,7 +232,6 @@ impl Upstream {
 
     /// Obtains one certificate for `identifiers`, with the caller's CSR or a fresh P-256
     /// key. Bounded by the CA's `attempt_timeout_secs`.
-    #[instrument(skip_all, fields(ca = %self.name))]
     pub async fn issue(
         &self,
         identifiers: &Identifiers,
@@ -222,7 +241,10 @@ impl Upstream {
             .await
     }
 
-    /// [`Upstream::issue`], resuming a recorded order and recording the new one.
+    /// [`Upstream::issue`], resuming a recorded order, recording the new one, and
+    /// reporting when the finalize request goes out (after that, abandoning the attempt
+    /// may still leave an issued certificate behind).
+    #[instrument(skip_all, fields(ca = %self.name))]
     pub async fn issue_tracked(
         &self,
         identifiers: &Identifiers,
@@ -252,7 +274,7 @@ impl Upstream {
                         let parsed = shaken::parse_csr(der)?;
                         (der.to_vec(), None, parsed.public_key_spki_der)
                     }
-                    None => self.new_key_and_csr(identifiers)?,
+                    None => self.new_key_and_csr(identifiers, account)?,
                 };
                 let order = self.place_order(account, identifiers).await?;
                 if let Some(sink) = tracking.progress {
@@ -275,6 +297,9 @@ impl Upstream {
         let mut order = account.poll_order(&order.url, &policy).await?;
         // A resumed order may already be finalized.
         if order.state.status == acme::OrderStatus::Ready {
+            if let Some(race) = tracking.race {
+                race.finalizing();
+            }
             order = account.finalize(&order, &csr).await?;
             order = account.poll_order(&order.url, &policy).await?;
         }
@@ -324,7 +349,9 @@ impl Upstream {
             .new_order(&NewOrder {
                 identifiers: acme_ids,
                 not_before: None,
-                not_after: None,
+                not_after: self
+                    .cert_lifetime
+                    .map(|life| time::OffsetDateTime::now_utc() + life),
                 replaces: None,
             })
             .await?;
@@ -444,8 +471,18 @@ impl Upstream {
         Ok(Some(responder))
     }
 
-    fn new_key_and_csr(&self, identifiers: &Identifiers) -> Result<NewKey, AttemptError> {
-        let key = shaken::generate_key()?;
+    fn new_key_and_csr(
+        &self,
+        identifiers: &Identifiers,
+        account: &Account,
+    ) -> Result<NewKey, AttemptError> {
+        let key = if self.reuse_account_key {
+            // The CA wants the account key in the certificate (shaken-acme.md §0.7).
+            rcgen::KeyPair::try_from(account.key().to_pkcs8_der().as_slice())
+                .map_err(|e| AttemptError::Setup(format!("account key as certificate key: {e}")))?
+        } else {
+            shaken::generate_key()?
+        };
         let (cn, tn, dns): (String, Option<&TnAuthList>, &[String]) = match identifiers {
             Identifiers::TnAuthList(list) => {
                 let first = list
@@ -453,7 +490,8 @@ impl Upstream {
                     .next()
                     .map(str::to_owned)
                     .unwrap_or_else(|| list.entries()[0].to_string());
-                (format!("SHAKEN {first}"), Some(list), &[])
+                let cn = self.csr.common_name_template.replace("{spc}", &first);
+                (cn, Some(list), &[])
             }
             Identifiers::Dns(names) => (names[0].clone(), None, names),
         };

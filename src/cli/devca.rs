@@ -89,6 +89,7 @@ pub(crate) fn ca_settings_for(handle: &DevCaHandle, state_dir: &Path) -> CaSetti
         csr: CsrSettings {
             country: "US".into(),
             organization: "certbroker dev".into(),
+            ..CsrSettings::default()
         },
         challenge: Default::default(),
         sti_pa: Some(StiPaSettings {
@@ -100,6 +101,10 @@ pub(crate) fn ca_settings_for(handle: &DevCaHandle, state_dir: &Path) -> CaSetti
         }),
         token_file: None,
         http01_listen: None,
+        weight: 1,
+        breaker: Default::default(),
+        allow_account_key_reuse: false,
+        cert_lifetime_secs: None,
     }
 }
 

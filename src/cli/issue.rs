@@ -135,6 +135,7 @@ pub(crate) async fn run(args: IssueArgs) -> anyhow::Result<()> {
         csr: CsrSettings {
             country: "US".into(),
             organization: args.org.clone(),
+            ..CsrSettings::default()
         },
         challenge: TkAuthSettings {
             response_field: match args.response_field {
@@ -243,5 +244,9 @@ fn base_settings(
         sti_pa: None,
         token_file: None,
         http01_listen: None,
+        weight: 1,
+        breaker: Default::default(),
+        allow_account_key_reuse: false,
+        cert_lifetime_secs: None,
     }
 }

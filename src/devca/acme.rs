@@ -17,6 +17,7 @@ use josekit::jws::{HS256, JwsVerifier};
 use serde_json::{Value, json};
 
 use super::{
+    behaviour::Counter,
     jws::{self, Flattened, KeyRef, Problem, thumbprint, verify_request},
     order,
     state::{Account, Inner, account_json, random_id},
@@ -43,6 +44,7 @@ pub(crate) fn router(inner: Arc<Inner>) -> Router {
 /// Applies the delay and outage knobs, and gives every response a fresh `Replay-Nonce`
 /// (RFC 8555 §6.5), `Cache-Control: no-store` and the directory `Link`.
 async fn acme_layer(State(inner): State<Arc<Inner>>, req: Request, next: Next) -> Response {
+    inner.behaviour.count(Counter::AcmeRequest);
     let delay = inner.behaviour.delay();
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;

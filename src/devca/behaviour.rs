@@ -52,6 +52,10 @@ pub struct Stats {
     pub tokens_issued: u64,
     /// Requests answered with `badNonce`.
     pub bad_nonces: u64,
+    /// Every request that reached the ACME API (directory included), whatever the answer.
+    pub acme_requests: u64,
+    /// newOrders answered with `rateLimited`.
+    pub rate_limited: u64,
 }
 
 #[derive(Debug, Default)]
@@ -63,16 +67,20 @@ struct Counters {
     revocations: AtomicU64,
     tokens_issued: AtomicU64,
     bad_nonces: AtomicU64,
+    acme_requests: AtomicU64,
+    rate_limited: AtomicU64,
 }
 
 /// Which counter to bump.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Counter {
+    AcmeRequest,
     BadNonce,
     CertificateIssued,
     ChallengeValidated,
     Finalize,
     NewOrder,
+    RateLimited,
     Revocation,
     TokenIssued,
 }
@@ -150,11 +158,13 @@ impl Behaviour {
     pub(crate) fn count(&self, counter: Counter) {
         let c = &self.counters;
         let atomic = match counter {
+            Counter::AcmeRequest => &c.acme_requests,
             Counter::BadNonce => &c.bad_nonces,
             Counter::CertificateIssued => &c.certificates_issued,
             Counter::ChallengeValidated => &c.challenges_validated,
             Counter::Finalize => &c.finalizes,
             Counter::NewOrder => &c.new_orders,
+            Counter::RateLimited => &c.rate_limited,
             Counter::Revocation => &c.revocations,
             Counter::TokenIssued => &c.tokens_issued,
         };
@@ -172,6 +182,8 @@ impl Behaviour {
             revocations: get(&c.revocations),
             tokens_issued: get(&c.tokens_issued),
             bad_nonces: get(&c.bad_nonces),
+            acme_requests: get(&c.acme_requests),
+            rate_limited: get(&c.rate_limited),
         }
     }
 }

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use time::{Duration, OffsetDateTime, format_description::well_known::Rfc3339};
 
 use super::{
-    DevResponseField,
+    DevKeyReuse, DevResponseField,
     acme::created,
     behaviour::Counter,
     jws::{KeyRef, Problem, spki_der, verify_request},
@@ -47,6 +47,7 @@ pub(crate) async fn new_order(
             "the devca is configured to rate-limit newOrder",
         );
         p.retry_after = Some(secs);
+        inner.behaviour.count(Counter::RateLimited);
         return Err(p);
     }
     let payload = req
@@ -355,8 +356,15 @@ pub(crate) async fn finalize(
     if !csr.is_ecdsa_sha256() {
         return Err(bad_csr("CSR must be signed with ecdsa-with-SHA256"));
     }
-    if csr.public_key_spki_der == spki_der(&req.jwk) {
-        return Err(bad_csr("CSR key must not be the account key"));
+    let is_account_key = csr.public_key_spki_der == spki_der(&req.jwk);
+    match inner.settings.account_key_reuse {
+        DevKeyReuse::Reject if is_account_key => {
+            return Err(bad_csr("CSR key must not be the account key"));
+        }
+        DevKeyReuse::Require if !is_account_key => {
+            return Err(bad_csr("Public key does not match account"));
+        }
+        _ => {}
     }
     let ordered_list = order
         .identifiers
