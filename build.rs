@@ -6,7 +6,7 @@ use std::{env, path::PathBuf};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
-    println!("cargo:rerun-if-changed=proto");
+    println!("cargo:rerun-if-changed=proto/certbroker/v1/broker.proto");
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("certbroker_descriptor.bin"))
         .compile_protos(&["proto/certbroker/v1/broker.proto"], &["proto"])?;

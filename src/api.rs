@@ -4,7 +4,11 @@
 mod convert;
 mod status;
 
-use std::{future::Future, time::Duration};
+use std::{future::Future, pin::Pin, time::Duration};
+
+use futures::Stream;
+use tokio::sync::broadcast;
+use tokio_stream::wrappers::ReceiverStream;
 
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -13,7 +17,7 @@ use tonic::{Request, Response, Status};
 use tonic_health::ServingStatus;
 
 use crate::{
-    broker::Broker,
+    broker::{Broker, CacheStatus},
     pb::{
         self,
         certificate_broker_server::{CertificateBroker, CertificateBrokerServer},
@@ -25,14 +29,32 @@ pub use status::to_status;
 #[derive(Debug, Clone)]
 pub struct GrpcBroker {
     broker: Broker,
+    x5u_base: Option<url::Url>,
 }
 
 impl GrpcBroker {
-    /// Wraps a broker.
-    pub fn new(broker: Broker) -> Self {
-        Self { broker }
+    /// Wraps a broker; with `x5u_base`, answers carry the chain's STI-CR URL.
+    pub fn new(broker: Broker, x5u_base: Option<url::Url>) -> Self {
+        Self { broker, x5u_base }
+    }
+
+    fn respond(
+        &self,
+        cert: &crate::store::CertRecord,
+        status: CacheStatus,
+        has_csr: bool,
+    ) -> pb::GetCertificateResponse {
+        let mut resp = convert::cert_response(cert, status, has_csr);
+        if let Some(base) = &self.x5u_base {
+            resp.x5u = crate::publish::x5u(base, &cert.fingerprint_hex).to_string();
+        }
+        resp
     }
 }
+
+/// The stream type of `WatchCertificate`.
+pub type CertificateStream =
+    Pin<Box<dyn Stream<Item = Result<pb::GetCertificateResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl CertificateBroker for GrpcBroker {
@@ -47,11 +69,82 @@ impl CertificateBroker for GrpcBroker {
             .get_certificate(req)
             .await
             .map_err(|e| to_status(&e))?;
-        Ok(Response::new(convert::cert_response(
-            &cert,
-            cache_status,
-            has_csr,
-        )))
+        Ok(Response::new(self.respond(&cert, cache_status, has_csr)))
+    }
+
+    type WatchCertificateStream = CertificateStream;
+
+    async fn watch_certificate(
+        &self,
+        request: Request<pb::GetCertificateRequest>,
+    ) -> Result<Response<Self::WatchCertificateStream>, Status> {
+        let mut req = convert::cert_request(request.into_inner()).map_err(|e| to_status(&e))?;
+        let has_csr = req.csr_der.is_some();
+        let key = req.cache_key();
+        // Subscribe before the first answer so no renewal can slip between the two.
+        let mut updates = self.broker.watch();
+        let (first, status) = self
+            .broker
+            .get_certificate(req.clone())
+            .await
+            .map_err(|e| to_status(&e))?;
+        req.force_renew = false;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut last = first.serial_hex.clone();
+            if tx
+                .send(Ok(this.respond(&first, status, has_csr)))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            // Re-checking now and then keeps the certificate on the renewal schedule and
+            // covers a missed notification.
+            let mut recheck = tokio::time::interval(WATCH_RECHECK);
+            recheck.tick().await;
+            loop {
+                tokio::select! {
+                    () = tx.closed() => break,
+                    msg = updates.recv() => match msg {
+                        Ok(k) if k != key => continue,
+                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(broadcast::error::RecvError::Closed) => break,
+                    },
+                    _ = recheck.tick() => {}
+                }
+                match this.broker.get_certificate(req.clone()).await {
+                    Ok((cert, status)) if cert.serial_hex != last => {
+                        last = cert.serial_hex.clone();
+                        if tx
+                            .send(Ok(this.respond(&cert, status, has_csr)))
+                            .await
+                            .is_err()
+                        {
+                            break;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "watch re-check failed; retrying"),
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn list_renewals(
+        &self,
+        _request: Request<pb::ListRenewalsRequest>,
+    ) -> Result<Response<pb::ListRenewalsResponse>, Status> {
+        let entries = self
+            .broker
+            .renewal_status()
+            .await
+            .into_iter()
+            .map(convert::renewal_entry)
+            .collect();
+        Ok(Response::new(pb::ListRenewalsResponse { entries }))
     }
 
     async fn revoke(
@@ -69,6 +162,7 @@ impl CertificateBroker for GrpcBroker {
 pub async fn serve(
     broker: Broker,
     listener: TcpListener,
+    x5u_base: Option<url::Url>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -106,13 +200,18 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(CertificateBrokerServer::new(GrpcBroker::new(broker)))
+        .add_service(CertificateBrokerServer::new(GrpcBroker::new(
+            broker, x5u_base,
+        )))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await;
     store_health.abort();
     served?;
     Ok(())
 }
+
+/// How often a watch re-checks its certificate without a notification.
+const WATCH_RECHECK: Duration = Duration::from_secs(30);
 
 /// Health-service name reporting whether the shared store answers.
 pub const STORE_HEALTH_SERVICE: &str = "certbroker.store";

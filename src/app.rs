@@ -10,7 +10,9 @@ use crate::{
     api,
     broker::{Broker, BrokerOptions, RenewalOptions},
     ca::CaPool,
+    config::PublishSettings,
     config::{Settings, StoreBackend},
+    publish,
     store::{self, MemoryStore, Store},
 };
 
@@ -19,6 +21,7 @@ use crate::{
 pub struct App {
     broker: Broker,
     pool: Arc<CaPool>,
+    publish: PublishSettings,
 }
 
 impl App {
@@ -68,7 +71,11 @@ impl App {
                 retry_base: Duration::from_secs(r.retry_base_secs),
             });
         }
-        Ok(Self { broker, pool })
+        Ok(Self {
+            broker,
+            pool,
+            publish: settings.publish.clone(),
+        })
     }
 
     /// The broker core.
@@ -87,8 +94,20 @@ impl App {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        api::serve(self.broker, listener, shutdown)
-            .await
-            .context("gRPC server")
+        let publisher = match (self.publish.listen, &self.publish.base_url) {
+            (Some(listen), Some(base)) => {
+                let (addr, task) = publish::serve(self.broker.clone(), listen, base)
+                    .await
+                    .with_context(|| format!("publish.listen {listen}"))?;
+                tracing::info!(%addr, "serving STI-CR chains");
+                Some(task)
+            }
+            _ => None,
+        };
+        let served = api::serve(self.broker, listener, self.publish.base_url, shutdown).await;
+        if let Some(task) = publisher {
+            task.abort();
+        }
+        served.context("gRPC server")
     }
 }

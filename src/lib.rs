@@ -18,6 +18,7 @@ pub mod challenge;
 pub mod cli;
 pub mod config;
 pub mod devca;
+pub mod publish;
 pub mod shaken;
 pub mod store;
 pub mod telemetry;

@@ -41,6 +41,10 @@ pub struct CertRecord {
     pub issuer_ca: String,
     /// The account at that CA that ordered it (needed to revoke).
     pub issuer_account: String,
+    /// When the broker obtained it, Unix seconds. Renewal measures the lifetime from here,
+    /// since CAs backdate notBefore (the devca by five minutes, some CAs by an hour).
+    #[serde(default)]
+    pub issued_at: i64,
 }
 
 impl fmt::Debug for CertRecord {

@@ -206,6 +206,18 @@ pub(crate) fn cert_response(
     }
 }
 
+/// Encodes one renewal-status entry.
+pub(crate) fn renewal_entry(s: crate::broker::RenewalStatus) -> pb::RenewalEntry {
+    pb::RenewalEntry {
+        cache_key: s.cache_key,
+        serial_hex: s.serial_hex.unwrap_or_default(),
+        not_after: s.not_after.map(timestamp),
+        next_renewal: s.next_renewal.map(timestamp),
+        last_error: s.last_error.unwrap_or_default(),
+        failures: s.failures,
+    }
+}
+
 /// Encodes a revocation answer.
 pub(crate) fn revoke_response(r: &Revoked) -> pb::RevokeResponse {
     pb::RevokeResponse {

@@ -62,9 +62,19 @@ struct Tracked {
 #[derive(Debug, Default)]
 pub(super) struct Tracker {
     keys: Mutex<HashMap<String, Tracked>>,
+    /// The scheduler's renew fraction, once it runs.
+    fraction: std::sync::OnceLock<f64>,
 }
 
 impl Tracker {
+    fn set_fraction(&self, f: f64) {
+        let _ = self.fraction.set(f);
+    }
+
+    fn fraction(&self) -> f64 {
+        self.fraction.get().copied().unwrap_or(1.0 / 3.0)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Tracked>> {
         // One map operation per critical section: a poisoned map is still consistent.
         self.keys.lock().unwrap_or_else(|e| e.into_inner())
@@ -95,6 +105,7 @@ impl Tracker {
 impl Broker {
     /// Starts the renewal loop; it stops when the broker is dropped.
     pub fn spawn_renewal(&self, opts: RenewalOptions) {
+        self.inner().tracker.set_fraction(opts.renew_fraction);
         let weak = self.downgrade();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(opts.check_interval);
@@ -110,7 +121,8 @@ impl Broker {
     }
 
     /// Renewal state of every tracked certificate, for `certbroker status`.
-    pub async fn renewal_status(&self, renew_fraction: f64) -> Vec<RenewalStatus> {
+    pub async fn renewal_status(&self) -> Vec<RenewalStatus> {
+        let renew_fraction = self.inner().tracker.fraction();
         let snapshot: Vec<(String, Option<String>, u32)> = self
             .inner()
             .tracker
@@ -200,9 +212,11 @@ impl Broker {
     }
 }
 
-/// When a certificate is due: `fraction` of its lifetime before notAfter.
+/// When a certificate is due: `fraction` of its lifetime before notAfter. The lifetime
+/// starts when the broker obtained it, or at notBefore if that is later.
 fn renew_at(c: &CertRecord, fraction: f64) -> i64 {
-    let lifetime = (c.not_after - c.not_before).max(0) as f64;
+    let start = c.not_before.max(c.issued_at);
+    let lifetime = (c.not_after - start).max(0) as f64;
     c.not_after - (lifetime * fraction) as i64
 }
 
@@ -234,8 +248,16 @@ mod tests {
             fingerprint_hex: "f".into(),
             issuer_ca: "ca".into(),
             issuer_account: "a".into(),
+            issued_at: 0,
         };
         assert_eq!(renew_at(&c, 1.0 / 3.0), 1200);
         assert_eq!(renew_at(&c, 0.5), 1150);
+        // A backdated notBefore does not make a fresh certificate look half spent.
+        let backdated = CertRecord {
+            not_before: 1000 - 300,
+            issued_at: 1000,
+            ..c
+        };
+        assert_eq!(renew_at(&backdated, 1.0 / 3.0), 1200);
     }
 }

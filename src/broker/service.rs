@@ -14,7 +14,7 @@ use super::{
     renewal::Tracker,
     singleflight::SingleFlight,
 };
-use crate::store::{CertRecord, Store, StoreHealth};
+use crate::store::{CertRecord, CertSelector, Store, StoreHealth};
 
 /// Where an answer came from; mirrors the API's `CacheStatus`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,6 +105,19 @@ impl Broker {
 
     pub(super) fn upgrade(weak: &std::sync::Weak<Inner>) -> Option<Self> {
         weak.upgrade().map(|inner| Self { inner })
+    }
+
+    /// The PEM chain of a certificate the fleet issued, by leaf fingerprint, with its
+    /// seconds of validity left; for STI-CR publication.
+    pub async fn chain_by_fingerprint(&self, fingerprint_hex: &str) -> Option<(String, i64)> {
+        let record = self
+            .inner
+            .store
+            .find(&CertSelector::Fingerprint(fingerprint_hex.to_owned()))
+            .await
+            .ok()??;
+        let remaining = record.remaining_secs(now());
+        (remaining > 0).then_some((record.chain_pem, remaining))
     }
 
     /// Cache keys whose certificate changed, as they change: renewed on this replica or on

@@ -294,6 +294,7 @@ fn record(req: &IssueRequest, ca: &str, issued: Issued) -> CertRecord {
         fingerprint_hex: issued.leaf.sha256_fingerprint_hex,
         issuer_ca: ca.to_owned(),
         issuer_account: issued.account_url,
+        issued_at: time::OffsetDateTime::now_utc().unix_timestamp(),
     }
 }
 

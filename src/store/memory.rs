@@ -272,6 +272,7 @@ mod tests {
             fingerprint_hex: format!("fp{serial}"),
             issuer_ca: "ca".into(),
             issuer_account: "acct".into(),
+            issued_at: 0,
         }
     }
 

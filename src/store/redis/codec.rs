@@ -21,6 +21,8 @@ struct Stored {
     fingerprint_hex: String,
     issuer_ca: String,
     issuer_account: String,
+    #[serde(default)]
+    issued_at: i64,
 }
 
 /// What the serial and fingerprint indexes point to.
@@ -62,6 +64,7 @@ pub(super) fn encode(
         fingerprint_hex: record.fingerprint_hex.clone(),
         issuer_ca: record.issuer_ca.clone(),
         issuer_account: record.issuer_account.clone(),
+        issued_at: record.issued_at,
     };
     serde_json::to_vec(&stored).map_err(|e| StoreError::Corrupt(format!("cannot encode: {e}")))
 }
@@ -104,6 +107,7 @@ pub(super) fn decode(bytes: &[u8], keyring: Option<&Keyring>) -> Result<CertReco
         fingerprint_hex: stored.fingerprint_hex,
         issuer_ca: stored.issuer_ca,
         issuer_account: stored.issuer_account,
+        issued_at: stored.issued_at,
     })
 }
 
@@ -155,6 +159,7 @@ mod tests {
             fingerprint_hex: "ff".into(),
             issuer_ca: "ca".into(),
             issuer_account: "acct".into(),
+            issued_at: 0,
         }
     }
 
