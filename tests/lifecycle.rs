@@ -15,6 +15,9 @@ use common::{DevEnv, TestBroker};
 use support_redis::RedisServer;
 use tokio::time::Instant;
 
+/// A certificate: notBefore, notAfter, and (replica, received at) per watcher that saw it.
+type Seen = (i64, i64, Vec<(usize, Instant)>);
+
 const KEY1: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
 
 fn spc_request(spc: &str) -> GetCertificateRequest {
@@ -99,7 +102,7 @@ async fn fleet_renews_ahead_of_expiry_and_watchers_follow() {
     }
 
     // Certificates in issue order.
-    let mut certs: Vec<(i64, i64, Vec<(usize, Instant)>)> = seen
+    let mut certs: Vec<Seen> = seen
         .values()
         .map(|v| {
             (
@@ -124,7 +127,7 @@ async fn fleet_renews_ahead_of_expiry_and_watchers_follow() {
     // Wall-clock seconds (Unix) at which a certificate was first seen by any watcher.
     let epoch =
         time::OffsetDateTime::now_utc().unix_timestamp() as f64 - started.elapsed().as_secs_f64();
-    let seen_at = |receipts: &Vec<(usize, Instant)>| {
+    let seen_at = |receipts: &[(usize, Instant)]| {
         let first = receipts.iter().map(|r| r.1).min().unwrap();
         epoch + (first - started).as_secs_f64()
     };
