@@ -17,7 +17,7 @@ use crate::{
     pb::{self, CacheStatus},
 };
 
-/// 4. Median of several misses (new DNS name each) through the broker's gRPC API vs
+/// Scenario 4: median of several misses (new DNS name each) through the broker's gRPC API vs
 /// `lego run` on the same Pebble; both with an account registered beforehand.
 pub(super) async fn cold(cfg: &Config) -> anyhow::Result<Report> {
     let runs = cfg.cold_runs.max(1);

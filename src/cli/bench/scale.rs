@@ -13,7 +13,7 @@ use super::{
 };
 use crate::pb::CacheStatus;
 
-/// 5. For each size: a fresh broker (Redis store, so the process holds only L1), filled
+/// Scenario 5: for each size, a fresh broker (Redis store, so the process holds only L1), filled
 /// through its own miss path with copies of one real certificate; RSS delta per entry, then
 /// hit load over all its keys.
 pub(super) async fn scale(cfg: &Config) -> anyhow::Result<Report> {

@@ -21,7 +21,8 @@ use crate::{
     pb::{self, CacheStatus},
 };
 
-/// 1. GetCertificate for warm keys, against the same service answering a prepared response.
+/// Scenario 1: GetCertificate for warm keys, against the same service answering a
+/// prepared response.
 pub(super) async fn l1(cfg: &Config) -> anyhow::Result<Report> {
     let mut report = Report::new(
         "l1",
@@ -67,7 +68,7 @@ pub(super) async fn l1(cfg: &Config) -> anyhow::Result<Report> {
     report.finish(&cfg.out)
 }
 
-/// 2. Each key once on a fresh replica (HIT_SHARED), against `redis-benchmark` GET.
+/// Scenario 2: each key once on a fresh replica (HIT_SHARED), against `redis-benchmark` GET.
 pub(super) async fn l2(cfg: &Config) -> anyhow::Result<Report> {
     let mut report = Report::new(
         "l2",
@@ -186,7 +187,7 @@ pub(super) async fn l2(cfg: &Config) -> anyhow::Result<Report> {
     report.finish(&cfg.out)
 }
 
-/// 3. Many concurrent callers over three replicas for one new key: one order, and how much
+/// Scenario 3: many concurrent callers over three replicas for one new key: one order, and how much
 /// later than one issuance the last caller is answered.
 pub(super) async fn fanin(cfg: &Config) -> anyhow::Result<Report> {
     let callers = cfg.fanin_callers;
