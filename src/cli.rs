@@ -1,6 +1,7 @@
 //! The `certbroker` command line: `serve`, `devca`, `issue` (one certificate straight from an
 //! ACME CA, like `lego run`), and the gRPC client commands `get` and `revoke`.
 
+mod bench;
 mod client;
 mod devca;
 mod ids;
@@ -31,6 +32,8 @@ enum Command {
     Get(client::GetArgs),
     /// Ask a running broker to revoke a certificate.
     Revoke(client::RevokeArgs),
+    /// Measure the broker against its baselines (see docs/benchmarks.md).
+    Bench(Box<bench::BenchArgs>),
 }
 
 /// Entry point of the binary.
@@ -45,6 +48,7 @@ pub fn main() -> anyhow::Result<()> {
             Command::RevokeCert(args) => issue::revoke_cert(args).await,
             Command::Get(args) => client::get(args).await,
             Command::Revoke(args) => client::revoke(args).await,
+            Command::Bench(args) => bench::run(*args).await,
         }
     })
 }

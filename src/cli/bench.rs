@@ -1,0 +1,178 @@
+//! `certbroker bench`: the broker measured against its baselines in the same run. Each
+//! scenario prints a table and writes `<out>/<scenario>.json` and `<out>/<scenario>.svg`
+//! (latency percentiles). The brokers run inside this process, so the reported peak RSS
+//! (`VmHWM`) is this process's: brokers, load generator and (for fan-in) the devca together.
+//! See docs/benchmarks.md for the method and the latest figures.
+
+mod cold;
+mod fixture;
+mod load;
+mod plot;
+mod procs;
+mod report;
+mod scale;
+mod scenarios;
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::{Args, ValueEnum};
+
+use self::{
+    load::{LoadSpec, Stop},
+    report::Report,
+};
+
+#[derive(Debug, Args)]
+pub(crate) struct BenchArgs {
+    /// Which scenario to run.
+    #[arg(long, value_enum, default_value = "all")]
+    scenario: Scenario,
+    /// Smoke run: tiny sizes, about a second per measurement; the numbers mean nothing.
+    #[arg(long)]
+    quick: bool,
+    /// Requests in flight at once (also `redis-benchmark -c`).
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// HTTP/2 connections the load generator spreads its requests over.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Seconds per measured load run [default: 10, --quick 1].
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Request mix: number of distinct warm keys the L1 load cycles through (and the size
+    /// of the "small cache" in the scale scenario).
+    #[arg(long, default_value_t = 16)]
+    keys: usize,
+    /// Fan-in: concurrent callers for one new key [default: 1000, --quick 200].
+    #[arg(long)]
+    fanin_callers: Option<usize>,
+    /// Cold issuance: measured runs of each side (median) [default: 7, --quick 2].
+    #[arg(long)]
+    cold_runs: Option<usize>,
+    /// Scale: cache sizes [default: 10000,100000; --quick 1000].
+    #[arg(long, value_delimiter = ',')]
+    scale_sizes: Vec<usize>,
+    /// Directory for the JSON and SVG files.
+    #[arg(long, default_value = "target/bench")]
+    out: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    /// Every scenario, in order.
+    All,
+    /// 1. L1 hit vs a plain tonic service.
+    L1,
+    /// 2. L2 hit on fresh replicas vs redis-benchmark GET.
+    L2,
+    /// 3. Fan-in of concurrent callers over 3 replicas.
+    Fanin,
+    /// 4. Cold issuance against Pebble vs lego.
+    Cold,
+    /// 5. 10k/100k cached keys: memory and hit latency.
+    Scale,
+}
+
+/// Resolved settings shared by the scenarios.
+#[derive(Debug, Clone)]
+struct Config {
+    quick: bool,
+    concurrency: usize,
+    connections: usize,
+    duration: Duration,
+    keys: usize,
+    fanin_callers: usize,
+    cold_runs: usize,
+    scale_sizes: Vec<usize>,
+    out: PathBuf,
+}
+
+impl Config {
+    fn from_args(a: BenchArgs) -> anyhow::Result<Self> {
+        let q = a.quick;
+        let duration = a.duration.unwrap_or(if q { 1.0 } else { 10.0 });
+        anyhow::ensure!(
+            duration.is_finite() && duration > 0.0,
+            "--duration must be positive"
+        );
+        anyhow::ensure!(a.concurrency > 0, "--concurrency must be positive");
+        anyhow::ensure!(a.keys > 0, "--keys must be positive");
+        Ok(Self {
+            quick: q,
+            concurrency: a.concurrency,
+            connections: a.connections.max(1),
+            duration: Duration::from_secs_f64(duration),
+            keys: a.keys,
+            fanin_callers: a.fanin_callers.unwrap_or(if q { 200 } else { 1000 }).max(1),
+            cold_runs: a.cold_runs.unwrap_or(if q { 2 } else { 7 }),
+            scale_sizes: if a.scale_sizes.is_empty() {
+                if q { vec![1000] } else { vec![10_000, 100_000] }
+            } else {
+                a.scale_sizes
+            },
+            out: a.out,
+        })
+    }
+
+    /// A timed load run with a warm-up of a fifth of its duration.
+    fn timed_spec(&self) -> LoadSpec {
+        LoadSpec {
+            concurrency: self.concurrency,
+            connections: self.connections,
+            warmup: self.duration / 5,
+            stop: Stop::After(self.duration),
+        }
+    }
+
+    fn parameters(&self, report: &mut Report, spec: &LoadSpec) {
+        let p = &mut report.parameters;
+        p.insert("concurrency".into(), spec.concurrency as f64);
+        p.insert("connections".into(), spec.connections as f64);
+        if let Stop::After(d) = spec.stop {
+            p.insert("duration_s".into(), d.as_secs_f64());
+        }
+        p.insert("mix_keys".into(), self.keys as f64);
+    }
+}
+
+/// Runs the chosen scenarios; fails if one could not run (a missed target is not a
+/// failure: it is reported).
+pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
+    let scenario = args.scenario;
+    let cfg = Config::from_args(args)?;
+    let wanted = |s: Scenario| scenario == Scenario::All || scenario == s;
+    let mut reports = vec![];
+    if wanted(Scenario::L1) {
+        reports.push(scenarios::l1(&cfg).await?);
+    }
+    if wanted(Scenario::L2) {
+        reports.push(scenarios::l2(&cfg).await?);
+    }
+    if wanted(Scenario::Fanin) {
+        reports.push(scenarios::fanin(&cfg).await?);
+    }
+    if wanted(Scenario::Cold) {
+        reports.push(cold::cold(&cfg).await?);
+    }
+    if wanted(Scenario::Scale) {
+        reports.push(scale::scale(&cfg).await?);
+    }
+    println!("== targets ==");
+    for r in &reports {
+        for t in &r.targets {
+            println!(
+                "{:<6} {:<50} {}",
+                r.scenario,
+                t.name,
+                if t.pass { "PASS" } else { "MISS" }
+            );
+        }
+    }
+    Ok(())
+}

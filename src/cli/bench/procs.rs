@@ -1,0 +1,342 @@
+//! External programs the benchmark starts or compares against: `redis-server`,
+//! `redis-benchmark`, `pebble` and `lego`, on free loopback ports, killed on drop.
+
+use std::{
+    fs,
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+
+/// Fails with how to install `binary` when it is not on PATH.
+pub(super) fn require(binary: &str, package: &str) -> anyhow::Result<()> {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {binary}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        bail!(
+            "`{binary}` is not installed; the benchmark needs it: \
+             `apt-get install {package}` (Debian/Ubuntu), or run ./scripts/test which installs it"
+        );
+    }
+    Ok(())
+}
+
+/// A free loopback port (bound to port 0, then released).
+pub(super) fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+// === impl RedisServer ===
+
+/// One `redis-server` on 127.0.0.1 without persistence.
+#[derive(Debug)]
+pub(super) struct RedisServer {
+    child: Child,
+    /// Its port.
+    pub(super) port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    /// Starts a server on a free port and waits until it answers PING.
+    pub(super) fn start() -> anyhow::Result<Self> {
+        require("redis-server", "redis-server")?;
+        let dir = tempfile::tempdir()?;
+        let mut last = String::new();
+        for _ in 0..5 {
+            let port = free_port()?;
+            let mut child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+                .arg("--dir")
+                .arg(dir.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("spawning redis-server")?;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if ping(port) {
+                    return Ok(Self {
+                        child,
+                        port,
+                        _dir: dir,
+                    });
+                }
+                if let Ok(Some(status)) = child.try_wait() {
+                    last = format!("exited with {status} on port {port}");
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    last = format!("no PONG on port {port}");
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        bail!("redis-server did not start: {last}")
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub(super) fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn ping(port: u16) -> bool {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+    if stream.write_all(b"PING\r\n").is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 16];
+    matches!(stream.read(&mut buf), Ok(n) if buf[..n].starts_with(b"+PONG"))
+}
+
+/// What `redis-benchmark` reported for GET.
+#[derive(Debug)]
+pub(super) struct RedisBenchmark {
+    /// Requests per second.
+    pub(super) rps: f64,
+    /// Percentiles in microseconds: p50, p99 (it reports no p90/p99.9 in CSV).
+    pub(super) p50_us: f64,
+    /// 99th percentile.
+    pub(super) p99_us: f64,
+    /// Slowest.
+    pub(super) max_us: f64,
+    /// Requests made.
+    pub(super) requests: u64,
+}
+
+/// `redis-benchmark -t set,get -d <size> -c <clients> -n <requests> --csv`, GET row. SET
+/// runs first so that every GET finds a value of that size.
+pub(super) fn redis_benchmark(
+    port: u16,
+    size: usize,
+    clients: usize,
+    requests: u64,
+) -> anyhow::Result<RedisBenchmark> {
+    require("redis-benchmark", "redis-tools")?;
+    let out = Command::new("redis-benchmark")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-t", "set,get", "--csv"])
+        .args(["-d", &size.to_string()])
+        .args(["-c", &clients.to_string()])
+        .args(["-n", &requests.to_string()])
+        .output()
+        .context("running redis-benchmark")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    anyhow::ensure!(
+        out.status.success(),
+        "redis-benchmark failed: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    parse_redis_benchmark_csv(&text, requests)
+}
+
+/// Parses the GET line of `redis-benchmark --csv` (Redis 7 columns: test, rps,
+/// avg, min, p50, p95, p99, max latency in ms).
+fn parse_redis_benchmark_csv(text: &str, requests: u64) -> anyhow::Result<RedisBenchmark> {
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("\"GET\""))
+        .with_context(|| format!("no GET line in redis-benchmark output: {text}"))?;
+    let cols: Vec<f64> = line
+        .split(',')
+        .skip(1)
+        .map(|c| c.trim_matches('"').parse::<f64>())
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("unexpected redis-benchmark line: {line}"))?;
+    anyhow::ensure!(cols.len() >= 7, "unexpected redis-benchmark line: {line}");
+    Ok(RedisBenchmark {
+        rps: cols[0],
+        p50_us: cols[3] * 1000.0,
+        p99_us: cols[5] * 1000.0,
+        max_us: cols[6] * 1000.0,
+        requests,
+    })
+}
+
+// === impl Pebble ===
+
+/// A running `pebble` (always-valid challenges, no sleeps) with a TLS certificate made here.
+#[derive(Debug)]
+pub(super) struct Pebble {
+    child: Child,
+    dir: tempfile::TempDir,
+    /// `https://127.0.0.1:<port>/dir`.
+    pub(super) directory_url: url::Url,
+}
+
+impl Pebble {
+    /// Starts pebble and waits until its directory answers.
+    pub(super) async fn start() -> anyhow::Result<Self> {
+        require("pebble", "pebble")?;
+        let dir = tempfile::tempdir()?;
+        let root = write_tls_files(dir.path())?;
+        let [acme, mgmt, http01, tlsalpn] =
+            [free_port()?, free_port()?, free_port()?, free_port()?];
+        let config = serde_json::json!({"pebble": {
+            "listenAddress": format!("127.0.0.1:{acme}"),
+            "managementListenAddress": format!("127.0.0.1:{mgmt}"),
+            "certificate": dir.path().join("cert.pem"),
+            "privateKey": dir.path().join("key.pem"),
+            "httpPort": http01,
+            "tlsPort": tlsalpn,
+            "ocspResponderURL": "",
+            "externalAccountBindingRequired": false,
+        }});
+        let config_path = dir.path().join("pebble-config.json");
+        fs::write(&config_path, serde_json::to_vec_pretty(&config)?)?;
+        let log = fs::File::create(dir.path().join("pebble.log"))?;
+        let child = Command::new("pebble")
+            .arg("-config")
+            .arg(&config_path)
+            .env("PEBBLE_VA_ALWAYS_VALID", "1")
+            .env("PEBBLE_VA_NOSLEEP", "1")
+            .env("PEBBLE_WFE_NONCEREJECT", "0")
+            .env("PEBBLE_AUTHZREUSE", "0")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("spawning pebble")?;
+        let http =
+            crate::tls::http_client(Some(std::slice::from_ref(&root)), Duration::from_secs(5))?;
+        let mut pebble = Self {
+            child,
+            directory_url: format!("https://127.0.0.1:{acme}/dir").parse()?,
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = pebble.child.try_wait() {
+                bail!("pebble exited with {status}:\n{}", pebble.log());
+            }
+            if let Ok(resp) = http.get(pebble.directory_url.clone()).send().await {
+                if resp.status().is_success() {
+                    return Ok(pebble);
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("pebble did not answer in 30 s:\n{}", pebble.log());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// PEM file of the root that signed pebble's TLS certificate.
+    pub(super) fn tls_root_path(&self) -> PathBuf {
+        self.dir.path().join("root.pem")
+    }
+
+    /// A scratch directory that lives as long as pebble.
+    pub(super) fn scratch(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("pebble.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Pebble {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Writes pebble's TLS certificate and key (for 127.0.0.1 and localhost) and the root that
+/// signed them (`root.pem`) into `dir`; returns the root.
+fn write_tls_files(dir: &Path) -> anyhow::Result<rustls_pki_types::CertificateDer<'static>> {
+    let ca_key = KeyPair::generate()?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        "certbroker bench pebble TLS root",
+    );
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key)?;
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf_key = KeyPair::generate()?;
+    let leaf = CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])?
+        .signed_by(&leaf_key, &issuer)?;
+    fs::write(dir.join("cert.pem"), leaf.pem())?;
+    fs::write(dir.join("key.pem"), leaf_key.serialize_pem())?;
+    fs::write(dir.join("root.pem"), ca_cert.pem())?;
+    Ok(ca_cert.der().clone())
+}
+
+/// One `lego run` for `domain` against `directory`, keeping its account under `path`;
+/// returns the wall time of the process.
+pub(super) fn lego_run(
+    directory: &url::Url,
+    root_pem: &Path,
+    path: &Path,
+    domain: &str,
+) -> anyhow::Result<Duration> {
+    require("lego", "lego")?;
+    let port = free_port()?;
+    let start = Instant::now();
+    let out = Command::new("lego")
+        .env("LEGO_CA_CERTIFICATES", root_pem)
+        .args(["--server", directory.as_str()])
+        .args(["--accept-tos", "--email", "bench@example.test"])
+        .args(["--domains", domain])
+        .args(["--http", "--http.port", &format!("127.0.0.1:{port}")])
+        .arg("--path")
+        .arg(path)
+        .arg("run")
+        .output()
+        .context("running lego")?;
+    let elapsed = start.elapsed();
+    anyhow::ensure!(
+        out.status.success(),
+        "lego run failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(elapsed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_get_line_of_redis_benchmark_csv() {
+        let text = "\"test\",\"rps\",\"avg_latency_ms\",\"min_latency_ms\",\"p50_latency_ms\",\"p95_latency_ms\",\"p99_latency_ms\",\"max_latency_ms\"\n\
+                    \"SET\",\"1000.00\",\"0.1\",\"0.1\",\"0.1\",\"0.1\",\"0.1\",\"0.1\"\n\
+                    \"GET\",\"84033.61\",\"0.330\",\"0.080\",\"0.311\",\"0.503\",\"0.719\",\"2.087\"\n";
+        let r = parse_redis_benchmark_csv(text, 10).unwrap();
+        assert_eq!(r.rps, 84033.61);
+        assert!((r.p50_us - 311.0).abs() < 1e-6);
+        assert!((r.p99_us - 719.0).abs() < 1e-6);
+        assert!((r.max_us - 2087.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn rejects_output_without_a_get_line() {
+        assert!(parse_redis_benchmark_csv("\"SET\",\"1\"\n", 1).is_err());
+    }
+}

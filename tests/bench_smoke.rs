@@ -1,0 +1,105 @@
+//! Smoke test of `certbroker bench`: every scenario runs once, briefly, through the real
+//! binary, and prints and writes sane results. No performance is asserted here.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+fn require(binary: &str, package: &str) {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {binary}")])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        found,
+        "`{binary}` is not installed; the benchmark smoke test needs it: \
+         `apt-get install {package}` (./scripts/test installs it)"
+    );
+}
+
+#[test]
+fn every_scenario_runs_and_reports() {
+    for (binary, package) in [
+        ("redis-server", "redis-server"),
+        ("redis-benchmark", "redis-tools"),
+        ("pebble", "pebble"),
+        ("lego", "lego"),
+    ] {
+        require(binary, package);
+    }
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_certbroker"))
+        .args(["bench", "--scenario", "all", "--quick", "--duration", "0.5"])
+        .args(["--concurrency", "8", "--scale-sizes", "300", "--out"])
+        .arg(out_dir.path())
+        .output()
+        .expect("run certbroker bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "bench failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    for scenario in ["l1", "l2", "fanin", "cold", "scale"] {
+        assert!(
+            stdout.contains(&format!("== {scenario} (quick")),
+            "no {scenario} table:\n{stdout}"
+        );
+        let json: Value = serde_json::from_slice(
+            &std::fs::read(out_dir.path().join(format!("{scenario}.json"))).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(json["scenario"], scenario);
+        assert_eq!(json["quick"], true);
+        assert!(json["peak_rss_kib"].as_u64().unwrap() > 0, "{json}");
+        let rows = json["rows"].as_array().unwrap();
+        assert!(!rows.is_empty(), "{json}");
+        for row in rows {
+            assert!(row["requests"].as_u64().unwrap() > 0, "{row}");
+            assert_eq!(row["errors"], 0, "{row}");
+            assert!(row["throughput_rps"].as_f64().unwrap() > 0.0, "{row}");
+            let p50 = row["p50_us"].as_f64().unwrap();
+            let p99 = row["p99_us"].as_f64().unwrap();
+            assert!(p50 > 0.0 && p50 <= p99, "{row}");
+        }
+        let targets = json["targets"].as_array().unwrap();
+        assert!(!targets.is_empty(), "{json}");
+        for t in targets {
+            assert!(t["pass"].is_boolean() && t["measured"].is_number(), "{t}");
+            let verdict = if t["pass"] == true { "PASS" } else { "MISS" };
+            let name = t["name"].as_str().unwrap();
+            assert!(
+                stdout
+                    .lines()
+                    .any(|l| l.contains(name) && l.ends_with(verdict)),
+                "target {name} not printed as {verdict}:\n{stdout}"
+            );
+        }
+        let svg = std::fs::read_to_string(out_dir.path().join(format!("{scenario}.svg"))).unwrap();
+        assert!(
+            svg.starts_with("<svg") && svg.contains("<polyline"),
+            "{svg}"
+        );
+    }
+
+    let read = |s: &str| -> Value {
+        serde_json::from_slice(&std::fs::read(out_dir.path().join(format!("{s}.json"))).unwrap())
+            .unwrap()
+    };
+    let fanin = read("fanin");
+    assert_eq!(fanin["metrics"]["orders"], 1.0, "one order for all callers");
+    assert_eq!(fanin["metrics"]["distinct_certificates"], 1.0);
+    assert_eq!(fanin["rows"][0]["requests"], 200);
+    let l2 = read("l2");
+    assert!(
+        l2["metrics"]["entry_bytes"].as_f64().unwrap() > 1000.0,
+        "{l2}"
+    );
+    assert_eq!(l2["rows"][0]["name"], "redis-benchmark GET");
+    let cold = read("cold");
+    assert_eq!(cold["rows"][0]["requests"], 2);
+    assert_eq!(cold["rows"][1]["requests"], 2);
+    let scale = read("scale");
+    assert!(scale["metrics"]["overhead_per_certificate_bytes_300"].is_number());
+}
