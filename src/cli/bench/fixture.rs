@@ -80,7 +80,7 @@ impl Served {
             let shutdown = async {
                 let _ = rx.await;
             };
-            if let Err(e) = api::serve(broker, listener, shutdown).await {
+            if let Err(e) = api::serve(broker, listener, None, shutdown).await {
                 tracing::error!(error = %e, "bench broker server failed");
             }
         });
@@ -146,6 +146,26 @@ impl CertificateBroker for Baseline {
         &self,
         _request: Request<pb::RevokeRequest>,
     ) -> Result<Response<pb::RevokeResponse>, Status> {
+        Err(Status::unimplemented(
+            "the baseline only answers GetCertificate",
+        ))
+    }
+
+    type WatchCertificateStream = api::CertificateStream;
+
+    async fn watch_certificate(
+        &self,
+        _request: Request<pb::GetCertificateRequest>,
+    ) -> Result<Response<Self::WatchCertificateStream>, Status> {
+        Err(Status::unimplemented(
+            "the baseline only answers GetCertificate",
+        ))
+    }
+
+    async fn list_renewals(
+        &self,
+        _request: Request<pb::ListRenewalsRequest>,
+    ) -> Result<Response<pb::ListRenewalsResponse>, Status> {
         Err(Status::unimplemented(
             "the baseline only answers GetCertificate",
         ))
