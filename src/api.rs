@@ -1,10 +1,16 @@
 //! The gRPC surface: a thin adapter from `certbroker.v1.CertificateBroker` to [`Broker`],
 //! plus the standard health and reflection services. Knows nothing of Redis or ACME.
+//!
+//! Every request passes the tower stack in [`layers`]; broker RPCs then pass the caller's
+//! [`policy`] before any broker work.
 
 mod convert;
+pub mod layers;
+pub mod listener;
+pub mod policy;
 mod status;
 
-use std::{future::Future, time::Duration};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -14,24 +20,42 @@ use tonic_health::ServingStatus;
 
 use crate::{
     broker::Broker,
+    config::{PolicySettings, ServerSettings, ServerTlsSettings},
     pb::{
         self,
         certificate_broker_server::{CertificateBroker, CertificateBrokerServer},
     },
 };
+use layers::{RateLimitLayer, RejectionObserver, ShedLayer, TimeoutLayer};
+use listener::ReloadingTls;
+use policy::{Action, Caller, Policy};
 pub use status::to_status;
 
-/// The tonic service: decode, call the broker, encode or map the error.
+/// The tonic service: decode, check the caller's policy, call the broker, encode or map
+/// the error.
 #[derive(Debug, Clone)]
 pub struct GrpcBroker {
     broker: Broker,
+    policy: Arc<Policy>,
 }
 
 impl GrpcBroker {
-    /// Wraps a broker.
-    pub fn new(broker: Broker) -> Self {
-        Self { broker }
+    /// Wraps a broker; every caller is checked against `policy`.
+    pub fn new(broker: Broker, policy: Policy) -> Self {
+        Self {
+            broker,
+            policy: Arc::new(policy),
+        }
     }
+}
+
+/// The caller recorded by [`layers::identify`], or read from the connection directly.
+fn caller_of<T>(request: &Request<T>) -> Caller {
+    request
+        .extensions()
+        .get::<Caller>()
+        .cloned()
+        .unwrap_or_else(|| Caller::from_extensions(request.extensions()))
 }
 
 #[tonic::async_trait]
@@ -40,7 +64,20 @@ impl CertificateBroker for GrpcBroker {
         &self,
         request: Request<pb::GetCertificateRequest>,
     ) -> Result<Response<pb::GetCertificateResponse>, Status> {
+        let caller = caller_of(&request);
         let req = convert::cert_request(request.into_inner()).map_err(|e| to_status(&e))?;
+        self.policy
+            .check(
+                &caller,
+                Action::Get {
+                    identifiers: &req.identifiers,
+                    pool: &req.pool,
+                },
+            )
+            .map_err(|d| {
+                tracing::warn!(target: "audit", caller = %d.caller, denied = %d.what, "request denied by policy");
+                status::denied(&d)
+            })?;
         let has_csr = req.csr_der.is_some();
         let (cert, cache_status) = self
             .broker
@@ -58,19 +95,88 @@ impl CertificateBroker for GrpcBroker {
         &self,
         request: Request<pb::RevokeRequest>,
     ) -> Result<Response<pb::RevokeResponse>, Status> {
+        let caller = caller_of(&request);
+        self.policy
+            .check(&caller, Action::Revoke)
+            .map_err(|d| {
+                tracing::warn!(target: "audit", caller = %d.caller, denied = %d.what, "request denied by policy");
+                status::denied(&d)
+            })?;
         let req = convert::revoke_request(request.into_inner()).map_err(|e| to_status(&e))?;
         let revoked = self.broker.revoke(req).await.map_err(|e| to_status(&e))?;
         Ok(Response::new(convert::revoke_response(&revoked)))
     }
 }
 
+/// How the gRPC server runs: TLS, caller policy and the limits of the tower stack.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// TLS material; absent: plaintext.
+    pub tls: Option<ServerTlsSettings>,
+    /// The `[[policy]]` tables, enforced when TLS has a client CA.
+    pub policies: Vec<PolicySettings>,
+    /// Upper bound of one request.
+    pub request_timeout: Duration,
+    /// Requests in the services at once before shedding.
+    pub max_concurrent_requests: usize,
+    /// Per-caller sustained rate; 0: off.
+    pub rate_limit_per_sec: u32,
+    /// Per-caller burst.
+    pub rate_limit_burst: u32,
+    /// Largest request message, in bytes.
+    pub max_request_bytes: usize,
+    /// Told about every request the stack turns away (metrics).
+    pub observer: Option<Arc<dyn RejectionObserver>>,
+}
+
+impl ServeOptions {
+    /// From `[server]` and `[[policy]]`.
+    pub fn from_settings(server: &ServerSettings, policies: &[PolicySettings]) -> Self {
+        Self {
+            tls: server.tls.clone(),
+            policies: policies.to_vec(),
+            request_timeout: Duration::from_secs(server.request_timeout_secs),
+            max_concurrent_requests: server.max_concurrent_requests,
+            rate_limit_per_sec: server.rate_limit_per_sec,
+            rate_limit_burst: server.rate_limit_burst,
+            max_request_bytes: server.max_request_bytes,
+            observer: None,
+        }
+    }
+
+    /// The policy these options put in force.
+    pub fn policy(&self) -> Policy {
+        match &self.tls {
+            Some(tls) if tls.client_ca.is_some() => Policy::Enforced(self.policies.clone()),
+            Some(_) => {
+                tracing::warn!(
+                    "gRPC listener has TLS but no server.tls.client_ca: callers are not \
+                     authenticated and ANY caller may request ANY certificate"
+                );
+                Policy::Open
+            }
+            None => {
+                tracing::warn!(
+                    "gRPC listener is PLAINTEXT without client authentication: ANY caller may \
+                     request ANY certificate and revoke. Development only; set [server.tls] \
+                     with client_ca and [[policy]] in production"
+                );
+                Policy::Open
+            }
+        }
+    }
+}
+
 /// Serves the broker, health (`grpc.health.v1`) and reflection on `listener` until
-/// `shutdown` resolves; in-flight requests then get `grace` to finish.
+/// `shutdown` resolves.
 pub async fn serve(
     broker: Broker,
     listener: TcpListener,
+    options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    let tls = options.tls.as_ref().map(ReloadingTls::start).transpose()?;
+    let policy = options.policy();
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<CertificateBrokerServer<GrpcBroker>>()
@@ -100,15 +206,49 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
-    let served = tonic::transport::Server::builder()
+    let observer = options.observer.clone();
+    let stack = tower::ServiceBuilder::new()
+        // Who is calling: certificate names or peer IP, for the limits and the policy.
+        .map_request(layers::identify)
+        // Per-caller token bucket; a flood from one caller does not starve the others.
+        .layer(RateLimitLayer::new(
+            options.rate_limit_per_sec,
+            options.rate_limit_burst,
+            observer.clone(),
+        ))
+        // Bounded work in flight; the excess is shed at once rather than queued.
+        .layer(ShedLayer::new(
+            options.max_concurrent_requests,
+            observer.clone(),
+        ))
+        // No request runs longer than the server allows.
+        .layer(TimeoutLayer::new(options.request_timeout, observer))
+        .into_inner();
+    let broker_service = CertificateBrokerServer::new(GrpcBroker::new(broker, policy))
+        // Request size limit: larger messages are refused while decoding (OUT_OF_RANGE).
+        .max_decoding_message_size(options.max_request_bytes);
+
+    let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .trace_fn(|req| tracing::info_span!("rpc", path = %req.uri().path()))
+        // The `rpc` span, parented to the caller's W3C trace context.
+        .trace_fn(layers::rpc_span)
+        .layer(stack)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(CertificateBrokerServer::new(GrpcBroker::new(broker)))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await;
+        .add_service(broker_service);
+    let served = match tls {
+        Some(tls) => {
+            router
+                .serve_with_incoming_shutdown(tls.incoming(listener), shutdown)
+                .await
+        }
+        None => {
+            router
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+                .await
+        }
+    };
     store_health.abort();
     served?;
     Ok(())
@@ -126,4 +266,7 @@ pub enum ServeError {
     /// The transport failed.
     #[error("transport: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The TLS material is unusable.
+    #[error(transparent)]
+    Tls(#[from] listener::ListenerTlsError),
 }

@@ -18,6 +18,7 @@ use crate::{
 #[derive(Debug, Clone)]
 pub struct App {
     broker: Broker,
+    serve_options: api::ServeOptions,
 }
 
 impl App {
@@ -57,7 +58,11 @@ impl App {
         if let Err(e) = broker.listen_for_invalidations().await {
             tracing::warn!(error = %e, "no fleet invalidations until the store is back");
         }
-        Ok(Self { broker })
+        let serve_options = api::ServeOptions::from_settings(&settings.server, &settings.policy);
+        Ok(Self {
+            broker,
+            serve_options,
+        })
     }
 
     /// The broker core.
@@ -71,7 +76,7 @@ impl App {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        api::serve(self.broker, listener, shutdown)
+        api::serve(self.broker, listener, self.serve_options, shutdown)
             .await
             .context("gRPC server")
     }
