@@ -10,21 +10,26 @@ pub mod listener;
 pub mod policy;
 mod status;
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
 
 use tonic_health::ServingStatus;
 
 use crate::{
-    broker::Broker,
+    broker::{Broker, BrokerError, CacheStatus},
     config::{PolicySettings, ServerSettings, ServerTlsSettings},
     pb::{
         self,
         certificate_broker_server::{CertificateBroker, CertificateBrokerServer},
     },
+    telemetry::Metrics,
 };
 use layers::{RateLimitLayer, RejectionObserver, ShedLayer, TimeoutLayer};
 use listener::ReloadingTls;
@@ -37,6 +42,7 @@ pub use status::to_status;
 pub struct GrpcBroker {
     broker: Broker,
     policy: Arc<Policy>,
+    metrics: Option<Metrics>,
 }
 
 impl GrpcBroker {
@@ -45,7 +51,19 @@ impl GrpcBroker {
         Self {
             broker,
             policy: Arc::new(policy),
+            metrics: None,
         }
+    }
+}
+
+/// `cache_status` metric label.
+fn cache_label(status: pb::CacheStatus) -> &'static str {
+    match status {
+        pb::CacheStatus::HitLocal => "hit_local",
+        pb::CacheStatus::HitShared => "hit_shared",
+        pb::CacheStatus::Joined => "joined",
+        pb::CacheStatus::Issued => "issued",
+        pb::CacheStatus::Unspecified => "unspecified",
     }
 }
 
@@ -64,47 +82,133 @@ impl CertificateBroker for GrpcBroker {
         &self,
         request: Request<pb::GetCertificateRequest>,
     ) -> Result<Response<pb::GetCertificateResponse>, Status> {
-        let caller = caller_of(&request);
-        let req = convert::cert_request(request.into_inner()).map_err(|e| to_status(&e))?;
-        self.policy
-            .check(
-                &caller,
-                Action::Get {
-                    identifiers: &req.identifiers,
-                    pool: &req.pool,
-                },
-            )
-            .map_err(|d| {
-                tracing::warn!(target: "audit", caller = %d.caller, denied = %d.what, "request denied by policy");
-                status::denied(&d)
-            })?;
-        let has_csr = req.csr_der.is_some();
-        let (cert, cache_status) = self
-            .broker
-            .get_certificate(req)
-            .await
-            .map_err(|e| to_status(&e))?;
-        Ok(Response::new(convert::cert_response(
-            &cert,
-            cache_status,
-            has_csr,
-        )))
+        let started = Instant::now();
+        let result = self.get_inner(request).await;
+        let cache_status = result
+            .as_ref()
+            .ok()
+            .map(|r| cache_label(r.get_ref().cache_status()));
+        self.record("GetCertificate", &result, cache_status, started);
+        result
     }
 
     async fn revoke(
         &self,
         request: Request<pb::RevokeRequest>,
     ) -> Result<Response<pb::RevokeResponse>, Status> {
+        let started = Instant::now();
+        let result = self.revoke_inner(request).await;
+        self.record("Revoke", &result, None, started);
+        result
+    }
+}
+
+// === impl GrpcBroker ===
+
+impl GrpcBroker {
+    /// Reports to `metrics` (requests, issuance latency by CA, CA failures, served
+    /// certificates).
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    async fn get_inner(
+        &self,
+        request: Request<pb::GetCertificateRequest>,
+    ) -> Result<Response<pb::GetCertificateResponse>, Status> {
+        let started = Instant::now();
         let caller = caller_of(&request);
-        self.policy
-            .check(&caller, Action::Revoke)
-            .map_err(|d| {
-                tracing::warn!(target: "audit", caller = %d.caller, denied = %d.what, "request denied by policy");
-                status::denied(&d)
-            })?;
+        let req = convert::cert_request(request.into_inner()).map_err(|e| to_status(&e))?;
+        self.authorize(
+            &caller,
+            Action::Get {
+                identifiers: &req.identifiers,
+                pool: &req.pool,
+            },
+        )?;
+        let what = policy::describe(&req.identifiers);
+        let has_csr = req.csr_der.is_some();
+        let (cert, cache_status) = self
+            .broker
+            .get_certificate(req)
+            .await
+            .map_err(|e| self.broker_error(&e))?;
+        let response = convert::cert_response(&cert, cache_status, has_csr);
+        tracing::info!(
+            target: "audit",
+            action = "get_certificate",
+            caller = %caller.label(),
+            identifiers = %what,
+            ca = %cert.issuer_ca,
+            serial = %cert.serial_hex,
+            cache_status = cache_label(response.cache_status()),
+            key_returned = !has_csr,
+            "certificate delivered"
+        );
+        if let Some(m) = &self.metrics {
+            if cache_status == CacheStatus::Issued {
+                m.issued(&cert.issuer_ca, started.elapsed());
+            }
+            m.certificate_served(&cert.serial_hex, cert.not_after);
+        }
+        Ok(Response::new(response))
+    }
+
+    async fn revoke_inner(
+        &self,
+        request: Request<pb::RevokeRequest>,
+    ) -> Result<Response<pb::RevokeResponse>, Status> {
+        let caller = caller_of(&request);
+        self.authorize(&caller, Action::Revoke)?;
         let req = convert::revoke_request(request.into_inner()).map_err(|e| to_status(&e))?;
-        let revoked = self.broker.revoke(req).await.map_err(|e| to_status(&e))?;
+        let reason = req.reason;
+        let revoked = self
+            .broker
+            .revoke(req)
+            .await
+            .map_err(|e| self.broker_error(&e))?;
+        tracing::info!(
+            target: "audit",
+            action = "revoke",
+            caller = %caller.label(),
+            ca = %revoked.issuer_ca,
+            serial = %revoked.serial_hex,
+            reason,
+            "certificate revoked"
+        );
+        if let Some(m) = &self.metrics {
+            m.certificate_revoked(&revoked.serial_hex);
+        }
         Ok(Response::new(convert::revoke_response(&revoked)))
+    }
+
+    fn authorize(&self, caller: &Caller, action: Action<'_>) -> Result<(), Status> {
+        self.policy.check(caller, action).map_err(|d| {
+            tracing::warn!(target: "audit", action = "denied", caller = %d.caller, denied = %d.what, "request denied by policy");
+            status::denied(&d)
+        })
+    }
+
+    fn broker_error(&self, e: &BrokerError) -> Status {
+        if let (Some(m), BrokerError::Upstream(ie)) = (&self.metrics, e) {
+            let kind = format!("{:?}", ie.kind).to_lowercase();
+            m.ca_failure(ie.ca.as_deref().unwrap_or(""), &kind);
+        }
+        to_status(e)
+    }
+
+    fn record<T>(
+        &self,
+        method: &str,
+        result: &Result<T, Status>,
+        cache_status: Option<&str>,
+        started: Instant,
+    ) {
+        if let Some(m) = &self.metrics {
+            let code = result.as_ref().map_or_else(Status::code, |_| Code::Ok);
+            m.request(method, code, cache_status, started.elapsed());
+        }
     }
 }
 
@@ -127,6 +231,8 @@ pub struct ServeOptions {
     pub max_request_bytes: usize,
     /// Told about every request the stack turns away (metrics).
     pub observer: Option<Arc<dyn RejectionObserver>>,
+    /// Request, issuance and certificate metrics.
+    pub metrics: Option<Metrics>,
 }
 
 impl ServeOptions {
@@ -141,6 +247,7 @@ impl ServeOptions {
             rate_limit_burst: server.rate_limit_burst,
             max_request_bytes: server.max_request_bytes,
             observer: None,
+            metrics: None,
         }
     }
 
@@ -224,7 +331,11 @@ pub async fn serve(
         // No request runs longer than the server allows.
         .layer(TimeoutLayer::new(options.request_timeout, observer))
         .into_inner();
-    let broker_service = CertificateBrokerServer::new(GrpcBroker::new(broker, policy))
+    let mut grpc_broker = GrpcBroker::new(broker, policy);
+    if let Some(m) = options.metrics.clone() {
+        grpc_broker = grpc_broker.with_metrics(m);
+    }
+    let broker_service = CertificateBrokerServer::new(grpc_broker)
         // Request size limit: larger messages are refused while decoding (OUT_OF_RANGE).
         .max_decoding_message_size(options.max_request_bytes);
 

@@ -12,6 +12,7 @@ use crate::{
     ca::CaPool,
     config::{Settings, StoreBackend},
     store::{self, MemoryStore, Store},
+    telemetry::{self, Metrics},
 };
 
 /// A built broker, ready to serve.
@@ -19,6 +20,8 @@ use crate::{
 pub struct App {
     broker: Broker,
     serve_options: api::ServeOptions,
+    metrics: Metrics,
+    admin_listen: Option<std::net::SocketAddr>,
 }
 
 impl App {
@@ -58,10 +61,16 @@ impl App {
         if let Err(e) = broker.listen_for_invalidations().await {
             tracing::warn!(error = %e, "no fleet invalidations until the store is back");
         }
-        let serve_options = api::ServeOptions::from_settings(&settings.server, &settings.policy);
+        let metrics = Metrics::new()?;
+        let mut serve_options =
+            api::ServeOptions::from_settings(&settings.server, &settings.policy);
+        serve_options.observer = Some(Arc::new(metrics.clone()));
+        serve_options.metrics = Some(metrics.clone());
         Ok(Self {
             broker,
             serve_options,
+            metrics,
+            admin_listen: settings.telemetry.admin_listen,
         })
     }
 
@@ -70,14 +79,48 @@ impl App {
         &self.broker
     }
 
-    /// Serves gRPC on `listener` until `shutdown` resolves.
+    /// The metrics the server reports.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Serves gRPC on `listener` until `shutdown` resolves, and the admin endpoints on
+    /// `telemetry.admin_listen` if set.
     pub async fn serve(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        api::serve(self.broker, listener, self.serve_options, shutdown)
+        let admin = match self.admin_listen {
+            Some(addr) => {
+                let admin_listener = TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding telemetry.admin_listen {addr}"))?;
+                tracing::info!(addr = %admin_listener.local_addr()?, "admin listener (/metrics, /healthz, /readyz)");
+                Some(tokio::spawn(
+                    self.clone()
+                        .serve_admin(admin_listener, std::future::pending()),
+                ))
+            }
+            None => None,
+        };
+        let served = api::serve(self.broker, listener, self.serve_options, shutdown)
             .await
-            .context("gRPC server")
+            .context("gRPC server");
+        if let Some(admin) = admin {
+            admin.abort();
+        }
+        served
+    }
+
+    /// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until `shutdown` resolves.
+    pub async fn serve_admin(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        telemetry::serve_admin(listener, self.metrics, self.broker, shutdown)
+            .await
+            .context("admin listener")
     }
 }

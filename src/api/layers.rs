@@ -101,6 +101,7 @@ pub fn rpc_span(req: &http::Request<()>) -> tracing::Span {
     );
     if let Some(parent) = parent {
         span.record("trace_id", hex::encode(parent.trace_id));
+        crate::telemetry::set_remote_parent(&span, &parent);
     }
     span
 }

@@ -213,7 +213,8 @@ fn allows_tn_auth_list(rule: &PolicySettings, list: &TnAuthList) -> bool {
     })
 }
 
-fn describe(identifiers: &Identifiers) -> String {
+/// The identifiers in words, for denials and the audit log (no secrets in them).
+pub fn describe(identifiers: &Identifiers) -> String {
     match identifiers {
         Identifiers::TnAuthList(list) => {
             let parts: Vec<String> = list

@@ -9,7 +9,7 @@ use std::{
 use rustls_pki_types::CertificateDer;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::OnceCell;
-use tracing::{debug, info, instrument};
+use tracing::{Instrument, debug, info, instrument};
 
 use super::AttemptError;
 use crate::{
@@ -203,7 +203,7 @@ impl Upstream {
 
     /// Obtains one certificate for `identifiers`, with the caller's CSR or a fresh P-256
     /// key. Bounded by the CA's `attempt_timeout_secs`.
-    #[instrument(skip_all, fields(ca = %self.name))]
+    #[instrument(name = "ca.attempt", skip_all, fields(ca = %self.name))]
     pub async fn issue(
         &self,
         identifiers: &Identifiers,
@@ -310,6 +310,7 @@ impl Upstream {
                     ca: false,
                     fingerprint,
                 })
+                .instrument(tracing::info_span!("challenge.token", ca = %self.name))
                 .await?;
             (
                 challenge.url.clone(),
