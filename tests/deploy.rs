@@ -69,9 +69,15 @@ fn kubernetes_manifests_are_consistent() {
         .map(|p| p["containerPort"].as_u64().unwrap())
         .collect();
     let grpc = u64::from(config.server.listen.port());
-    assert!(ports.contains(&grpc), "container exposes server.listen {grpc}: {ports:?}");
+    assert!(
+        ports.contains(&grpc),
+        "container exposes server.listen {grpc}: {ports:?}"
+    );
     if let Some(admin) = config.telemetry.admin_listen {
-        assert!(ports.contains(&u64::from(admin.port())), "admin port exposed");
+        assert!(
+            ports.contains(&u64::from(admin.port())),
+            "admin port exposed"
+        );
     }
     assert_eq!(
         container["readinessProbe"]["grpc"]["port"].as_u64(),
@@ -105,7 +111,10 @@ fn kubernetes_manifests_are_consistent() {
     let min_available = kind(&docs, "PodDisruptionBudget")["spec"]["minAvailable"]
         .as_u64()
         .unwrap();
-    assert!(min_available < replicas, "the PDB must allow a voluntary disruption");
+    assert!(
+        min_available < replicas,
+        "the PDB must allow a voluntary disruption"
+    );
 }
 
 fn config_mount(container: &Value) -> String {
@@ -139,7 +148,10 @@ fn compose_names_images_and_commands_that_exist() {
                 let context = Path::new(ROOT)
                     .join("deploy")
                     .join(build["context"].as_str().expect("context"));
-                assert!(context.join(dockerfile).exists(), "{name}: {dockerfile} exists");
+                assert!(
+                    context.join(dockerfile).exists(),
+                    "{name}: {dockerfile} exists"
+                );
                 parses(&strings(&svc["command"]));
             }
             (None, None) => panic!("{name} names neither an image nor a build"),
@@ -147,7 +159,10 @@ fn compose_names_images_and_commands_that_exist() {
     }
     let depends = strings(&compose["services"]["certbroker"]["depends_on"]);
     for d in depends {
-        assert!(services.contains_key(d.as_str()), "depends on unknown service {d}");
+        assert!(
+            services.contains_key(d.as_str()),
+            "depends on unknown service {d}"
+        );
     }
 }
 
