@@ -1,41 +1,70 @@
 //! The gRPC surface: a thin adapter from `certbroker.v1.CertificateBroker` to [`Broker`],
 //! plus the standard health and reflection services. Knows nothing of Redis or ACME.
+//!
+//! Every request passes the tower stack in [`layers`]; broker RPCs then pass the caller's
+//! [`policy`] before any broker work.
 
 mod convert;
+pub mod layers;
+pub mod listener;
+pub mod policy;
 mod status;
 
-use std::{future::Future, pin::Pin, time::Duration};
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use futures::Stream;
 use tokio::sync::broadcast;
 use tokio_stream::wrappers::ReceiverStream;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
 
 use tonic_health::ServingStatus;
 
 use crate::{
-    broker::{Broker, CacheStatus},
+    broker::{Broker, BrokerError, CacheStatus},
+    config::{PolicySettings, ServerSettings, ServerTlsSettings},
     pb::{
         self,
         certificate_broker_server::{CertificateBroker, CertificateBrokerServer},
     },
+    telemetry::Metrics,
 };
+use layers::{RateLimitLayer, RejectionObserver, ShedLayer, TimeoutLayer};
+use listener::ReloadingTls;
+use policy::{Action, Caller, Policy};
 pub use status::to_status;
 
-/// The tonic service: decode, call the broker, encode or map the error.
+/// The tonic service: decode, check the caller's policy, call the broker, encode or map
+/// the error.
 #[derive(Debug, Clone)]
 pub struct GrpcBroker {
     broker: Broker,
+    policy: Arc<Policy>,
+    metrics: Option<Metrics>,
     x5u_base: Option<url::Url>,
 }
 
 impl GrpcBroker {
-    /// Wraps a broker; with `x5u_base`, answers carry the chain's STI-CR URL.
-    pub fn new(broker: Broker, x5u_base: Option<url::Url>) -> Self {
-        Self { broker, x5u_base }
+    /// Wraps a broker; every caller is checked against `policy`.
+    pub fn new(broker: Broker, policy: Policy) -> Self {
+        Self {
+            broker,
+            policy: Arc::new(policy),
+            metrics: None,
+            x5u_base: None,
+        }
+    }
+
+    /// Answers carry the chain's STI-CR URL under `base`.
+    pub fn with_x5u_base(mut self, base: Option<url::Url>) -> Self {
+        self.x5u_base = base;
+        self
     }
 
     fn respond(
@@ -55,6 +84,25 @@ impl GrpcBroker {
 /// The stream type of `WatchCertificate`.
 pub type CertificateStream =
     Pin<Box<dyn Stream<Item = Result<pb::GetCertificateResponse, Status>> + Send>>;
+/// `cache_status` metric label.
+fn cache_label(status: pb::CacheStatus) -> &'static str {
+    match status {
+        pb::CacheStatus::HitLocal => "hit_local",
+        pb::CacheStatus::HitShared => "hit_shared",
+        pb::CacheStatus::Joined => "joined",
+        pb::CacheStatus::Issued => "issued",
+        pb::CacheStatus::Unspecified => "unspecified",
+    }
+}
+
+/// The caller recorded by [`layers::identify`], or read from the connection directly.
+fn caller_of<T>(request: &Request<T>) -> Caller {
+    request
+        .extensions()
+        .get::<Caller>()
+        .cloned()
+        .unwrap_or_else(|| Caller::from_extensions(request.extensions()))
+}
 
 #[tonic::async_trait]
 impl CertificateBroker for GrpcBroker {
@@ -62,14 +110,14 @@ impl CertificateBroker for GrpcBroker {
         &self,
         request: Request<pb::GetCertificateRequest>,
     ) -> Result<Response<pb::GetCertificateResponse>, Status> {
-        let req = convert::cert_request(request.into_inner()).map_err(|e| to_status(&e))?;
-        let has_csr = req.csr_der.is_some();
-        let (cert, cache_status) = self
-            .broker
-            .get_certificate(req)
-            .await
-            .map_err(|e| to_status(&e))?;
-        Ok(Response::new(self.respond(&cert, cache_status, has_csr)))
+        let started = Instant::now();
+        let result = self.get_inner(request).await;
+        let cache_status = result
+            .as_ref()
+            .ok()
+            .map(|r| cache_label(r.get_ref().cache_status()));
+        self.record("GetCertificate", &result, cache_status, started);
+        result
     }
 
     type WatchCertificateStream = CertificateStream;
@@ -78,7 +126,15 @@ impl CertificateBroker for GrpcBroker {
         &self,
         request: Request<pb::GetCertificateRequest>,
     ) -> Result<Response<Self::WatchCertificateStream>, Status> {
+        let caller = caller_of(&request);
         let mut req = convert::cert_request(request.into_inner()).map_err(|e| to_status(&e))?;
+        self.authorize(
+            &caller,
+            Action::Get {
+                identifiers: &req.identifiers,
+                pool: &req.pool,
+            },
+        )?;
         let has_csr = req.csr_der.is_some();
         let key = req.cache_key();
         // Subscribe before the first answer so no renewal can slip between the two.
@@ -151,20 +207,197 @@ impl CertificateBroker for GrpcBroker {
         &self,
         request: Request<pb::RevokeRequest>,
     ) -> Result<Response<pb::RevokeResponse>, Status> {
+        let started = Instant::now();
+        let result = self.revoke_inner(request).await;
+        self.record("Revoke", &result, None, started);
+        result
+    }
+}
+
+// === impl GrpcBroker ===
+
+impl GrpcBroker {
+    /// Reports to `metrics` (requests, issuance latency by CA, CA failures, served
+    /// certificates).
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    async fn get_inner(
+        &self,
+        request: Request<pb::GetCertificateRequest>,
+    ) -> Result<Response<pb::GetCertificateResponse>, Status> {
+        let started = Instant::now();
+        let caller = caller_of(&request);
+        let req = convert::cert_request(request.into_inner()).map_err(|e| to_status(&e))?;
+        self.authorize(
+            &caller,
+            Action::Get {
+                identifiers: &req.identifiers,
+                pool: &req.pool,
+            },
+        )?;
+        let what = policy::describe(&req.identifiers);
+        let has_csr = req.csr_der.is_some();
+        let (cert, cache_status) = self
+            .broker
+            .get_certificate(req)
+            .await
+            .map_err(|e| self.broker_error(&e))?;
+        let response = self.respond(&cert, cache_status, has_csr);
+        tracing::info!(
+            target: "audit",
+            action = "get_certificate",
+            caller = %caller.label(),
+            identifiers = %what,
+            ca = %cert.issuer_ca,
+            serial = %cert.serial_hex,
+            cache_status = cache_label(response.cache_status()),
+            key_returned = !has_csr,
+            "certificate delivered"
+        );
+        if let Some(m) = &self.metrics {
+            if cache_status == CacheStatus::Issued {
+                m.issued(&cert.issuer_ca, started.elapsed());
+            }
+            m.certificate_served(&cert.serial_hex, cert.not_after);
+        }
+        Ok(Response::new(response))
+    }
+
+    async fn revoke_inner(
+        &self,
+        request: Request<pb::RevokeRequest>,
+    ) -> Result<Response<pb::RevokeResponse>, Status> {
+        let caller = caller_of(&request);
+        self.authorize(&caller, Action::Revoke)?;
         let req = convert::revoke_request(request.into_inner()).map_err(|e| to_status(&e))?;
-        let revoked = self.broker.revoke(req).await.map_err(|e| to_status(&e))?;
+        let reason = req.reason;
+        let revoked = self
+            .broker
+            .revoke(req)
+            .await
+            .map_err(|e| self.broker_error(&e))?;
+        tracing::info!(
+            target: "audit",
+            action = "revoke",
+            caller = %caller.label(),
+            ca = %revoked.issuer_ca,
+            serial = %revoked.serial_hex,
+            reason,
+            "certificate revoked"
+        );
+        if let Some(m) = &self.metrics {
+            m.certificate_revoked(&revoked.serial_hex);
+        }
         Ok(Response::new(convert::revoke_response(&revoked)))
+    }
+
+    fn authorize(&self, caller: &Caller, action: Action<'_>) -> Result<(), Status> {
+        self.policy.check(caller, action).map_err(|d| {
+            tracing::warn!(target: "audit", action = "denied", caller = %d.caller, denied = %d.what, "request denied by policy");
+            status::denied(&d)
+        })
+    }
+
+    fn broker_error(&self, e: &BrokerError) -> Status {
+        if let (Some(m), BrokerError::Upstream(ie)) = (&self.metrics, e) {
+            let kind = format!("{:?}", ie.kind).to_lowercase();
+            m.ca_failure(ie.ca.as_deref().unwrap_or(""), &kind);
+        }
+        to_status(e)
+    }
+
+    fn record<T>(
+        &self,
+        method: &str,
+        result: &Result<T, Status>,
+        cache_status: Option<&str>,
+        started: Instant,
+    ) {
+        if let Some(m) = &self.metrics {
+            let code = result.as_ref().map_or_else(Status::code, |_| Code::Ok);
+            m.request(method, code, cache_status, started.elapsed());
+        }
+    }
+}
+
+/// How the gRPC server runs: TLS, caller policy and the limits of the tower stack.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// TLS material; absent: plaintext.
+    pub tls: Option<ServerTlsSettings>,
+    /// The `[[policy]]` tables, enforced when TLS has a client CA.
+    pub policies: Vec<PolicySettings>,
+    /// Upper bound of one request.
+    pub request_timeout: Duration,
+    /// Requests in the services at once before shedding.
+    pub max_concurrent_requests: usize,
+    /// Per-caller sustained rate; 0: off.
+    pub rate_limit_per_sec: u32,
+    /// Per-caller burst.
+    pub rate_limit_burst: u32,
+    /// Largest request message, in bytes.
+    pub max_request_bytes: usize,
+    /// Told about every request the stack turns away (metrics).
+    pub observer: Option<Arc<dyn RejectionObserver>>,
+    /// Request, issuance and certificate metrics.
+    pub metrics: Option<Metrics>,
+    /// Public STI-CR base; answers carry `x5u` under it.
+    pub x5u_base: Option<url::Url>,
+}
+
+impl ServeOptions {
+    /// From `[server]` and `[[policy]]`.
+    pub fn from_settings(server: &ServerSettings, policies: &[PolicySettings]) -> Self {
+        Self {
+            tls: server.tls.clone(),
+            policies: policies.to_vec(),
+            request_timeout: Duration::from_secs(server.request_timeout_secs),
+            max_concurrent_requests: server.max_concurrent_requests,
+            rate_limit_per_sec: server.rate_limit_per_sec,
+            rate_limit_burst: server.rate_limit_burst,
+            max_request_bytes: server.max_request_bytes,
+            observer: None,
+            metrics: None,
+            x5u_base: None,
+        }
+    }
+
+    /// The policy these options put in force.
+    pub fn policy(&self) -> Policy {
+        match &self.tls {
+            Some(tls) if tls.client_ca.is_some() => Policy::Enforced(self.policies.clone()),
+            Some(_) => {
+                tracing::warn!(
+                    "gRPC listener has TLS but no server.tls.client_ca: callers are not \
+                     authenticated and ANY caller may request ANY certificate"
+                );
+                Policy::Open
+            }
+            None => {
+                tracing::warn!(
+                    "gRPC listener is PLAINTEXT without client authentication: ANY caller may \
+                     request ANY certificate and revoke. Development only; set [server.tls] \
+                     with client_ca and [[policy]] in production"
+                );
+                Policy::Open
+            }
+        }
     }
 }
 
 /// Serves the broker, health (`grpc.health.v1`) and reflection on `listener` until
-/// `shutdown` resolves; in-flight requests then get `grace` to finish.
+/// `shutdown` resolves.
 pub async fn serve(
     broker: Broker,
     listener: TcpListener,
-    x5u_base: Option<url::Url>,
+    options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    let tls = options.tls.as_ref().map(ReloadingTls::start).transpose()?;
+    let policy = options.policy();
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<CertificateBrokerServer<GrpcBroker>>()
@@ -194,17 +427,57 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
-    let served = tonic::transport::Server::builder()
+    let observer = options.observer.clone();
+    let stack = tower::ServiceBuilder::new()
+        // Who is calling: certificate names or peer IP, for the limits and the policy.
+        .map_request(layers::identify)
+        // Per-caller token bucket; a flood from one caller does not starve the others.
+        .layer(RateLimitLayer::new(
+            options.rate_limit_per_sec,
+            options.rate_limit_burst,
+            observer.clone(),
+        ))
+        // Bounded work in flight; the excess is shed at once rather than queued.
+        .layer(ShedLayer::new(
+            options.max_concurrent_requests,
+            observer.clone(),
+        ))
+        // No request runs longer than the server allows.
+        .layer(TimeoutLayer::new(options.request_timeout, observer))
+        .into_inner();
+    let mut grpc_broker = GrpcBroker::new(broker, policy).with_x5u_base(options.x5u_base.clone());
+    if let Some(m) = options.metrics.clone() {
+        grpc_broker = grpc_broker.with_metrics(m);
+    }
+    let broker_service = CertificateBrokerServer::new(grpc_broker)
+        // Request size limit: larger messages are refused while decoding (OUT_OF_RANGE).
+        .max_decoding_message_size(options.max_request_bytes);
+
+    let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .trace_fn(|req| tracing::info_span!("rpc", path = %req.uri().path()))
+        // The `rpc` span, parented to the caller's W3C trace context.
+        .trace_fn(layers::rpc_span)
+        .layer(stack)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(CertificateBrokerServer::new(GrpcBroker::new(
-            broker, x5u_base,
-        )))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await;
+        .add_service(broker_service);
+    let served = match tls {
+        Some(tls) => {
+            router
+                .serve_with_incoming_shutdown(tls.incoming(listener), shutdown)
+                .await
+        }
+        None => {
+            // No Nagle delay: a response split over several frames must not wait for the
+            // client's delayed ACK (about 40 ms per request otherwise).
+            let incoming =
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            router
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await
+        }
+    };
     store_health.abort();
     served?;
     Ok(())
@@ -225,4 +498,7 @@ pub enum ServeError {
     /// The transport failed.
     #[error("transport: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The TLS material is unusable.
+    #[error(transparent)]
+    Tls(#[from] listener::ListenerTlsError),
 }

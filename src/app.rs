@@ -14,6 +14,7 @@ use crate::{
     config::{Settings, StoreBackend},
     publish,
     store::{self, MemoryStore, Store},
+    telemetry::{self, Metrics},
 };
 
 /// A built broker, ready to serve.
@@ -22,6 +23,9 @@ pub struct App {
     broker: Broker,
     pool: Arc<CaPool>,
     publish: PublishSettings,
+    serve_options: api::ServeOptions,
+    metrics: Metrics,
+    admin_listen: Option<std::net::SocketAddr>,
 }
 
 impl App {
@@ -71,10 +75,20 @@ impl App {
                 retry_base: Duration::from_secs(r.retry_base_secs),
             });
         }
+        let metrics = Metrics::new()?;
+        metrics.set_ca_breaker_source(pool.clone());
+        let mut serve_options =
+            api::ServeOptions::from_settings(&settings.server, &settings.policy);
+        serve_options.observer = Some(Arc::new(metrics.clone()));
+        serve_options.metrics = Some(metrics.clone());
+        serve_options.x5u_base = settings.publish.base_url.clone();
         Ok(Self {
             broker,
             pool,
             publish: settings.publish.clone(),
+            serve_options,
+            metrics,
+            admin_listen: settings.telemetry.admin_listen,
         })
     }
 
@@ -88,7 +102,13 @@ impl App {
         &self.pool
     }
 
-    /// Serves gRPC on `listener` until `shutdown` resolves.
+    /// The metrics the server reports.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Serves gRPC on `listener` until `shutdown` resolves, the admin endpoints on
+    /// `telemetry.admin_listen` and the STI-CR chains on `publish.listen` if set.
     pub async fn serve(
         self,
         listener: TcpListener,
@@ -104,10 +124,39 @@ impl App {
             }
             _ => None,
         };
-        let served = api::serve(self.broker, listener, self.publish.base_url, shutdown).await;
+        let admin = match self.admin_listen {
+            Some(addr) => {
+                let admin_listener = TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding telemetry.admin_listen {addr}"))?;
+                tracing::info!(addr = %admin_listener.local_addr()?, "admin listener (/metrics, /healthz, /readyz)");
+                Some(tokio::spawn(
+                    self.clone()
+                        .serve_admin(admin_listener, std::future::pending()),
+                ))
+            }
+            None => None,
+        };
+        let served = api::serve(self.broker, listener, self.serve_options, shutdown)
+            .await
+            .context("gRPC server");
+        if let Some(admin) = admin {
+            admin.abort();
+        }
         if let Some(task) = publisher {
             task.abort();
         }
-        served.context("gRPC server")
+        served
+    }
+
+    /// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until `shutdown` resolves.
+    pub async fn serve_admin(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        telemetry::serve_admin(listener, self.metrics, self.broker, shutdown)
+            .await
+            .context("admin listener")
     }
 }

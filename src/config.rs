@@ -48,6 +48,9 @@ pub struct Settings {
     /// How each named pool picks among its CAs; a pool not listed uses the defaults.
     #[serde(default)]
     pub pool: Vec<PoolSettings>,
+    /// Who may ask for what; enforced when `server.tls.client_ca` is set.
+    #[serde(default)]
+    pub policy: Vec<PolicySettings>,
 }
 
 /// `[server]`
@@ -58,6 +61,63 @@ pub struct ServerSettings {
     pub listen: SocketAddr,
     /// How long in-flight requests may run after SIGTERM before the process exits.
     pub shutdown_grace_secs: u64,
+    /// TLS (and, with `client_ca`, mutual TLS) on the gRPC listener; absent: plaintext.
+    pub tls: Option<ServerTlsSettings>,
+    /// Upper bound of one request on the server; answered with `DEADLINE_EXCEEDED`. Keep
+    /// it above `broker.issuance_timeout_secs` so the broker's own deadline fires first.
+    pub request_timeout_secs: u64,
+    /// Requests handled at once; beyond it requests are shed with `UNAVAILABLE`.
+    pub max_concurrent_requests: usize,
+    /// Sustained requests per second per caller (client identity, or IP without mTLS);
+    /// beyond it `RESOURCE_EXHAUSTED`. 0 turns the limit off.
+    pub rate_limit_per_sec: u32,
+    /// Burst a caller may send above the sustained rate.
+    pub rate_limit_burst: u32,
+    /// Largest request message accepted, in bytes; larger ones get `OUT_OF_RANGE`.
+    pub max_request_bytes: usize,
+}
+
+/// `[server.tls]`: PEM files, re-read every `reload_interval_secs` and swapped in for new
+/// connections when they change (certificate rotation without restart).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTlsSettings {
+    /// Server certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// Server private key (PKCS#8, PKCS#1 or SEC1 PEM).
+    pub key: PathBuf,
+    /// CA bundle for client certificates. Set: every client must present a certificate
+    /// from it (mutual TLS) and `[[policy]]` decides what it may request.
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+    /// How often the files are checked for changes.
+    #[serde(default = "default_tls_reload")]
+    pub reload_interval_secs: u64,
+}
+
+/// One `[[policy]]`: what callers whose certificate matches `identities` may request.
+/// A caller matching several policies may do what any of them allows.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySettings {
+    /// Client certificate names (SAN DNS, SAN URI or subject CN): exact, or `*.suffix` for
+    /// any name under `suffix`.
+    pub identities: Vec<String>,
+    /// SPCs the caller may put in a TNAuthList; `*` allows any.
+    #[serde(default)]
+    pub spcs: Vec<String>,
+    /// Whether telephone numbers and number ranges may appear in a TNAuthList.
+    #[serde(default)]
+    pub telephone_numbers: bool,
+    /// DNS names the caller may request: the suffix itself and names under it.
+    #[serde(default)]
+    pub dns_suffixes: Vec<String>,
+    /// CA pools the caller may name; `*` allows any.
+    #[serde(default = "default_pools")]
+    pub pools: Vec<String>,
+    /// Whether the caller may revoke certificates.
+    #[serde(default)]
+    pub revoke: bool,
 }
 
 /// `[store]`
@@ -156,6 +216,14 @@ pub struct TelemetrySettings {
     pub log_filter: String,
     /// Log lines as JSON objects instead of text.
     pub json: bool,
+    /// HTTP admin listener serving `/metrics` (Prometheus text), `/healthz` and `/readyz`;
+    /// absent: none.
+    pub admin_listen: Option<SocketAddr>,
+    /// OTLP/gRPC collector (e.g. `http://otel-collector:4317`) receiving tracing spans;
+    /// absent: no export.
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` resource attribute of exported spans.
+    pub service_name: String,
 }
 
 /// One `[[ca]]` upstream.
@@ -421,6 +489,7 @@ impl Settings {
                 "must be at least 1",
             ));
         }
+        self.validate_server()?;
         let mut names = BTreeSet::new();
         for (i, ca) in self.ca.iter().enumerate() {
             let key = |k: &str| format!("ca[{i}].{k}");
@@ -487,6 +556,81 @@ impl Settings {
         }
         Ok(())
     }
+
+    fn validate_server(&self) -> Result<(), ConfigError> {
+        let invalid = |key: String, reason: &str| ConfigError::Invalid {
+            key,
+            reason: reason.to_owned(),
+        };
+        let s = &self.server;
+        if s.request_timeout_secs == 0 {
+            return Err(invalid(
+                "server.request_timeout_secs".into(),
+                "must be at least 1",
+            ));
+        }
+        if s.max_concurrent_requests == 0 {
+            return Err(invalid(
+                "server.max_concurrent_requests".into(),
+                "must be at least 1",
+            ));
+        }
+        if s.rate_limit_per_sec > 0 && s.rate_limit_burst == 0 {
+            return Err(invalid(
+                "server.rate_limit_burst".into(),
+                "must be at least 1 when rate_limit_per_sec is set",
+            ));
+        }
+        if s.max_request_bytes < 1024 {
+            return Err(invalid(
+                "server.max_request_bytes".into(),
+                "must be at least 1024",
+            ));
+        }
+        if let Some(tls) = &s.tls {
+            if tls.reload_interval_secs == 0 {
+                return Err(invalid(
+                    "server.tls.reload_interval_secs".into(),
+                    "must be at least 1",
+                ));
+            }
+        }
+        let mutual = s.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+        if !self.policy.is_empty() && !mutual {
+            return Err(invalid(
+                "policy".into(),
+                "[[policy]] needs client certificates: set server.tls.client_ca",
+            ));
+        }
+        for (i, p) in self.policy.iter().enumerate() {
+            let key = |k: &str| format!("policy[{i}].{k}");
+            if p.identities.is_empty() {
+                return Err(invalid(
+                    key("identities"),
+                    "must name at least one identity",
+                ));
+            }
+            for id in &p.identities {
+                let rest = id.strip_prefix("*.").unwrap_or(id);
+                if rest.is_empty() || rest.contains('*') {
+                    return Err(invalid(
+                        key("identities"),
+                        "each is an exact name or `*.suffix`",
+                    ));
+                }
+            }
+            if p.dns_suffixes
+                .iter()
+                .any(|d| d.is_empty() || d.contains('*'))
+            {
+                return Err(invalid(
+                    key("dns_suffixes"),
+                    "each is a DNS name, without wildcards",
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 // === defaults ===
@@ -496,6 +640,12 @@ impl Default for ServerSettings {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             shutdown_grace_secs: 30,
+            tls: None,
+            request_timeout_secs: 330,
+            max_concurrent_requests: 1024,
+            rate_limit_per_sec: 100,
+            rate_limit_burst: 200,
+            max_request_bytes: 64 * 1024,
         }
     }
 }
@@ -550,6 +700,9 @@ impl Default for TelemetrySettings {
         Self {
             log_filter: "info".into(),
             json: false,
+            admin_listen: None,
+            otlp_endpoint: None,
+            service_name: "certbroker".into(),
         }
     }
 }
@@ -580,6 +733,10 @@ fn default_weight() -> u32 {
 
 fn default_pools() -> Vec<String> {
     vec!["default".into()]
+}
+
+fn default_tls_reload() -> u64 {
+    10
 }
 
 fn default_request_timeout() -> u64 {
@@ -673,6 +830,68 @@ mod tests {
         assert_eq!(s.ca[2].cert_lifetime_secs, Some(2_592_000));
         assert_eq!(s.ca[2].breaker.failure_threshold, 3, "default");
         assert_eq!(s.ca[2].csr.common_name_template, "SHAKEN {spc}", "default");
+    }
+
+    #[test]
+    fn server_and_policy_errors_name_the_key() {
+        let tls = "[server.tls]\ncert = \"c\"\nkey = \"k\"\nclient_ca = \"ca\"\n";
+        let cases = [
+            (
+                "[server]\nrequest_timeout_secs = 0".to_owned(),
+                "server.request_timeout_secs",
+            ),
+            (
+                "[server]\nmax_concurrent_requests = 0".into(),
+                "server.max_concurrent_requests",
+            ),
+            (
+                "[server]\nrate_limit_burst = 0".into(),
+                "server.rate_limit_burst",
+            ),
+            (
+                "[server]\nmax_request_bytes = 10".into(),
+                "server.max_request_bytes",
+            ),
+            (
+                "[[policy]]\nidentities = [\"a\"]".into(),
+                "server.tls.client_ca",
+            ),
+            (
+                "[server.tls]\ncert = \"c\"\nkey = \"k\"\n[[policy]]\nidentities = [\"a\"]".into(),
+                "server.tls.client_ca",
+            ),
+            (
+                format!("{tls}[[policy]]\nidentities = []"),
+                "policy[0].identities",
+            ),
+            (
+                format!("{tls}[[policy]]\nidentities = [\"a.*.b\"]"),
+                "policy[0].identities",
+            ),
+            (
+                format!("{tls}[[policy]]\nidentities = [\"*.\"]"),
+                "policy[0].identities",
+            ),
+            (
+                format!("{tls}[[policy]]\nidentities = [\"a\"]\ndns_suffixes = [\"*.x\"]"),
+                "policy[0].dns_suffixes",
+            ),
+            (
+                format!("{tls}[[policy]]\nidentities = [\"a\"]\nrevoke = \"yes\""),
+                "revoke",
+            ),
+        ];
+        for (text, key) in cases {
+            let err = Settings::from_toml(&text).unwrap_err().to_string();
+            assert!(err.contains(key), "{text:?}: {err}");
+        }
+        let ok = Settings::from_toml(&format!(
+            "{tls}[[policy]]\nidentities = [\"*.signers.example\", \"ops\"]\nspcs = [\"1234\"]\nrevoke = true"
+        ))
+        .unwrap();
+        assert_eq!(ok.policy[0].pools, ["default"]);
+        assert!(ok.policy[0].revoke);
+        assert_eq!(ok.server.tls.unwrap().reload_interval_secs, 10);
     }
 
     #[test]

@@ -9,12 +9,18 @@
 //! | no CA reachable, CA timed out | `UNAVAILABLE` | `ErrorInfo`, `RetryInfo` when known |
 //! | issuance deadline passed | `DEADLINE_EXCEEDED` | |
 //! | anything else | `INTERNAL` | fixed message; the cause is logged |
+//! | caller's `[[policy]]` does not allow it | `PERMISSION_DENIED` | `ErrorInfo` `POLICY_DENIED` |
+//! | caller over its rate limit | `RESOURCE_EXHAUSTED` | `ErrorInfo` `RATE_LIMITED`, `RetryInfo` |
+//! | server at `max_concurrent_requests` (load shed) | `UNAVAILABLE` | `ErrorInfo` `OVERLOADED` |
+//! | `server.request_timeout_secs` passed | `DEADLINE_EXCEEDED` | |
+//! | request larger than `max_request_bytes` | `OUT_OF_RANGE` | (tonic's decoder) |
 
-use std::collections::HashMap;
+use std::{collections::HashMap, time::Duration};
 
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+use super::policy::Denied;
 use crate::broker::{BrokerError, FailureKind, IssueError};
 
 /// Maps a broker error to the status the caller sees.
@@ -33,6 +39,42 @@ pub fn to_status(err: &BrokerError) -> Status {
             Status::internal("internal error; see the broker's log")
         }
     }
+}
+
+/// The caller's policy refused the request (nothing was done for it).
+pub(crate) fn denied(d: &Denied) -> Status {
+    let metadata = HashMap::from([("caller".to_owned(), d.caller.clone())]);
+    Status::with_error_details(
+        Code::PermissionDenied,
+        d.to_string(),
+        ErrorDetails::with_error_info("POLICY_DENIED", "certbroker", metadata),
+    )
+}
+
+/// The caller sent more than its rate allows; it may retry after `retry_after`.
+pub(crate) fn rate_limited(retry_after: Duration) -> Status {
+    let mut details = ErrorDetails::with_error_info("RATE_LIMITED", "certbroker", HashMap::new());
+    details.set_retry_info(Some(retry_after));
+    Status::with_error_details(
+        Code::ResourceExhausted,
+        "too many requests from this caller",
+        details,
+    )
+}
+
+/// The server is at its concurrency limit and shed the request. `UNAVAILABLE` because it is
+/// transient and another replica may have room: gRPC retry policies retry it.
+pub(crate) fn overloaded() -> Status {
+    Status::with_error_details(
+        Code::Unavailable,
+        "server overloaded; retry with backoff",
+        ErrorDetails::with_error_info("OVERLOADED", "certbroker", HashMap::new()),
+    )
+}
+
+/// The request ran longer than the server allows.
+pub(crate) fn request_timed_out(after: Duration) -> Status {
+    Status::deadline_exceeded(format!("request exceeded the server's {after:?} limit"))
 }
 
 fn upstream(e: &IssueError) -> Status {
@@ -152,6 +194,34 @@ mod tests {
         assert_eq!(
             details.retry_info().unwrap().retry_delay,
             Some(Duration::from_secs(30))
+        );
+    }
+
+    #[test]
+    fn layer_statuses() {
+        let denied = denied(&Denied {
+            caller: "a.example".into(),
+            what: "request spc 1".into(),
+        });
+        assert_eq!(denied.code(), Code::PermissionDenied);
+        assert_eq!(
+            denied.get_error_details().error_info().unwrap().metadata["caller"],
+            "a.example"
+        );
+        let limited = rate_limited(Duration::from_millis(500));
+        assert_eq!(limited.code(), Code::ResourceExhausted);
+        assert_eq!(
+            limited
+                .get_error_details()
+                .retry_info()
+                .unwrap()
+                .retry_delay,
+            Some(Duration::from_millis(500))
+        );
+        assert_eq!(overloaded().code(), Code::Unavailable);
+        assert_eq!(
+            request_timed_out(Duration::from_secs(1)).code(),
+            Code::DeadlineExceeded
         );
     }
 

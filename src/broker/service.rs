@@ -172,7 +172,7 @@ impl Broker {
 
     /// A certificate for `req`: L1, then the store, then one issuance shared by every
     /// concurrent caller with the same cache key, in this process and across the fleet.
-    #[tracing::instrument(skip_all, fields(pool = %req.pool, force_renew = req.force_renew))]
+    #[tracing::instrument(name = "broker.get_certificate", skip_all, fields(pool = %req.pool, force_renew = req.force_renew))]
     pub async fn get_certificate(
         &self,
         req: CertRequest,
@@ -260,7 +260,7 @@ impl Broker {
 
     /// Revokes a certificate at the CA that issued it and forgets it fleet-wide, so the next
     /// request for its identifiers issues anew.
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(name = "broker.revoke", skip_all)]
     pub async fn revoke(&self, req: RevokeRequest) -> Result<Revoked, BrokerError> {
         let inner = &self.inner;
         let record = inner

@@ -16,6 +16,7 @@ use futures::{
     FutureExt,
     future::{BoxFuture, Shared},
 };
+use tracing::Instrument;
 
 type Flight<T> = Shared<BoxFuture<'static, T>>;
 
@@ -51,11 +52,16 @@ impl<T: Clone + Send + Sync + 'static> SingleFlight<T> {
                     let work = work();
                     let inflight = Arc::clone(&self.inflight);
                     let owned_key = key.to_owned();
-                    let task = tokio::spawn(async move {
-                        let out = work.await;
-                        lock(&inflight).remove(&owned_key);
-                        out
-                    });
+                    // The issuance runs in the first caller's span, so traces show it
+                    // under that request.
+                    let task = tokio::spawn(
+                        async move {
+                            let out = work.await;
+                            lock(&inflight).remove(&owned_key);
+                            out
+                        }
+                        .in_current_span(),
+                    );
                     let flight = async move {
                         match task.await {
                             Ok(out) => out,

@@ -116,6 +116,22 @@ fn failure_label(err: &IssueError) -> String {
     .to_owned()
 }
 
+impl crate::telemetry::CaBreakerSource for super::CaPool {
+    fn ca_breaker_states(&self) -> Vec<(String, i64)> {
+        self.stats()
+            .into_iter()
+            .map(|s| {
+                let state = match s.breaker {
+                    BreakerState::Closed => 0,
+                    BreakerState::HalfOpen => 1,
+                    BreakerState::Open => 2,
+                };
+                (s.name, state)
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

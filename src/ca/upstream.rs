@@ -9,7 +9,7 @@ use std::{
 use rustls_pki_types::CertificateDer;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::OnceCell;
-use tracing::{debug, info, instrument, warn};
+use tracing::{Instrument, debug, info, instrument, warn};
 
 use super::{AttemptError, Progress, progress::OrderProgress};
 use crate::{
@@ -232,6 +232,7 @@ impl Upstream {
 
     /// Obtains one certificate for `identifiers`, with the caller's CSR or a fresh P-256
     /// key. Bounded by the CA's `attempt_timeout_secs`.
+    #[instrument(name = "ca.attempt", skip_all, fields(ca = %self.name))]
     pub async fn issue(
         &self,
         identifiers: &Identifiers,
@@ -414,6 +415,7 @@ impl Upstream {
                     ca: false,
                     fingerprint,
                 })
+                .instrument(tracing::info_span!("challenge.token", ca = %self.name))
                 .await?;
             (
                 challenge.url.clone(),

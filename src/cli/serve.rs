@@ -76,6 +76,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(ca) = dev_ca {
         ca.shutdown().await;
     }
+    telemetry::shutdown();
     Ok(())
 }
 

@@ -14,7 +14,6 @@ use std::{
 use anyhow::Context;
 use sha2::{Digest, Sha256};
 use tokio::{net::TcpListener, sync::oneshot};
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
 
 use crate::{
@@ -80,7 +79,13 @@ impl Served {
             let shutdown = async {
                 let _ = rx.await;
             };
-            if let Err(e) = api::serve(broker, listener, None, shutdown).await {
+            // The production stack, with the per-caller limits off: the load generator is
+            // one caller by design.
+            let mut options =
+                api::ServeOptions::from_settings(&crate::config::ServerSettings::default(), &[]);
+            options.rate_limit_per_sec = 0;
+            options.max_concurrent_requests = 1 << 20;
+            if let Err(e) = api::serve(broker, listener, options, shutdown).await {
                 tracing::error!(error = %e, "bench broker server failed");
             }
         });
@@ -104,9 +109,12 @@ impl Served {
                 .http2_keepalive_interval(Some(Duration::from_secs(30)))
                 .trace_fn(|req| tracing::info_span!("rpc", path = %req.uri().path()))
                 .add_service(svc)
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
-                    let _ = rx.await;
-                })
+                .serve_with_incoming_shutdown(
+                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                    async {
+                        let _ = rx.await;
+                    },
+                )
                 .await;
             if let Err(e) = served {
                 tracing::error!(error = %e, "bench baseline server failed");

@@ -1,0 +1,558 @@
+//! The tower stack in front of the gRPC services, outermost first:
+//!
+//! 1. `rpc` span with W3C trace context ([`rpc_span`], installed as tonic's `trace_fn`),
+//! 2. caller identity ([`identify`]): the client certificate's names, or the peer IP,
+//! 3. per-caller rate limit ([`RateLimitLayer`]) → `RESOURCE_EXHAUSTED` with `RetryInfo`,
+//! 4. concurrency limit with load shedding ([`ShedLayer`]) → `UNAVAILABLE`,
+//! 5. request timeout ([`TimeoutLayer`]) → `DEADLINE_EXCEEDED`,
+//!
+//! and, per service, the request size limit (tonic's `max_decoding_message_size`) →
+//! `OUT_OF_RANGE`. Rejections are answered as gRPC statuses built in `status.rs`, never as
+//! transport errors. Health checks (`grpc.health.v1`) bypass the rate and concurrency
+//! limits, so an overloaded replica still answers its probes.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use futures::future::BoxFuture;
+use tokio::sync::Semaphore;
+use tonic::body::Body;
+use tower::{Layer, Service};
+
+use super::{policy::Caller, status};
+
+type HttpRequest = http::Request<Body>;
+type HttpResponse = http::Response<Body>;
+
+const HEALTH_PREFIX: &str = "/grpc.health.v1.Health/";
+
+fn exempt(req: &HttpRequest) -> bool {
+    req.uri().path().starts_with(HEALTH_PREFIX)
+}
+
+/// What the server counts when it turns a request away; implemented by the metrics.
+pub trait RejectionObserver: Send + Sync + std::fmt::Debug {
+    /// A request was rejected before reaching a service. `reason`: `rate_limited`,
+    /// `overloaded` or `timeout`.
+    fn rejected(&self, method: &str, reason: &'static str);
+}
+
+// === trace context ===
+
+/// A W3C `traceparent` (https://www.w3.org/TR/trace-context/#traceparent-header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceParent {
+    /// 16-byte trace id, not all zero.
+    pub trace_id: [u8; 16],
+    /// 8-byte id of the caller's span, not all zero.
+    pub parent_id: [u8; 8],
+    /// Trace flags; bit 0 is "sampled".
+    pub flags: u8,
+}
+
+impl TraceParent {
+    /// Parses a version-00 header (later versions: the first four fields, as the spec asks).
+    pub fn parse(value: &str) -> Option<Self> {
+        let mut parts = value.trim().split('-');
+        let version = parts.next()?;
+        let (trace, parent, flags) = (parts.next()?, parts.next()?, parts.next()?);
+        if version.len() != 2 || version == "ff" || (version == "00" && parts.next().is_some()) {
+            return None;
+        }
+        let lower_hex = |s: &str| s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        if ![version, trace, parent, flags].iter().all(|s| lower_hex(s)) {
+            return None;
+        }
+        let mut trace_id = [0u8; 16];
+        let mut parent_id = [0u8; 8];
+        let mut flag = [0u8; 1];
+        hex::decode_to_slice(trace, &mut trace_id).ok()?;
+        hex::decode_to_slice(parent, &mut parent_id).ok()?;
+        hex::decode_to_slice(flags, &mut flag).ok()?;
+        if trace_id == [0; 16] || parent_id == [0; 8] {
+            return None;
+        }
+        Some(Self {
+            trace_id,
+            parent_id,
+            flags: flag[0],
+        })
+    }
+}
+
+/// The `rpc` span of one request (tonic's `trace_fn`): method, caller, and the caller's
+/// W3C trace context, which becomes the span's parent when spans are exported.
+pub fn rpc_span(req: &http::Request<()>) -> tracing::Span {
+    let caller = Caller::from_extensions(req.extensions());
+    let parent = req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(TraceParent::parse);
+    let span = tracing::info_span!(
+        "rpc",
+        rpc.method = %req.uri().path(),
+        caller = %caller.label(),
+        trace_id = tracing::field::Empty,
+    );
+    if let Some(parent) = parent {
+        span.record("trace_id", hex::encode(parent.trace_id));
+        crate::telemetry::set_remote_parent(&span, &parent);
+    }
+    span
+}
+
+// === caller identity ===
+
+/// Records the [`Caller`] in the request's extensions, for the rate limit and the policy.
+pub fn identify(mut req: HttpRequest) -> HttpRequest {
+    let caller = Caller::from_extensions(req.extensions());
+    req.extensions_mut().insert(caller);
+    req
+}
+
+// === impl RateLimitLayer ===
+
+/// Token bucket per caller: `per_sec` sustained, `burst` at once.
+#[derive(Debug, Clone)]
+pub struct RateLimitLayer {
+    limiter: Option<Arc<Limiter>>,
+    observer: Option<Arc<dyn RejectionObserver>>,
+}
+
+#[derive(Debug)]
+struct Limiter {
+    per_sec: f64,
+    burst: f64,
+    buckets: Mutex<HashMap<String, Bucket>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+/// Most callers tracked at once before idle (full) buckets are forgotten.
+const MAX_BUCKETS: usize = 10_000;
+
+impl RateLimitLayer {
+    /// `per_sec == 0` turns the limit off.
+    pub fn new(per_sec: u32, burst: u32, observer: Option<Arc<dyn RejectionObserver>>) -> Self {
+        let limiter = (per_sec > 0).then(|| {
+            Arc::new(Limiter {
+                per_sec: f64::from(per_sec),
+                burst: f64::from(burst.max(1)),
+                buckets: Mutex::new(HashMap::new()),
+            })
+        });
+        Self { limiter, observer }
+    }
+}
+
+impl Limiter {
+    /// Takes a token for `key` at `now`, or says how long until one is available.
+    fn take(&self, key: &str, now: Instant) -> Result<(), Duration> {
+        // A poisoned lock only means another request panicked mid-update; the map is
+        // still a valid map of buckets.
+        let mut buckets = self
+            .buckets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if buckets.len() >= MAX_BUCKETS && !buckets.contains_key(key) {
+            let (per_sec, burst) = (self.per_sec, self.burst);
+            buckets
+                .retain(|_, b| b.tokens + now.duration_since(b.at).as_secs_f64() * per_sec < burst);
+        }
+        let b = buckets.entry(key.to_owned()).or_insert(Bucket {
+            tokens: self.burst,
+            at: now,
+        });
+        let refill = now.duration_since(b.at).as_secs_f64() * self.per_sec;
+        b.tokens = (b.tokens + refill).min(self.burst);
+        b.at = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - b.tokens) / self.per_sec))
+        }
+    }
+}
+
+impl<S> Layer<S> for RateLimitLayer {
+    type Service = RateLimit<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        RateLimit {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// See [`RateLimitLayer`].
+#[derive(Debug, Clone)]
+pub struct RateLimit<S> {
+    inner: S,
+    layer: RateLimitLayer,
+}
+
+impl<S> Service<HttpRequest> for RateLimit<S>
+where
+    S: Service<HttpRequest, Response = HttpResponse> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = HttpResponse;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<HttpResponse, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: HttpRequest) -> Self::Future {
+        if let (Some(limiter), false) = (&self.layer.limiter, exempt(&req)) {
+            let key = req
+                .extensions()
+                .get::<Caller>()
+                .map_or_else(|| "anonymous".to_owned(), Caller::rate_key);
+            if let Err(wait) = limiter.take(&key, Instant::now()) {
+                if let Some(o) = &self.layer.observer {
+                    o.rejected(req.uri().path(), "rate_limited");
+                }
+                tracing::debug!(caller = %key, "rate limited");
+                return Box::pin(async move { Ok(status::rate_limited(wait).into_http()) });
+            }
+        }
+        // Clone-and-swap: the clone may not be ready, the original was polled ready.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(inner.call(req))
+    }
+}
+
+// === impl ShedLayer ===
+
+/// At most `max` requests in the services at once; more are answered `UNAVAILABLE` at
+/// once instead of queueing (load shedding), so a saturated replica fails fast and the
+/// client's retry can reach another.
+#[derive(Debug, Clone)]
+pub struct ShedLayer {
+    permits: Arc<Semaphore>,
+    observer: Option<Arc<dyn RejectionObserver>>,
+}
+
+impl ShedLayer {
+    /// Allows `max` concurrent requests.
+    pub fn new(max: usize, observer: Option<Arc<dyn RejectionObserver>>) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(max)),
+            observer,
+        }
+    }
+}
+
+impl<S> Layer<S> for ShedLayer {
+    type Service = Shed<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Shed {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// See [`ShedLayer`].
+#[derive(Debug, Clone)]
+pub struct Shed<S> {
+    inner: S,
+    layer: ShedLayer,
+}
+
+impl<S> Service<HttpRequest> for Shed<S>
+where
+    S: Service<HttpRequest, Response = HttpResponse> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = HttpResponse;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<HttpResponse, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: HttpRequest) -> Self::Future {
+        let permit = if exempt(&req) {
+            None
+        } else {
+            match self.layer.permits.clone().try_acquire_owned() {
+                Ok(p) => Some(p),
+                Err(_) => {
+                    if let Some(o) = &self.layer.observer {
+                        o.rejected(req.uri().path(), "overloaded");
+                    }
+                    return Box::pin(async { Ok(status::overloaded().into_http()) });
+                }
+            }
+        };
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move {
+            let res = inner.call(req).await;
+            drop(permit);
+            res
+        })
+    }
+}
+
+// === impl TimeoutLayer ===
+
+/// Bounds each request; on expiry the handler is dropped (cancelling its broker work for
+/// this caller; an issuance other callers share goes on) and the caller gets
+/// `DEADLINE_EXCEEDED`.
+#[derive(Debug, Clone)]
+pub struct TimeoutLayer {
+    after: Duration,
+    observer: Option<Arc<dyn RejectionObserver>>,
+}
+
+impl TimeoutLayer {
+    /// Times requests out after `after`.
+    pub fn new(after: Duration, observer: Option<Arc<dyn RejectionObserver>>) -> Self {
+        Self { after, observer }
+    }
+}
+
+impl<S> Layer<S> for TimeoutLayer {
+    type Service = Timeout<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Timeout {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// See [`TimeoutLayer`].
+#[derive(Debug, Clone)]
+pub struct Timeout<S> {
+    inner: S,
+    layer: TimeoutLayer,
+}
+
+impl<S> Service<HttpRequest> for Timeout<S>
+where
+    S: Service<HttpRequest, Response = HttpResponse> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = HttpResponse;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<HttpResponse, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: HttpRequest) -> Self::Future {
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let layer = self.layer.clone();
+        let method = req.uri().path().to_owned();
+        Box::pin(async move {
+            match tokio::time::timeout(layer.after, inner.call(req)).await {
+                Ok(res) => res,
+                Err(_) => {
+                    if let Some(o) = &layer.observer {
+                        o.rejected(&method, "timeout");
+                    }
+                    Ok(status::request_timed_out(layer.after).into_http())
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use tokio::sync::Notify;
+    use tonic::Code;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    fn request(path: &str) -> HttpRequest {
+        http::Request::builder()
+            .uri(format!("http://x{path}"))
+            .body(Body::empty())
+            .unwrap()
+    }
+
+    fn code(res: &HttpResponse) -> Option<Code> {
+        res.headers()
+            .get("grpc-status")
+            .map(|v| Code::from_bytes(v.as_bytes()))
+    }
+
+    /// A service that holds every request until `release` is notified.
+    fn blocking(
+        release: Arc<Notify>,
+    ) -> impl Service<
+        HttpRequest,
+        Response = HttpResponse,
+        Error = Infallible,
+        Future = BoxFuture<'static, Result<HttpResponse, Infallible>>,
+    > + Clone
+    + Send
+    + 'static {
+        tower::service_fn(move |_req: HttpRequest| {
+            let release = release.clone();
+            let fut: BoxFuture<'static, _> = Box::pin(async move {
+                release.notified().await;
+                Ok(http::Response::new(Body::empty()))
+            });
+            fut
+        })
+    }
+
+    #[derive(Debug, Default)]
+    struct Count(Mutex<Vec<&'static str>>);
+    impl RejectionObserver for Count {
+        fn rejected(&self, _method: &str, reason: &'static str) {
+            self.0.lock().unwrap().push(reason);
+        }
+    }
+
+    #[test]
+    fn traceparent_parsing() {
+        let ok =
+            TraceParent::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
+        assert_eq!(hex::encode(ok.trace_id), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(hex::encode(ok.parent_id), "00f067aa0ba902b7");
+        assert_eq!(ok.flags, 1);
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+        ] {
+            assert_eq!(TraceParent::parse(bad), None, "{bad:?}");
+        }
+        // A future version may append fields.
+        assert!(
+            TraceParent::parse("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-xyz")
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn token_bucket() {
+        let limiter = RateLimitLayer::new(2, 3, None).limiter.unwrap();
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            assert!(limiter.take("a", t0).is_ok());
+        }
+        let wait = limiter.take("a", t0).unwrap_err();
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_millis(500),
+            "{wait:?}"
+        );
+        assert!(limiter.take("b", t0).is_ok(), "buckets are per caller");
+        assert!(
+            limiter.take("a", t0 + Duration::from_millis(500)).is_ok(),
+            "refilled"
+        );
+        assert!(limiter.take("a", t0 + Duration::from_millis(500)).is_err());
+        assert!(RateLimitLayer::new(0, 0, None).limiter.is_none());
+    }
+
+    #[tokio::test]
+    async fn rate_limit_answers_resource_exhausted_and_spares_health() {
+        let observer = Arc::new(Count::default());
+        let svc = RateLimitLayer::new(1, 1, Some(observer.clone())).layer(tower::service_fn(
+            |_req: HttpRequest| async { Ok::<_, Infallible>(http::Response::new(Body::empty())) },
+        ));
+        let first = svc
+            .clone()
+            .oneshot(request("/certbroker.v1.CertificateBroker/GetCertificate"))
+            .await
+            .unwrap();
+        assert_eq!(code(&first), None, "passes through");
+        let second = svc
+            .clone()
+            .oneshot(request("/certbroker.v1.CertificateBroker/GetCertificate"))
+            .await
+            .unwrap();
+        assert_eq!(code(&second), Some(Code::ResourceExhausted));
+        let health = svc
+            .clone()
+            .oneshot(request("/grpc.health.v1.Health/Check"))
+            .await
+            .unwrap();
+        assert_eq!(code(&health), None);
+        assert_eq!(*observer.0.lock().unwrap(), vec!["rate_limited"]);
+    }
+
+    #[tokio::test]
+    async fn shedding_beyond_the_concurrency_limit() {
+        let release = Arc::new(Notify::new());
+        let observer = Arc::new(Count::default());
+        let svc = ShedLayer::new(2, Some(observer.clone())).layer(blocking(release.clone()));
+        let path = "/certbroker.v1.CertificateBroker/GetCertificate";
+        let a = tokio::spawn(svc.clone().oneshot(request(path)));
+        let b = tokio::spawn(svc.clone().oneshot(request(path)));
+        // Wait until both hold a permit.
+        while svc.layer.permits.available_permits() > 0 {
+            tokio::task::yield_now().await;
+        }
+        let shed = svc.clone().oneshot(request(path)).await.unwrap();
+        assert_eq!(code(&shed), Some(Code::Unavailable));
+        let health = tokio::spawn(svc.clone().oneshot(request("/grpc.health.v1.Health/Check")));
+        release.notify_waiters();
+        // Whichever requests were already waiting are released; later ones need a permit.
+        loop {
+            if a.is_finished() && b.is_finished() && health.is_finished() {
+                break;
+            }
+            release.notify_waiters();
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(code(&a.await.unwrap().unwrap()), None);
+        assert_eq!(code(&b.await.unwrap().unwrap()), None);
+        assert_eq!(
+            code(&health.await.unwrap().unwrap()),
+            None,
+            "health is not shed"
+        );
+        assert_eq!(
+            svc.layer.permits.available_permits(),
+            2,
+            "permits come back"
+        );
+        let again = tokio::spawn(svc.clone().oneshot(request(path)));
+        while !again.is_finished() {
+            release.notify_waiters();
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(code(&again.await.unwrap().unwrap()), None, "allowed again");
+        assert_eq!(*observer.0.lock().unwrap(), vec!["overloaded"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn timeout_answers_deadline_exceeded() {
+        let release = Arc::new(Notify::new());
+        let svc = TimeoutLayer::new(Duration::from_secs(5), None).layer(blocking(release));
+        let res = svc.oneshot(request("/x/Y")).await.unwrap();
+        assert_eq!(code(&res), Some(Code::DeadlineExceeded));
+    }
+}

@@ -1,0 +1,60 @@
+//! The HTTP admin listener (`telemetry.admin_listen`): `/metrics` (Prometheus text),
+//! `/healthz` (the process runs) and `/readyz` (it serves; the body says whether the shared
+//! store answers, which degrades but does not stop service). Plain HTTP: bind it to a
+//! cluster-internal address.
+
+use std::future::Future;
+
+use axum::{Router, extract::State, http::header, response::IntoResponse, routing::get};
+use tokio::net::TcpListener;
+
+use super::Metrics;
+use crate::broker::Broker;
+
+/// The admin listener failed.
+#[derive(Debug, thiserror::Error)]
+#[error("admin listener: {0}")]
+pub struct AdminError(#[from] std::io::Error);
+
+#[derive(Clone)]
+struct AdminState {
+    metrics: Metrics,
+    broker: Broker,
+}
+
+/// Serves the admin endpoints on `listener` until `shutdown` resolves.
+pub async fn serve_admin(
+    listener: TcpListener,
+    metrics: Metrics,
+    broker: Broker,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), AdminError> {
+    let app = Router::new()
+        .route("/metrics", get(render))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .with_state(AdminState { metrics, broker });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    Ok(())
+}
+
+async fn render(State(s): State<AdminState>) -> impl IntoResponse {
+    let text = s.metrics.render(s.broker.stats().store_fallbacks());
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+}
+
+async fn ready(State(s): State<AdminState>) -> impl IntoResponse {
+    if s.broker.store_ok().await {
+        "ready\n"
+    } else {
+        "ready (shared store unreachable: caching per replica)\n"
+    }
+}
