@@ -232,7 +232,6 @@ impl Upstream {
 
     /// Obtains one certificate for `identifiers`, with the caller's CSR or a fresh P-256
     /// key. Bounded by the CA's `attempt_timeout_secs`.
-    #[instrument(name = "ca.attempt", skip_all, fields(ca = %self.name))]
     pub async fn issue(
         &self,
         identifiers: &Identifiers,
@@ -245,7 +244,7 @@ impl Upstream {
     /// [`Upstream::issue`], resuming a recorded order, recording the new one, and
     /// reporting when the finalize request goes out (after that, abandoning the attempt
     /// may still leave an issued certificate behind).
-    #[instrument(skip_all, fields(ca = %self.name))]
+    #[instrument(name = "ca.attempt", skip_all, fields(ca = %self.name))]
     pub async fn issue_tracked(
         &self,
         identifiers: &Identifiers,
