@@ -32,6 +32,8 @@ enum Command {
     Get(client::GetArgs),
     /// Ask a running broker to revoke a certificate.
     Revoke(client::RevokeArgs),
+    /// Show the renewal state of the certificates a running broker keeps fresh.
+    Status(client::StatusArgs),
     /// Measure the broker against its baselines (see docs/benchmarks.md).
     Bench(Box<bench::BenchArgs>),
 }
@@ -48,6 +50,7 @@ pub fn main() -> anyhow::Result<()> {
             Command::RevokeCert(args) => issue::revoke_cert(args).await,
             Command::Get(args) => client::get(args).await,
             Command::Revoke(args) => client::revoke(args).await,
+            Command::Status(args) => client::status(args).await,
             Command::Bench(args) => bench::run(*args).await,
         }
     })

@@ -121,6 +121,23 @@ fn cli_get_writes_chain_and_matching_key_then_sigterm_stops_the_server() {
         pubkey(&["pkey", "-in", key.to_str().unwrap(), "-pubout"])
     );
 
+    // The renewal scheduler now tracks it, and `certbroker status` shows it.
+    let serial = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("serial:"))
+        .expect("serial printed")
+        .trim()
+        .to_owned();
+    let status = Command::new(common::bin())
+        .args(["status", "--addr", &format!("http://{}", server.addr)])
+        .output()
+        .unwrap();
+    let status_out = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.status.success() && status_out.contains(&serial),
+        "{status_out}"
+    );
+
     // Bad input through the CLI names the field.
     let bad = Command::new(common::bin())
         .args([

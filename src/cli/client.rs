@@ -64,6 +64,17 @@ pub(crate) struct RevokeArgs {
     reason: ReasonArg,
 }
 
+#[derive(Debug, Args)]
+pub(crate) struct StatusArgs {
+    /// Broker address.
+    #[arg(
+        long,
+        env = "CERTBROKER_ADDR",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    addr: String,
+}
+
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum ReasonArg {
     Unspecified,
@@ -163,6 +174,32 @@ pub(crate) async fn revoke(args: RevokeArgs) -> anyhow::Result<()> {
         .map_err(status_error)?
         .into_inner();
     println!("revoked serial {} at {}", resp.serial_hex, resp.issuer_ca);
+    Ok(())
+}
+
+pub(crate) async fn status(args: StatusArgs) -> anyhow::Result<()> {
+    let mut client = connect(&args.addr).await?;
+    let resp = client
+        .list_renewals(pb::ListRenewalsRequest {})
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    println!(
+        "{:<16}  {:<24}  {:<20}  {:<20}  {:>8}  last error",
+        "key", "serial", "notAfter", "next renewal", "failures"
+    );
+    for e in resp.entries {
+        let ts = |t: &Option<prost_types::Timestamp>| t.as_ref().map(format_ts).unwrap_or_default();
+        println!(
+            "{:<16}  {:<24}  {:<20}  {:<20}  {:>8}  {}",
+            &e.cache_key[..e.cache_key.len().min(16)],
+            e.serial_hex,
+            ts(&e.not_after),
+            ts(&e.next_renewal),
+            e.failures,
+            e.last_error
+        );
+    }
     Ok(())
 }
 
