@@ -41,7 +41,10 @@ pub async fn serve_admin(
 }
 
 async fn render(State(s): State<AdminState>) -> impl IntoResponse {
-    let text = s.metrics.render(s.broker.stats().store_fallbacks());
+    let stats = s.broker.stats();
+    let text = s
+        .metrics
+        .render(stats.store_fallbacks(), stats.renewal_failures());
     (
         [(
             header::CONTENT_TYPE,

@@ -9,6 +9,7 @@
 //! | `certbroker_issuance_duration_seconds` | histogram | `ca` |
 //! | `certbroker_issuance_failures_total` | counter | `ca`, `kind` |
 //! | `certbroker_store_fallbacks_total` | counter | |
+//! | `certbroker_renewal_failures_total` | counter | |
 //! | `certbroker_certificates` | gauge | `expires_within` (`3600`, `21600`, `86400`, `604800`, `+Inf` seconds; cumulative) |
 //! | `certbroker_certificate_min_expiry_seconds` | gauge | |
 //! | `certbroker_ca_breaker_state` | gauge | `ca` (0 closed, 1 half-open, 2 open); only with a [`CaBreakerSource`] |
@@ -51,6 +52,7 @@ struct Inner {
     issuance_duration: HistogramVec,
     issuance_failures: IntCounterVec,
     store_fallbacks: IntCounter,
+    renewal_failures: IntCounter,
     certificates: IntGaugeVec,
     min_expiry: IntGauge,
     ca_breaker: IntGaugeVec,
@@ -111,6 +113,10 @@ impl Metrics {
             "certbroker_store_fallbacks_total",
             "Times the shared store was unreachable and the broker issued on its own",
         )?;
+        let renewal_failures = IntCounter::new(
+            "certbroker_renewal_failures_total",
+            "Proactive renewals that failed (each is retried with backoff; the old certificate stays in service).",
+        )?;
         let certificates = IntGaugeVec::new(
             Opts::new(
                 "certbroker_certificates",
@@ -141,6 +147,7 @@ impl Metrics {
         registry.register(Box::new(issuance_duration.clone()))?;
         registry.register(Box::new(issuance_failures.clone()))?;
         registry.register(Box::new(store_fallbacks.clone()))?;
+        registry.register(Box::new(renewal_failures.clone()))?;
         registry.register(Box::new(certificates.clone()))?;
         registry.register(Box::new(min_expiry.clone()))?;
         registry.register(Box::new(ca_breaker.clone()))?;
@@ -153,6 +160,7 @@ impl Metrics {
                 issuance_duration,
                 issuance_failures,
                 store_fallbacks,
+                renewal_failures,
                 certificates,
                 min_expiry,
                 ca_breaker,
@@ -214,11 +222,16 @@ impl Metrics {
 
     /// The Prometheus text exposition, with gauges brought up to date; `store_fallbacks`
     /// is the broker's running count.
-    pub fn render(&self, store_fallbacks: u64) -> String {
+    pub fn render(&self, store_fallbacks: u64, renewal_failures: u64) -> String {
         let inner = &self.inner;
-        let seen = inner.store_fallbacks.get();
-        if store_fallbacks > seen {
-            inner.store_fallbacks.inc_by(store_fallbacks - seen);
+        for (counter, running) in [
+            (&inner.store_fallbacks, store_fallbacks),
+            (&inner.renewal_failures, renewal_failures),
+        ] {
+            let seen = counter.get();
+            if running > seen {
+                counter.inc_by(running - seen);
+            }
         }
         self.update_expiry(time::OffsetDateTime::now_utc().unix_timestamp());
         let source = lock(&inner.ca_source).clone();
@@ -307,7 +320,7 @@ mod tests {
         m.certificate_served("02", now + 100_000);
         m.certificate_served("03", now - 5);
         m.set_ca_breaker_source(Arc::new(Breakers));
-        let text = m.render(3);
+        let text = m.render(3, 2);
         for line in [
             "certbroker_requests_total{cache_status=\"ISSUED\",code=\"Ok\",method=\"GetCertificate\"} 1",
             "certbroker_request_duration_seconds_count{method=\"GetCertificate\"} 1",
@@ -315,6 +328,7 @@ mod tests {
             "certbroker_issuance_failures_total{ca=\"secondary\",kind=\"unavailable\"} 1",
             "certbroker_requests_rejected_total{method=\"GetCertificate\",reason=\"rate_limited\"} 1",
             "certbroker_store_fallbacks_total 3",
+            "certbroker_renewal_failures_total 2",
             "certbroker_certificates{expires_within=\"3600\"} 1",
             "certbroker_certificates{expires_within=\"86400\"} 1",
             "certbroker_certificates{expires_within=\"604800\"} 2",
@@ -331,10 +345,13 @@ mod tests {
             .unwrap();
         assert!((1_700..=1_800).contains(&min), "{min}");
         // Counters only go up, even when asked to render a smaller broker count.
-        assert!(m.render(1).contains("certbroker_store_fallbacks_total 3"));
+        assert!(
+            m.render(1, 0)
+                .contains("certbroker_store_fallbacks_total 3")
+        );
         m.certificate_revoked("01");
         assert!(
-            m.render(3)
+            m.render(3, 0)
                 .contains("certbroker_certificates{expires_within=\"+Inf\"} 1")
         );
     }
