@@ -8,7 +8,7 @@ use tokio::net::TcpListener;
 
 use crate::{
     api,
-    broker::{Broker, BrokerOptions, RenewalOptions},
+    broker::{Broker, RenewalOptions},
     ca::CaPool,
     config::PublishSettings,
     config::{Settings, StoreBackend},
@@ -51,18 +51,7 @@ impl App {
             }
         };
         let pool = Arc::new(pool);
-        let b = &settings.broker;
-        let broker = Broker::new(
-            pool.clone(),
-            store,
-            BrokerOptions {
-                cache_capacity: b.cache_capacity,
-                default_min_remaining: Duration::from_secs(b.default_min_remaining_secs),
-                issuance_timeout: Duration::from_secs(b.issuance_timeout_secs),
-                lock_ttl: Duration::from_secs(b.lock_ttl_secs),
-                negative_ttl: Duration::from_secs(b.negative_ttl_secs),
-            },
-        );
+        let broker = Broker::new(pool.clone(), store, settings.broker.options());
         if let Err(e) = broker.listen_for_invalidations().await {
             tracing::warn!(error = %e, "no fleet invalidations until the store is back");
         }

@@ -208,6 +208,19 @@ pub struct PublishSettings {
     pub listen: Option<SocketAddr>,
 }
 
+impl BrokerSettings {
+    /// The broker's tunables these settings describe.
+    pub fn options(&self) -> crate::broker::BrokerOptions {
+        crate::broker::BrokerOptions {
+            cache_capacity: self.cache_capacity,
+            default_min_remaining: std::time::Duration::from_secs(self.default_min_remaining_secs),
+            issuance_timeout: std::time::Duration::from_secs(self.issuance_timeout_secs),
+            lock_ttl: std::time::Duration::from_secs(self.lock_ttl_secs),
+            negative_ttl: std::time::Duration::from_secs(self.negative_ttl_secs),
+        }
+    }
+}
+
 /// `[telemetry]`
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]

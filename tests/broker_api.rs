@@ -9,18 +9,9 @@ use certbroker::pb::{
     self, CacheStatus, GetCertificateRequest, RevokeRequest, revoke_request::Target,
     tn_auth_entry::Entry,
 };
-use common::{DevEnv, TestBroker, openssl_verify};
+use common::{DevEnv, TestBroker, openssl_verify, spc_request};
 use tonic::Code;
 use tonic_types::StatusExt;
-
-fn spc_request(spc: &str) -> GetCertificateRequest {
-    GetCertificateRequest {
-        tn_auth_list: vec![pb::TnAuthEntry {
-            entry: Some(Entry::Spc(spc.into())),
-        }],
-        ..Default::default()
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn issues_then_serves_from_cache_then_revokes() {

@@ -11,23 +11,14 @@ use certbroker::{
     app::App,
     config::Settings,
     devca::TokenFault,
-    pb::{self, CacheStatus, GetCertificateRequest, tn_auth_entry::Entry},
+    pb::{self, CacheStatus},
 };
-use common::{DevEnv, TestBroker};
+use common::{DevEnv, TestBroker, spc_request};
 use support_redis::{RedisCluster, RedisServer};
 use tonic::Code;
 
 const KEY1: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="; // 32 bytes
 const KEY2: &str = "ZmVkY2JhOTg3NjU0MzIxMGZlZGNiYTk4NzY1NDMyMTA="; // 32 bytes
-
-fn spc_request(spc: &str) -> GetCertificateRequest {
-    GetCertificateRequest {
-        tn_auth_list: vec![pb::TnAuthEntry {
-            entry: Some(Entry::Spc(spc.into())),
-        }],
-        ..Default::default()
-    }
-}
 
 /// Broker settings for a fleet on `store_toml`, with keyring `keyring_toml`.
 fn settings(env: &DevEnv, store_toml: &str, keyring_toml: &str) -> Settings {

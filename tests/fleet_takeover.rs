@@ -10,20 +10,11 @@ use std::{
     time::Duration,
 };
 
-use certbroker::pb::{self, CacheStatus, GetCertificateRequest, tn_auth_entry::Entry};
-use common::{DevEnv, TestBroker};
+use certbroker::pb::{self, CacheStatus};
+use common::{DevEnv, TestBroker, spc_request};
 use support_redis::RedisServer;
 
 const KEY1: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
-
-fn spc_request(spc: &str) -> GetCertificateRequest {
-    GetCertificateRequest {
-        tn_auth_list: vec![pb::TnAuthEntry {
-            entry: Some(Entry::Spc(spc.into())),
-        }],
-        ..Default::default()
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killed_holder_order_is_resumed_not_repeated() {

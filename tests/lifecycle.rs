@@ -9,9 +9,9 @@ use std::{collections::BTreeMap, time::Duration};
 use certbroker::{
     config::Settings,
     devca::DevCaSettings,
-    pb::{self, GetCertificateRequest, GetCertificateResponse, tn_auth_entry::Entry},
+    pb::{self, GetCertificateResponse},
 };
-use common::{DevEnv, TestBroker};
+use common::{DevEnv, TestBroker, spc_request};
 use support_redis::RedisServer;
 use tokio::time::Instant;
 
@@ -19,15 +19,6 @@ use tokio::time::Instant;
 type Seen = (i64, i64, Vec<(usize, Instant)>);
 
 const KEY1: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
-
-fn spc_request(spc: &str) -> GetCertificateRequest {
-    GetCertificateRequest {
-        tn_auth_list: vec![pb::TnAuthEntry {
-            entry: Some(Entry::Spc(spc.into())),
-        }],
-        ..Default::default()
-    }
-}
 
 fn fleet_settings(env: &DevEnv, redis_url: &str, extra: &str) -> Settings {
     let mut s = Settings::from_toml(&format!(

@@ -6,23 +6,11 @@ mod support_pki;
 
 use std::time::Duration;
 
-use certbroker::{
-    config::{PolicySettings, Settings},
-    pb::{self, GetCertificateRequest, tn_auth_entry::Entry},
-};
-use common::{DevEnv, TestBroker};
+use certbroker::config::{PolicySettings, Settings};
+use common::{DevEnv, TestBroker, spc_request};
 use support_pki::{ServerFiles, connect};
 use tonic::Code;
 use tonic_types::StatusExt;
-
-fn spc_request(spc: &str) -> GetCertificateRequest {
-    GetCertificateRequest {
-        tn_auth_list: vec![pb::TnAuthEntry {
-            entry: Some(Entry::Spc(spc.into())),
-        }],
-        ..Default::default()
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn oversized_request_is_out_of_range_and_the_next_one_is_served() {

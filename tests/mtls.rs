@@ -8,22 +8,11 @@ use std::time::Duration;
 
 use certbroker::{
     config::{PolicySettings, Settings},
-    pb::{
-        self, GetCertificateRequest, RevokeRequest, revoke_request::Target, tn_auth_entry::Entry,
-    },
+    pb::{self, RevokeRequest, revoke_request::Target},
 };
-use common::{DevEnv, TestBroker};
+use common::{DevEnv, TestBroker, spc_request};
 use support_pki::{ServerFiles, TestCa, connect};
 use tonic::Code;
-
-fn spc_request(spc: &str) -> GetCertificateRequest {
-    GetCertificateRequest {
-        tn_auth_list: vec![pb::TnAuthEntry {
-            entry: Some(Entry::Spc(spc.into())),
-        }],
-        ..Default::default()
-    }
-}
 
 fn policy(identities: &[&str], spcs: &[&str], revoke: bool) -> PolicySettings {
     PolicySettings {

@@ -2,20 +2,9 @@
 
 mod common;
 
-use certbroker::pb::{
-    self, GetCertificateRequest, RevokeRequest, revoke_request::Target, tn_auth_entry::Entry,
-};
-use common::{DevEnv, TestBroker};
+use certbroker::pb::{RevokeRequest, revoke_request::Target};
+use common::{DevEnv, TestBroker, spc_request};
 use tokio::net::TcpListener;
-
-fn spc_request(spc: &str) -> GetCertificateRequest {
-    GetCertificateRequest {
-        tn_auth_list: vec![pb::TnAuthEntry {
-            entry: Some(Entry::Spc(spc.into())),
-        }],
-        ..Default::default()
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn metrics_endpoint_shows_traffic() {

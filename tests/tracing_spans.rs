@@ -6,20 +6,11 @@ mod common;
 
 use std::{collections::HashMap, time::Duration};
 
-use certbroker::pb::{self, GetCertificateRequest, tn_auth_entry::Entry};
-use common::{DevEnv, TestBroker};
+use certbroker::pb::{self};
+use common::{DevEnv, TestBroker, spc_request};
 use opentelemetry::trace::{SpanId, TracerProvider as _};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 use tracing_subscriber::{filter::Targets, prelude::*};
-
-fn spc_request(spc: &str) -> GetCertificateRequest {
-    GetCertificateRequest {
-        tn_auth_list: vec![pb::TnAuthEntry {
-            entry: Some(Entry::Spc(spc.into())),
-        }],
-        ..Default::default()
-    }
-}
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CALLER_SPAN: &str = "00f067aa0ba902b7";

@@ -177,6 +177,16 @@ fn split_pem(pem: &str) -> Vec<&str> {
     out
 }
 
+/// A GetCertificate for one SPC.
+pub fn spc_request(spc: &str) -> certbroker::pb::GetCertificateRequest {
+    certbroker::pb::GetCertificateRequest {
+        tn_auth_list: vec![certbroker::pb::TnAuthEntry {
+            entry: Some(certbroker::pb::tn_auth_entry::Entry::Spc(spc.into())),
+        }],
+        ..Default::default()
+    }
+}
+
 /// Path of the built `certbroker` binary.
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_certbroker"))

@@ -19,10 +19,7 @@ use tonic::{Request, Response, Status};
 use crate::{
     api,
     app::App,
-    broker::{
-        Broker, BrokerOptions, CertRequest, FailureKind, Identifiers, IssueError, IssueRequest,
-        Issuer,
-    },
+    broker::{Broker, CertRequest, FailureKind, Identifiers, IssueError, IssueRequest, Issuer},
     config::Settings,
     devca::{DevCa, DevCaHandle, DevCaSettings},
     pb::{
@@ -253,13 +250,7 @@ pub(super) async fn template_broker(
             next: AtomicU64::new(1),
         }),
         store,
-        BrokerOptions {
-            cache_capacity: b.cache_capacity,
-            default_min_remaining: Duration::from_secs(b.default_min_remaining_secs),
-            issuance_timeout: Duration::from_secs(b.issuance_timeout_secs),
-            lock_ttl: Duration::from_secs(b.lock_ttl_secs),
-            negative_ttl: Duration::from_secs(b.negative_ttl_secs),
-        },
+        b.options(),
     );
     if let Err(e) = broker.listen_for_invalidations().await {
         tracing::warn!(error = %e, "no invalidations");
