@@ -294,3 +294,62 @@ async fn health_reports_serving() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_failures_reach_the_caller_with_the_problem() {
+    let env = DevEnv::start().await;
+    let broker = TestBroker::start(vec![env.ca_settings("devca")]).await;
+    let mut client = broker.client().await;
+    let problem = |s: &tonic::Status| {
+        s.get_error_details()
+            .error_info()
+            .map(|i| i.metadata.get("problem_type").cloned().unwrap_or_default())
+            .unwrap_or_default()
+    };
+
+    // The CA answers 503: UNAVAILABLE, with the CA's problem type.
+    env.ca.behaviour().set_unavailable(true);
+    let s = client
+        .get_certificate(spc_request("7001"))
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::Unavailable, "{s:?}");
+    assert_eq!(problem(&s), "urn:ietf:params:acme:error:serverInternal");
+    env.ca.behaviour().set_unavailable(false);
+
+    // The STI-PA signs with the wrong key: the CA refuses the token.
+    env.ca
+        .behaviour()
+        .set_token_fault(Some(certbroker::devca::TokenFault::WrongKey));
+    let s = client
+        .get_certificate(spc_request("7002"))
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::FailedPrecondition, "{s:?}");
+    assert_eq!(problem(&s), "urn:ietf:params:acme:error:unauthorized");
+    assert!(
+        s.message().contains("token signature invalid"),
+        "{}",
+        s.message()
+    );
+    env.ca.behaviour().set_token_fault(None);
+
+    // Rate limited with Retry-After: RESOURCE_EXHAUSTED with RetryInfo.
+    env.ca
+        .behaviour()
+        .set_rate_limit(Some(std::time::Duration::from_secs(9)));
+    let s = client
+        .get_certificate(spc_request("7003"))
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
+    assert_eq!(problem(&s), "urn:ietf:params:acme:error:rateLimited");
+    let retry = s
+        .get_error_details()
+        .retry_info()
+        .and_then(|r| r.retry_delay);
+    assert!(
+        retry.is_some_and(|d| d <= std::time::Duration::from_secs(9)),
+        "{retry:?}"
+    );
+}
