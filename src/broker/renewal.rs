@@ -4,7 +4,10 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, LazyLock, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -52,7 +55,8 @@ pub struct RenewalStatus {
 #[derive(Debug)]
 struct Tracked {
     request: IssueRequest,
-    last_requested: Instant,
+    /// Milliseconds since [`EPOCH`]; atomic so the hot path needs only a read lock.
+    last_requested: AtomicU64,
     retry_at: Option<Instant>,
     failures: u32,
     last_error: Option<String>,
@@ -61,7 +65,7 @@ struct Tracked {
 /// The set of certificates kept fresh by this replica.
 #[derive(Debug, Default)]
 pub(super) struct Tracker {
-    keys: Mutex<HashMap<String, Tracked>>,
+    keys: RwLock<HashMap<String, Tracked>>,
     /// The scheduler's renew fraction, once it runs.
     fraction: std::sync::OnceLock<f64>,
 }
@@ -75,30 +79,32 @@ impl Tracker {
         self.fraction.get().copied().unwrap_or(1.0 / 3.0)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Tracked>> {
-        // One map operation per critical section: a poisoned map is still consistent.
-        self.keys.lock().unwrap_or_else(|e| e.into_inner())
+    // One map operation per critical section: a poisoned map is still consistent.
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Tracked>> {
+        self.keys.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Tracked>> {
+        self.keys.write().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Notes that `key` was just asked for (or is being watched); `request` builds the
-    /// renewal template the first time.
+    /// renewal template the first time. On every cache hit: a shared lock and a store.
     pub(super) fn touch_with(&self, key: &str, request: impl FnOnce() -> IssueRequest) {
-        let mut keys = self.lock();
-        match keys.get_mut(key) {
-            Some(t) => t.last_requested = Instant::now(),
-            None => {
-                keys.insert(
-                    key.to_owned(),
-                    Tracked {
-                        request: request(),
-                        last_requested: Instant::now(),
-                        retry_at: None,
-                        failures: 0,
-                        last_error: None,
-                    },
-                );
-            }
+        let now = since_epoch();
+        if let Some(t) = self.read().get(key) {
+            t.last_requested.store(now, Ordering::Relaxed);
+            return;
         }
+        self.lock()
+            .entry(key.to_owned())
+            .or_insert_with(|| Tracked {
+                request: request(),
+                last_requested: AtomicU64::new(now),
+                retry_at: None,
+                failures: 0,
+                last_error: None,
+            });
     }
 }
 
@@ -126,7 +132,7 @@ impl Broker {
         let snapshot: Vec<(String, Option<String>, u32)> = self
             .inner()
             .tracker
-            .lock()
+            .read()
             .iter()
             .map(|(k, t)| (k.clone(), t.last_error.clone(), t.failures))
             .collect();
@@ -162,7 +168,11 @@ impl Broker {
     async fn renew_due(&self, opts: &RenewalOptions) {
         let due: Vec<IssueRequest> = {
             let mut keys = self.inner().tracker.lock();
-            keys.retain(|_, t| t.last_requested.elapsed() < opts.idle_horizon);
+            let horizon = opts.idle_horizon.as_millis() as u64;
+            let now = since_epoch();
+            keys.retain(|_, t| {
+                now.saturating_sub(t.last_requested.load(Ordering::Relaxed)) < horizon
+            });
             keys.values()
                 .filter(|t| t.retry_at.is_none_or(|at| at <= Instant::now()))
                 .map(|t| t.request.clone())
@@ -210,6 +220,13 @@ impl Broker {
             }
         }
     }
+}
+
+/// Process-wide origin of the trackers' millisecond clocks.
+static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+fn since_epoch() -> u64 {
+    EPOCH.elapsed().as_millis() as u64
 }
 
 /// When a certificate is due: `fraction` of its lifetime before notAfter. The lifetime
