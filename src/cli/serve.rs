@@ -41,7 +41,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .context("starting the embedded devca")?;
         settings.ca = vec![super::devca::ca_settings_for(&handle, &state_dir)];
         settings.store.backend = crate::config::StoreBackend::Memory;
-        dev_ca = Some(handle);
+        dev_ca = Some((handle, state_dir));
     }
 
     let app = App::build(&settings).await?;
@@ -50,7 +50,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("binding server.listen {}", settings.server.listen))?;
     let addr = listener.local_addr()?;
     match &dev_ca {
-        Some(ca) => print_dev_banner(addr, ca),
+        Some((ca, _)) => print_dev_banner(addr, ca),
         None => println!("certbroker listening on {addr}"),
     }
     tracing::info!(%addr, "certbroker listening");
@@ -73,8 +73,12 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
             "requests still in flight after the grace period; exiting"
         ),
     }
-    if let Some(ca) = dev_ca {
+    if let Some((ca, state_dir)) = dev_ca {
         ca.shutdown().await;
+        // Dev mode's keys and roots are throwaway: leave nothing behind in the temp dir.
+        if let Err(e) = std::fs::remove_dir_all(&state_dir) {
+            tracing::warn!(error = %e, dir = %state_dir.display(), "could not remove the dev state");
+        }
     }
     telemetry::shutdown();
     Ok(())
