@@ -191,3 +191,57 @@ async fn server_certificate_is_reloaded_without_restart() {
     };
     assert!(old.await.is_none(), "the old certificate is still served");
 }
+
+/// `certbroker get` speaks mTLS with `--ca-cert/--cert/--key`, and the policy applies to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cli_client_presents_its_certificate() {
+    let env = DevEnv::start().await;
+    let files = ServerFiles::new();
+    let broker = start(&env, &files, 10).await;
+    let signer = files.client_ca.client("s1", &["s1.east.carrier.example"]);
+    let ca = files.path("cli-server-ca.pem");
+    let (cert, key) = (files.path("cli-client.pem"), files.path("cli-client.key"));
+    std::fs::write(&ca, &files.server_ca.pem).unwrap();
+    std::fs::write(&cert, &signer.cert_pem).unwrap();
+    std::fs::write(&key, &signer.key_pem).unwrap();
+    let get = |spc: &str| {
+        let (ca, cert, key, spc) = (ca.clone(), cert.clone(), key.clone(), spc.to_owned());
+        let addr = format!("https://{}", broker.addr);
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(common::bin())
+                .args([
+                    "get",
+                    "--addr",
+                    &addr,
+                    "--server-name",
+                    "localhost",
+                    "--spc",
+                    &spc,
+                ])
+                .arg("--ca-cert")
+                .arg(&ca)
+                .arg("--cert")
+                .arg(&cert)
+                .arg("--key")
+                .arg(&key)
+                .output()
+                .expect("certbroker get runs")
+        })
+    };
+    let ok = get("1234").await.unwrap();
+    let stdout = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        ok.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(
+        stdout.contains("cache_status: CACHE_STATUS_ISSUED"),
+        "{stdout}"
+    );
+
+    let denied = get("9999").await.unwrap();
+    let stderr = String::from_utf8_lossy(&denied.stderr);
+    assert!(!denied.status.success());
+    assert!(stderr.contains("PermissionDenied"), "{stderr}");
+}

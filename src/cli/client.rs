@@ -22,6 +22,8 @@ pub(crate) struct GetArgs {
     )]
     addr: String,
     #[command(flatten)]
+    tls: TlsArgs,
+    #[command(flatten)]
     ids: IdArgs,
     /// Upstream pool; default: the broker's default pool.
     #[arg(long)]
@@ -49,6 +51,8 @@ pub(crate) struct RevokeArgs {
         default_value = "http://127.0.0.1:50051"
     )]
     addr: String,
+    #[command(flatten)]
+    tls: TlsArgs,
     /// Leaf serial number (hex).
     #[arg(
         long,
@@ -73,6 +77,25 @@ pub(crate) struct StatusArgs {
         default_value = "http://127.0.0.1:50051"
     )]
     addr: String,
+    #[command(flatten)]
+    tls: TlsArgs,
+}
+
+/// Client TLS for a broker with `[server.tls]` (use an `https://` address).
+#[derive(Debug, Clone, Args)]
+pub(crate) struct TlsArgs {
+    /// PEM bundle that signed the broker's server certificate.
+    #[arg(long, env = "CERTBROKER_CA_CERT")]
+    ca_cert: Option<PathBuf>,
+    /// Client certificate (PEM) for mTLS; the broker's `[[policy]]` matches its names.
+    #[arg(long, env = "CERTBROKER_CLIENT_CERT", requires = "key")]
+    cert: Option<PathBuf>,
+    /// Private key (PEM) of the client certificate.
+    #[arg(long, env = "CERTBROKER_CLIENT_KEY", requires = "cert")]
+    key: Option<PathBuf>,
+    /// Name to expect in the server certificate; default: the address's host.
+    #[arg(long)]
+    server_name: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -123,7 +146,7 @@ pub(crate) async fn get(args: GetArgs) -> anyhow::Result<()> {
             bytes
         };
     }
-    let mut client = connect(&args.addr).await?;
+    let mut client = connect(&args.addr, &args.tls).await?;
     let resp = client
         .get_certificate(req)
         .await
@@ -164,7 +187,7 @@ pub(crate) async fn revoke(args: RevokeArgs) -> anyhow::Result<()> {
         ReasonArg::Superseded => pb::RevocationReason::Superseded,
         ReasonArg::CessationOfOperation => pb::RevocationReason::CessationOfOperation,
     };
-    let mut client = connect(&args.addr).await?;
+    let mut client = connect(&args.addr, &args.tls).await?;
     let resp = client
         .revoke(pb::RevokeRequest {
             target: Some(target),
@@ -178,7 +201,7 @@ pub(crate) async fn revoke(args: RevokeArgs) -> anyhow::Result<()> {
 }
 
 pub(crate) async fn status(args: StatusArgs) -> anyhow::Result<()> {
-    let mut client = connect(&args.addr).await?;
+    let mut client = connect(&args.addr, &args.tls).await?;
     let resp = client
         .list_renewals(pb::ListRenewalsRequest {})
         .await
@@ -203,9 +226,29 @@ pub(crate) async fn status(args: StatusArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn connect(addr: &str) -> anyhow::Result<CertificateBrokerClient<tonic::transport::Channel>> {
-    let channel = tonic::transport::Endpoint::from_shared(addr.to_owned())
-        .with_context(|| format!("--addr {addr}"))?
+async fn connect(
+    addr: &str,
+    tls: &TlsArgs,
+) -> anyhow::Result<CertificateBrokerClient<tonic::transport::Channel>> {
+    let mut endpoint = tonic::transport::Endpoint::from_shared(addr.to_owned())
+        .with_context(|| format!("--addr {addr}"))?;
+    if addr.starts_with("https://") || tls.ca_cert.is_some() || tls.cert.is_some() {
+        use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+        let read =
+            |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+        let mut config = ClientTlsConfig::new();
+        if let Some(ca) = &tls.ca_cert {
+            config = config.ca_certificate(Certificate::from_pem(read(ca)?));
+        }
+        if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
+            config = config.identity(Identity::from_pem(read(cert)?, read(key)?));
+        }
+        if let Some(name) = &tls.server_name {
+            config = config.domain_name(name.clone());
+        }
+        endpoint = endpoint.tls_config(config).context("client TLS")?;
+    }
+    let channel = endpoint
         .connect_timeout(Duration::from_secs(5))
         .connect()
         .await
