@@ -88,14 +88,16 @@ async fn telephone_numbers_and_ranges() {
 #[tokio::test]
 async fn badnonce_storm_is_absorbed() {
     let env = DevEnv::start().await;
-    // 30 % of good nonces rejected: every POST sees storms, while the chance that one POST
-    // exhausts the client's 10 retries (0.3^11 ≈ 2e-6) stays negligible. At 50 % it is
-    // 0.5^11 per POST, about 0.7 % per issuance — that flaked once in CI.
-    env.ca.behaviour().set_nonce_reject_percent(30);
+    // Half of all good nonces rejected. Two issuances (about 20 POSTs) make a storm-free run
+    // vanishingly unlikely (0.5^20), and the client's 20 retries per POST make exhausting
+    // them as unlikely (0.5^21 per POST).
+    env.ca.behaviour().set_nonce_reject_percent(50);
     let up = upstream(&env, |_| {});
-    up.issue(&spc("1234"), None)
-        .await
-        .expect("issued despite badNonce");
+    for spc_value in ["1234", "5678"] {
+        up.issue(&spc(spc_value), None)
+            .await
+            .expect("issued despite badNonce");
+    }
     assert!(env.ca.stats().bad_nonces > 0, "the storm really happened");
 }
 

@@ -205,7 +205,9 @@ impl Upstream {
                     trust_roots: self.trust_roots.clone(),
                     request_timeout: self.request_timeout,
                     retry: RetryPolicy::new().timeout(self.attempt_timeout),
-                    max_bad_nonce_retries: 10,
+                    // Bounded, and enough that a CA rejecting half its nonces still works
+                    // (a POST then fails with probability 0.5^21).
+                    max_bad_nonce_retries: 20,
                 })
                 .await?;
                 let account = match client.find_account(key.clone()).await {
