@@ -14,15 +14,8 @@ use crate::pb::{
 
 #[derive(Debug, Args)]
 pub(crate) struct GetArgs {
-    /// Broker address.
-    #[arg(
-        long,
-        env = "CERTBROKER_ADDR",
-        default_value = "http://127.0.0.1:50051"
-    )]
-    addr: String,
     #[command(flatten)]
-    tls: TlsArgs,
+    broker: BrokerArgs,
     #[command(flatten)]
     ids: IdArgs,
     /// Upstream pool; default: the broker's default pool.
@@ -44,15 +37,8 @@ pub(crate) struct GetArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct RevokeArgs {
-    /// Broker address.
-    #[arg(
-        long,
-        env = "CERTBROKER_ADDR",
-        default_value = "http://127.0.0.1:50051"
-    )]
-    addr: String,
     #[command(flatten)]
-    tls: TlsArgs,
+    broker: BrokerArgs,
     /// Leaf serial number (hex).
     #[arg(
         long,
@@ -70,6 +56,13 @@ pub(crate) struct RevokeArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct StatusArgs {
+    #[command(flatten)]
+    broker: BrokerArgs,
+}
+
+/// Where the broker is and how to reach it.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct BrokerArgs {
     /// Broker address.
     #[arg(
         long,
@@ -146,7 +139,7 @@ pub(crate) async fn get(args: GetArgs) -> anyhow::Result<()> {
             bytes
         };
     }
-    let mut client = connect(&args.addr, &args.tls).await?;
+    let mut client = connect(&args.broker).await?;
     let resp = client
         .get_certificate(req)
         .await
@@ -187,7 +180,7 @@ pub(crate) async fn revoke(args: RevokeArgs) -> anyhow::Result<()> {
         ReasonArg::Superseded => pb::RevocationReason::Superseded,
         ReasonArg::CessationOfOperation => pb::RevocationReason::CessationOfOperation,
     };
-    let mut client = connect(&args.addr, &args.tls).await?;
+    let mut client = connect(&args.broker).await?;
     let resp = client
         .revoke(pb::RevokeRequest {
             target: Some(target),
@@ -201,7 +194,7 @@ pub(crate) async fn revoke(args: RevokeArgs) -> anyhow::Result<()> {
 }
 
 pub(crate) async fn status(args: StatusArgs) -> anyhow::Result<()> {
-    let mut client = connect(&args.addr, &args.tls).await?;
+    let mut client = connect(&args.broker).await?;
     let resp = client
         .list_renewals(pb::ListRenewalsRequest {})
         .await
@@ -227,9 +220,9 @@ pub(crate) async fn status(args: StatusArgs) -> anyhow::Result<()> {
 }
 
 async fn connect(
-    addr: &str,
-    tls: &TlsArgs,
+    broker: &BrokerArgs,
 ) -> anyhow::Result<CertificateBrokerClient<tonic::transport::Channel>> {
+    let (addr, tls) = (&broker.addr, &broker.tls);
     let mut endpoint = tonic::transport::Endpoint::from_shared(addr.to_owned())
         .with_context(|| format!("--addr {addr}"))?;
     if addr.starts_with("https://") || tls.ca_cert.is_some() || tls.cert.is_some() {
