@@ -133,6 +133,7 @@ impl CertificateBroker for GrpcBroker {
             Action::Get {
                 identifiers: &req.identifiers,
                 pool: &req.pool,
+                ca: req.ca,
             },
         )?;
         let has_csr = req.csr_der.is_some();
@@ -236,6 +237,7 @@ impl GrpcBroker {
             Action::Get {
                 identifiers: &req.identifiers,
                 pool: &req.pool,
+                ca: req.ca,
             },
         )?;
         let what = policy::describe(&req.identifiers);

@@ -26,6 +26,8 @@ pub struct IssueRequest {
     pub identifiers: Identifiers,
     /// The caller's CSR (DER) when it keeps its own key.
     pub csr_der: Option<Vec<u8>>,
+    /// A CA certificate for a delegate-issuing subordinate CA, not an end-entity one.
+    pub ca: bool,
     /// The cache key the result will be stored under.
     pub cache_key: String,
     /// An in-flight order another replica recorded before it died: resume it instead of

@@ -118,6 +118,10 @@ pub struct PolicySettings {
     /// Whether the caller may revoke certificates.
     #[serde(default)]
     pub revoke: bool,
+    /// Whether the caller may request CA certificates (`ca_certificate`), which can sign
+    /// delegate certificates for the SPCs it is allowed.
+    #[serde(default)]
+    pub ca_certificates: bool,
 }
 
 /// `[store]`

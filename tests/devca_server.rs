@@ -330,6 +330,7 @@ async fn full_tkauth_flow_issues_a_checked_chain_and_revokes() {
             tn_auth_list: Some(&list),
             dns_names: &[],
             public_key_spki_der: &spki,
+            ca: false,
         },
         time::OffsetDateTime::now_utc(),
     )

@@ -29,7 +29,10 @@ fn upstream(env: &DevEnv, tweak: impl FnOnce(&mut CaSettings)) -> Upstream {
 }
 
 async fn issue_err(up: &Upstream, ids: &Identifiers) -> IssueError {
-    let err = up.issue(ids, None).await.expect_err("issuance must fail");
+    let err = up
+        .issue(ids, None, false)
+        .await
+        .expect_err("issuance must fail");
     err.to_issue_error(up.name())
 }
 
@@ -37,7 +40,7 @@ async fn issue_err(up: &Upstream, ids: &Identifiers) -> IssueError {
 async fn spc_1234_end_to_end() {
     let env = DevEnv::start().await;
     let up = upstream(&env, |_| {});
-    let issued = up.issue(&spc("1234"), None).await.expect("issued");
+    let issued = up.issue(&spc("1234"), None, false).await.expect("issued");
 
     let leaf = &issued.leaf;
     assert_eq!(
@@ -64,7 +67,9 @@ async fn spc_1234_end_to_end() {
     );
 
     // The account is reused, and so is the SPC token (cached until shortly before exp).
-    up.issue(&spc("1234"), None).await.expect("second issuance");
+    up.issue(&spc("1234"), None, false)
+        .await
+        .expect("second issuance");
     assert_eq!(env.ca.stats().tokens_issued, 1, "token served from cache");
 }
 
@@ -79,7 +84,7 @@ async fn telephone_numbers_and_ranges() {
     ])
     .unwrap();
     let issued = up
-        .issue(&Identifiers::TnAuthList(list.clone()), None)
+        .issue(&Identifiers::TnAuthList(list.clone()), None, false)
         .await
         .expect("issued");
     assert_eq!(issued.leaf.tn_auth_list.as_ref(), Some(&list));
@@ -94,7 +99,7 @@ async fn badnonce_storm_is_absorbed() {
     env.ca.behaviour().set_nonce_reject_percent(50);
     let up = upstream(&env, |_| {});
     for spc_value in ["1234", "5678"] {
-        up.issue(&spc(spc_value), None)
+        up.issue(&spc(spc_value), None, false)
             .await
             .expect("issued despite badNonce");
     }
@@ -161,7 +166,7 @@ async fn fingerprint_algorithm_mismatch_is_refused_by_the_ca() {
         s.challenge.fingerprint = FingerprintAlgorithm::SpkiSha256;
         s.account_key = s.account_key.with_file_name("spki-account.pem");
     });
-    up.issue(&spc("1234"), None)
+    up.issue(&spc("1234"), None, false)
         .await
         .expect("spki fingerprint accepted");
 }
@@ -182,7 +187,7 @@ async fn response_field_follows_the_ca() {
     );
     assert!(err.detail.contains("lacks the token field"), "{err}");
     let up = upstream(&env, |s| s.challenge.response_field = ResponseField::Tkauth);
-    up.issue(&spc("1235"), None)
+    up.issue(&spc("1235"), None, false)
         .await
         .expect("tkauth field accepted");
 }
@@ -195,8 +200,8 @@ async fn one_time_jti_needs_fresh_tokens() {
     })
     .await;
     let up = upstream(&env, |s| s.challenge.reuse_tokens = false);
-    up.issue(&spc("1234"), None).await.expect("first");
-    up.issue(&spc("1234"), None)
+    up.issue(&spc("1234"), None, false).await.expect("first");
+    up.issue(&spc("1234"), None, false)
         .await
         .expect("second, with a new token");
     assert_eq!(env.ca.stats().tokens_issued, 2);
@@ -278,7 +283,7 @@ async fn leaf_profile_is_checked() {
     // the info it returns matches an independent parse.
     let env = DevEnv::start().await;
     let issued = upstream(&env, |_| {})
-        .issue(&spc("1234"), None)
+        .issue(&spc("1234"), None, false)
         .await
         .unwrap();
     assert_eq!(CertInfo::parse(&issued.chain_der[0]).unwrap(), issued.leaf);

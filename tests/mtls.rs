@@ -111,6 +111,14 @@ async fn policy_decides_what_an_authenticated_client_gets() {
     let denied = client.get_certificate(other_pool).await.unwrap_err();
     assert_eq!(denied.code(), Code::PermissionDenied);
 
+    // A CA (delegate-issuing) certificate for an allowed SPC needs `ca_certificates`.
+    let mut ca_cert = spc_request("1234");
+    ca_cert.ca_certificate = true;
+    let denied = client.get_certificate(ca_cert).await.unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+    assert!(denied.message().contains("CA certificate"), "{denied:?}");
+    assert_eq!(env.ca.stats().new_orders, 0, "the CA saw no order");
+
     // Inside its policy: issued.
     let cert = client
         .get_certificate(spc_request("1234"))

@@ -34,10 +34,16 @@ pub(crate) fn cert_request(req: pb::GetCertificateRequest) -> Result<CertRequest
         (true, false) => Identifiers::dns(&req.dns_names)?,
     };
 
+    if req.ca_certificate && !matches!(identifiers, Identifiers::TnAuthList(_)) {
+        return Err(BrokerError::invalid(
+            "ca_certificate",
+            "CA (delegate-issuing) certificates are for tn_auth_list, not dns_names",
+        ));
+    }
     let (csr_der, csr_public_key) = if req.csr_der.is_empty() {
         (None, None)
     } else {
-        let spki = check_csr(&req.csr_der, &identifiers)?;
+        let spki = check_csr(&req.csr_der, &identifiers, req.ca_certificate)?;
         (Some(req.csr_der), Some(spki))
     };
 
@@ -61,6 +67,7 @@ pub(crate) fn cert_request(req: pb::GetCertificateRequest) -> Result<CertRequest
         pool,
         min_remaining,
         force_renew: req.force_renew,
+        ca: req.ca_certificate,
     })
 }
 
@@ -90,9 +97,16 @@ fn tn_auth_list(entries: &[pb::TnAuthEntry]) -> Result<TnAuthList, BrokerError> 
 }
 
 /// Parses and verifies the caller's CSR and checks that it asks for exactly the request's
-/// identifiers. Returns its SubjectPublicKeyInfo DER.
-fn check_csr(der: &[u8], identifiers: &Identifiers) -> Result<Vec<u8>, BrokerError> {
+/// identifiers, and for a CA certificate exactly when `ca` is set. Returns its
+/// SubjectPublicKeyInfo DER.
+fn check_csr(der: &[u8], identifiers: &Identifiers, ca: bool) -> Result<Vec<u8>, BrokerError> {
     let csr = shaken::parse_csr(der).map_err(|e| BrokerError::invalid("csr_der", e))?;
+    if csr.ca != ca {
+        return Err(BrokerError::invalid(
+            "csr_der",
+            format!("CSR basicConstraints CA={} but ca_certificate={ca}", csr.ca),
+        ));
+    }
     match identifiers {
         Identifiers::TnAuthList(want) => match &csr.tn_auth_list {
             Some(got) if got == want => {}

@@ -34,6 +34,8 @@ pub enum Action<'a> {
         identifiers: &'a Identifiers,
         /// The pool named (or `default`).
         pool: &'a str,
+        /// A CA certificate for a delegate-issuing subordinate CA.
+        ca: bool,
     },
     /// Revoke any certificate.
     Revoke,
@@ -162,15 +164,22 @@ pub fn decide(rules: &[PolicySettings], caller: &Caller, action: Action<'_>) -> 
                 Err(deny("revoke certificates".into()))
             }
         }
-        Action::Get { identifiers, pool } => {
-            let allowed = matching
-                .iter()
-                .any(|r| allows_pool(r, pool) && allows_identifiers(r, identifiers));
+        Action::Get {
+            identifiers,
+            pool,
+            ca,
+        } => {
+            let allowed = matching.iter().any(|r| {
+                allows_pool(r, pool)
+                    && allows_identifiers(r, identifiers)
+                    && (!ca || r.ca_certificates)
+            });
             if allowed {
                 Ok(())
             } else {
+                let kind = if ca { "a CA certificate for " } else { "" };
                 Err(deny(format!(
-                    "request {} from pool {pool:?}",
+                    "request {kind}{} from pool {pool:?}",
                     describe(identifiers)
                 )))
             }
@@ -288,6 +297,7 @@ mod tests {
         b.pools = vec!["*".into()];
         b.telephone_numbers = true;
         b.revoke = true;
+        b.ca_certificates = true;
         let rules = vec![a, b];
 
         let dns = Identifiers::dns(&["edge1.sip.carrier.example".into()]).unwrap();
@@ -303,7 +313,16 @@ mod tests {
         let ops = caller(&["ops.carrier.example"]);
         let stranger = caller(&["s1.west.carrier.example"]);
         let anonymous = caller(&[]);
-        let get = |identifiers, pool| Action::Get { identifiers, pool };
+        let get = |identifiers, pool| Action::Get {
+            identifiers,
+            pool,
+            ca: false,
+        };
+        let get_ca = |identifiers, pool| Action::Get {
+            identifiers,
+            pool,
+            ca: true,
+        };
         let (s1234, s1234_5678, s9999, s1234_9999) = (
             spcs(&["1234"]),
             spcs(&["1234", "5678"]),
@@ -325,6 +344,10 @@ mod tests {
             (&ops, get(&tn, "default"), true),
             (&ops, get(&dns, "default"), false),
             (&ops, Action::Revoke, true),
+            // CA (delegate-issuing) certificates need `ca_certificates` on top.
+            (&east, get_ca(&s1234, "default"), false),
+            (&ops, get_ca(&s9999, "premium"), true),
+            (&ops, get_ca(&dns, "default"), false),
             (&stranger, get(&s1234, "default"), false),
             (&anonymous, get(&s1234, "default"), false),
             (&anonymous, Action::Revoke, false),
@@ -346,7 +369,8 @@ mod tests {
                 &who,
                 Action::Get {
                     identifiers: &spcs(&["1234"]),
-                    pool: "default"
+                    pool: "default",
+                    ca: false,
                 }
             )
             .is_ok()
@@ -363,6 +387,7 @@ mod tests {
             Action::Get {
                 identifiers: &spcs(&["2"]),
                 pool: "default",
+                ca: false,
             },
         )
         .unwrap_err();

@@ -31,6 +31,8 @@ pub struct CertRequest {
     pub min_remaining: Option<Duration>,
     /// Skip the cache.
     pub force_renew: bool,
+    /// A CA certificate (basicConstraints CA:TRUE) for a delegate-issuing subordinate CA.
+    pub ca: bool,
 }
 
 /// A validated Revoke.
@@ -96,6 +98,12 @@ impl CertRequest {
             Some(spki) => format!("csr:{}", hex::encode(Sha256::digest(spki))),
             None => "broker:p256".to_owned(),
         };
+        // Appended only for CA certificates, so end-entity keys stay what they were.
+        let key_spec = if self.ca {
+            format!("{key_spec};ca")
+        } else {
+            key_spec
+        };
         let mut h = Sha256::new();
         for part in [
             "certbroker/v1",
@@ -122,6 +130,7 @@ mod tests {
             pool: pool.into(),
             min_remaining: None,
             force_renew: false,
+            ca: false,
         }
     }
 
@@ -150,6 +159,11 @@ mod tests {
         assert_ne!(base, req(spc("1235"), "default", None).cache_key());
         assert_ne!(base, req(spc("1234"), "other", None).cache_key());
         assert_ne!(base, req(spc("1234"), "default", Some(b"k")).cache_key());
+        let ca = CertRequest {
+            ca: true,
+            ..req(spc("1234"), "default", None)
+        };
+        assert_ne!(base, ca.cache_key());
         assert_ne!(
             req(spc("1234"), "default", Some(b"k1")).cache_key(),
             req(spc("1234"), "default", Some(b"k2")).cache_key()

@@ -189,6 +189,7 @@ impl Broker {
             pool: req.pool.clone(),
             identifiers: req.identifiers.clone(),
             csr_der: req.csr_der.clone(),
+            ca: req.ca,
             cache_key: key.clone(),
             resume: None,
             progress: None,

@@ -217,9 +217,9 @@ fn attempt(
             progress: req.progress.as_ref(),
             race: Some(&progress),
         };
-        let work = m
-            .upstream
-            .issue_tracked(&req.identifiers, req.csr_der.as_deref(), tracking);
+        let work =
+            m.upstream
+                .issue_tracked(&req.identifiers, req.csr_der.as_deref(), req.ca, tracking);
         tokio::pin!(work);
         let result = tokio::select! {
             r = &mut work => r,

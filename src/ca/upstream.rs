@@ -233,13 +233,15 @@ impl Upstream {
     }
 
     /// Obtains one certificate for `identifiers`, with the caller's CSR or a fresh P-256
-    /// key. Bounded by the CA's `attempt_timeout_secs`.
+    /// key; a CA certificate (for a delegate-issuing subordinate CA) when `ca` is set.
+    /// Bounded by the CA's `attempt_timeout_secs`.
     pub async fn issue(
         &self,
         identifiers: &Identifiers,
         csr_der: Option<&[u8]>,
+        ca: bool,
     ) -> Result<Issued, AttemptError> {
-        self.issue_tracked(identifiers, csr_der, Tracking::default())
+        self.issue_tracked(identifiers, csr_der, ca, Tracking::default())
             .await
     }
 
@@ -251,11 +253,12 @@ impl Upstream {
         &self,
         identifiers: &Identifiers,
         csr_der: Option<&[u8]>,
+        ca: bool,
         tracking: Tracking<'_>,
     ) -> Result<Issued, AttemptError> {
         tokio::time::timeout(
             self.attempt_timeout,
-            self.issue_inner(identifiers, csr_der, tracking),
+            self.issue_inner(identifiers, csr_der, ca, tracking),
         )
         .await
         .map_err(|_| AttemptError::Timeout(self.attempt_timeout))?
@@ -265,6 +268,7 @@ impl Upstream {
         &self,
         identifiers: &Identifiers,
         csr_der: Option<&[u8]>,
+        ca: bool,
         tracking: Tracking<'_>,
     ) -> Result<Issued, AttemptError> {
         let account = self.account().await?;
@@ -276,7 +280,7 @@ impl Upstream {
                         let parsed = shaken::parse_csr(der)?;
                         (der.to_vec(), None, parsed.public_key_spki_der)
                     }
-                    None => self.new_key_and_csr(identifiers, account)?,
+                    None => self.new_key_and_csr(identifiers, account, ca)?,
                 };
                 let order = self.place_order(account, identifiers).await?;
                 if let Some(sink) = tracking.progress {
@@ -292,9 +296,12 @@ impl Upstream {
                 (order, csr, key_pkcs8, spki)
             }
         };
+        // The CSR says whether this is a CA certificate; it is also what a resumed order
+        // finalizes with, so the token asked for and the check below follow it.
+        let ca = shaken::parse_csr(&csr)?.ca;
         let policy = RetryPolicy::new().timeout(self.attempt_timeout);
         for authz_url in &order.state.authorizations {
-            self.authorize(account, authz_url, &policy).await?;
+            self.authorize(account, authz_url, &policy, ca).await?;
         }
         let mut order = account.poll_order(&order.url, &policy).await?;
         // A resumed order may already be finalized.
@@ -323,6 +330,7 @@ impl Upstream {
                 tn_auth_list: tn,
                 dns_names: dns,
                 public_key_spki_der: &spki,
+                ca,
             },
             time::OffsetDateTime::now_utc(),
         )?;
@@ -393,6 +401,7 @@ impl Upstream {
         account: &Account,
         authz_url: &str,
         policy: &RetryPolicy,
+        ca: bool,
     ) -> Result<(), AttemptError> {
         let authz = account.authorization(authz_url).await?;
         if authz.status == acme::AuthorizationStatus::Valid {
@@ -413,7 +422,7 @@ impl Upstream {
             let token = tokens
                 .token(&TokenRequest {
                     tn_auth_list: list,
-                    ca: false,
+                    ca,
                     fingerprint,
                 })
                 .instrument(tracing::info_span!("challenge.token", ca = %self.name))
@@ -478,6 +487,7 @@ impl Upstream {
         &self,
         identifiers: &Identifiers,
         account: &Account,
+        ca: bool,
     ) -> Result<NewKey, AttemptError> {
         let key = if self.reuse_account_key {
             // The CA wants the account key in the certificate (shaken-acme.md §0.7).
@@ -509,7 +519,7 @@ impl Upstream {
                 subject: &subject,
                 tn_auth_list: tn,
                 dns_names: dns,
-                ca: false,
+                ca,
             },
         )?;
         let spki = rcgen::PublicKeyData::subject_public_key_info(&key);

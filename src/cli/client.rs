@@ -27,6 +27,10 @@ pub(crate) struct GetArgs {
     /// Skip the cache and issue anew.
     #[arg(long)]
     force_renew: bool,
+    /// Ask for a CA certificate (basicConstraints CA:TRUE) to sign delegate certificates
+    /// (RFC 9060); needs `ca_certificates = true` in the caller's policy.
+    #[arg(long)]
+    ca_certificate: bool,
     /// Your own CSR (PEM or DER); the answer then carries no key.
     #[arg(long)]
     csr: Option<PathBuf>,
@@ -104,6 +108,7 @@ pub(crate) async fn get(args: GetArgs) -> anyhow::Result<()> {
     let mut req = pb::GetCertificateRequest {
         ca_pool: args.pool.unwrap_or_default(),
         force_renew: args.force_renew,
+        ca_certificate: args.ca_certificate,
         min_remaining_validity: args.min_remaining.map(|s| prost_types::Duration {
             seconds: s as i64,
             nanos: 0,

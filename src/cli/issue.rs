@@ -72,6 +72,10 @@ pub(crate) struct IssueArgs {
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 120)]
     timeout: u64,
+    /// Obtain a CA certificate (basicConstraints CA:TRUE, SPC token with "ca": true) for a
+    /// subordinate CA that signs delegate certificates (RFC 9060).
+    #[arg(long)]
+    ca_certificate: bool,
 }
 
 #[derive(Debug, Args)]
@@ -165,7 +169,9 @@ pub(crate) async fn run(args: IssueArgs) -> anyhow::Result<()> {
         ..base_settings(&args.directory, args.trust_root.clone(), account_key)
     };
     let upstream = Upstream::from_settings(&settings)?;
-    let issued = upstream.issue(&identifiers, None).await?;
+    let issued = upstream
+        .issue(&identifiers, None, args.ca_certificate)
+        .await?;
 
     let cert_path = args.out.join("cert.pem");
     std::fs::write(&cert_path, &issued.chain_pem)

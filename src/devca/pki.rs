@@ -112,7 +112,9 @@ impl Pki {
                 common_name: "SHAKEN devca Intermediate".into(),
             },
             now,
-            Some(0),
+            // One level below: the subordinate CA (SCA) certificates it issues for delegate
+            // certificates (RFC 9060) must be able to sign end-entity certificates.
+            Some(1),
         );
         let intermediate = intermediate_params
             .signed_by(&intermediate_key, &root_issuer)
@@ -292,6 +294,7 @@ mod tests {
                 tn_auth_list: req.tn_auth_list.as_ref(),
                 dns_names: &[],
                 public_key_spki_der: &req.spki_der,
+                ca: req.ca,
             },
             OffsetDateTime::now_utc(),
         )

@@ -66,6 +66,8 @@ pub struct Expected<'a> {
     pub dns_names: &'a [String],
     /// The CSR's public key, DER `SubjectPublicKeyInfo`.
     pub public_key_spki_der: &'a [u8],
+    /// Whether the leaf must be a CA certificate (basicConstraints CA:TRUE), as ordered.
+    pub ca: bool,
 }
 
 // === impl CertInfo ===
@@ -226,6 +228,12 @@ pub fn check_issued(
             ));
         }
     }
+    if leaf.is_ca != expected.ca {
+        return Err(fail(
+            "basic_constraints",
+            format!("leaf CA={}, ordered CA={}", leaf.is_ca, expected.ca),
+        ));
+    }
     if leaf.public_key_spki_der != expected.public_key_spki_der {
         return Err(fail("public_key", "leaf key is not the CSR's key".into()));
     }
@@ -335,6 +343,7 @@ mod tests {
                 tn_auth_list: Some(list),
                 dns_names: &[],
                 public_key_spki_der: &spki,
+                ca: false,
             },
             OffsetDateTime::now_utc(),
         )
@@ -394,10 +403,32 @@ mod tests {
                 tn_auth_list: Some(&f.list),
                 dns_names: &[],
                 public_key_spki_der: &other,
+                ca: false,
             },
             OffsetDateTime::now_utc(),
         );
         assert_eq!(check_name(r), "public_key");
+    }
+
+    #[test]
+    fn end_entity_leaf_fails_a_ca_order() {
+        let f = fixture();
+        let chain = vec![
+            leaf(&f, &f.list, false, Duration::days(1)),
+            f.ca_der.clone(),
+        ];
+        let spki = f.leaf_key.subject_public_key_info();
+        let r = check_issued(
+            &chain,
+            &Expected {
+                tn_auth_list: Some(&f.list),
+                dns_names: &[],
+                public_key_spki_der: &spki,
+                ca: true,
+            },
+            OffsetDateTime::now_utc(),
+        );
+        assert_eq!(check_name(r), "basic_constraints");
     }
 
     #[test]

@@ -145,7 +145,7 @@ pub fn openssl_verify(chain_pem: &str, root_pem: &str) -> Result<String, String>
     let untrusted = dir.path().join("untrusted.pem");
     let root = dir.path().join("root.pem");
     std::fs::write(&leaf, certs[0]).unwrap();
-    std::fs::write(&untrusted, certs[1..].concat()).unwrap();
+    std::fs::write(&untrusted, certs[1..].join("\n")).unwrap();
     std::fs::write(&root, root_pem).unwrap();
     let mut cmd = std::process::Command::new("openssl");
     cmd.arg("verify").arg("-CAfile").arg(&root);

@@ -53,6 +53,7 @@ pub(super) fn spc_cert_request(spc: &str) -> anyhow::Result<CertRequest> {
         pool: "default".into(),
         min_remaining: None,
         force_renew: false,
+        ca: false,
     })
 }
 
