@@ -8,6 +8,7 @@ use std::{
 
 use anyhow::Context;
 use futures::{StreamExt, stream};
+use tonic::transport::Channel;
 
 use super::{
     Config,
@@ -18,7 +19,7 @@ use super::{
 };
 use crate::{
     app::App,
-    pb::{self, CacheStatus},
+    pb::{self, CacheStatus, certificate_broker_client::CertificateBrokerClient},
 };
 
 /// Scenario 1: GetCertificate for warm keys, against the same service answering a
@@ -223,48 +224,42 @@ pub(super) async fn fanin(cfg: &Config) -> anyhow::Result<Report> {
     let issuance = t.elapsed();
     anyhow::ensure!(one.cache_status() == CacheStatus::Issued, "3001 not issued");
 
+    // The transport's own burst, same run: the same callers, spread over three baseline
+    // servers (the broker's service and server options, answering `one`'s bytes without any
+    // work), released together. What the broker adds to a burst is its window minus this.
+    let mut baselines = vec![];
+    let mut base_clients = vec![];
+    for _ in 0..3 {
+        let b = Served::baseline(one.clone()).await?;
+        base_clients.push(load::connect(b.addr, 1).await?.remove(0));
+        baselines.push(b);
+    }
+    let transport = burst(&base_clients, callers, "3002").await?;
+    drop(baselines);
+
     let orders_before = env.ca.stats().new_orders;
-    let barrier = Arc::new(tokio::sync::Barrier::new(callers));
-    let mut tasks = Vec::with_capacity(callers);
-    for i in 0..callers {
-        let mut c = clients[i % clients.len()].clone();
-        let barrier = barrier.clone();
-        tasks.push(tokio::spawn(async move {
-            barrier.wait().await;
-            let start = Instant::now();
-            let r = c.get_certificate(fixture::spc_request("3002")).await;
-            (start, Instant::now(), r.map(|r| r.into_inner().serial_hex))
-        }));
-    }
-    let mut hist = load::new_histogram();
-    let (mut first, mut last) = (None::<Instant>, None::<Instant>);
-    let mut serials = vec![];
-    for t in tasks {
-        let (start, end, r) = t.await?;
-        let serial = r.context("a fan-in caller failed")?;
-        serials.push(serial);
-        hist.saturating_record((end - start).as_micros() as u64);
-        first = Some(first.map_or(start, |f| f.min(start)));
-        last = Some(last.map_or(end, |l| l.max(end)));
-    }
+    let fan = burst(&clients, callers, "3002").await?;
+    let mut serials = fan.serials;
     serials.sort();
     serials.dedup();
     let orders = env.ca.stats().new_orders - orders_before;
-    let window = match (first, last) {
-        (Some(f), Some(l)) => l - f,
-        _ => Duration::ZERO,
-    };
+    let window = fan.window;
     let extra_ms = (window.as_secs_f64() - issuance.as_secs_f64()) * 1000.0;
-    let callers_result = load::LoadResult {
+    let transport_ms = transport.window.as_secs_f64() * 1000.0;
+    let row = |hist, elapsed| load::LoadResult {
         hist,
         errors: 0,
-        elapsed: window,
+        elapsed,
         statuses: [0; 5],
         first_error: None,
     };
+    report.rows.push(Row::from_load(
+        "transport burst (tonic baseline)",
+        &row(transport.hist, transport.window),
+    ));
     report
         .rows
-        .push(Row::from_load("fan-in callers", &callers_result));
+        .push(Row::from_load("fan-in callers", &row(fan.hist, window)));
     report.metrics.insert("orders".into(), orders as f64);
     report
         .metrics
@@ -276,6 +271,12 @@ pub(super) async fn fanin(cfg: &Config) -> anyhow::Result<Report> {
         .metrics
         .insert("last_answer_ms".into(), window.as_secs_f64() * 1000.0);
     report.metrics.insert("extra_ms".into(), extra_ms);
+    report
+        .metrics
+        .insert("transport_burst_ms".into(), transport_ms);
+    report
+        .metrics
+        .insert("extra_beyond_transport_ms".into(), extra_ms - transport_ms);
     report.target("fan-in orders placed == 1", orders as f64, 1.0, false);
     report.target("fan-in extra latency <= 50 ms", extra_ms, 50.0, false);
     if let Some(t) = report.targets.first_mut() {
@@ -283,6 +284,55 @@ pub(super) async fn fanin(cfg: &Config) -> anyhow::Result<Report> {
     }
     drop(replicas);
     report.finish(&cfg.out)
+}
+
+/// What one burst of callers saw.
+struct Burst {
+    hist: hdrhistogram::Histogram<u64>,
+    /// First caller's start to last caller's answer.
+    window: Duration,
+    serials: Vec<String>,
+}
+
+/// `callers` tasks, spread round-robin over `clients`, released together by a barrier, each
+/// asking once for `spc`.
+async fn burst(
+    clients: &[CertificateBrokerClient<Channel>],
+    callers: usize,
+    spc: &str,
+) -> anyhow::Result<Burst> {
+    let barrier = Arc::new(tokio::sync::Barrier::new(callers));
+    let mut tasks = Vec::with_capacity(callers);
+    for i in 0..callers {
+        let mut c = clients[i % clients.len()].clone();
+        let barrier = barrier.clone();
+        let req = fixture::spc_request(spc);
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            let start = Instant::now();
+            let r = c.get_certificate(req).await;
+            (start, Instant::now(), r.map(|r| r.into_inner().serial_hex))
+        }));
+    }
+    let mut hist = load::new_histogram();
+    let (mut first, mut last) = (None::<Instant>, None::<Instant>);
+    let mut serials = vec![];
+    for t in tasks {
+        let (start, end, r) = t.await?;
+        serials.push(r.context("a fan-in caller failed")?);
+        hist.saturating_record((end - start).as_micros() as u64);
+        first = Some(first.map_or(start, |f| f.min(start)));
+        last = Some(last.map_or(end, |l| l.max(end)));
+    }
+    let window = match (first, last) {
+        (Some(f), Some(l)) => l - f,
+        _ => Duration::ZERO,
+    };
+    Ok(Burst {
+        hist,
+        window,
+        serials,
+    })
 }
 
 /// The SPC of the `i`th synthetic key.
