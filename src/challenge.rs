@@ -1,10 +1,12 @@
 //! Challenge answers. tkauth-01 (RFC 9447/9448): SPC tokens from the STI-PA or a file,
-//! cached per (TNAuthList, ca flag, account fingerprint), and the response payload in the
-//! field the CA expects. http-01 (RFC 8555 §8.3): a small responder for `dns` identifiers.
+//! cached per (TNAuthList, ca flag, account fingerprint) in process ([`CachingTokenProvider`])
+//! and fleet-wide in the shared store ([`SharedTokenProvider`]), and the response payload in
+//! the field the CA expects. http-01 (RFC 8555 §8.3): a small responder for `dns` identifiers.
 
 mod cache;
 mod fingerprint;
 mod http01;
+mod shared;
 mod static_file;
 mod stipa;
 mod token;
@@ -15,6 +17,7 @@ pub use cache::CachingTokenProvider;
 pub use fingerprint::{FingerprintAlgorithm, fingerprint};
 pub use http01::{Http01Responder, key_authorization};
 use serde::{Deserialize, Serialize};
+pub use shared::{SharedTokenProvider, drop_shared_tokens, token_group, token_key};
 pub use static_file::StaticTokenProvider;
 pub use stipa::{StiPaClient, StiPaSettings};
 pub use token::{AuthorityToken, TokenRequest};
