@@ -40,7 +40,13 @@ impl CachingTokenProvider {
         );
         // Each critical section is one map operation, so a poisoned lock is still consistent.
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        slots.retain(|_, s| Arc::strong_count(s) > 1 || s.try_lock().is_ok_and(|t| t.is_some()));
+        // Keep slots in use and unexpired tokens; a rolled-over key's tokens age out.
+        let now = OffsetDateTime::now_utc();
+        slots.retain(|_, s| {
+            Arc::strong_count(s) > 1
+                || s.try_lock()
+                    .is_ok_and(|t| t.as_ref().is_some_and(|t| t.expires_at > now))
+        });
         slots.entry(key).or_default().clone()
     }
 }
