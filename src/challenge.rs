@@ -163,6 +163,10 @@ mod secs {
 pub trait TokenProvider: Send + Sync + std::fmt::Debug {
     /// A token for `req`, valid for at least a little while.
     async fn token(&self, req: &TokenRequest) -> Result<AuthorityToken, TokenError>;
+
+    /// Forgets any token cached for `req`, because the CA refused it: the next
+    /// [`TokenProvider::token`] fetches a new one. Providers that cache nothing do nothing.
+    async fn discard(&self, _req: &TokenRequest) {}
 }
 
 #[cfg(test)]

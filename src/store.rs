@@ -221,6 +221,8 @@ pub trait Store: Send + Sync + fmt::Debug {
         group: &str,
         key: &str,
     ) -> Result<Option<Zeroizing<Vec<u8>>>, StoreError>;
+    /// Drops the blob under (`group`, `key`), if any.
+    async fn delete_secret(&self, group: &str, key: &str) -> Result<(), StoreError>;
     /// Drops every blob of `group`; returns how many were still there.
     async fn drop_secret_group(&self, group: &str) -> Result<u64, StoreError>;
 

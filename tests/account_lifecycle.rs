@@ -301,3 +301,40 @@ async fn deactivation_needs_yes_and_the_next_use_makes_a_new_account() {
         "{shown}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_the_ca_refused_is_not_offered_again_by_any_replica() {
+    let redis = RedisServer::start();
+    let env = DevEnv::start().await;
+    let store = format!("{}\n[broker]\nnegative_ttl_secs = 1", redis_store(&redis));
+    let config = write_config(&env, &store);
+    let a = TestBroker::start_settings(settings(&env, &config)).await;
+    let b = TestBroker::start_settings(settings(&env, &config)).await;
+
+    // The STI-PA signs with the wrong key: the broker cannot tell, the CA can.
+    env.ca
+        .behaviour()
+        .set_token_fault(Some(certbroker::devca::TokenFault::WrongKey));
+    let refused = a
+        .client()
+        .await
+        .get_certificate(spc_request("8888"))
+        .await
+        .unwrap_err();
+    assert!(
+        refused.message().contains("token signature invalid"),
+        "{refused:?}"
+    );
+    env.ca.behaviour().set_token_fault(None);
+    assert!(
+        token_entries(&redis).is_empty(),
+        "the refused token was discarded"
+    );
+
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(
+        get(&b, "8888", false).await.cache_status(),
+        CacheStatus::Issued
+    );
+    assert_eq!(env.ca.stats().tokens_issued, 2, "a fresh token");
+}

@@ -141,6 +141,12 @@ async fn secrets(a: &RedisStore, b: &RedisStore) {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(a.secret("fp-2", "gone").await.unwrap(), None);
 
+    a.delete_secret("fp-2", "spc-a").await.unwrap();
+    assert_eq!(b.secret("fp-2", "spc-a").await.unwrap(), None);
+    a.put_secret("fp-2", "spc-a", b"jwt-three", long)
+        .await
+        .unwrap();
+
     assert_eq!(b.drop_secret_group("fp-1").await.unwrap(), 2);
     assert_eq!(a.secret("fp-1", "spc-a").await.unwrap(), None);
     assert_eq!(a.secret("fp-1", "spc-b").await.unwrap(), None);

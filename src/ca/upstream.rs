@@ -372,7 +372,7 @@ impl Upstream {
             return Ok(());
         }
         let id_type = authz.identifier.r#type.as_str();
-        let payload = if id_type.eq_ignore_ascii_case("TNAuthList") {
+        if id_type.eq_ignore_ascii_case("TNAuthList") {
             let challenge = find_challenge(&authz, "tkauth-01")?;
             let tokens = self.tokens.as_ref().ok_or_else(|| {
                 AttemptError::Setup(format!(
@@ -383,38 +383,39 @@ impl Upstream {
             let list = TnAuthList::decode(&authz.identifier.value)?;
             let fingerprint =
                 challenge::fingerprint(self.tkauth.fingerprint, &account.key().public_jwk())?;
+            let req = TokenRequest {
+                tn_auth_list: list,
+                ca: false,
+                fingerprint,
+            };
             let token = tokens
-                .token(&TokenRequest {
-                    tn_auth_list: list,
-                    ca: false,
-                    fingerprint,
-                })
+                .token(&req)
                 .instrument(tracing::info_span!("challenge.token", ca = %self.name))
                 .await?;
-            (
-                challenge.url.clone(),
-                challenge::response_payload(self.tkauth.response_field, &token),
-            )
-        } else {
-            let challenge = find_challenge(&authz, "http-01")?;
-            if let (Some(responder), Some(token)) = (self.http01().await?, &challenge.token) {
-                let key_auth = challenge::key_authorization(token, &account.key().thumbprint_b64());
-                responder.insert(token, key_auth);
-                let result = self
-                    .answer(
-                        account,
-                        &challenge.url,
-                        &serde_json::json!({}),
-                        authz_url,
-                        policy,
-                    )
-                    .await;
-                responder.remove(token);
-                return result;
+            let payload = challenge::response_payload(self.tkauth.response_field, &token);
+            let answered = self
+                .answer(account, &challenge.url, &payload, authz_url, policy)
+                .await;
+            if let Err(AttemptError::Acme(e)) = &answered
+                && e.problem().is_some()
+            {
+                // The CA judged the challenge (most likely the token): never offer it again.
+                tokens.discard(&req).await;
             }
-            (challenge.url.clone(), serde_json::json!({}))
-        };
-        self.answer(account, &payload.0, &payload.1, authz_url, policy)
+            return answered;
+        }
+        let challenge = find_challenge(&authz, "http-01")?;
+        let empty = serde_json::json!({});
+        if let (Some(responder), Some(token)) = (self.http01().await?, &challenge.token) {
+            let key_auth = challenge::key_authorization(token, &account.key().thumbprint_b64());
+            responder.insert(token, key_auth);
+            let result = self
+                .answer(account, &challenge.url, &empty, authz_url, policy)
+                .await;
+            responder.remove(token);
+            return result;
+        }
+        self.answer(account, &challenge.url, &empty, authz_url, policy)
             .await
     }
 

@@ -65,6 +65,12 @@ impl TokenProvider for CachingTokenProvider {
         *cached = Some(token.clone());
         Ok(token)
     }
+
+    async fn discard(&self, req: &TokenRequest) {
+        let slot = self.slot(req);
+        slot.lock().await.take();
+        self.inner.discard(req).await;
+    }
 }
 
 #[cfg(test)]
@@ -135,6 +141,15 @@ mod tests {
             Err(TokenError::Expired(_))
         ));
         assert!(cache.token(&req("1234", FP)).await.is_err());
+        assert_eq!(inner.calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_discarded_token_is_fetched_again() {
+        let (inner, cache) = cache(3600);
+        cache.token(&req("1234", FP)).await.unwrap();
+        cache.discard(&req("1234", FP)).await;
+        cache.token(&req("1234", FP)).await.unwrap();
         assert_eq!(inner.calls.load(Ordering::SeqCst), 2);
     }
 

@@ -90,6 +90,14 @@ impl TokenProvider for SharedTokenProvider {
         }
         Ok(token)
     }
+
+    async fn discard(&self, req: &TokenRequest) {
+        let (group, key) = (token_group(&req.fingerprint), token_key(req));
+        if let Err(e) = self.store.delete_secret(&group, &key).await {
+            warn!(error = %e, "a refused SPC token stays in the shared cache");
+        }
+        self.inner.discard(req).await;
+    }
 }
 
 /// The store group holding every token bound to the account key with `fingerprint`
@@ -174,10 +182,13 @@ mod tests {
 
         b.token(&req("5678")).await.unwrap();
         assert_eq!(sti_pa.calls.load(Ordering::SeqCst), 2);
+        a.discard(&req("5678")).await;
+        b.token(&req("5678")).await.unwrap();
+        assert_eq!(sti_pa.calls.load(Ordering::SeqCst), 3);
 
         assert_eq!(drop_shared_tokens(store.as_ref(), FP).await.unwrap(), 2);
         b.token(&req("1234")).await.unwrap();
-        assert_eq!(sti_pa.calls.load(Ordering::SeqCst), 3);
+        assert_eq!(sti_pa.calls.load(Ordering::SeqCst), 4);
     }
 
     #[test]

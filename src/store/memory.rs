@@ -272,6 +272,13 @@ impl Store for MemoryStore {
         Ok(live(entries, key).cloned())
     }
 
+    async fn delete_secret(&self, group: &str, key: &str) -> Result<(), StoreError> {
+        if let Some(entries) = self.coord().secrets.get_mut(group) {
+            entries.remove(key);
+        }
+        Ok(())
+    }
+
     async fn drop_secret_group(&self, group: &str) -> Result<u64, StoreError> {
         let now = Instant::now();
         let dropped = self.coord().secrets.remove(group).unwrap_or_default();
@@ -455,6 +462,10 @@ mod coord_tests {
         assert_eq!(store.secret("g1", "c").await.unwrap(), None);
         tokio::time::sleep(Duration::from_millis(80)).await;
         assert_eq!(store.secret("g2", "short").await.unwrap(), None);
+
+        store.delete_secret("g2", "a").await.unwrap();
+        assert_eq!(store.secret("g2", "a").await.unwrap(), None);
+        store.put_secret("g2", "a", b"three", long).await.unwrap();
 
         assert_eq!(store.drop_secret_group("g1").await.unwrap(), 2);
         assert_eq!(store.secret("g1", "a").await.unwrap(), None);

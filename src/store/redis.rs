@@ -525,6 +525,13 @@ impl Store for RedisStore {
         keyring.decrypt(&sealed, item.as_bytes()).map(Some)
     }
 
+    async fn delete_secret(&self, group: &str, key: &str) -> Result<(), StoreError> {
+        let (item, index) = self.secret_keys(group, key);
+        self.query::<()>(redis::cmd("DEL").arg(&item)).await?;
+        self.query::<()>(redis::cmd("SREM").arg(&index).arg(&item))
+            .await
+    }
+
     async fn drop_secret_group(&self, group: &str) -> Result<u64, StoreError> {
         let (_, index) = self.secret_keys(group, "");
         let items: Vec<String> = self.query(redis::cmd("SMEMBERS").arg(&index)).await?;
