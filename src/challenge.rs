@@ -50,8 +50,8 @@ pub struct TkAuthSettings {
     /// Refetch a cached token this long before its `exp`; default 60 s.
     #[serde(with = "secs", rename = "refresh_margin_secs")]
     pub refresh_margin: Duration,
-    /// Reuse a token for several challenges; default true. Off for CAs that enforce
-    /// one-time `jti`.
+    /// Reuse a token for several challenges, in process and fleet-wide through the shared
+    /// store; default true. Off for CAs that enforce one-time `jti` (nothing is cached).
     pub reuse_tokens: bool,
 }
 
