@@ -393,16 +393,17 @@ impl Upstream {
                 .instrument(tracing::info_span!("challenge.token", ca = %self.name))
                 .await?;
             let payload = challenge::response_payload(self.tkauth.response_field, &token);
-            let answered = self
-                .answer(account, &challenge.url, &payload, authz_url, policy)
-                .await;
-            if let Err(AttemptError::Acme(e)) = &answered
+            account.respond_challenge(&challenge.url, &payload).await?;
+            let verdict = account.poll_authorization(authz_url, policy).await;
+            if let Err(e) = &verdict
                 && e.problem().is_some()
+                && !e.is_retryable()
             {
-                // The CA judged the challenge (most likely the token): never offer it again.
+                // The CA refused the challenge, most likely the token: never offer it again.
                 tokens.discard(&req).await;
             }
-            return answered;
+            verdict?;
+            return Ok(());
         }
         let challenge = find_challenge(&authz, "http-01")?;
         let empty = serde_json::json!({});

@@ -254,8 +254,12 @@ impl Store for MemoryStore {
     ) -> Result<(), StoreError> {
         let mut coord = self.coord();
         let now = Instant::now();
+        // Few groups of few entries: sweeping all keeps groups nobody asks for from piling up.
+        coord.secrets.retain(|_, entries| {
+            entries.retain(|_, (_, until)| *until > now);
+            !entries.is_empty()
+        });
         let entries = coord.secrets.entry(group.to_owned()).or_default();
-        entries.retain(|_, (_, until)| *until > now);
         entries.insert(key.to_owned(), (Zeroizing::new(secret.to_vec()), now + ttl));
         Ok(())
     }
