@@ -338,3 +338,50 @@ async fn a_token_the_ca_refused_is_not_offered_again_by_any_replica() {
     );
     assert_eq!(env.ca.stats().tokens_issued, 2, "a fresh token");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_issuance_in_flight_during_the_rollover_finishes_with_the_new_key() {
+    let env = DevEnv::start().await;
+    let config = write_config(&env, "backend = \"memory\"");
+    let broker = TestBroker::start_settings(settings(&env, &config)).await;
+    let old_fp = token_fingerprint(&read_key(&key_path(&env)));
+    // Slow every ACME request so the rollover lands in the middle of the order.
+    env.ca
+        .behaviour()
+        .set_delay(std::time::Duration::from_millis(400));
+    let mut client = broker.client().await;
+    let issuing = tokio::spawn(async move { client.get_certificate(spc_request("9191")).await });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let rolled = tokio::task::spawn_blocking({
+        let config = config.clone();
+        let env_dir = env.dir.path().to_owned();
+        let password = env.ca.sti_pa_credentials().1;
+        move || {
+            std::process::Command::new(bin())
+                .args(["account", "rollover", "--ca", "devca", "--config"])
+                .arg(&config)
+                .env(PASSWORD_ENV, password.expose_secret())
+                .current_dir(env_dir)
+                .output()
+                .expect("certbroker runs")
+        }
+    })
+    .await
+    .unwrap();
+    assert!(rolled.status.success(), "{rolled:?}");
+    assert!(
+        !issuing.is_finished(),
+        "the rollover came too late to test anything"
+    );
+
+    let cert = issuing.await.unwrap().expect("issued despite the rollover");
+    assert_eq!(cert.into_inner().cache_status(), CacheStatus::Issued);
+    let new_fp = token_fingerprint(&read_key(&key_path(&env)));
+    let fps = env.ca.behaviour().token_fingerprints();
+    assert_eq!(fps.first(), Some(&old_fp));
+    assert_eq!(
+        fps.last(),
+        Some(&new_fp),
+        "the retry used a token for the new key"
+    );
+}

@@ -4,7 +4,8 @@
 //! state: the account URL is found again from the key (`onlyReturnExisting`). Every
 //! [`super::Upstream`] attempt compares the file's [`KeyFileStamp`] with the one it loaded,
 //! so a key rolled over by `certbroker account rollover` (which replaces the file by a
-//! rename) is picked up by a running broker on its next attempt, without a restart.
+//! rename) is picked up by a running broker on its next attempt, without a restart; an
+//! attempt the CA refused while the file changed is run once more with the new key.
 
 use std::{
     path::{Path, PathBuf},

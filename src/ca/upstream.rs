@@ -226,12 +226,30 @@ impl Upstream {
         csr_der: Option<&[u8]>,
         tracking: Tracking<'_>,
     ) -> Result<Issued, AttemptError> {
-        tokio::time::timeout(
-            self.attempt_timeout,
-            self.issue_inner(identifiers, csr_der, tracking),
-        )
-        .await
-        .map_err(|_| AttemptError::Timeout(self.attempt_timeout))?
+        let attempt = async {
+            match self.issue_inner(identifiers, csr_der, tracking).await {
+                // The CA refused something signed with a key that was rolled over meanwhile:
+                // not a verdict on the request, so once more with the new key.
+                Err(AttemptError::Acme(e))
+                    if !e.is_retryable() && self.key_file_changed().await =>
+                {
+                    info!(ca = %self.name, error = %e, "account key changed during the attempt; retrying with the new key");
+                    self.issue_inner(identifiers, csr_der, tracking).await
+                }
+                other => other,
+            }
+        };
+        tokio::time::timeout(self.attempt_timeout, attempt)
+            .await
+            .map_err(|_| AttemptError::Timeout(self.attempt_timeout))?
+    }
+
+    /// Whether the key file differs from the one the current account was loaded from.
+    async fn key_file_changed(&self) -> bool {
+        let loaded = self.account.lock().await;
+        loaded
+            .as_ref()
+            .is_some_and(|(_, stamp)| *stamp != self.source.stamp())
     }
 
     async fn issue_inner(
