@@ -31,7 +31,7 @@ pub use error::AcmeError;
 pub use key::{AccountKey, ExternalAccountKey};
 pub use retry::RetryPolicy;
 pub use types::{
-    AccountStatus, Authorization, AuthorizationStatus, CertificateChain, Challenge,
+    AccountState, AccountStatus, Authorization, AuthorizationStatus, CertificateChain, Challenge,
     ChallengeStatus, Directory, DirectoryMeta, Identifier, NewAccount, NewOrder, Order, OrderState,
     OrderStatus, Problem,
 };

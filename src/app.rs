@@ -35,21 +35,13 @@ impl App {
             !settings.ca.is_empty(),
             "no [[ca]] configured: the broker needs at least one upstream CA"
         );
-        let pool = CaPool::from_settings(&settings.ca, &settings.pool)?;
+        let store = open_store(settings).await?;
+        // The same store caches SPC tokens fleet-wide (sealed with the keyring in Redis).
+        let pool = CaPool::from_settings(&settings.ca, &settings.pool, Some(store.clone()))?;
         for (ca, err) in pool.warm_up().await {
             // Not fatal: the CA may come back; requests will fail over or report it.
             tracing::warn!(ca = %ca, error = %err, "CA account not ready at start-up");
         }
-        let store: Arc<dyn Store> = match settings.store.backend {
-            StoreBackend::Memory => Arc::new(MemoryStore::new()),
-            StoreBackend::Redis | StoreBackend::RedisCluster => {
-                let redis = store::connect(&settings.store.redis())
-                    .await
-                    .context("store")?;
-                redis.check_keyring().await.context("store.keyring")?;
-                Arc::new(redis)
-            }
-        };
         let pool = Arc::new(pool);
         let broker = Broker::new(pool.clone(), store, settings.broker.options());
         if let Err(e) = broker.listen_for_invalidations().await {
@@ -148,4 +140,18 @@ impl App {
             .await
             .context("admin listener")
     }
+}
+
+/// The configured shared store: in-process memory, or Redis with its keyring checked.
+pub async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(match settings.store.backend {
+        StoreBackend::Memory => Arc::new(MemoryStore::new()),
+        StoreBackend::Redis | StoreBackend::RedisCluster => {
+            let redis = store::connect(&settings.store.redis())
+                .await
+                .context("store")?;
+            redis.check_keyring().await.context("store.keyring")?;
+            Arc::new(redis)
+        }
+    })
 }

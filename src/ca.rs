@@ -2,8 +2,10 @@
 //! and the [`CaPool`] that picks among them by the pool's policy, failing over on retryable
 //! errors, optionally hedging, and keeping a circuit breaker and counters per CA.
 
+mod account;
 mod attempt;
 mod breaker;
+mod lifecycle;
 mod metrics;
 mod policy;
 mod pool;
@@ -11,11 +13,13 @@ mod progress;
 mod race;
 mod upstream;
 
+pub(crate) use account::write_private;
+pub use account::{AccountSource, KeyFileStamp};
 pub use attempt::AttemptError;
 pub use breaker::{BreakerState, Skip, SkipReason};
+pub use lifecycle::{RolledOver, deactivate, roll_over, show};
 pub use metrics::CaStats;
 pub use pool::CaPool;
 pub use progress::OrderProgress;
 pub use race::Progress;
-pub(crate) use upstream::write_private;
 pub use upstream::{Issued, Tracking, Upstream};

@@ -1,10 +1,12 @@
 //! Challenge answers. tkauth-01 (RFC 9447/9448): SPC tokens from the STI-PA or a file,
-//! cached per (TNAuthList, ca flag, account fingerprint), and the response payload in the
-//! field the CA expects. http-01 (RFC 8555 §8.3): a small responder for `dns` identifiers.
+//! cached per (TNAuthList, ca flag, account fingerprint) in process ([`CachingTokenProvider`])
+//! and fleet-wide in the shared store ([`SharedTokenProvider`]), and the response payload in
+//! the field the CA expects. http-01 (RFC 8555 §8.3): a small responder for `dns` identifiers.
 
 mod cache;
 mod fingerprint;
 mod http01;
+mod shared;
 mod static_file;
 mod stipa;
 mod token;
@@ -15,6 +17,7 @@ pub use cache::CachingTokenProvider;
 pub use fingerprint::{FingerprintAlgorithm, fingerprint};
 pub use http01::{Http01Responder, key_authorization};
 use serde::{Deserialize, Serialize};
+pub use shared::{SharedTokenProvider, drop_shared_tokens, token_group, token_key};
 pub use static_file::StaticTokenProvider;
 pub use stipa::{StiPaClient, StiPaSettings};
 pub use token::{AuthorityToken, TokenRequest};
@@ -47,8 +50,8 @@ pub struct TkAuthSettings {
     /// Refetch a cached token this long before its `exp`; default 60 s.
     #[serde(with = "secs", rename = "refresh_margin_secs")]
     pub refresh_margin: Duration,
-    /// Reuse a token for several challenges; default true. Off for CAs that enforce
-    /// one-time `jti`.
+    /// Reuse a token for several challenges, in process and fleet-wide through the shared
+    /// store; default true. Off for CAs that enforce one-time `jti` (nothing is cached).
     pub reuse_tokens: bool,
 }
 
@@ -160,6 +163,10 @@ mod secs {
 pub trait TokenProvider: Send + Sync + std::fmt::Debug {
     /// A token for `req`, valid for at least a little while.
     async fn token(&self, req: &TokenRequest) -> Result<AuthorityToken, TokenError>;
+
+    /// Forgets any token cached for `req`, because the CA refused it: the next
+    /// [`TokenProvider::token`] fetches a new one. Providers that cache nothing do nothing.
+    async fn discard(&self, _req: &TokenRequest) {}
 }
 
 #[cfg(test)]

@@ -1,6 +1,8 @@
 //! The `certbroker` command line: `serve`, `devca`, `issue` (one certificate straight from an
-//! ACME CA, like `lego run`), and the gRPC client commands `get` and `revoke`.
+//! ACME CA, like `lego run`), `account` (key rollover, deactivation), and the gRPC client
+//! commands `get` and `revoke`.
 
+mod account;
 mod bench;
 mod client;
 mod devca;
@@ -34,6 +36,8 @@ enum Command {
     Revoke(client::RevokeArgs),
     /// Show the renewal state of the certificates a running broker keeps fresh.
     Status(client::StatusArgs),
+    /// Manage a CA's ACME account: `rollover` (new key), `deactivate`, `show`.
+    Account(account::AccountArgs),
     /// Measure the broker against its baselines (see docs/benchmarks.md).
     Bench(Box<bench::BenchArgs>),
 }
@@ -51,6 +55,7 @@ pub fn main() -> anyhow::Result<()> {
             Command::Get(args) => client::get(args).await,
             Command::Revoke(args) => client::revoke(args).await,
             Command::Status(args) => client::status(args).await,
+            Command::Account(args) => account::run(args).await,
             Command::Bench(args) => bench::run(*args).await,
         }
     })

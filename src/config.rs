@@ -261,7 +261,9 @@ pub struct CaSettings {
     /// Lower is tried first.
     #[serde(default)]
     pub priority: u32,
-    /// PKCS#8 PEM of the ACME account key; created on first start if absent.
+    /// PKCS#8 PEM of the ACME account key; created (0600) on first use if absent, and
+    /// re-read by a running broker when the file changes (`certbroker account rollover`
+    /// replaces it).
     pub account_key: PathBuf,
     /// Account contact URLs (`mailto:`).
     #[serde(default)]

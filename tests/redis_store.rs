@@ -118,6 +118,46 @@ async fn roundtrip(store: &RedisStore) {
     assert_eq!(store.find(&by_fp).await.unwrap(), None);
 }
 
+/// Secret groups: shared between stores, sealed, expiring, dropped as a group.
+async fn secrets(a: &RedisStore, b: &RedisStore) {
+    let long = Duration::from_secs(60);
+    a.put_secret("fp-1", "spc-a", b"jwt-one", long)
+        .await
+        .unwrap();
+    a.put_secret("fp-1", "spc-b", b"jwt-two", long)
+        .await
+        .unwrap();
+    b.put_secret("fp-2", "spc-a", b"jwt-three", long)
+        .await
+        .unwrap();
+    b.put_secret("fp-2", "gone", b"x", Duration::from_millis(100))
+        .await
+        .unwrap();
+    assert_eq!(
+        &b.secret("fp-1", "spc-a").await.unwrap().unwrap()[..],
+        b"jwt-one"
+    );
+    assert_eq!(b.secret("fp-1", "spc-c").await.unwrap(), None);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(a.secret("fp-2", "gone").await.unwrap(), None);
+
+    a.delete_secret("fp-2", "spc-a").await.unwrap();
+    assert_eq!(b.secret("fp-2", "spc-a").await.unwrap(), None);
+    a.put_secret("fp-2", "spc-a", b"jwt-three", long)
+        .await
+        .unwrap();
+
+    assert_eq!(b.drop_secret_group("fp-1").await.unwrap(), 2);
+    assert_eq!(a.secret("fp-1", "spc-a").await.unwrap(), None);
+    assert_eq!(a.secret("fp-1", "spc-b").await.unwrap(), None);
+    assert_eq!(
+        &a.secret("fp-2", "spc-a").await.unwrap().unwrap()[..],
+        b"jwt-three"
+    );
+    assert_eq!(a.drop_secret_group("fp-1").await.unwrap(), 0);
+    assert_eq!(a.drop_secret_group("fp-2").await.unwrap(), 1);
+}
+
 async fn locks(a: &RedisStore, b: &RedisStore) {
     let ttl = Duration::from_secs(30);
     let ta = a
@@ -196,6 +236,52 @@ async fn stored_values_hold_no_plaintext_key_and_expire_at_not_after() {
         );
     }
     assert_eq!(store.current("ck-raw").await.unwrap(), Some(rec));
+}
+
+#[tokio::test]
+async fn secrets_are_shared_sealed_and_bound_to_their_key() {
+    let server = RedisServer::start();
+    let a = connect(&settings(&server.url())).await.unwrap();
+    let b = connect(&settings(&server.url())).await.unwrap();
+    secrets(&a, &b).await;
+
+    a.put_secret(
+        "grp",
+        "k1",
+        b"eyJhbGciOiJFUzI1NiJ9.bearer",
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    let mut conn = raw(&server.url()).await;
+    let keys: Vec<String> = conn.keys("*grp*item*").await.unwrap();
+    assert_eq!(keys.len(), 1);
+    let sealed: Vec<u8> = conn.get(&keys[0]).await.unwrap();
+    assert!(
+        !String::from_utf8_lossy(&sealed).contains("eyJ"),
+        "sealed at rest"
+    );
+    let ttl: i64 = conn.ttl(&keys[0]).await.unwrap();
+    assert!((1..=60).contains(&ttl), "ttl {ttl}");
+    // Moved under another key, the blob no longer opens.
+    let other = keys[0].replace("k1", "k2");
+    let _: () = conn.set(&other, sealed).await.unwrap();
+    assert!(matches!(
+        a.secret("grp", "k2").await,
+        Err(StoreError::Decrypt(_))
+    ));
+
+    let no_keyring = connect(&RedisSettings {
+        keyring: None,
+        ..settings(&server.url())
+    })
+    .await
+    .unwrap();
+    let err = no_keyring
+        .put_secret("grp", "k3", b"secret", Duration::from_secs(60))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Config(_)), "{err}");
 }
 
 #[tokio::test]
@@ -445,6 +531,7 @@ async fn cluster_roundtrip_locks_and_ready() {
     assert_eq!(a.health().await, StoreHealth::Ok);
     roundtrip(&a).await;
     locks(&a, &b).await;
+    secrets(&a, &b).await;
 
     // Both stores subscribe on the first seed node; PUBLISH may land on any node and
     // still reaches them.

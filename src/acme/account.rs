@@ -14,8 +14,8 @@ use crate::acme::{
     response::Response,
     retry::RetryPolicy,
     types::{
-        Authorization, AuthorizationStatus, CertificateChain, Challenge, NewOrder, Order,
-        OrderState, OrderStatus, Problem,
+        AccountState, Authorization, AuthorizationStatus, CertificateChain, Challenge, NewOrder,
+        Order, OrderState, OrderStatus, Problem,
     },
 };
 
@@ -222,6 +222,15 @@ impl Account {
             new_key,
             self.url.clone(),
         ))
+    }
+
+    /// Fetches the account object (POST-as-GET to the account URL,
+    /// [§7.3.3](https://www.rfc-editor.org/rfc/rfc8555#section-7.3.3)).
+    pub async fn state(&self) -> Result<AccountState, AcmeError> {
+        let resp = self
+            .post(&self.url, Payload::Json(&json!({})), None)
+            .await?;
+        resp.json()
     }
 
     /// Deactivates the account ([§7.3.6](https://www.rfc-editor.org/rfc/rfc8555#section-7.3.6)).

@@ -78,6 +78,17 @@ pub enum AccountStatus {
     Valid,
 }
 
+/// An account object as the server reports it
+/// ([RFC 8555 §7.1.2](https://www.rfc-editor.org/rfc/rfc8555#section-7.1.2)).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct AccountState {
+    /// `valid`, `deactivated` or `revoked`.
+    pub status: AccountStatus,
+    /// Contact URLs.
+    #[serde(default)]
+    pub contact: Vec<String>,
+}
+
 /// An identifier ([RFC 8555 §7.1.3](https://www.rfc-editor.org/rfc/rfc8555#section-7.1.3)):
 /// `dns`, `ip`, `TNAuthList`, ... The type is not interpreted here.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq, Hash)]

@@ -22,7 +22,7 @@ use super::{
 use crate::{
     broker::{FailureKind, IssueError, IssueRequest, Issuer},
     config::{CaSettings, PoolPolicy, PoolSettings},
-    store::CertRecord,
+    store::{CertRecord, Store},
 };
 
 /// RFC 5280 CRLReason `superseded`, for hedged losers that were issued anyway.
@@ -57,10 +57,15 @@ enum Failed {
 impl CaPool {
     /// Builds every `[[ca]]`; fails on the first bad one. `pools` sets the policy of the
     /// pools it names; other pools use priority order without hedging.
-    pub fn from_settings(cas: &[CaSettings], pools: &[PoolSettings]) -> Result<Self, AttemptError> {
+    /// With `tokens`, the CAs share SPC tokens fleet-wide through that store.
+    pub fn from_settings(
+        cas: &[CaSettings],
+        pools: &[PoolSettings],
+        tokens: Option<Arc<dyn Store>>,
+    ) -> Result<Self, AttemptError> {
         let upstreams = cas
             .iter()
-            .map(|s| Upstream::from_settings(s).map(Arc::new))
+            .map(|s| Upstream::from_settings_with_store(s, tokens.clone()).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self::new(upstreams, pools))
     }

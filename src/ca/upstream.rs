@@ -1,29 +1,26 @@
 //! One upstream CA: its ACME account and the full order flow for one certificate.
 
-use std::{
-    path::{Path, PathBuf},
-    sync::Arc,
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
-use rustls_pki_types::CertificateDer;
 use secrecy::{ExposeSecret, SecretString};
-use tokio::sync::OnceCell;
+use tokio::sync::{Mutex, OnceCell};
 use tracing::{Instrument, debug, info, instrument, warn};
 
-use super::{AttemptError, Progress, progress::OrderProgress};
+use super::{
+    AttemptError, Progress,
+    account::{AccountSource, KeyFileStamp},
+    progress::OrderProgress,
+};
 use crate::{
-    acme::{
-        self, Account, AccountKey, AcmeError, Client, ClientSettings, ExternalAccountKey,
-        Identifier, NewAccount, NewOrder, RetryPolicy,
-    },
+    acme::{self, Account, AcmeError, Client, Identifier, NewOrder, RetryPolicy},
     broker::{Identifiers, ProgressSink},
     challenge::{
-        self, CachingTokenProvider, Http01Responder, StaticTokenProvider, StiPaClient,
-        TkAuthSettings, TokenProvider, TokenRequest,
+        self, CachingTokenProvider, Http01Responder, SharedTokenProvider, StaticTokenProvider,
+        StiPaClient, TkAuthSettings, TokenProvider, TokenRequest,
     },
     config::{BreakerSettings, CaSettings, CsrSettings},
     shaken::{self, CertInfo, CsrSpec, Expected, Subject, TnAuthList},
+    store::Store,
     tls,
 };
 
@@ -62,19 +59,16 @@ pub struct Upstream {
     name: String,
     priority: u32,
     pools: Vec<String>,
-    directory: url::Url,
-    trust_roots: Option<Vec<CertificateDer<'static>>>,
-    account_key_path: PathBuf,
-    contact: Vec<String>,
-    eab: Option<ExternalAccountKey>,
-    request_timeout: Duration,
+    source: AccountSource,
     attempt_timeout: Duration,
     csr: CsrSettings,
     tkauth: TkAuthSettings,
     tokens: Option<Arc<dyn TokenProvider>>,
     http01_listen: Option<std::net::SocketAddr>,
     http01: OnceCell<Http01Responder>,
-    account: OnceCell<Account>,
+    client: OnceCell<Client>,
+    /// The account, and the stamp of the key file it was loaded from.
+    account: Mutex<Option<(Account, Option<KeyFileStamp>)>>,
     weight: u32,
     breaker: BreakerSettings,
     reuse_account_key: bool,
@@ -85,29 +79,20 @@ impl Upstream {
     /// Builds an upstream from its settings, reading trust roots and secrets from files and
     /// the environment. Fails naming the key that is wrong.
     pub fn from_settings(s: &CaSettings) -> Result<Self, AttemptError> {
+        Self::from_settings_with_store(s, None)
+    }
+
+    /// [`Upstream::from_settings`], sharing SPC tokens fleet-wide through `store` (see
+    /// [`SharedTokenProvider`]) when one is given and the CA reuses tokens.
+    pub fn from_settings_with_store(
+        s: &CaSettings,
+        store: Option<Arc<dyn Store>>,
+    ) -> Result<Self, AttemptError> {
         let setup = |key: &str, e: &dyn std::fmt::Display| {
             AttemptError::Setup(format!("ca {:?}: {key}: {e}", s.name))
         };
-        let trust_roots = s
-            .trust_roots
-            .as_deref()
-            .map(tls::read_roots)
-            .transpose()
-            .map_err(|e| setup("trust_roots", &e))?;
-        let eab = s
-            .eab
-            .as_ref()
-            .map(|eab| {
-                let key = std::env::var(&eab.hmac_key_env).map_err(|_| {
-                    setup(
-                        "eab.hmac_key_env",
-                        &format!("{} is not set", eab.hmac_key_env),
-                    )
-                })?;
-                ExternalAccountKey::from_base64url(eab.key_id.clone(), &key)
-                    .map_err(|e| setup("eab.hmac_key_env", &e))
-            })
-            .transpose()?;
+        let source = AccountSource::from_settings(s)?;
+        let trust_roots = source.trust_roots().cloned();
         let tokens: Option<Arc<dyn TokenProvider>> = if let Some(pa) = &s.sti_pa {
             let password = match (&pa.password, &pa.password_env) {
                 (_, Some(var)) => SecretString::from(
@@ -134,10 +119,12 @@ impl Upstream {
             .map_err(|e| setup("sti_pa", &e))?;
             let client: Arc<dyn TokenProvider> = Arc::new(client);
             Some(if s.challenge.reuse_tokens {
-                Arc::new(CachingTokenProvider::new(
-                    client,
-                    s.challenge.refresh_margin,
-                ))
+                let margin = s.challenge.refresh_margin;
+                let shared: Arc<dyn TokenProvider> = match store {
+                    Some(store) => Arc::new(SharedTokenProvider::new(client, store, margin)),
+                    None => client,
+                };
+                Arc::new(CachingTokenProvider::new(shared, margin))
             } else {
                 client
             })
@@ -150,19 +137,15 @@ impl Upstream {
             name: s.name.clone(),
             priority: s.priority,
             pools: s.pools.clone(),
-            directory: s.directory.clone(),
-            trust_roots,
-            account_key_path: s.account_key.clone(),
-            contact: s.contact.clone(),
-            eab,
-            request_timeout: Duration::from_secs(s.request_timeout_secs),
+            source,
             attempt_timeout: Duration::from_secs(s.attempt_timeout_secs),
             csr: s.csr.clone(),
             tkauth: s.challenge.clone(),
             tokens,
             http01_listen: s.http01_listen,
             http01: OnceCell::new(),
-            account: OnceCell::new(),
+            client: OnceCell::new(),
+            account: Mutex::new(None),
             weight: s.weight,
             breaker: s.breaker.clone(),
             reuse_account_key: s.allow_account_key_reuse,
@@ -195,41 +178,31 @@ impl Upstream {
         &self.breaker
     }
 
-    /// The ACME account, created (or found) on first use.
-    pub async fn account(&self) -> Result<&Account, AttemptError> {
-        self.account
-            .get_or_try_init(|| async {
-                let key = load_or_create_key(&self.account_key_path)?;
-                let client = Client::new(ClientSettings {
-                    directory_url: self.directory.clone(),
-                    trust_roots: self.trust_roots.clone(),
-                    request_timeout: self.request_timeout,
-                    retry: RetryPolicy::new().timeout(self.attempt_timeout),
-                    // Bounded, and enough that a CA rejecting half its nonces still works
-                    // (a POST then fails with probability 0.5^21).
-                    max_bad_nonce_retries: 20,
-                })
-                .await?;
-                let account = match client.find_account(key.clone()).await {
-                    Ok(a) => a,
-                    Err(AcmeError::Problem { problem, .. })
-                        if problem.r#type.as_deref()
-                            == Some("urn:ietf:params:acme:error:accountDoesNotExist") =>
-                    {
-                        let req = NewAccount {
-                            contact: self.contact.clone(),
-                            terms_of_service_agreed: true,
-                            external_account_binding: self.eab.clone(),
-                        };
-                        let a = client.new_account(key, &req).await?;
-                        info!(ca = %self.name, account = %a.url(), "ACME account created");
-                        a
-                    }
-                    Err(e) => return Err(e.into()),
-                };
-                Ok(account)
-            })
-            .await
+    /// The ACME account, created (or found) on first use, and found again when the key
+    /// file changed since (a key rollover, or a new key after a deactivation).
+    pub async fn account(&self) -> Result<Account, AttemptError> {
+        let mut slot = self.account.lock().await;
+        let stamp = self.source.stamp();
+        if let Some((account, loaded)) = slot.as_ref()
+            && *loaded == stamp
+        {
+            return Ok(account.clone());
+        }
+        let key = self.source.load_or_create_key()?;
+        let stamp = self.source.stamp();
+        if let Some((account, loaded)) = slot.as_mut()
+            && *account.key() == key
+        {
+            *loaded = stamp;
+            return Ok(account.clone());
+        }
+        let client = self.client.get_or_try_init(|| self.source.client()).await?;
+        let account = self.source.open(client, key, true).await?;
+        if slot.is_some() {
+            info!(ca = %self.name, account = %account.url(), "account key file changed; using the new key");
+        }
+        *slot = Some((account.clone(), stamp));
+        Ok(account)
     }
 
     /// Obtains one certificate for `identifiers`, with the caller's CSR or a fresh P-256
@@ -256,12 +229,30 @@ impl Upstream {
         ca: bool,
         tracking: Tracking<'_>,
     ) -> Result<Issued, AttemptError> {
-        tokio::time::timeout(
-            self.attempt_timeout,
-            self.issue_inner(identifiers, csr_der, ca, tracking),
-        )
-        .await
-        .map_err(|_| AttemptError::Timeout(self.attempt_timeout))?
+        let attempt = async {
+            match self.issue_inner(identifiers, csr_der, ca, tracking).await {
+                // The CA refused something signed with a key that was rolled over meanwhile:
+                // not a verdict on the request, so once more with the new key.
+                Err(AttemptError::Acme(e))
+                    if !e.is_retryable() && self.key_file_changed().await =>
+                {
+                    info!(ca = %self.name, error = %e, "account key changed during the attempt; retrying with the new key");
+                    self.issue_inner(identifiers, csr_der, ca, tracking).await
+                }
+                other => other,
+            }
+        };
+        tokio::time::timeout(self.attempt_timeout, attempt)
+            .await
+            .map_err(|_| AttemptError::Timeout(self.attempt_timeout))?
+    }
+
+    /// Whether the key file differs from the one the current account was loaded from.
+    async fn key_file_changed(&self) -> bool {
+        let loaded = self.account.lock().await;
+        loaded
+            .as_ref()
+            .is_some_and(|(_, stamp)| *stamp != self.source.stamp())
     }
 
     async fn issue_inner(
@@ -271,7 +262,7 @@ impl Upstream {
         ca: bool,
         tracking: Tracking<'_>,
     ) -> Result<Issued, AttemptError> {
-        let account = self.account().await?;
+        let account = &self.account().await?;
         let (order, csr, key_pkcs8, spki) = match self.resumable(account, tracking.resume).await {
             Some(resumed) => resumed,
             None => {
@@ -408,7 +399,7 @@ impl Upstream {
             return Ok(());
         }
         let id_type = authz.identifier.r#type.as_str();
-        let payload = if id_type.eq_ignore_ascii_case("TNAuthList") {
+        if id_type.eq_ignore_ascii_case("TNAuthList") {
             let challenge = find_challenge(&authz, "tkauth-01")?;
             let tokens = self.tokens.as_ref().ok_or_else(|| {
                 AttemptError::Setup(format!(
@@ -419,38 +410,40 @@ impl Upstream {
             let list = TnAuthList::decode(&authz.identifier.value)?;
             let fingerprint =
                 challenge::fingerprint(self.tkauth.fingerprint, &account.key().public_jwk())?;
+            let req = TokenRequest {
+                tn_auth_list: list,
+                ca,
+                fingerprint,
+            };
             let token = tokens
-                .token(&TokenRequest {
-                    tn_auth_list: list,
-                    ca,
-                    fingerprint,
-                })
+                .token(&req)
                 .instrument(tracing::info_span!("challenge.token", ca = %self.name))
                 .await?;
-            (
-                challenge.url.clone(),
-                challenge::response_payload(self.tkauth.response_field, &token),
-            )
-        } else {
-            let challenge = find_challenge(&authz, "http-01")?;
-            if let (Some(responder), Some(token)) = (self.http01().await?, &challenge.token) {
-                let key_auth = challenge::key_authorization(token, &account.key().thumbprint_b64());
-                responder.insert(token, key_auth);
-                let result = self
-                    .answer(
-                        account,
-                        &challenge.url,
-                        &serde_json::json!({}),
-                        authz_url,
-                        policy,
-                    )
-                    .await;
-                responder.remove(token);
-                return result;
+            let payload = challenge::response_payload(self.tkauth.response_field, &token);
+            account.respond_challenge(&challenge.url, &payload).await?;
+            let verdict = account.poll_authorization(authz_url, policy).await;
+            if let Err(e) = &verdict
+                && e.problem().is_some()
+                && !e.is_retryable()
+            {
+                // The CA refused the challenge, most likely the token: never offer it again.
+                tokens.discard(&req).await;
             }
-            (challenge.url.clone(), serde_json::json!({}))
-        };
-        self.answer(account, &payload.0, &payload.1, authz_url, policy)
+            verdict?;
+            return Ok(());
+        }
+        let challenge = find_challenge(&authz, "http-01")?;
+        let empty = serde_json::json!({});
+        if let (Some(responder), Some(token)) = (self.http01().await?, &challenge.token) {
+            let key_auth = challenge::key_authorization(token, &account.key().thumbprint_b64());
+            responder.insert(token, key_auth);
+            let result = self
+                .answer(account, &challenge.url, &empty, authz_url, policy)
+                .await;
+            responder.remove(token);
+            return result;
+        }
+        self.answer(account, &challenge.url, &empty, authz_url, policy)
             .await
     }
 
@@ -557,36 +550,4 @@ fn find_challenge<'a>(
                 authz.identifier.value
             ))
         })
-}
-
-/// Reads the account key, or creates one (mode 0600) on first start.
-fn load_or_create_key(path: &Path) -> Result<AccountKey, AttemptError> {
-    let setup = |e: &dyn std::fmt::Display| {
-        AttemptError::Setup(format!("account key {}: {e}", path.display()))
-    };
-    match std::fs::read(path) {
-        Ok(pem) => Ok(AccountKey::from_pkcs8_pem(&pem)?),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let key = AccountKey::generate()?;
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir).map_err(|e| setup(&e))?;
-            }
-            write_private(path, key.to_pkcs8_pem().as_bytes()).map_err(|e| setup(&e))?;
-            info!(path = %path.display(), "created ACME account key");
-            Ok(key)
-        }
-        Err(e) => Err(setup(&e)),
-    }
-}
-
-/// Writes a secret file readable by the owner only.
-pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::{io::Write, os::unix::fs::OpenOptionsExt};
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(bytes)
 }

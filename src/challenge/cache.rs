@@ -40,7 +40,13 @@ impl CachingTokenProvider {
         );
         // Each critical section is one map operation, so a poisoned lock is still consistent.
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        slots.retain(|_, s| Arc::strong_count(s) > 1 || s.try_lock().is_ok_and(|t| t.is_some()));
+        // Keep slots in use and unexpired tokens; a rolled-over key's tokens age out.
+        let now = OffsetDateTime::now_utc();
+        slots.retain(|_, s| {
+            Arc::strong_count(s) > 1
+                || s.try_lock()
+                    .is_ok_and(|t| t.as_ref().is_some_and(|t| t.expires_at > now))
+        });
         slots.entry(key).or_default().clone()
     }
 }
@@ -58,6 +64,12 @@ impl TokenProvider for CachingTokenProvider {
         token.check(req, self.refresh_margin)?;
         *cached = Some(token.clone());
         Ok(token)
+    }
+
+    async fn discard(&self, req: &TokenRequest) {
+        let slot = self.slot(req);
+        slot.lock().await.take();
+        self.inner.discard(req).await;
     }
 }
 
@@ -129,6 +141,15 @@ mod tests {
             Err(TokenError::Expired(_))
         ));
         assert!(cache.token(&req("1234", FP)).await.is_err());
+        assert_eq!(inner.calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_discarded_token_is_fetched_again() {
+        let (inner, cache) = cache(3600);
+        cache.token(&req("1234", FP)).await.unwrap();
+        cache.discard(&req("1234", FP)).await;
+        cache.token(&req("1234", FP)).await.unwrap();
         assert_eq!(inner.calls.load(Ordering::SeqCst), 2);
     }
 

@@ -33,6 +33,8 @@ pub struct Behaviour {
     delay_ms: AtomicU64,
     token_fault: Mutex<Option<TokenFault>>,
     counters: Counters,
+    /// `atc.fingerprint` of every token the STI-PA issued, oldest first.
+    token_fingerprints: Mutex<Vec<String>>,
 }
 
 /// Counters of what the embedded CA did.
@@ -169,6 +171,22 @@ impl Behaviour {
             Counter::TokenIssued => &c.tokens_issued,
         };
         atomic.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Notes the fingerprint an issued token is bound to.
+    pub(crate) fn record_token(&self, fingerprint: &str) {
+        self.token_fingerprints
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(fingerprint.to_owned());
+    }
+
+    /// `atc.fingerprint` of every token the STI-PA issued, oldest first.
+    pub fn token_fingerprints(&self) -> Vec<String> {
+        self.token_fingerprints
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     pub(crate) fn stats(&self) -> Stats {

@@ -124,6 +124,7 @@ async fn token(
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e),
     };
     inner.behaviour.count(Counter::TokenIssued);
+    inner.behaviour.record_token(fingerprint);
     Json(json!({
         "status": "success",
         "message": format!("SPC token for spc: {ocn} is created successfully"),

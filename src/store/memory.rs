@@ -7,6 +7,7 @@ use std::{
     time::Duration,
 };
 
+use secrecy::zeroize::Zeroizing;
 use tokio::{sync::broadcast, time::Instant};
 
 use super::{CertRecord, CertSelector, LockToken, Store, StoreError, StoreHealth, wait_for_ready};
@@ -39,7 +40,12 @@ struct Coord {
     locks: HashMap<String, (LockToken, Instant)>,
     progress: HashMap<String, (Vec<u8>, Instant)>,
     negative: HashMap<String, (String, Instant)>,
+    /// group -> key -> secret blob. In process memory only, like the certificates' keys.
+    secrets: HashMap<String, SecretGroup>,
 }
+
+/// One secret group: key -> blob and its expiry.
+type SecretGroup = HashMap<String, (Zeroizing<Vec<u8>>, Instant)>;
 
 impl Coord {
     /// The live lock on `key`, dropping it if it expired.
@@ -239,6 +245,50 @@ impl Store for MemoryStore {
         Ok(self.invalidations.subscribe())
     }
 
+    async fn put_secret(
+        &self,
+        group: &str,
+        key: &str,
+        secret: &[u8],
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let mut coord = self.coord();
+        let now = Instant::now();
+        // Few groups of few entries: sweeping all keeps groups nobody asks for from piling up.
+        coord.secrets.retain(|_, entries| {
+            entries.retain(|_, (_, until)| *until > now);
+            !entries.is_empty()
+        });
+        let entries = coord.secrets.entry(group.to_owned()).or_default();
+        entries.insert(key.to_owned(), (Zeroizing::new(secret.to_vec()), now + ttl));
+        Ok(())
+    }
+
+    async fn secret(
+        &self,
+        group: &str,
+        key: &str,
+    ) -> Result<Option<Zeroizing<Vec<u8>>>, StoreError> {
+        let mut coord = self.coord();
+        let Some(entries) = coord.secrets.get_mut(group) else {
+            return Ok(None);
+        };
+        Ok(live(entries, key).cloned())
+    }
+
+    async fn delete_secret(&self, group: &str, key: &str) -> Result<(), StoreError> {
+        if let Some(entries) = self.coord().secrets.get_mut(group) {
+            entries.remove(key);
+        }
+        Ok(())
+    }
+
+    async fn drop_secret_group(&self, group: &str) -> Result<u64, StoreError> {
+        let now = Instant::now();
+        let dropped = self.coord().secrets.remove(group).unwrap_or_default();
+        Ok(dropped.values().filter(|(_, until)| *until > now).count() as u64)
+    }
+
     async fn health(&self) -> StoreHealth {
         StoreHealth::Ok
     }
@@ -399,5 +449,35 @@ mod coord_tests {
         store.publish_invalidation("ck").await.unwrap();
         assert_eq!(rx.recv().await.unwrap(), "ck");
         assert_eq!(store.health().await, StoreHealth::Ok);
+    }
+
+    #[tokio::test]
+    async fn secrets_expire_and_groups_drop_together() {
+        let store = MemoryStore::new();
+        let long = Duration::from_secs(60);
+        store.put_secret("g1", "a", b"one", long).await.unwrap();
+        store.put_secret("g1", "b", b"two", long).await.unwrap();
+        store.put_secret("g2", "a", b"three", long).await.unwrap();
+        store
+            .put_secret("g2", "short", b"x", Duration::from_millis(50))
+            .await
+            .unwrap();
+        assert_eq!(&store.secret("g1", "a").await.unwrap().unwrap()[..], b"one");
+        assert_eq!(store.secret("g1", "c").await.unwrap(), None);
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        assert_eq!(store.secret("g2", "short").await.unwrap(), None);
+
+        store.delete_secret("g2", "a").await.unwrap();
+        assert_eq!(store.secret("g2", "a").await.unwrap(), None);
+        store.put_secret("g2", "a", b"three", long).await.unwrap();
+
+        assert_eq!(store.drop_secret_group("g1").await.unwrap(), 2);
+        assert_eq!(store.secret("g1", "a").await.unwrap(), None);
+        assert_eq!(store.secret("g1", "b").await.unwrap(), None);
+        assert_eq!(
+            &store.secret("g2", "a").await.unwrap().unwrap()[..],
+            b"three"
+        );
+        assert_eq!(store.drop_secret_group("none").await.unwrap(), 0);
     }
 }

@@ -12,6 +12,8 @@
 //! | `prefix:{key}:lock` | random owner token | lock TTL |
 //! | `prefix:{key}:progress` | opaque bytes | given TTL |
 //! | `prefix:{key}:negative` | opaque reason | given TTL |
+//! | `prefix:{secret:<group>}:item:<key>` | keyring-sealed blob (AAD: this key name) | given TTL |
+//! | `prefix:{secret:<group>}:index` | set of the group's item keys | longest item TTL |
 //!
 //! Pub/sub channels `prefix:ready` and `prefix:invalidate` carry keys as payload.
 //! Every command is bounded by `timeout_ms`; every Redis failure is
@@ -25,6 +27,7 @@ mod scripts;
 use std::{fmt, sync::Arc, time::Duration};
 
 use redis::{Client, FromRedisValue, RedisResult, Value};
+use secrecy::zeroize::Zeroizing;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
@@ -275,6 +278,15 @@ impl RedisStore {
         format!("{}:{{{key}}}:{suffix}", self.inner.prefix)
     }
 
+    /// The item and index keys of a secret group; one hash tag, so one Cluster slot.
+    fn secret_keys(&self, group: &str, key: &str) -> (String, String) {
+        let tag = format!("secret:{group}");
+        (
+            self.tagged(&tag, &format!("item:{key}")),
+            self.tagged(&tag, "index"),
+        )
+    }
+
     fn index_key(&self, kind: &str, id: &str) -> String {
         format!("{}:{kind}:{id}", self.inner.prefix)
     }
@@ -482,6 +494,55 @@ impl Store for RedisStore {
 
     async fn subscribe_invalidations(&self) -> Result<broadcast::Receiver<String>, StoreError> {
         Ok(self.inner.routes.invalidations.subscribe())
+    }
+
+    async fn put_secret(
+        &self,
+        group: &str,
+        key: &str,
+        secret: &[u8],
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let keyring = self.keyring_for("secrets")?;
+        let (item, index) = self.secret_keys(group, key);
+        let sealed = keyring.encrypt(secret, item.as_bytes())?;
+        let mut put = self.inner.scripts.put_secret.prepare_invoke();
+        put.key(&item).key(&index).arg(sealed).arg(millis(ttl));
+        self.script::<i64>(put).await.map(drop)
+    }
+
+    async fn secret(
+        &self,
+        group: &str,
+        key: &str,
+    ) -> Result<Option<Zeroizing<Vec<u8>>>, StoreError> {
+        let (item, _) = self.secret_keys(group, key);
+        let sealed: Option<Vec<u8>> = self.query(redis::cmd("GET").arg(&item)).await?;
+        let Some(sealed) = sealed else {
+            return Ok(None);
+        };
+        let keyring = self.keyring_for("secrets")?;
+        keyring.decrypt(&sealed, item.as_bytes()).map(Some)
+    }
+
+    async fn delete_secret(&self, group: &str, key: &str) -> Result<(), StoreError> {
+        let (item, index) = self.secret_keys(group, key);
+        self.query::<()>(redis::cmd("DEL").arg(&item)).await?;
+        self.query::<()>(redis::cmd("SREM").arg(&index).arg(&item))
+            .await
+    }
+
+    async fn drop_secret_group(&self, group: &str) -> Result<u64, StoreError> {
+        let (_, index) = self.secret_keys(group, "");
+        let items: Vec<String> = self.query(redis::cmd("SMEMBERS").arg(&index)).await?;
+        let dropped = if items.is_empty() {
+            0
+        } else {
+            // Every item shares the index's hash tag: one multi-key DEL, legal on Cluster.
+            self.query::<u64>(redis::cmd("DEL").arg(&items)).await?
+        };
+        self.query::<()>(redis::cmd("DEL").arg(&index)).await?;
+        Ok(dropped)
     }
 
     async fn health(&self) -> StoreHealth {

@@ -15,6 +15,9 @@ pub(super) struct Scripts {
     pub(super) renew: Script,
     /// KEYS: lock. ARGV: token. Deletes the lock if the token holds it; 1 or 0.
     pub(super) release: Script,
+    /// KEYS: item, group index. ARGV: sealed blob, ttl ms. Writes the item, adds it to the
+    /// index and keeps the index alive at least as long as the item.
+    pub(super) put_secret: Script,
 }
 
 impl Scripts {
@@ -41,6 +44,14 @@ impl Scripts {
                     return redis.call('DEL', KEYS[1])
                   end
                   return 0",
+            ),
+            put_secret: Script::new(
+                r"redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+                  redis.call('SADD', KEYS[2], KEYS[1])
+                  if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[2]) then
+                    redis.call('PEXPIRE', KEYS[2], ARGV[2])
+                  end
+                  return 1",
             ),
         }
     }
