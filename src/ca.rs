@@ -2,6 +2,7 @@
 //! and the [`CaPool`] that picks among them by the pool's policy, failing over on retryable
 //! errors, optionally hedging, and keeping a circuit breaker and counters per CA.
 
+mod ari;
 mod attempt;
 mod breaker;
 mod metrics;

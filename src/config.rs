@@ -183,6 +183,10 @@ pub struct RenewalSettings {
     pub renew_fraction: f64,
     /// First retry delay after a failed renewal (doubles per failure, with jitter).
     pub retry_base_secs: u64,
+    /// Renew inside the window the issuing CA suggests through ACME Renewal Information
+    /// (RFC 9773) when its directory offers `renewalInfo`, and name the replaced certificate
+    /// in the new order (`replaces`). Off: always the `renew_fraction` rule, no `replaces`.
+    pub ari: bool,
 }
 
 impl Default for RenewalSettings {
@@ -193,6 +197,7 @@ impl Default for RenewalSettings {
             idle_horizon_secs: 24 * 3600,
             renew_fraction: 1.0 / 3.0,
             retry_base_secs: 10,
+            ari: true,
         }
     }
 }
