@@ -73,14 +73,14 @@ fn secs(t: OffsetDateTime) -> f64 {
     t.unix_timestamp_nanos() as f64 / 1e9
 }
 
-/// 40-second certificates with a suggested window at 40–55 % of their life (16–22 s): the
+/// 40-second certificates with a suggested window at 35–50 % of their life (14–20 s): the
 /// broker places the renewal order inside that window, not at the default 2/3 point
 /// (26.7 s), with `replaces` naming the old certificate; `status` shows the chosen time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renews_inside_the_suggested_window_with_replaces() {
     let env = DevEnv::start_with(DevCaSettings {
         cert_lifetime: Duration::from_secs(40),
-        renewal_info: ari(0.4, 0.55),
+        renewal_info: ari(0.35, 0.5),
         ..Default::default()
     })
     .await;
@@ -125,21 +125,27 @@ async fn renews_inside_the_suggested_window_with_replaces() {
         Some(old.serial_hex.as_str())
     );
 
-    // Placed inside the window (one check interval of slack), well before the 2/3 point.
+    // Placed inside the window (slack for the 1 s check interval on a loaded machine), well
+    // before the 2/3 point the fraction rule would have used.
     let at = secs(r.at);
     assert!(
-        at >= secs(start) && at <= secs(end) + 1.5,
+        at >= secs(start) && at <= secs(end) + 3.0,
         "order at {:.1}s, window {:.1}..{:.1}s after issuance",
         at - secs(issued),
         secs(start) - secs(issued),
         secs(end) - secs(issued)
     );
-    let renewed = env.ca.issued_at(&new.serial_hex).expect("new issued");
     assert!(
-        secs(renewed) < default_point - 2.0,
-        "renewed {:.1}s after issuance, the default rule says {:.1}s",
-        secs(renewed) - secs(issued),
+        at < default_point - 3.0,
+        "order at {:.1}s after issuance, the fraction rule says {:.1}s",
+        at - secs(issued),
         default_point - secs(issued)
+    );
+    let renewed = env.ca.issued_at(&new.serial_hex).expect("new issued");
+    let old_not_after = old.not_after.as_ref().map_or(0, |t| t.seconds);
+    assert!(
+        renewed > issued && renewed.unix_timestamp() < old_not_after,
+        "the new certificate came before the old one expired"
     );
     assert_ne!(new.serial_hex, old.serial_hex);
     let stats = env.ca.stats();
