@@ -946,4 +946,19 @@ mod env_tests {
             Ok(())
         });
     }
+
+    #[test]
+    fn renewal_information_is_on_unless_turned_off() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("c.toml", "[renewal]\ncheck_interval_secs = 2\n")?;
+            let s =
+                Settings::load(Some(std::path::Path::new("c.toml"))).map_err(|e| e.to_string())?;
+            assert!(s.renewal.ari);
+            jail.set_env("CERTBROKER_RENEWAL__ARI", "false");
+            let s =
+                Settings::load(Some(std::path::Path::new("c.toml"))).map_err(|e| e.to_string())?;
+            assert!(!s.renewal.ari);
+            Ok(())
+        });
+    }
 }
