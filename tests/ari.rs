@@ -190,6 +190,42 @@ async fn already_replaced_is_ordered_again_without_replaces() {
     assert_eq!(broker.app.broker().stats().renewal_failures(), 0);
 }
 
+/// `renewalInfo` failing (503): the broker renews by the fraction rule (2/3 of the life,
+/// after the window the CA would have suggested), still naming the old certificate, and
+/// the failed fetch does not count as a renewal failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_renewal_info_falls_back_to_the_fraction_rule() {
+    let env = DevEnv::start_with(DevCaSettings {
+        cert_lifetime: Duration::from_secs(30),
+        renewal_info: ari(0.35, 0.5),
+        ..Default::default()
+    })
+    .await;
+    env.ca.behaviour().set_renewal_info_unavailable(true);
+    let broker = TestBroker::start_settings(broker_settings(&env)).await;
+
+    let (old, new) = first_renewal(&broker, "4444", Duration::from_secs(28)).await;
+    assert_ne!(new.serial_hex, old.serial_hex);
+    assert!(
+        env.ca.stats().renewal_info_requests >= 1,
+        "the broker asked"
+    );
+
+    let issued = secs(env.ca.issued_at(&old.serial_hex).unwrap());
+    let (_, window_end) = env.ca.renewal_window(&old.serial_hex).unwrap();
+    let replacements = env.ca.replacements();
+    assert_eq!(replacements.len(), 1, "{replacements:?}");
+    assert_eq!(replacements[0].outcome, ReplacesOutcome::Accepted);
+    let at = replacements[0].at;
+    assert!(
+        secs(at) > secs(window_end) + 2.0 && secs(at) >= issued + 30.0 * 2.0 / 3.0 - 1.0,
+        "order at {:.1}s after issuance; window ended at {:.1}s, the fraction rule says 20s",
+        secs(at) - issued,
+        secs(window_end) - issued
+    );
+    assert_eq!(broker.app.broker().stats().renewal_failures(), 0);
+}
+
 fn spc(s: &str) -> Identifiers {
     Identifiers::TnAuthList(TnAuthList::from_spc(s).unwrap())
 }

@@ -84,6 +84,13 @@ pub(crate) async fn renewal_info(
         .renewal_info
         .ok_or_else(|| Problem::not_found("renewalInfo"))?;
     inner.behaviour.count(Counter::RenewalInfo);
+    if inner.behaviour.renewal_info_unavailable() {
+        return Err(Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "serverInternal",
+            "the devca is configured to fail renewalInfo",
+        ));
+    }
     let state = inner.lock_state();
     let cert = state
         .certs

@@ -32,6 +32,7 @@ pub struct Behaviour {
     rate_limit_secs: AtomicU64,
     delay_ms: AtomicU64,
     already_replaced: std::sync::atomic::AtomicBool,
+    renewal_info_unavailable: std::sync::atomic::AtomicBool,
     token_fault: Mutex<Option<TokenFault>>,
     counters: Counters,
 }
@@ -132,6 +133,16 @@ impl Behaviour {
 
     pub(crate) fn already_replaced(&self) -> bool {
         self.already_replaced.load(Ordering::Relaxed)
+    }
+
+    /// While `on`, answers `renewalInfo` requests with 503 `serverInternal` (the rest of the
+    /// ACME API keeps working).
+    pub fn set_renewal_info_unavailable(&self, on: bool) {
+        self.renewal_info_unavailable.store(on, Ordering::Relaxed);
+    }
+
+    pub(crate) fn renewal_info_unavailable(&self) -> bool {
+        self.renewal_info_unavailable.load(Ordering::Relaxed)
     }
 
     /// Makes the STI-PA issue faulty tokens; `None` issues good ones.
