@@ -40,13 +40,20 @@ pub(crate) fn replaces_for(
 
 impl Upstream {
     /// The renewal window this CA suggests for a certificate it issued (leaf DER);
-    /// `Ok(None)` when its directory offers no `renewalInfo`. Bounded by a short timeout.
+    /// `Ok(None)` when its directory offers no `renewalInfo`, or the certificate has no
+    /// identifier to ask with (no Authority Key Identifier). Bounded by a short timeout.
     pub async fn renewal_window(
         &self,
         leaf_der: &[u8],
     ) -> Result<Option<RenewalWindow>, AttemptError> {
         let account = self.account().await?;
-        let id = CertificateId::from_der(leaf_der)?;
+        let id = match CertificateId::from_der(leaf_der) {
+            Ok(id) => id,
+            Err(e) => {
+                debug!(error = %e, "no ARI identifier for this certificate");
+                return Ok(None);
+            }
+        };
         let fetch = account.client().renewal_info(&id);
         let info = tokio::time::timeout(FETCH_TIMEOUT, fetch)
             .await
