@@ -13,6 +13,11 @@
 //! [`ClientSettings::max_bad_nonce_retries`]. Polling follows a [`RetryPolicy`] and honours
 //! `Retry-After`.
 //!
+//! ACME Renewal Information ([RFC 9773](https://www.rfc-editor.org/rfc/rfc9773)):
+//! [`CertificateId`] names a certificate, [`Client::renewal_info`] fetches the window the
+//! server suggests for it, and [`NewOrder::replaces`] tells the server which certificate an
+//! order replaces ([`AcmeError::is_already_replaced`] when that one was replaced already).
+//!
 //! Logging: each request opens a `tracing` span with method and URL and records the response
 //! status; JWS bodies, keys and certificates are never logged.
 
@@ -21,6 +26,7 @@ mod client;
 mod error;
 mod jws;
 mod key;
+mod renewal_info;
 mod response;
 mod retry;
 mod types;
@@ -29,6 +35,7 @@ pub use account::Account;
 pub use client::{Client, ClientSettings};
 pub use error::AcmeError;
 pub use key::{AccountKey, ExternalAccountKey};
+pub use renewal_info::{CertificateId, RenewalInfo, SuggestedWindow};
 pub use retry::RetryPolicy;
 pub use types::{
     AccountState, AccountStatus, Authorization, AuthorizationStatus, CertificateChain, Challenge,

@@ -54,6 +54,7 @@ impl App {
                 idle_horizon: Duration::from_secs(r.idle_horizon_secs),
                 renew_fraction: r.renew_fraction,
                 retry_base: Duration::from_secs(r.retry_base_secs),
+                use_ari: r.ari,
             });
         }
         let metrics = Metrics::new()?;

@@ -6,6 +6,7 @@ mod error;
 mod fleet;
 mod renewal;
 mod request;
+mod schedule;
 mod service;
 mod singleflight;
 
@@ -35,6 +36,51 @@ pub struct IssueRequest {
     pub resume: Option<Vec<u8>>,
     /// Where the issuer records its in-flight order, so a takeover can resume it.
     pub progress: Option<ProgressSink>,
+    /// The certificate this issuance replaces (a renewal), so that the CA that issued it
+    /// can be told (ACME Renewal Information, RFC 9773 `replaces`).
+    pub replaces: Option<Replaces>,
+}
+
+/// A certificate being replaced. The issuer names it only to the CA that issued it; an
+/// issuance that fails over to another CA does not mention it.
+#[derive(Clone)]
+pub struct Replaces {
+    /// Configured name of the CA that issued it.
+    pub issuer_ca: String,
+    /// Its leaf certificate, DER.
+    pub leaf_der: Vec<u8>,
+}
+
+impl Replaces {
+    /// The predecessor `cert`, if it has a leaf.
+    pub fn of(cert: &CertRecord) -> Option<Self> {
+        Some(Self {
+            issuer_ca: cert.issuer_ca.clone(),
+            leaf_der: cert.chain_der.first()?.clone(),
+        })
+    }
+}
+
+impl std::fmt::Debug for Replaces {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replaces")
+            .field("issuer_ca", &self.issuer_ca)
+            .finish_non_exhaustive()
+    }
+}
+
+/// When the CA that issued a certificate suggests renewing it (ACME Renewal Information,
+/// RFC 9773 §4.2), as an issuer reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenewalWindow {
+    /// Earliest suggested renewal, Unix seconds.
+    pub start: i64,
+    /// Latest suggested renewal, Unix seconds; after `start`.
+    pub end: i64,
+    /// When to ask again, if the CA said.
+    pub retry_after: Option<std::time::Duration>,
+    /// The CA's explanation of the window, if it gave one.
+    pub explanation_url: Option<String>,
 }
 
 /// Records an issuer's in-flight order (opaque bytes) where the fleet can find it. The
@@ -75,4 +121,10 @@ pub trait Issuer: Send + Sync + std::fmt::Debug {
     async fn issue(&self, req: &IssueRequest) -> Result<CertRecord, IssueError>;
     /// Revokes `cert` at the CA and account that issued it. `reason` is an RFC 5280 code.
     async fn revoke(&self, cert: &CertRecord, reason: u8) -> Result<(), IssueError>;
+    /// The renewal window the CA that issued `cert` suggests; `Ok(None)` when that CA
+    /// suggests none (the default). The broker then renews by its own rule.
+    async fn renewal_window(&self, cert: &CertRecord) -> Result<Option<RenewalWindow>, IssueError> {
+        let _ = cert;
+        Ok(None)
+    }
 }

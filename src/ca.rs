@@ -3,6 +3,7 @@
 //! errors, optionally hedging, and keeping a circuit breaker and counters per CA.
 
 mod account;
+mod ari;
 mod attempt;
 mod breaker;
 mod lifecycle;

@@ -187,6 +187,10 @@ pub struct RenewalSettings {
     pub renew_fraction: f64,
     /// First retry delay after a failed renewal (doubles per failure, with jitter).
     pub retry_base_secs: u64,
+    /// Renew inside the window the issuing CA suggests through ACME Renewal Information
+    /// (RFC 9773) when its directory offers `renewalInfo`, and name the replaced certificate
+    /// in the new order (`replaces`). Off: always the `renew_fraction` rule, no `replaces`.
+    pub ari: bool,
 }
 
 impl Default for RenewalSettings {
@@ -197,6 +201,7 @@ impl Default for RenewalSettings {
             idle_horizon_secs: 24 * 3600,
             renew_fraction: 1.0 / 3.0,
             retry_base_secs: 10,
+            ari: true,
         }
     }
 }
@@ -944,6 +949,21 @@ mod env_tests {
                 err.to_string().to_lowercase().contains("server.listen"),
                 "{err}"
             );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn renewal_information_is_on_unless_turned_off() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("c.toml", "[renewal]\ncheck_interval_secs = 2\n")?;
+            let s =
+                Settings::load(Some(std::path::Path::new("c.toml"))).map_err(|e| e.to_string())?;
+            assert!(s.renewal.ari);
+            jail.set_env("CERTBROKER_RENEWAL__ARI", "false");
+            let s =
+                Settings::load(Some(std::path::Path::new("c.toml"))).map_err(|e| e.to_string())?;
+            assert!(!s.renewal.ari);
             Ok(())
         });
     }

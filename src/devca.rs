@@ -16,6 +16,7 @@
 //! (an `http-01` challenge that is already valid): the devca targets SHAKEN, not the Web PKI.
 
 mod acme;
+mod ari;
 mod behaviour;
 mod jws;
 mod order;
@@ -33,6 +34,7 @@ use std::{
 use secrecy::SecretString;
 use url::Url;
 
+pub use ari::{DevRenewalInfo, Replacement, ReplacesOutcome};
 pub use behaviour::{Behaviour, Stats, TokenFault};
 
 /// Which challenge-response field the STI-CA reads the SPC token from (shaken-acme.md §0.1).
@@ -99,6 +101,10 @@ pub struct DevCaSettings {
     pub one_time_jti: bool,
     /// Whether the certificate key may (or must) be the account key.
     pub account_key_reuse: DevKeyReuse,
+    /// ACME Renewal Information (RFC 9773): when set, the directory offers `renewalInfo`,
+    /// which suggests this window for each certificate, and newOrder accepts `replaces`.
+    /// Unset (the default), newOrder rejects `replaces` as `malformed`.
+    pub renewal_info: Option<DevRenewalInfo>,
     /// STI-PA user id.
     pub sti_pa_user: String,
     /// STI-PA password.
@@ -118,6 +124,7 @@ impl Default for DevCaSettings {
             require_eab: None,
             one_time_jti: false,
             account_key_reuse: DevKeyReuse::default(),
+            renewal_info: None,
             sti_pa_user: "dev".to_owned(),
             sti_pa_password: SecretString::from(state::random_id()),
         }
@@ -143,6 +150,7 @@ impl std::fmt::Debug for DevCaSettings {
             )
             .field("one_time_jti", &self.one_time_jti)
             .field("account_key_reuse", &self.account_key_reuse)
+            .field("renewal_info", &self.renewal_info)
             .field("sti_pa_user", &self.sti_pa_user)
             .field("sti_pa_password", &"[REDACTED]")
             .finish()
@@ -292,6 +300,43 @@ impl DevCaHandle {
     /// revoked through `revokeCert`.
     pub fn revoked(&self, serial_hex: &str) -> bool {
         self.inner.lock_state().is_revoked(serial_hex)
+    }
+
+    /// Every new order that carried `replaces` (RFC 9773), in arrival order, with the
+    /// devca's verdict.
+    pub fn replacements(&self) -> Vec<Replacement> {
+        self.inner.lock_state().replacements.clone()
+    }
+
+    /// The RFC 9773 identifier the devca gives the certificate with this serial (lowercase
+    /// hex), computed independently of the ACME client.
+    pub fn cert_id(&self, serial_hex: &str) -> Option<String> {
+        self.with_cert(serial_hex, |c| c.cert_id.clone())
+    }
+
+    /// The renewal window `renewalInfo` suggests for the certificate with this serial, when
+    /// ARI is on and the certificate is ours.
+    pub fn renewal_window(
+        &self,
+        serial_hex: &str,
+    ) -> Option<(time::OffsetDateTime, time::OffsetDateTime)> {
+        let ari = self.inner.settings.renewal_info?;
+        self.with_cert(serial_hex, |c| ari::window(c, &ari))
+    }
+
+    /// When the certificate with this serial was issued (its notBefore is backdated).
+    pub fn issued_at(&self, serial_hex: &str) -> Option<time::OffsetDateTime> {
+        self.with_cert(serial_hex, |c| c.issued_at)
+    }
+
+    fn with_cert<T>(&self, serial_hex: &str, f: impl FnOnce(&state::IssuedCert) -> T) -> Option<T> {
+        let want = serial_hex.trim_start_matches('0').to_ascii_lowercase();
+        self.inner
+            .lock_state()
+            .certs
+            .values()
+            .find(|c| c.serial_hex.trim_start_matches('0') == want)
+            .map(f)
     }
 
     /// Stops the server, letting in-flight requests finish for up to a second.

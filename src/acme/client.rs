@@ -15,6 +15,7 @@ use crate::acme::{
     error::AcmeError,
     jws::{self, Signer},
     key::{AccountKey, CertificateKey, SigningKey},
+    renewal_info::{CertificateId, RenewalInfo, RenewalInfoBody, renewal_info_url},
     response::Response,
     retry::RetryPolicy,
     types::{Directory, NewAccount},
@@ -172,6 +173,24 @@ impl Client {
         self.post(url, &key, Signer::Jwk, Payload::Json(&payload), None)
             .await?;
         Ok(())
+    }
+
+    /// The renewal window the server suggests for a certificate: an unauthenticated GET of
+    /// `{renewalInfo}/{certID}` ([RFC 9773 §4.2](https://www.rfc-editor.org/rfc/rfc9773#section-4.2)),
+    /// with the answer's `Retry-After`. `Ok(None)` when the directory offers no
+    /// `renewalInfo`; an unknown certificate is the server's 404, as
+    /// [`AcmeError::HttpStatus`] or [`AcmeError::Problem`].
+    pub async fn renewal_info(&self, id: &CertificateId) -> Result<Option<RenewalInfo>, AcmeError> {
+        let Some(base) = &self.directory().renewal_info else {
+            return Ok(None);
+        };
+        let url = renewal_info_url(base, id);
+        let resp = send(&url, "GET", self.inner.http.get(&url)).await?;
+        if !resp.status.is_success() {
+            return Err(resp.into_error());
+        }
+        let body: RenewalInfoBody = resp.json()?;
+        body.into_info(resp.retry_after()).map(Some)
     }
 
     /// Sends a signed POST, re-signing with a fresh nonce after each `badNonce` up to the

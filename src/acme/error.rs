@@ -7,6 +7,10 @@ use crate::acme::types::Problem;
 /// Everything that can go wrong talking ACME.
 #[derive(Debug, thiserror::Error)]
 pub enum AcmeError {
+    /// A certificate could not be parsed, or lacks what ARI needs (an Authority Key
+    /// Identifier with a `keyIdentifier`, [RFC 9773 §4.1](https://www.rfc-editor.org/rfc/rfc9773#section-4.1)).
+    #[error("certificate: {0}")]
+    Certificate(String),
     /// The server requires an external account binding
     /// ([RFC 8555 §7.3.4](https://www.rfc-editor.org/rfc/rfc8555#section-7.3.4)) and none was
     /// given.
@@ -82,9 +86,11 @@ impl AcmeError {
                 // Unknown or absent type: let the HTTP status decide.
                 problem.status.is_some_and(is_retryable_status)
             }
-            Self::ExternalAccountRequired | Self::Key { .. } | Self::Protocol(_) | Self::Tls(_) => {
-                false
-            }
+            Self::Certificate(_)
+            | Self::ExternalAccountRequired
+            | Self::Key { .. }
+            | Self::Protocol(_)
+            | Self::Tls(_) => false,
         }
     }
 
@@ -96,6 +102,13 @@ impl AcmeError {
             }
             _ => None,
         }
+    }
+
+    /// Whether the server refused a new order's `replaces` because that certificate was
+    /// already replaced ([RFC 9773 §5](https://www.rfc-editor.org/rfc/rfc9773#section-5),
+    /// `alreadyReplaced`); the order may be placed again without `replaces`.
+    pub fn is_already_replaced(&self) -> bool {
+        self.problem().is_some_and(|p| p.is_acme("alreadyReplaced"))
     }
 
     /// The problem document, if this error carries one.
@@ -121,6 +134,7 @@ const RETRYABLE_TYPES: &[&str] = &["badNonce", "rateLimited", "serverInternal"];
 /// ACME error types that will fail the same way again, whatever the HTTP status says.
 const FINAL_TYPES: &[&str] = &[
     "accountDoesNotExist",
+    "alreadyReplaced",
     "alreadyRevoked",
     "badCSR",
     "badPublicKey",
@@ -172,6 +186,7 @@ mod tests {
             (problem(Some("accountDoesNotExist"), Some(400)), false),
             (problem(Some("externalAccountRequired"), Some(400)), false),
             (problem(Some("userActionRequired"), Some(403)), false),
+            (problem(Some("alreadyReplaced"), Some(409)), false),
             // A final type stays final even behind a 5xx.
             (problem(Some("unauthorized"), Some(503)), false),
             // Unknown or missing types fall back to the status.
@@ -228,5 +243,7 @@ mod tests {
         assert!(err.problem().is_some_and(|p| p.is_acme("rateLimited")));
         assert_eq!(AcmeError::Protocol("x".into()).retry_after(), None);
         assert!(AcmeError::Protocol("x".into()).problem().is_none());
+        assert!(!err.is_already_replaced());
+        assert!(problem(Some("alreadyReplaced"), Some(409)).is_already_replaced());
     }
 }

@@ -1,6 +1,13 @@
-//! Proactive renewal: every certificate requested within the idle horizon is renewed when
-//! `renew_fraction` of its lifetime is left, by one replica of the fleet (the fleet lock),
-//! while the old one keeps being served. Watchers hear about every new certificate.
+//! Proactive renewal: every certificate requested within the idle horizon is renewed by one
+//! replica of the fleet (the fleet lock) while the old one keeps being served; watchers
+//! hear about every new certificate.
+//!
+//! When: inside the window the issuing CA suggests through ACME Renewal Information
+//! (RFC 9773) when it offers one, else when `renew_fraction` of the lifetime is left
+//! ([`super::schedule`]). The window is fetched once per certificate and again when the
+//! CA's `Retry-After` has passed; a failed fetch falls back to the fraction rule and never
+//! holds up a renewal. The renewal names the old certificate ([`super::Replaces`]); the
+//! issuer tells only the CA that issued it.
 
 use std::{
     collections::HashMap,
@@ -17,7 +24,8 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::{
-    IssueRequest,
+    IssueRequest, Replaces,
+    schedule::{self, AriPlan},
     service::{Broker, now},
 };
 use crate::store::CertRecord;
@@ -33,6 +41,9 @@ pub struct RenewalOptions {
     pub renew_fraction: f64,
     /// First retry delay after a failed renewal; doubles per failure, with jitter.
     pub retry_base: Duration,
+    /// Follow the renewal window the issuing CA suggests (ACME Renewal Information) when it
+    /// offers one.
+    pub use_ari: bool,
 }
 
 /// What the scheduler knows about one certificate it keeps fresh.
@@ -44,7 +55,8 @@ pub struct RenewalStatus {
     pub serial_hex: Option<String>,
     /// Its notAfter, Unix seconds.
     pub not_after: Option<i64>,
-    /// When the next renewal is due, Unix seconds.
+    /// When the next renewal is due, Unix seconds: the instant chosen inside the CA's
+    /// suggested window when there is one, else by the fraction rule.
     pub next_renewal: Option<i64>,
     /// The last renewal failure, cleared by a success.
     pub last_error: Option<String>,
@@ -60,6 +72,8 @@ struct Tracked {
     retry_at: Option<Instant>,
     failures: u32,
     last_error: Option<String>,
+    /// The CA's renewal window for the current certificate, once fetched.
+    ari: Option<AriPlan>,
 }
 
 /// The set of certificates kept fresh by this replica.
@@ -104,6 +118,7 @@ impl Tracker {
                 retry_at: None,
                 failures: 0,
                 last_error: None,
+                ari: None,
             });
     }
 }
@@ -129,20 +144,22 @@ impl Broker {
     /// Renewal state of every tracked certificate, for `certbroker status`.
     pub async fn renewal_status(&self) -> Vec<RenewalStatus> {
         let renew_fraction = self.inner().tracker.fraction();
-        let snapshot: Vec<(String, Option<String>, u32)> = self
+        let snapshot: Vec<(String, Option<String>, u32, Option<AriPlan>)> = self
             .inner()
             .tracker
             .read()
             .iter()
-            .map(|(k, t)| (k.clone(), t.last_error.clone(), t.failures))
+            .map(|(k, t)| (k.clone(), t.last_error.clone(), t.failures, t.ari.clone()))
             .collect();
         let mut out = vec![];
-        for (key, last_error, failures) in snapshot {
+        for (key, last_error, failures, plan) in snapshot {
             let current = self.current(&key).await;
             out.push(RenewalStatus {
                 serial_hex: current.as_ref().map(|c| c.serial_hex.clone()),
                 not_after: current.as_ref().map(|c| c.not_after),
-                next_renewal: current.as_ref().map(|c| renew_at(c, renew_fraction)),
+                next_renewal: current
+                    .as_ref()
+                    .map(|c| schedule::due_at(c, renew_fraction, plan.as_ref())),
                 cache_key: key,
                 last_error,
                 failures,
@@ -178,12 +195,20 @@ impl Broker {
                 .map(|t| t.request.clone())
                 .collect()
         };
-        for request in due {
+        for mut request in due {
             let Some(current) = self.current(&request.cache_key).await else {
                 continue;
             };
-            if now() < renew_at(&current, opts.renew_fraction) {
+            let plan = if opts.use_ari {
+                self.ari_plan(&request.cache_key, &current).await
+            } else {
+                None
+            };
+            if now() < schedule::due_at(&current, opts.renew_fraction, plan.as_ref()) {
                 continue;
+            }
+            if opts.use_ari {
+                request.replaces = Replaces::of(&current);
             }
             let old_serial = current.serial_hex.clone();
             let usable: super::fleet::Usable = Arc::new(move |c: &CertRecord| {
@@ -197,6 +222,64 @@ impl Broker {
             }
             self.record_outcome(&key, result.err(), opts);
         }
+    }
+
+    /// The CA's renewal window for `current`: the one fetched before while the CA's
+    /// `Retry-After` lasts, else a fresh fetch. A failed fetch yields a plan without a window
+    /// (the fraction rule) that is retried after [`ARI_RETRY_AFTER_FAILURE`].
+    async fn ari_plan(&self, key: &str, current: &CertRecord) -> Option<AriPlan> {
+        let tracker = &self.inner().tracker;
+        let known = tracker.read().get(key).and_then(|t| t.ari.clone());
+        if let Some(plan) = known.filter(|p| p.is_current(current, Instant::now())) {
+            return Some(plan);
+        }
+        let serial = current.serial_hex.clone();
+        let plan = match self.inner().issuer.renewal_window(current).await {
+            Ok(Some(w)) if schedule::usable_window(&w, current) => {
+                let at = schedule::time_in_window(&w, current);
+                info!(
+                    serial = %serial,
+                    window_start = %unix_to_rfc3339(w.start),
+                    window_end = %unix_to_rfc3339(w.end),
+                    renew_at = %unix_to_rfc3339(at),
+                    explanation = w.explanation_url.as_deref().unwrap_or(""),
+                    "renewal scheduled inside the CA's suggested window"
+                );
+                AriPlan {
+                    serial_hex: serial,
+                    refetch_at: Instant::now() + schedule::refetch_after(w.retry_after),
+                    window: Some(w),
+                }
+            }
+            Ok(Some(w)) => {
+                warn!(serial = %serial, start = w.start, end = w.end, "the CA's renewal window starts after expiry; renewing by the lifetime fraction");
+                AriPlan {
+                    serial_hex: serial,
+                    refetch_at: Instant::now() + schedule::refetch_after(w.retry_after),
+                    window: None,
+                }
+            }
+            Ok(None) => AriPlan {
+                serial_hex: serial,
+                refetch_at: Instant::now() + schedule::refetch_after(None),
+                window: None,
+            },
+            Err(e) => {
+                warn!(serial = %serial, error = %e, "renewal information unavailable; renewing by the lifetime fraction");
+                let wait = e
+                    .retry_after
+                    .map_or(ARI_RETRY_AFTER_FAILURE, |d| d.max(ARI_RETRY_AFTER_FAILURE));
+                AriPlan {
+                    serial_hex: serial,
+                    refetch_at: Instant::now() + wait,
+                    window: None,
+                }
+            }
+        };
+        if let Some(t) = tracker.lock().get_mut(key) {
+            t.ari = Some(plan.clone());
+        }
+        Some(plan)
     }
 
     /// Resets the key's retry state on success; schedules a jittered backoff on failure.
@@ -229,13 +312,9 @@ fn since_epoch() -> u64 {
     EPOCH.elapsed().as_millis() as u64
 }
 
-/// When a certificate is due: `fraction` of its lifetime before notAfter. The lifetime
-/// starts when the broker obtained it, or at notBefore if that is later.
-fn renew_at(c: &CertRecord, fraction: f64) -> i64 {
-    let start = c.not_before.max(c.issued_at);
-    let lifetime = (c.not_after - start).max(0) as f64;
-    c.not_after - (lifetime * fraction) as i64
-}
+/// How long a failed renewal-information fetch is not repeated for a certificate (the
+/// fraction rule applies meanwhile).
+const ARI_RETRY_AFTER_FAILURE: Duration = Duration::from_secs(300);
 
 /// Unix seconds now, as [`OffsetDateTime`] (for status output).
 pub fn unix_to_rfc3339(unix: i64) -> String {
@@ -246,35 +325,4 @@ pub fn unix_to_rfc3339(unix: i64) -> String {
                 .ok()
         })
         .unwrap_or_else(|| unix.to_string())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn renews_with_a_third_left() {
-        let c = CertRecord {
-            cache_key: "k".into(),
-            chain_pem: String::new(),
-            chain_der: vec![],
-            private_key_pkcs8: None,
-            not_before: 1000,
-            not_after: 1300,
-            serial_hex: "1".into(),
-            fingerprint_hex: "f".into(),
-            issuer_ca: "ca".into(),
-            issuer_account: "a".into(),
-            issued_at: 0,
-        };
-        assert_eq!(renew_at(&c, 1.0 / 3.0), 1200);
-        assert_eq!(renew_at(&c, 0.5), 1150);
-        // A backdated notBefore does not make a fresh certificate look half spent.
-        let backdated = CertRecord {
-            not_before: 1000 - 300,
-            issued_at: 1000,
-            ..c
-        };
-        assert_eq!(renew_at(&backdated, 1.0 / 3.0), 1200);
-    }
 }

@@ -193,6 +193,7 @@ impl Broker {
             cache_key: key.clone(),
             resume: None,
             progress: None,
+            replaces: None,
         };
         inner.tracker.touch_with(&key, template);
         let min_remaining = req

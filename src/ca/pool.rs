@@ -20,7 +20,7 @@ use super::{
     race::{self, CancelRx, Outcome, Progress, Stop},
 };
 use crate::{
-    broker::{FailureKind, IssueError, IssueRequest, Issuer},
+    broker::{FailureKind, IssueError, IssueRequest, Issuer, RenewalWindow},
     config::{CaSettings, PoolPolicy, PoolSettings},
     store::{CertRecord, Store},
 };
@@ -195,6 +195,25 @@ impl Issuer for CaPool {
             .await
             .map_err(|e| e.to_issue_error(upstream.name()))
     }
+
+    /// Asks the CA that issued `cert` (by name); a CA no longer configured suggests nothing.
+    async fn renewal_window(&self, cert: &CertRecord) -> Result<Option<RenewalWindow>, IssueError> {
+        let Some(upstream) = self
+            .members
+            .iter()
+            .map(|m| &m.upstream)
+            .find(|u| u.name() == cert.issuer_ca)
+        else {
+            return Ok(None);
+        };
+        let Some(leaf) = cert.chain_der.first() else {
+            return Ok(None);
+        };
+        upstream
+            .renewal_window(leaf)
+            .await
+            .map_err(|e| e.to_issue_error(upstream.name()))
+    }
 }
 
 /// One attempt at one member: gated by its breaker, bounded by its attempt timeout, and
@@ -221,6 +240,7 @@ fn attempt(
             resume: req.resume.as_deref(),
             progress: req.progress.as_ref(),
             race: Some(&progress),
+            replaces: req.replaces.as_ref(),
         };
         let work =
             m.upstream

@@ -9,11 +9,12 @@ use tracing::{Instrument, debug, info, instrument, warn};
 use super::{
     AttemptError, Progress,
     account::{AccountSource, KeyFileStamp},
+    ari,
     progress::OrderProgress,
 };
 use crate::{
     acme::{self, Account, AcmeError, Client, Identifier, NewOrder, RetryPolicy},
-    broker::{Identifiers, ProgressSink},
+    broker::{Identifiers, ProgressSink, Replaces},
     challenge::{
         self, CachingTokenProvider, Http01Responder, SharedTokenProvider, StaticTokenProvider,
         StiPaClient, TkAuthSettings, TokenProvider, TokenRequest,
@@ -39,7 +40,8 @@ pub struct Issued {
     pub account_url: String,
 }
 
-/// Crash takeover for one attempt: an order to resume, and where to record a new one.
+/// What one attempt carries beyond the request: crash takeover (an order to resume, where
+/// to record a new one), hedging progress, and the certificate being replaced.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Tracking<'a> {
     /// A recorded [`OrderProgress`], as bytes.
@@ -48,6 +50,9 @@ pub struct Tracking<'a> {
     pub progress: Option<&'a ProgressSink>,
     /// Told when the finalize request goes out (hedging needs to know).
     pub race: Option<&'a Progress>,
+    /// The certificate a renewal replaces; named in the order (RFC 9773 `replaces`) only
+    /// if this CA issued it and offers ARI.
+    pub replaces: Option<&'a Replaces>,
 }
 
 /// A fresh CSR, its key (PKCS#8 DER) and the key's SubjectPublicKeyInfo DER.
@@ -273,7 +278,9 @@ impl Upstream {
                     }
                     None => self.new_key_and_csr(identifiers, account, ca)?,
                 };
-                let order = self.place_order(account, identifiers).await?;
+                let order = self
+                    .place_order(account, identifiers, tracking.replaces)
+                    .await?;
                 if let Some(sink) = tracking.progress {
                     let record = OrderProgress::new(
                         &self.name,
@@ -334,10 +341,14 @@ impl Upstream {
         })
     }
 
+    /// Places the order. A renewal at the CA that issued the old certificate names it in
+    /// `replaces` (RFC 9773 §5); if the CA answers `alreadyReplaced`, the order is placed
+    /// once more without it.
     async fn place_order(
         &self,
         account: &Account,
         identifiers: &Identifiers,
+        predecessor: Option<&Replaces>,
     ) -> Result<acme::Order, AttemptError> {
         let acme_ids = match identifiers {
             Identifiers::TnAuthList(list) => vec![Identifier::new(
@@ -346,17 +357,25 @@ impl Upstream {
             )],
             Identifiers::Dns(names) => names.iter().map(Identifier::dns).collect(),
         };
-        let order = account
-            .new_order(&NewOrder {
-                identifiers: acme_ids,
-                not_before: None,
-                not_after: self
-                    .cert_lifetime
-                    .map(|life| time::OffsetDateTime::now_utc() + life),
-                replaces: None,
-            })
-            .await?;
-        debug!(order = %order.url, "order placed");
+        let offers_ari = account.client().directory().renewal_info.is_some();
+        let mut req = NewOrder {
+            identifiers: acme_ids,
+            not_before: None,
+            not_after: self
+                .cert_lifetime
+                .map(|life| time::OffsetDateTime::now_utc() + life),
+            replaces: ari::replaces_for(&self.name, offers_ari, predecessor)
+                .map(|id| id.to_string()),
+        };
+        let order = match account.new_order(&req).await {
+            Err(e) if e.is_already_replaced() && req.replaces.is_some() => {
+                warn!(replaces = ?req.replaces, "CA says the certificate was already replaced; ordering without replaces");
+                req.replaces = None;
+                account.new_order(&req).await?
+            }
+            other => other?,
+        };
+        debug!(order = %order.url, replaces = ?req.replaces, "order placed");
         Ok(order)
     }
 

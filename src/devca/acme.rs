@@ -17,6 +17,7 @@ use josekit::jws::{HS256, JwsVerifier};
 use serde_json::{Value, json};
 
 use super::{
+    ari,
     behaviour::Counter,
     jws::{self, Flattened, KeyRef, Problem, thumbprint, verify_request},
     order,
@@ -37,6 +38,7 @@ pub(crate) fn router(inner: Arc<Inner>) -> Router {
         .route("/acme/finalize/{id}", post(order::finalize))
         .route("/acme/cert/{id}", post(order::certificate))
         .route("/acme/revoke-cert", post(order::revoke))
+        .route("/acme/renewal-info/{id}", get(ari::renewal_info))
         .layer(middleware::from_fn_with_state(inner.clone(), acme_layer))
         .with_state(inner)
 }
@@ -73,7 +75,7 @@ async fn acme_layer(State(inner): State<Arc<Inner>>, req: Request, next: Next) -
 
 async fn directory(State(inner): State<Arc<Inner>>) -> Json<Value> {
     let u = |p: &str| inner.url(p).to_string();
-    Json(json!({
+    let mut dir = json!({
         "newNonce": u("/acme/new-nonce"),
         "newAccount": u("/acme/new-account"),
         "newOrder": u("/acme/new-order"),
@@ -83,7 +85,11 @@ async fn directory(State(inner): State<Arc<Inner>>) -> Json<Value> {
             "website": inner.base.as_str(),
             "externalAccountRequired": inner.settings.require_eab.is_some(),
         },
-    }))
+    });
+    if inner.settings.renewal_info.is_some() {
+        dir["renewalInfo"] = json!(u("/acme/renewal-info"));
+    }
+    Json(dir)
 }
 
 async fn new_nonce_head() -> StatusCode {

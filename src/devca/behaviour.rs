@@ -31,6 +31,8 @@ pub struct Behaviour {
     /// Retry-After seconds of rate-limited newOrders; 0: off.
     rate_limit_secs: AtomicU64,
     delay_ms: AtomicU64,
+    already_replaced: std::sync::atomic::AtomicBool,
+    renewal_info_unavailable: std::sync::atomic::AtomicBool,
     token_fault: Mutex<Option<TokenFault>>,
     counters: Counters,
     /// `atc.fingerprint` of every token the STI-PA issued, oldest first.
@@ -58,6 +60,10 @@ pub struct Stats {
     pub acme_requests: u64,
     /// newOrders answered with `rateLimited`.
     pub rate_limited: u64,
+    /// `renewalInfo` requests answered (RFC 9773).
+    pub renewal_info_requests: u64,
+    /// newOrders answered with `alreadyReplaced`.
+    pub already_replaced: u64,
 }
 
 #[derive(Debug, Default)]
@@ -71,18 +77,22 @@ struct Counters {
     bad_nonces: AtomicU64,
     acme_requests: AtomicU64,
     rate_limited: AtomicU64,
+    renewal_info_requests: AtomicU64,
+    already_replaced: AtomicU64,
 }
 
 /// Which counter to bump.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Counter {
     AcmeRequest,
+    AlreadyReplaced,
     BadNonce,
     CertificateIssued,
     ChallengeValidated,
     Finalize,
     NewOrder,
     RateLimited,
+    RenewalInfo,
     Revocation,
     TokenIssued,
 }
@@ -115,6 +125,26 @@ impl Behaviour {
     pub fn set_delay(&self, delay: Duration) {
         let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
         self.delay_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// While `on`, answers every newOrder whose `replaces` names a certificate of this CA
+    /// with 409 `alreadyReplaced` (RFC 9773 §5), as if another order had replaced it.
+    pub fn set_already_replaced(&self, on: bool) {
+        self.already_replaced.store(on, Ordering::Relaxed);
+    }
+
+    pub(crate) fn already_replaced(&self) -> bool {
+        self.already_replaced.load(Ordering::Relaxed)
+    }
+
+    /// While `on`, answers `renewalInfo` requests with 503 `serverInternal` (the rest of the
+    /// ACME API keeps working).
+    pub fn set_renewal_info_unavailable(&self, on: bool) {
+        self.renewal_info_unavailable.store(on, Ordering::Relaxed);
+    }
+
+    pub(crate) fn renewal_info_unavailable(&self) -> bool {
+        self.renewal_info_unavailable.load(Ordering::Relaxed)
     }
 
     /// Makes the STI-PA issue faulty tokens; `None` issues good ones.
@@ -161,12 +191,14 @@ impl Behaviour {
         let c = &self.counters;
         let atomic = match counter {
             Counter::AcmeRequest => &c.acme_requests,
+            Counter::AlreadyReplaced => &c.already_replaced,
             Counter::BadNonce => &c.bad_nonces,
             Counter::CertificateIssued => &c.certificates_issued,
             Counter::ChallengeValidated => &c.challenges_validated,
             Counter::Finalize => &c.finalizes,
             Counter::NewOrder => &c.new_orders,
             Counter::RateLimited => &c.rate_limited,
+            Counter::RenewalInfo => &c.renewal_info_requests,
             Counter::Revocation => &c.revocations,
             Counter::TokenIssued => &c.tokens_issued,
         };
@@ -202,6 +234,8 @@ impl Behaviour {
             bad_nonces: get(&c.bad_nonces),
             acme_requests: get(&c.acme_requests),
             rate_limited: get(&c.rate_limited),
+            renewal_info_requests: get(&c.renewal_info_requests),
+            already_replaced: get(&c.already_replaced),
         }
     }
 }

@@ -17,6 +17,7 @@ use time::{Duration, OffsetDateTime, format_description::well_known::Rfc3339};
 use super::{
     DevKeyReuse, DevResponseField,
     acme::created,
+    ari,
     behaviour::Counter,
     jws::{KeyRef, Problem, spki_der, verify_request},
     pki::IssueRequest,
@@ -81,9 +82,13 @@ pub(crate) async fn new_order(
                 .map_err(|e| Problem::malformed(format!("notAfter: {e}")))?,
         ),
     };
+    let replaces = ari::requested_replaces(&payload, inner.settings.renewal_info.is_some())?;
     let now = OffsetDateTime::now_utc();
     let order_id = random_id();
     let mut state = inner.lock_state();
+    let replaced = replaces
+        .map(|id| ari::check_replaces(&mut state, id, &account, &identifiers, &inner.behaviour))
+        .transpose()?;
     let mut authz_ids = Vec::new();
     for identifier in &identifiers {
         let authz_id = random_id();
@@ -136,9 +141,13 @@ pub(crate) async fn new_order(
         authzs: authz_ids,
         cert: None,
         error: None,
+        replaces: replaces.map(str::to_owned),
     };
     let body = order_json(&order, &order_id, &inner);
     state.orders.insert(order_id.clone(), order);
+    if let Some(cert) = replaced.and_then(|key| state.certs.get_mut(&key)) {
+        cert.replaced_by = Some(order_id.clone());
+    }
     drop(state);
     inner.behaviour.count(Counter::NewOrder);
     Ok(created(
@@ -450,14 +459,29 @@ fn issue_for(inner: &Inner, order_id: &str, account: &str, req: &IssueRequest) {
     let cert_id = random_id();
     match result {
         Ok(issued) => {
+            let aki = CertInfo::parse(&issued.leaf_der)
+                .ok()
+                .and_then(|c| c.authority_key_id)
+                .unwrap_or_default();
+            let serial = hex::decode(&issued.serial_hex).unwrap_or_default();
+            let identifiers = state
+                .orders
+                .get(order_id)
+                .map(|o| o.identifiers.clone())
+                .unwrap_or_default();
             state.certs.insert(
                 cert_id.clone(),
                 IssuedCert {
                     account: account.to_owned(),
                     chain_pem: issued.chain_pem,
                     leaf_der: issued.leaf_der,
-                    serial_hex: issued.serial_hex,
                     revoked: None,
+                    cert_id: ari::cert_id(&aki, &serial),
+                    identifiers,
+                    issued_at: OffsetDateTime::now_utc(),
+                    not_after: req.not_after,
+                    replaced_by: None,
+                    serial_hex: issued.serial_hex,
                 },
             );
             if let Some(order) = state.orders.get_mut(order_id) {

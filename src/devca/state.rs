@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 use url::Url;
 
-use super::{Behaviour, DevCaSettings, pki::Pki};
+use super::{Behaviour, DevCaSettings, ari::Replacement, pki::Pki};
 use crate::shaken::TnAuthList;
 
 /// Shared by every handler.
@@ -96,6 +96,8 @@ pub(crate) struct AcmeState {
     pub(crate) certs: HashMap<String, IssuedCert>,
     /// `jti`s of tokens already used (one-time use, as akamu enforces).
     pub(crate) used_jtis: HashSet<String>,
+    /// Every new order that carried `replaces` (RFC 9773), in arrival order.
+    pub(crate) replacements: Vec<Replacement>,
 }
 
 impl AcmeState {
@@ -152,6 +154,8 @@ pub(crate) struct Order {
     pub(crate) authzs: Vec<String>,
     pub(crate) cert: Option<String>,
     pub(crate) error: Option<Value>,
+    /// The `replaces` it was created with (RFC 9773 §5), echoed in the order object.
+    pub(crate) replaces: Option<String>,
 }
 
 pub(crate) struct Authz {
@@ -180,6 +184,15 @@ pub(crate) struct IssuedCert {
     pub(crate) leaf_der: Vec<u8>,
     pub(crate) serial_hex: String,
     pub(crate) revoked: Option<u8>,
+    /// The RFC 9773 certificate identifier.
+    pub(crate) cert_id: String,
+    /// The identifiers of the order it was issued for.
+    pub(crate) identifiers: Vec<Identifier>,
+    /// When it was issued (notBefore is backdated).
+    pub(crate) issued_at: OffsetDateTime,
+    pub(crate) not_after: OffsetDateTime,
+    /// The order whose `replaces` named it, if any.
+    pub(crate) replaced_by: Option<String>,
 }
 
 // === JSON ===
@@ -206,6 +219,9 @@ pub(crate) fn order_json(order: &Order, id: &str, inner: &Inner) -> Value {
     }
     if let Some(na) = order.not_after {
         v["notAfter"] = json!(rfc3339(na));
+    }
+    if let Some(r) = &order.replaces {
+        v["replaces"] = json!(r);
     }
     if let Some(cert) = &order.cert {
         v["certificate"] = json!(inner.url(&format!("/acme/cert/{cert}")).as_str());
