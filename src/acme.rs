@@ -29,6 +29,7 @@ pub use account::Account;
 pub use client::{Client, ClientSettings};
 pub use error::AcmeError;
 pub use key::{AccountKey, ExternalAccountKey};
+pub use response::{ResponseReading, read_response};
 pub use retry::RetryPolicy;
 pub use types::{
     AccountStatus, Authorization, AuthorizationStatus, CertificateChain, Challenge,
