@@ -15,28 +15,30 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(
     init: certbroker_fuzz::write_seeds_if_asked(certbroker_fuzz::seeds::cert),
-    |data: &[u8]| {
-        let Some((&mode, rest)) = data.split_first() else {
+    |data: &[u8]| run(data)
+);
+
+fn run(data: &[u8]) {
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    if mode & 1 == 0 {
+        if let Ok(info) = CertInfo::parse(rest) {
+            check_info(&info, rest);
+            check_alone(&info);
+        }
+    } else if let Ok(pem) = std::str::from_utf8(rest) {
+        let Ok(chain) = parse_pem_chain(pem) else {
             return;
         };
-        if mode & 1 == 0 {
-            if let Ok(info) = CertInfo::parse(rest) {
-                check_info(&info, rest);
-                check_alone(&info);
-            }
-        } else if let Ok(pem) = std::str::from_utf8(rest) {
-            let Ok(chain) = parse_pem_chain(pem) else {
-                return;
-            };
-            assert!(!chain.is_empty());
-            let Ok(leaf) = CertInfo::parse(&chain[0]) else {
-                return;
-            };
-            check_info(&leaf, &chain[0]);
-            let _ = check_issued(&chain, &expected(&leaf), leaf.not_before);
-        }
+        assert!(!chain.is_empty());
+        let Ok(leaf) = CertInfo::parse(&chain[0]) else {
+            return;
+        };
+        check_info(&leaf, &chain[0]);
+        let _ = check_issued(&chain, &expected(&leaf), leaf.not_before);
     }
-);
+}
 
 fn check_info(info: &CertInfo, der: &[u8]) {
     assert_eq!(info.der, der);

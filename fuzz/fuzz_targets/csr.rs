@@ -15,55 +15,69 @@ use x509_parser::{certification_request::X509CertificationRequest, prelude::From
 
 fuzz_target!(
     init: certbroker_fuzz::write_seeds_if_asked(certbroker_fuzz::seeds::csr),
-    |data: &[u8]| {
-        let Some((&mode, rest)) = data.split_first() else {
-            return;
-        };
-        let (der, signed_by_us) = if mode & 1 == 0 {
-            (rest.to_vec(), false)
-        } else {
-            (sign_csr_info(rest), true)
-        };
-        let parsed = match parse_csr(&der) {
-            Ok(parsed) => parsed,
-            Err(ShakenError::CsrSignature(e)) => {
-                // We signed it: it may only fail to verify when it names another key.
-                if signed_by_us {
-                    let names_test_key = X509CertificationRequest::from_der(&der).is_ok_and(|(_, csr)| {
+    |data: &[u8]| run(data)
+);
+
+fn run(data: &[u8]) {
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    let (der, signed_by_us) = if mode & 1 == 0 {
+        (rest.to_vec(), false)
+    } else {
+        (sign_csr_info(rest), true)
+    };
+    let parsed = match parse_csr(&der) {
+        Ok(parsed) => parsed,
+        Err(ShakenError::CsrSignature(e)) => {
+            // We signed it: it may only fail to verify when it names another key.
+            if signed_by_us {
+                let names_test_key =
+                    X509CertificationRequest::from_der(&der).is_ok_and(|(_, csr)| {
                         csr.certification_request_info.subject_pki.raw == test_key_spki()
                     });
-                    assert!(!names_test_key, "a CSR signed with its own key is refused: {e}");
-                }
-                return;
+                assert!(
+                    !names_test_key,
+                    "a CSR signed with its own key is refused: {e}"
+                );
             }
-            Err(_) => return,
-        };
-        // x509-parser checks the signature with the key's bits and the signature algorithm,
-        // not the SPKI's algorithm OID; `key_is_p256`, which the devca enforces, looks at the
-        // whole SPKI.
-        if signed_by_us {
-            let spki = test_key_spki();
-            assert!(parsed.public_key_spki_der.ends_with(&spki[spki.len() - 65..]), "verified under another key");
-        }
-        assert_eq!(parsed.key_is_p256, parsed.public_key_spki_der.len() == 91
-            && parsed.public_key_spki_der[..27] == test_key_spki()[..27]);
-        let key = test_key_rcgen();
-        let spec = CsrSpec {
-            subject: &parsed.subject,
-            tn_auth_list: parsed.tn_auth_list.as_ref(),
-            dns_names: &parsed.dns_names,
-            ca: parsed.ca,
-        };
-        // The builder is stricter (e.g. DNS names must be IA5): what it refuses is not ours to
-        // rebuild.
-        let Ok(rebuilt) = build_csr(&key, &spec) else {
             return;
-        };
-        let again = parse_csr(&rebuilt).expect("a CSR we built parses");
-        assert_eq!(again.subject, parsed.subject);
-        assert_eq!(again.tn_auth_list, parsed.tn_auth_list);
-        assert_eq!(again.dns_names, parsed.dns_names);
-        assert_eq!(again.ca, parsed.ca);
-        assert!(!again.tn_auth_list_critical);
+        }
+        Err(_) => return,
+    };
+    // x509-parser checks the signature with the key's bits and the signature algorithm,
+    // not the SPKI's algorithm OID; `key_is_p256`, which the devca enforces, looks at the
+    // whole SPKI.
+    if signed_by_us {
+        let spki = test_key_spki();
+        assert!(
+            parsed
+                .public_key_spki_der
+                .ends_with(&spki[spki.len() - 65..]),
+            "verified under another key"
+        );
     }
-);
+    assert_eq!(
+        parsed.key_is_p256,
+        parsed.public_key_spki_der.len() == 91
+            && parsed.public_key_spki_der[..27] == test_key_spki()[..27]
+    );
+    let key = test_key_rcgen();
+    let spec = CsrSpec {
+        subject: &parsed.subject,
+        tn_auth_list: parsed.tn_auth_list.as_ref(),
+        dns_names: &parsed.dns_names,
+        ca: parsed.ca,
+    };
+    // The builder is stricter (e.g. DNS names must be IA5): what it refuses is not ours to
+    // rebuild.
+    let Ok(rebuilt) = build_csr(&key, &spec) else {
+        return;
+    };
+    let again = parse_csr(&rebuilt).expect("a CSR we built parses");
+    assert_eq!(again.subject, parsed.subject);
+    assert_eq!(again.tn_auth_list, parsed.tn_auth_list);
+    assert_eq!(again.dns_names, parsed.dns_names);
+    assert_eq!(again.ca, parsed.ca);
+    assert!(!again.tn_auth_list_critical);
+}

@@ -16,46 +16,52 @@ use serde_json::Value;
 
 fuzz_target!(
     init: certbroker_fuzz::write_seeds_if_asked(certbroker_fuzz::seeds::devca_jws),
-    |data: &[u8]| {
-        let Some((&mode, rest)) = data.split_first() else {
-            return;
-        };
-        match mode % 3 {
-            0 => {
-                if let Ok(req) = verify_jwk_request(rest) {
-                    check_fields(&req);
+    |data: &[u8]| run(data)
+);
+
+fn run(data: &[u8]) {
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    match mode % 3 {
+        0 => {
+            if let Ok(req) = verify_jwk_request(rest) {
+                check_fields(&req);
+            }
+        }
+        signed => {
+            let Some((len, rest)) = rest.split_first_chunk::<2>() else {
+                return;
+            };
+            let split = usize::from(u16::from_be_bytes(*len)).min(rest.len());
+            let (header, payload) = rest.split_at(split);
+            let mut header = header.to_vec();
+            let mut must_verify = false;
+            if signed == 2 {
+                if let Ok(Value::Object(mut map)) = serde_json::from_slice::<Value>(&header) {
+                    map.insert("alg".into(), "ES256".into());
+                    map.insert("jwk".into(), test_key_jwk());
+                    map.remove("kid");
+                    header = serde_json::to_vec(&map).expect("a map serializes");
+                    must_verify = true;
                 }
             }
-            signed => {
-                let Some((len, rest)) = rest.split_first_chunk::<2>() else {
-                    return;
-                };
-                let split = usize::from(u16::from_be_bytes(*len)).min(rest.len());
-                let (header, payload) = rest.split_at(split);
-                let mut header = header.to_vec();
-                let mut must_verify = false;
-                if signed == 2 {
-                    if let Ok(Value::Object(mut map)) = serde_json::from_slice::<Value>(&header) {
-                        map.insert("alg".into(), "ES256".into());
-                        map.insert("jwk".into(), test_key_jwk());
-                        map.remove("kid");
-                        header = serde_json::to_vec(&map).expect("a map serializes");
-                        must_verify = true;
-                    }
+            let body = sign_flattened_jws(&header, payload);
+            match verify_jwk_request(&body) {
+                Ok(req) => {
+                    assert_eq!(
+                        req.jwk,
+                        test_key_jwk(),
+                        "verified under a key it was not signed with"
+                    );
+                    assert_eq!(req.payload, payload);
+                    check_fields(&req);
                 }
-                let body = sign_flattened_jws(&header, payload);
-                match verify_jwk_request(&body) {
-                    Ok(req) => {
-                        assert_eq!(req.jwk, test_key_jwk(), "verified under a key it was not signed with");
-                        assert_eq!(req.payload, payload);
-                        check_fields(&req);
-                    }
-                    Err(e) => assert!(!must_verify, "a correctly signed request is refused: {e}"),
-                }
+                Err(e) => assert!(!must_verify, "a correctly signed request is refused: {e}"),
             }
         }
     }
-);
+}
 
 fn check_fields(req: &certbroker::devca::JwkSignedRequest) {
     assert_eq!(req.thumbprint.len(), 43, "{}", req.thumbprint);

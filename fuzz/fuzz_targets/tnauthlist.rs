@@ -9,18 +9,24 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(
     init: certbroker_fuzz::write_seeds_if_asked(certbroker_fuzz::seeds::tnauthlist),
-    |data: &[u8]| {
-        if let Ok(list) = TnAuthList::from_der(data) {
-            assert_eq!(list.to_der(), data, "decoded {list} re-encodes to other bytes");
+    |data: &[u8]| run(data)
+);
+
+fn run(data: &[u8]) {
+    if let Ok(list) = TnAuthList::from_der(data) {
+        assert_eq!(
+            list.to_der(),
+            data,
+            "decoded {list} re-encodes to other bytes"
+        );
+        round_trips(&list);
+    }
+    if let Ok(text) = std::str::from_utf8(data) {
+        if let Ok(list) = TnAuthList::decode(text) {
             round_trips(&list);
         }
-        if let Ok(text) = std::str::from_utf8(data) {
-            if let Ok(list) = TnAuthList::decode(text) {
-                round_trips(&list);
-            }
-        }
     }
-);
+}
 
 fn round_trips(list: &TnAuthList) {
     assert_eq!(TnAuthList::from_der(&list.to_der()).as_ref(), Ok(list));
