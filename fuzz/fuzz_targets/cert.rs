@@ -44,7 +44,7 @@ fn check_info(info: &CertInfo, der: &[u8]) {
     assert_eq!(info.der, der);
     let hex = |s: &str| s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
     assert!(info.sha256_fingerprint_hex.len() == 64 && hex(&info.sha256_fingerprint_hex));
-    assert!(hex(&info.serial_hex) && info.serial_hex.len() % 2 == 0);
+    assert!(hex(&info.serial_hex) && info.serial_hex.len().is_multiple_of(2));
     assert!(
         info.serial_hex == "00" || !info.serial_hex.starts_with("00"),
         "{}",

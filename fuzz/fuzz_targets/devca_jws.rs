@@ -37,14 +37,14 @@ fn run(data: &[u8]) {
             let (header, payload) = rest.split_at(split);
             let mut header = header.to_vec();
             let mut must_verify = false;
-            if signed == 2 {
-                if let Ok(Value::Object(mut map)) = serde_json::from_slice::<Value>(&header) {
-                    map.insert("alg".into(), "ES256".into());
-                    map.insert("jwk".into(), test_key_jwk());
-                    map.remove("kid");
-                    header = serde_json::to_vec(&map).expect("a map serializes");
-                    must_verify = true;
-                }
+            if signed == 2
+                && let Ok(Value::Object(mut map)) = serde_json::from_slice::<Value>(&header)
+            {
+                map.insert("alg".into(), "ES256".into());
+                map.insert("jwk".into(), test_key_jwk());
+                map.remove("kid");
+                header = serde_json::to_vec(&map).expect("a map serializes");
+                must_verify = true;
             }
             let body = sign_flattened_jws(&header, payload);
             match verify_jwk_request(&body) {

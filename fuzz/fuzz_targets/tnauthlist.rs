@@ -21,10 +21,10 @@ fn run(data: &[u8]) {
         );
         round_trips(&list);
     }
-    if let Ok(text) = std::str::from_utf8(data) {
-        if let Ok(list) = TnAuthList::decode(text) {
-            round_trips(&list);
-        }
+    if let Ok(text) = std::str::from_utf8(data)
+        && let Ok(list) = TnAuthList::decode(text)
+    {
+        round_trips(&list);
     }
 }
 
