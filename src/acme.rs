@@ -36,6 +36,7 @@ pub use client::{Client, ClientSettings};
 pub use error::AcmeError;
 pub use key::{AccountKey, ExternalAccountKey};
 pub use renewal_info::{CertificateId, RenewalInfo, SuggestedWindow};
+pub use response::{ResponseReading, read_response};
 pub use retry::RetryPolicy;
 pub use types::{
     AccountState, AccountStatus, Authorization, AuthorizationStatus, CertificateChain, Challenge,

@@ -157,6 +157,38 @@ impl std::fmt::Debug for DevCaSettings {
     }
 }
 
+/// A request body whose JWS verified against the `jwk` in its own protected header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwkSignedRequest {
+    /// The decoded payload; empty for POST-as-GET.
+    pub payload: Vec<u8>,
+    /// The key that signed it, as a public JWK.
+    pub jwk: serde_json::Value,
+    /// RFC 7638 thumbprint of the key, base64url.
+    pub thumbprint: String,
+    /// The `atc.fingerprint` the devca expects for this key, per algorithm:
+    /// [`DevFingerprint::JwkThumbprint`], then [`DevFingerprint::SpkiSha256`].
+    pub fingerprints: [String; 2],
+}
+
+/// Verifies a flattened JWS request body signed with the `jwk` its protected header carries
+/// (ES256, public P-256 key), the way the devca verifies a `newAccount` request, without the
+/// URL and nonce checks that need a running devca. Public so that fuzz targets can feed the
+/// devca's request verification untrusted bodies; the error is the problem type and detail
+/// the devca would answer with.
+pub fn verify_jwk_request(body: &[u8]) -> Result<JwkSignedRequest, String> {
+    let verified = jws::verify_jwk_signed(body).map_err(|p| format!("{}: {}", p.kind, p.detail))?;
+    Ok(JwkSignedRequest {
+        thumbprint: jws::thumbprint(&verified.jwk),
+        fingerprints: [
+            jws::fingerprint(&verified.jwk, DevFingerprint::JwkThumbprint),
+            jws::fingerprint(&verified.jwk, DevFingerprint::SpkiSha256),
+        ],
+        payload: verified.payload,
+        jwk: verified.jwk,
+    })
+}
+
 /// Errors starting the embedded CA.
 #[derive(Debug, thiserror::Error)]
 pub enum DevCaError {

@@ -1,7 +1,7 @@
-//! Property tests standing in for fuzz targets (cargo-fuzz needs a nightly toolchain): the
-//! parsers that read attacker-controlled bytes — TNAuthList DER and its string form, CSRs,
-//! SPC tokens, ACME responses — never panic, and round-trip where a round trip exists.
-//! Case counts are bounded so CI stays fast.
+//! Property tests beside the fuzz targets in fuzz/ (run by scripts/fuzz): the parsers that
+//! read attacker-controlled bytes — TNAuthList DER and its string form, CSRs, SPC tokens,
+//! ACME responses — never panic, and round-trip where a round trip exists. They run with
+//! every `cargo test`; case counts are bounded so CI stays fast.
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use certbroker::{

@@ -89,6 +89,46 @@ impl Response {
     }
 }
 
+/// What the client reads from one HTTP response, decoded by the code the client itself runs
+/// on every response: see [`read_response`].
+#[derive(Debug)]
+pub struct ResponseReading {
+    /// The absolute `Location` URL, or why there is none.
+    pub location: Result<String, AcmeError>,
+    /// Absolute targets of every `Link` whose `rel` is the one asked for.
+    pub links: Vec<String>,
+    /// `Retry-After`, relative to now.
+    pub retry_after: Option<Duration>,
+    /// The error the response becomes if its status is not a success: a problem document
+    /// if the body is one, else a bare status.
+    pub error: AcmeError,
+}
+
+/// Reads an ACME server's response (`Location`, `Link` targets with `rel`, `Retry-After`,
+/// and the problem document of an error) without a network round trip. Public so that fuzz
+/// targets and tests can feed the client's header and problem decoding untrusted input;
+/// `url` is the request URL that relative references resolve against.
+pub fn read_response(
+    url: &str,
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+    rel: &str,
+) -> ResponseReading {
+    let resp = Response {
+        url: url.to_owned(),
+        status,
+        headers,
+        body,
+    };
+    ResponseReading {
+        location: resp.location(),
+        links: resp.links(rel),
+        retry_after: resp.retry_after(),
+        error: resp.into_error(),
+    }
+}
+
 /// Splits one `Link` header value into `(target, rel)` pairs. Targets are inside `<>`, so
 /// commas in them do not split.
 fn parse_links(value: &str) -> Vec<(String, String)> {

@@ -136,7 +136,9 @@ impl AuthorityToken {
                 "token is bound to another account key".into(),
             ));
         }
-        if self.expires_at - margin <= OffsetDateTime::now_utc() {
+        // `exp` comes from the STI-PA and may be at the very edge of the representable dates:
+        // subtracting the margin from it could overflow, the difference of two dates cannot.
+        if self.expires_at - OffsetDateTime::now_utc() <= margin {
             return Err(TokenError::Expired(self.expires_at));
         }
         Ok(())
@@ -240,6 +242,26 @@ pub(crate) mod tests {
         assert!(t.check(&req("281K"), Duration::ZERO).is_ok());
         assert!(matches!(
             t.check(&req("281K"), Duration::from_secs(60)),
+            Err(TokenError::Expired(_))
+        ));
+    }
+
+    #[test]
+    fn expiry_at_the_earliest_date_is_expired_not_a_panic() {
+        // `exp - margin` overflowed here and panicked the caller.
+        // josekit refuses to sign a negative `exp`; `parse` does not check the signature.
+        let earliest = time::Date::MIN.midnight().assume_utc().unix_timestamp();
+        let claims = serde_json::json!({"exp": earliest, "jti": "j", "atc": {
+            "tktype": "TNAuthList", "tkvalue": "MAigBhYEMjgxSw==", "fingerprint": FP}});
+        let jwt = format!(
+            "{}.{}.c2ln",
+            URL_SAFE_NO_PAD.encode(r#"{"alg":"ES256"}"#),
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        );
+        let t = AuthorityToken::parse(&jwt).unwrap();
+        assert_eq!(t.expires_at.unix_timestamp(), earliest);
+        assert!(matches!(
+            t.check(&req("281K"), Duration::from_secs(300)),
             Err(TokenError::Expired(_))
         ));
     }

@@ -138,9 +138,7 @@ pub(crate) fn verify_request(
     body: &[u8],
     key_ref: KeyRef,
 ) -> Result<Verified, Problem> {
-    let jws: Flattened = serde_json::from_slice(body)
-        .map_err(|e| Problem::malformed(format!("body is not a flattened JWS: {e}")))?;
-    let header = decode_header(&jws.protected)?;
+    let (jws, header) = parse_flattened(body)?;
     let url = header
         .get("url")
         .and_then(Value::as_str)
@@ -187,14 +185,43 @@ pub(crate) fn verify_request(
             format!("nonce {nonce:?} is unknown or used"),
         ));
     }
-    let payload = URL_SAFE_NO_PAD
-        .decode(&jws.payload)
-        .map_err(|e| Problem::malformed(format!("payload is not base64url: {e}")))?;
     Ok(Verified {
-        payload,
+        payload: decode_payload(&jws)?,
         jwk,
         account,
     })
+}
+
+/// Verifies a flattened JWS signed with the `jwk` in its own protected header, as
+/// [`verify_request`] does for [`KeyRef::Jwk`], without the URL and nonce checks that need
+/// the server's state.
+pub(crate) fn verify_jwk_signed(body: &[u8]) -> Result<Verified, Problem> {
+    let (jws, header) = parse_flattened(body)?;
+    let jwk = match (header.get("jwk"), header.get("kid")) {
+        (Some(_), Some(_)) => return Err(Problem::malformed("JWS has both jwk and kid")),
+        (Some(jwk), None) => jwk.clone(),
+        (None, _) => return Err(Problem::malformed("this request must carry jwk")),
+    };
+    verify_signature(&jws, &header, &jwk)?;
+    Ok(Verified {
+        payload: decode_payload(&jws)?,
+        jwk,
+        account: None,
+    })
+}
+
+/// The body as a flattened JWS and its decoded protected header.
+fn parse_flattened(body: &[u8]) -> Result<(Flattened, serde_json::Map<String, Value>), Problem> {
+    let jws: Flattened = serde_json::from_slice(body)
+        .map_err(|e| Problem::malformed(format!("body is not a flattened JWS: {e}")))?;
+    let header = decode_header(&jws.protected)?;
+    Ok((jws, header))
+}
+
+fn decode_payload(jws: &Flattened) -> Result<Vec<u8>, Problem> {
+    URL_SAFE_NO_PAD
+        .decode(&jws.payload)
+        .map_err(|e| Problem::malformed(format!("payload is not base64url: {e}")))
 }
 
 pub(crate) fn decode_header(protected: &str) -> Result<serde_json::Map<String, Value>, Problem> {
