@@ -60,6 +60,7 @@ fn expected(leaf: &CertInfo) -> Expected<'_> {
         tn_auth_list: leaf.tn_auth_list.as_ref(),
         dns_names: &leaf.dns_names,
         public_key_spki_der: &leaf.public_key_spki_der,
+        ca: leaf.is_ca,
     }
 }
 
