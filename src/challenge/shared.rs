@@ -139,8 +139,8 @@ mod tests {
 
     use super::*;
     use crate::{
-        challenge::token::tests::{FP, token_json},
-        shaken::{TkValueEncoding, TnAuthList},
+        challenge::token::tests::{FP, req, token_json},
+        shaken::TkValueEncoding,
         store::MemoryStore,
     };
 
@@ -157,14 +157,6 @@ mod tests {
             let mut t = AuthorityToken::parse(&token_json(&value, 3600))?;
             t.fingerprint = req.fingerprint.clone();
             Ok(t)
-        }
-    }
-
-    fn req(spc: &str) -> TokenRequest {
-        TokenRequest {
-            tn_auth_list: TnAuthList::from_spc(spc).unwrap(),
-            ca: false,
-            fingerprint: FP.into(),
         }
     }
 

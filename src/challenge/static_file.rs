@@ -40,18 +40,7 @@ impl TokenProvider for StaticTokenProvider {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        challenge::token::tests::{FP, token_json},
-        shaken::TnAuthList,
-    };
-
-    fn req(spc: &str) -> TokenRequest {
-        TokenRequest {
-            tn_auth_list: TnAuthList::from_spc(spc).unwrap(),
-            ca: false,
-            fingerprint: FP.into(),
-        }
-    }
+    use crate::challenge::token::tests::{req, token_json};
 
     #[tokio::test]
     async fn reads_checks_and_rereads() {

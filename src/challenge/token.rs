@@ -186,7 +186,8 @@ pub(crate) mod tests {
         AuthorityToken::parse(&token_json("MAigBhYEMjgxSw==", ttl_secs)).unwrap()
     }
 
-    fn req(spc: &str) -> TokenRequest {
+    /// An end-entity token request for `spc`, bound to [`FP`].
+    pub(crate) fn req(spc: &str) -> TokenRequest {
         TokenRequest {
             tn_auth_list: TnAuthList::from_spc(spc).unwrap(),
             ca: false,
