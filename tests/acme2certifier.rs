@@ -66,11 +66,11 @@ fn issue_over_http01() {
         let work = tempfile::tempdir().unwrap();
         let roots = work.path().join("roots.pem");
         std::fs::write(&roots, &a2c.tls_root_pem).unwrap();
-        let issue = |out: &Path, contact: bool| {
+        let issue_name = |name: &str, out: &Path, contact: bool| {
             let mut cmd = Command::new(common::bin());
             cmd.args(["issue", "--directory", &a2c.directory, "--trust-root"])
                 .arg(&roots)
-                .args(["--dns", NAME, "--http01-listen", "127.0.0.1:80", "--out"])
+                .args(["--dns", name, "--http01-listen", "127.0.0.1:80", "--out"])
                 .arg(out)
                 .args(["--timeout", "60"])
                 .env("RUST_LOG", "warn")
@@ -80,6 +80,7 @@ fn issue_over_http01() {
             }
             cmd.output().expect("certbroker issue runs")
         };
+        let issue = |out: &Path, contact: bool| issue_name(NAME, out, contact);
 
         // Deviation: RFC 8555 §7.3 makes `contact` optional; acme2certifier refuses a
         // newAccount without one (unless `[Account] contact_check_disable`).
@@ -109,6 +110,19 @@ fn issue_over_http01() {
         assert!(
             log.contains("url_get_dns_pinned() connected via 127.0.0.1 status=200"),
             "acme2certifier fetched the key authorization over http-01:\n{log}"
+        );
+
+        // And it is not waved through: a name the DNS stub does not know fails
+        // validation (acme2certifier's wsgi database handler drops the challenge's
+        // `error`, so the broker can say only that the authorization is invalid).
+        let unknown = issue_name("unknown.a2c.test", &work.path().join("unknown"), true);
+        assert!(!unknown.status.success());
+        let stderr = String::from_utf8_lossy(&unknown.stderr);
+        assert!(stderr.contains("is Invalid"), "{stderr}");
+        assert!(
+            a2c.log().contains("DNS resolution failed"),
+            "{}",
+            tail(&a2c.log(), 80)
         );
     });
 }
