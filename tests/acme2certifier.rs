@@ -507,7 +507,7 @@ impl Acme2Certifier {
         let stdout = child.stdout.take().unwrap();
         let log_path = d.join("a2c.log");
         // The launcher prints its address once bound; EOF means it died.
-        let base = tokio::task::spawn_blocking(move || {
+        let started = tokio::task::spawn_blocking(move || {
             let mut lines = BufReader::new(stdout).lines();
             let base = lines.find_map(|l| {
                 l.ok()?
@@ -516,12 +516,17 @@ impl Acme2Certifier {
             });
             std::thread::spawn(move || for _ in lines {});
             base
-        })
-        .await
-        .unwrap()
+        });
+        let base = match tokio::time::timeout(Duration::from_secs(90), started).await {
+            Ok(joined) => joined.unwrap(),
+            Err(_) => {
+                let _ = child.kill();
+                None
+            }
+        }
         .unwrap_or_else(|| {
             panic!(
-                "acme2certifier did not start (./scripts/test installs it: \
+                "acme2certifier did not start within 90 s (./scripts/test installs it: \
                  pip install acme2certifier==0.46.3):\n{}",
                 std::fs::read_to_string(&log_path).unwrap_or_default()
             )
