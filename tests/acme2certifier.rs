@@ -18,14 +18,16 @@
 //! - it refuses an account without a contact (RFC 8555 §7.3: `contact` is optional);
 //! - it does not verify authority tokens at all: tkauth-01 fails closed unless the
 //!   operator sets `ACME2CERTIFIER_I_KNOW_THE_RISK=1`, and then any token passes
-//!   (RFC 9447 §3, RFC 9448 §5-6: the server validates the token);
+//!   (RFC 9447/9448: the CA validates the token it is given);
 //! - it takes the token only from `atc`, not from RFC 9448's `tkauth`;
 //! - it compares the TNAuthList identifier as a string with the padded standard base64 of
 //!   the CSR extension, so RFC 9448's base64url form fails at finalize;
 //! - its stock openssl handler drops the TNAuthList extension (no setting passes it
 //!   through), so a TNAuthList order yields a certificate without one, which the broker
 //!   refuses. tests/python/a2c_tnauthlist_handler.py subclasses the stock handler to copy
-//!   the extension from the CSR; with it, tkauth-01 orders end in a SHAKEN certificate.
+//!   the extension from the CSR; with it, tkauth-01 orders end in a SHAKEN certificate;
+//! - its wsgi database handler drops a failed challenge's reason, so an invalid challenge
+//!   has no `error` (optional in RFC 8555 §7.1.4) and the broker can only say "invalid".
 
 mod common;
 
@@ -178,7 +180,7 @@ fn issue_over_tkauth01() {
         };
         let stderr = |o: &Output| String::from_utf8_lossy(&o.stderr).to_string();
 
-        // Deviation (RFC 9447 §3 / RFC 9448 §6: the CA validates the token): acme2certifier
+        // Deviation (RFC 9447/9448: the CA validates the token): acme2certifier
         // has no token verification, so as shipped it marks every tkauth-01 challenge
         // invalid. Its wsgi database handler also loses the reason: the invalid challenge
         // carries no `error` (RFC 8555 §7.1.4 makes it optional), so the broker can say
@@ -216,7 +218,7 @@ fn issue_over_tkauth01() {
         common::openssl_verify(&chain, &passthrough.ca_pem).expect("chain verifies");
         assert_key_matches(&out);
 
-        // Deviation: RFC 9448 §4 names the response field `tkauth`; acme2certifier takes
+        // Deviation: RFC 9448 names the response field `tkauth`; acme2certifier takes
         // only `atc` and answers malformed.
         let (o, _) = issue(
             &passthrough,
