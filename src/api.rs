@@ -1,4 +1,4 @@
-//! The gRPC surface: a thin adapter from `certbroker.v1.CertificateBroker` to [`Broker`],
+//! The gRPC surface: a thin adapter from `certbroker.v1.CertificateBrokerService` to [`Broker`],
 //! plus the standard health and reflection services. Knows nothing of Redis or ACME.
 //!
 //! Every request passes the tower stack in [`layers`]; broker RPCs then pass the caller's
@@ -31,7 +31,9 @@ use crate::{
     config::{PolicySettings, ServerSettings, ServerTlsSettings},
     pb::{
         self,
-        certificate_broker_server::{CertificateBroker, CertificateBrokerServer},
+        certificate_broker_service_server::{
+            CertificateBrokerService, CertificateBrokerServiceServer,
+        },
     },
     telemetry::Metrics,
 };
@@ -83,7 +85,7 @@ impl GrpcBroker {
 
 /// The stream type of `WatchCertificate`.
 pub type CertificateStream =
-    Pin<Box<dyn Stream<Item = Result<pb::GetCertificateResponse, Status>> + Send>>;
+    Pin<Box<dyn Stream<Item = Result<pb::WatchCertificateResponse, Status>> + Send>>;
 /// `cache_status` metric label.
 fn cache_label(status: pb::CacheStatus) -> &'static str {
     match status {
@@ -105,7 +107,7 @@ fn caller_of<T>(request: &Request<T>) -> Caller {
 }
 
 #[tonic::async_trait]
-impl CertificateBroker for GrpcBroker {
+impl CertificateBrokerService for GrpcBroker {
     async fn get_certificate(
         &self,
         request: Request<pb::GetCertificateRequest>,
@@ -124,10 +126,11 @@ impl CertificateBroker for GrpcBroker {
 
     async fn watch_certificate(
         &self,
-        request: Request<pb::GetCertificateRequest>,
+        request: Request<pb::WatchCertificateRequest>,
     ) -> Result<Response<Self::WatchCertificateStream>, Status> {
         let caller = caller_of(&request);
-        let mut req = convert::cert_request(request.into_inner()).map_err(|e| to_status(&e))?;
+        let mut req =
+            convert::cert_request(request.into_inner().into()).map_err(|e| to_status(&e))?;
         self.authorize(
             &caller,
             Action::Get {
@@ -151,7 +154,7 @@ impl CertificateBroker for GrpcBroker {
         tokio::spawn(async move {
             let mut last = first.serial_hex.clone();
             if tx
-                .send(Ok(this.respond(&first, status, has_csr)))
+                .send(Ok(this.respond(&first, status, has_csr).into()))
                 .await
                 .is_err()
             {
@@ -175,7 +178,7 @@ impl CertificateBroker for GrpcBroker {
                     Ok((cert, status)) if cert.serial_hex != last => {
                         last = cert.serial_hex.clone();
                         if tx
-                            .send(Ok(this.respond(&cert, status, has_csr)))
+                            .send(Ok(this.respond(&cert, status, has_csr).into()))
                             .await
                             .is_err()
                         {
@@ -390,6 +393,17 @@ impl ServeOptions {
     }
 }
 
+/// Reflection offers every service served here and the types a client needs to decode
+/// the answers: the broker's own, `grpc.health.v1`, and the `google.rpc` error details
+/// (BadRequest, ErrorInfo, RetryInfo, ...) that failures carry in `grpc-status-details-bin`,
+/// so tools such as grpcurl print them decoded.
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+}
+
 /// Serves the broker, health (`grpc.health.v1`) and reflection on `listener` until
 /// `shutdown` resolves.
 pub async fn serve(
@@ -402,7 +416,7 @@ pub async fn serve(
     let policy = options.policy();
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
-        .set_serving::<CertificateBrokerServer<GrpcBroker>>()
+        .set_serving::<CertificateBrokerServiceServer<GrpcBroker>>()
         .await;
     // The broker keeps serving without its shared store (degraded to per-replica caching);
     // the store's own health is reported under its own name for dashboards and alerts.
@@ -422,12 +436,8 @@ pub async fn serve(
             }
         }
     });
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
 
     let observer = options.observer.clone();
     let stack = tower::ServiceBuilder::new()
@@ -451,7 +461,7 @@ pub async fn serve(
     if let Some(m) = options.metrics.clone() {
         grpc_broker = grpc_broker.with_metrics(m);
     }
-    let broker_service = CertificateBrokerServer::new(grpc_broker)
+    let broker_service = CertificateBrokerServiceServer::new(grpc_broker)
         // Request size limit: larger messages are refused while decoding (OUT_OF_RANGE).
         .max_decoding_message_size(options.max_request_bytes);
 

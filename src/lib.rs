@@ -32,4 +32,53 @@ pub mod pb {
     /// Encoded file descriptor set, for gRPC server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         tonic::include_file_descriptor_set!("certbroker_descriptor");
+
+    /// `From` both ways between two messages with the same fields. Exhaustive on both
+    /// sides: a field added to one message and not the other fails to compile.
+    macro_rules! same_fields {
+        ($a:ident, $b:ident { $($f:ident),* $(,)? }) => {
+            impl From<$a> for $b {
+                fn from(m: $a) -> Self {
+                    let $a { $($f),* } = m;
+                    Self { $($f),* }
+                }
+            }
+            impl From<$b> for $a {
+                fn from(m: $b) -> Self {
+                    let $b { $($f),* } = m;
+                    Self { $($f),* }
+                }
+            }
+        };
+    }
+
+    // WatchCertificate's messages carry GetCertificate's fields (same numbers: wire
+    // compatible), as buf's one-request-type-per-RPC rule wants.
+    same_fields!(
+        GetCertificateRequest,
+        WatchCertificateRequest {
+            tn_auth_list,
+            dns_names,
+            csr_der,
+            ca_pool,
+            min_remaining_validity,
+            force_renew,
+            ca_certificate,
+        }
+    );
+    same_fields!(
+        GetCertificateResponse,
+        WatchCertificateResponse {
+            certificate_chain_pem,
+            certificate_chain_der,
+            private_key_pkcs8_der,
+            not_before,
+            not_after,
+            serial_hex,
+            sha256_fingerprint_hex,
+            issuer_ca,
+            cache_status,
+            x5u,
+        }
+    );
 }

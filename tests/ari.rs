@@ -52,7 +52,7 @@ async fn first_renewal(
     let mut stream = broker
         .client()
         .await
-        .watch_certificate(spc_request(spc))
+        .watch_certificate(pb::WatchCertificateRequest::from(spc_request(spc)))
         .await
         .expect("watch starts")
         .into_inner();
@@ -66,7 +66,7 @@ async fn first_renewal(
         .expect("renewed in time")
         .unwrap()
         .expect("a renewed certificate");
-    (first, next)
+    (first.into(), next.into())
 }
 
 fn secs(t: OffsetDateTime) -> f64 {

@@ -279,7 +279,7 @@ async fn health_reports_serving() {
         .await
         .unwrap();
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-    for service in ["", "certbroker.v1.CertificateBroker"] {
+    for service in ["", "certbroker.v1.CertificateBrokerService"] {
         let resp = health
             .check(tonic_health::pb::HealthCheckRequest {
                 service: service.into(),

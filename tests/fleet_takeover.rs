@@ -76,11 +76,12 @@ password = "{pw}"
     // Slow the CA so A is caught between placing the order and finalizing it.
     env.ca.behaviour().set_delay(Duration::from_millis(1500));
     let request = tokio::spawn(async move {
-        let mut client = pb::certificate_broker_client::CertificateBrokerClient::connect(format!(
-            "http://{addr}"
-        ))
-        .await
-        .unwrap();
+        let mut client =
+            pb::certificate_broker_service_client::CertificateBrokerServiceClient::connect(
+                format!("http://{addr}"),
+            )
+            .await
+            .unwrap();
         client.get_certificate(spc_request("6060")).await
     });
 

@@ -71,12 +71,12 @@ async fn fleet_renews_ahead_of_expiry_and_watchers_follow() {
         let tx = tx.clone();
         tokio::spawn(async move {
             let mut stream = client
-                .watch_certificate(spc_request("9090"))
+                .watch_certificate(pb::WatchCertificateRequest::from(spc_request("9090")))
                 .await
                 .expect("watch starts")
                 .into_inner();
             while let Ok(Some(cert)) = stream.message().await {
-                let _ = tx.send((i, cert, Instant::now()));
+                let _ = tx.send((i, cert.into(), Instant::now()));
             }
         });
     }

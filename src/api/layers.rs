@@ -484,13 +484,17 @@ mod tests {
         ));
         let first = svc
             .clone()
-            .oneshot(request("/certbroker.v1.CertificateBroker/GetCertificate"))
+            .oneshot(request(
+                "/certbroker.v1.CertificateBrokerService/GetCertificate",
+            ))
             .await
             .unwrap();
         assert_eq!(code(&first), None, "passes through");
         let second = svc
             .clone()
-            .oneshot(request("/certbroker.v1.CertificateBroker/GetCertificate"))
+            .oneshot(request(
+                "/certbroker.v1.CertificateBrokerService/GetCertificate",
+            ))
             .await
             .unwrap();
         assert_eq!(code(&second), Some(Code::ResourceExhausted));
@@ -508,7 +512,7 @@ mod tests {
         let release = Arc::new(Notify::new());
         let observer = Arc::new(Count::default());
         let svc = ShedLayer::new(2, Some(observer.clone())).layer(blocking(release.clone()));
-        let path = "/certbroker.v1.CertificateBroker/GetCertificate";
+        let path = "/certbroker.v1.CertificateBrokerService/GetCertificate";
         let a = tokio::spawn(svc.clone().oneshot(request(path)));
         let b = tokio::spawn(svc.clone().oneshot(request(path)));
         // Wait until both hold a permit.

@@ -2,7 +2,7 @@
 //!
 //! | error | code | details |
 //! |---|---|---|
-//! | invalid request field | `INVALID_ARGUMENT` | `google.rpc.BadRequest` naming the field |
+//! | invalid request field | `INVALID_ARGUMENT` | `google.rpc.BadRequest` naming the field, `ErrorInfo` `INVALID_FIELD` |
 //! | unknown certificate | `NOT_FOUND` | |
 //! | CA or STI-PA refused | `FAILED_PRECONDITION` | `ErrorInfo` with CA, problem type, detail |
 //! | CA rate limited | `RESOURCE_EXHAUSTED` | `ErrorInfo`, `RetryInfo` |
@@ -26,11 +26,22 @@ use crate::broker::{BrokerError, FailureKind, IssueError};
 /// Maps a broker error to the status the caller sees.
 pub fn to_status(err: &BrokerError) -> Status {
     match err {
-        BrokerError::InvalidArgument { field, reason } => Status::with_error_details(
-            Code::InvalidArgument,
-            format!("invalid {field}: {reason}"),
-            ErrorDetails::with_bad_request_violation(field.clone(), reason.clone()),
-        ),
+        BrokerError::InvalidArgument { field, reason } => {
+            // BadRequest names the field; ErrorInfo gives the machine-readable reason every
+            // error carries (AIP-193).
+            let mut details =
+                ErrorDetails::with_bad_request_violation(field.clone(), reason.clone());
+            details.set_error_info(
+                "INVALID_FIELD",
+                "certbroker",
+                HashMap::from([("field".to_owned(), field.clone())]),
+            );
+            Status::with_error_details(
+                Code::InvalidArgument,
+                format!("invalid {field}: {reason}"),
+                details,
+            )
+        }
         BrokerError::NotFound(what) => Status::not_found(what.clone()),
         BrokerError::Upstream(e) => upstream(e),
         BrokerError::DeadlineExceeded(_) => Status::deadline_exceeded(err.to_string()),
@@ -174,6 +185,12 @@ mod tests {
         let bad = details.bad_request().expect("BadRequest details");
         assert_eq!(bad.field_violations[0].field, "tn_auth_list[0].spc");
         assert_eq!(bad.field_violations[0].description, "must not be empty");
+        let info = details.error_info().expect("ErrorInfo");
+        assert_eq!(
+            (info.reason.as_str(), info.domain.as_str()),
+            ("INVALID_FIELD", "certbroker")
+        );
+        assert_eq!(info.metadata["field"], "tn_auth_list[0].spc");
     }
 
     #[test]

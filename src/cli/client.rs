@@ -8,8 +8,8 @@ use tonic_types::StatusExt;
 
 use super::ids::{IdArgs, Ids};
 use crate::pb::{
-    self, certificate_broker_client::CertificateBrokerClient, revoke_request::Target,
-    tn_auth_entry::Entry,
+    self, certificate_broker_service_client::CertificateBrokerServiceClient,
+    revoke_request::Target, tn_auth_entry::Entry,
 };
 
 #[derive(Debug, Args)]
@@ -226,7 +226,7 @@ pub(crate) async fn status(args: StatusArgs) -> anyhow::Result<()> {
 
 async fn connect(
     broker: &BrokerArgs,
-) -> anyhow::Result<CertificateBrokerClient<tonic::transport::Channel>> {
+) -> anyhow::Result<CertificateBrokerServiceClient<tonic::transport::Channel>> {
     let (addr, tls) = (&broker.addr, &broker.tls);
     let mut endpoint = tonic::transport::Endpoint::from_shared(addr.to_owned())
         .with_context(|| format!("--addr {addr}"))?;
@@ -251,7 +251,7 @@ async fn connect(
         .connect()
         .await
         .with_context(|| format!("connecting to {addr}"))?;
-    Ok(CertificateBrokerClient::new(channel))
+    Ok(CertificateBrokerServiceClient::new(channel))
 }
 
 /// Renders a gRPC error with its structured details.

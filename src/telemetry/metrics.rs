@@ -312,7 +312,7 @@ mod tests {
         m.issued("primary", Duration::from_millis(30));
         m.ca_failure("secondary", "unavailable");
         m.rejected(
-            "/certbroker.v1.CertificateBroker/GetCertificate",
+            "/certbroker.v1.CertificateBrokerService/GetCertificate",
             "rate_limited",
         );
         let now = time::OffsetDateTime::now_utc().unix_timestamp();

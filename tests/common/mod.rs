@@ -7,7 +7,7 @@ use certbroker::{
     app::App,
     config::{CaSettings, Settings},
     devca::{DevCa, DevCaHandle, DevCaSettings},
-    pb::certificate_broker_client::CertificateBrokerClient,
+    pb::certificate_broker_service_client::CertificateBrokerServiceClient,
 };
 use tokio::net::TcpListener;
 use tonic::transport::Channel;
@@ -118,14 +118,14 @@ impl TestBroker {
         }
     }
 
-    pub async fn client(&self) -> CertificateBrokerClient<Channel> {
+    pub async fn client(&self) -> CertificateBrokerServiceClient<Channel> {
         let channel = Channel::from_shared(format!("http://{}", self.addr))
             .expect("uri")
             .connect_timeout(Duration::from_secs(5))
             .connect()
             .await
             .expect("connects");
-        CertificateBrokerClient::new(channel)
+        CertificateBrokerServiceClient::new(channel)
     }
 }
 

@@ -13,7 +13,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
-SERVICE = "certbroker.v1.CertificateBroker"
+SERVICE = "certbroker.v1.CertificateBrokerService"
 
 
 def main() -> None:

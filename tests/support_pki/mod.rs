@@ -5,7 +5,8 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use certbroker::{
-    config::ServerTlsSettings, pb::certificate_broker_client::CertificateBrokerClient,
+    config::ServerTlsSettings,
+    pb::certificate_broker_service_client::CertificateBrokerServiceClient,
 };
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -117,7 +118,7 @@ pub async fn connect(
     addr: SocketAddr,
     server_ca_pem: &str,
     identity: Option<&Leaf>,
-) -> Result<CertificateBrokerClient<Channel>, tonic::transport::Error> {
+) -> Result<CertificateBrokerServiceClient<Channel>, tonic::transport::Error> {
     let mut tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(server_ca_pem))
         .domain_name("localhost");
@@ -130,5 +131,5 @@ pub async fn connect(
         .connect_timeout(Duration::from_secs(5))
         .connect()
         .await?;
-    Ok(CertificateBrokerClient::new(channel))
+    Ok(CertificateBrokerServiceClient::new(channel))
 }

@@ -24,7 +24,9 @@ use crate::{
     devca::{DevCa, DevCaHandle, DevCaSettings},
     pb::{
         self,
-        certificate_broker_server::{CertificateBroker, CertificateBrokerServer},
+        certificate_broker_service_server::{
+            CertificateBrokerService, CertificateBrokerServiceServer,
+        },
         tn_auth_entry::Entry,
     },
     shaken::TnAuthList,
@@ -99,7 +101,7 @@ impl Served {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let (stop, rx) = oneshot::channel::<()>();
-        let svc = CertificateBrokerServer::new(Baseline {
+        let svc = CertificateBrokerServiceServer::new(Baseline {
             response: Arc::new(response),
         });
         tokio::spawn(async move {
@@ -140,7 +142,7 @@ struct Baseline {
 }
 
 #[tonic::async_trait]
-impl CertificateBroker for Baseline {
+impl CertificateBrokerService for Baseline {
     async fn get_certificate(
         &self,
         _request: Request<pb::GetCertificateRequest>,
@@ -161,7 +163,7 @@ impl CertificateBroker for Baseline {
 
     async fn watch_certificate(
         &self,
-        _request: Request<pb::GetCertificateRequest>,
+        _request: Request<pb::WatchCertificateRequest>,
     ) -> Result<Response<Self::WatchCertificateStream>, Status> {
         Err(Status::unimplemented(
             "the baseline only answers GetCertificate",

@@ -16,7 +16,8 @@ use hdrhistogram::Histogram;
 use tonic::transport::Channel;
 
 use crate::pb::{
-    CacheStatus, GetCertificateRequest, certificate_broker_client::CertificateBrokerClient,
+    CacheStatus, GetCertificateRequest,
+    certificate_broker_service_client::CertificateBrokerServiceClient,
 };
 
 /// When a load run stops.
@@ -72,7 +73,7 @@ impl LoadResult {
 pub(super) async fn connect(
     addr: SocketAddr,
     n: usize,
-) -> anyhow::Result<Vec<CertificateBrokerClient<Channel>>> {
+) -> anyhow::Result<Vec<CertificateBrokerServiceClient<Channel>>> {
     let mut out = Vec::with_capacity(n);
     for _ in 0..n.max(1) {
         let channel = Channel::from_shared(format!("http://{addr}"))?
@@ -80,7 +81,7 @@ pub(super) async fn connect(
             .connect()
             .await
             .with_context(|| format!("connecting to {addr}"))?;
-        out.push(CertificateBrokerClient::new(channel));
+        out.push(CertificateBrokerServiceClient::new(channel));
     }
     Ok(out)
 }
@@ -108,7 +109,7 @@ pub(super) async fn run(
 }
 
 async fn drive(
-    clients: &[CertificateBrokerClient<Channel>],
+    clients: &[CertificateBrokerServiceClient<Channel>],
     mix: Arc<Vec<GetCertificateRequest>>,
     concurrency: usize,
     stop: Stop,

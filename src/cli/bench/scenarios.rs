@@ -19,7 +19,7 @@ use super::{
 };
 use crate::{
     app::App,
-    pb::{self, CacheStatus, certificate_broker_client::CertificateBrokerClient},
+    pb::{self, CacheStatus, certificate_broker_service_client::CertificateBrokerServiceClient},
 };
 
 /// Scenario 1: GetCertificate for warm keys, against the same service answering a
@@ -297,7 +297,7 @@ struct Burst {
 /// `callers` tasks, spread round-robin over `clients`, released together by a barrier, each
 /// asking once for `spc`.
 async fn burst(
-    clients: &[CertificateBrokerClient<Channel>],
+    clients: &[CertificateBrokerServiceClient<Channel>],
     callers: usize,
     spc: &str,
 ) -> anyhow::Result<Burst> {
