@@ -14,6 +14,7 @@
 //! | `prefix:{key}:negative` | opaque reason | given TTL |
 //! | `prefix:{secret:<group>}:item:<key>` | keyring-sealed blob (AAD: this key name) | given TTL |
 //! | `prefix:{secret:<group>}:index` | set of the group's item keys | longest item TTL |
+//! | `prefix:health` | Unix time of the last health probe (a write proves Redis writable) | 60 s |
 //!
 //! Pub/sub channels `prefix:ready` and `prefix:invalidate` carry keys as payload.
 //! Every command is bounded by `timeout_ms`; every Redis failure is
