@@ -171,8 +171,9 @@ impl Broker {
         Ok(())
     }
 
-    /// A certificate for `req`: L1, then the store, then one issuance shared by every
-    /// concurrent caller with the same cache key, in this process and across the fleet.
+    /// A certificate for `req`: L1, then (once per cache key in this process, every
+    /// concurrent caller joining) L1 again, the store, and one issuance shared across the
+    /// fleet. While the store is down each replica thus issues at most once per key.
     #[tracing::instrument(name = "broker.get_certificate", skip_all, fields(pool = %req.pool, force_renew = req.force_renew))]
     pub async fn get_certificate(
         &self,
