@@ -328,6 +328,29 @@ impl DevCaHandle {
         self.inner.behaviour.stats()
     }
 
+    /// Orders placed so far, counted per (account id, identifier): a TNAuthList identifier
+    /// counts once for each SPC it names (as `spc:<SPC>`), any other as `<type>:<value>`.
+    /// Tells, for instance, whether one broker replica (one account) ordered a certificate
+    /// for an SPC more than once.
+    pub fn orders_per_account_and_identifier(
+        &self,
+    ) -> std::collections::BTreeMap<(String, String), u64> {
+        let state = self.inner.lock_state();
+        let mut counts = std::collections::BTreeMap::new();
+        for order in state.orders.values() {
+            for identifier in &order.identifiers {
+                let names: Vec<String> = match &identifier.tn_auth_list {
+                    Some(list) => list.spcs().map(|spc| format!("spc:{spc}")).collect(),
+                    None => vec![format!("{}:{}", identifier.kind, identifier.value)],
+                };
+                for name in names {
+                    *counts.entry((order.account.clone(), name)).or_default() += 1;
+                }
+            }
+        }
+        counts
+    }
+
     /// Whether the certificate with this serial (lowercase hex, no leading zero byte) was
     /// revoked through `revokeCert`.
     pub fn revoked(&self, serial_hex: &str) -> bool {

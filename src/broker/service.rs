@@ -10,7 +10,7 @@ use tokio::sync::broadcast;
 
 use super::{
     BrokerError, CertRequest, IssueRequest, Issuer, RevokeRequest,
-    fleet::{BrokerStats, Obtained, Usable, decode_refusal},
+    fleet::{BrokerStats, Usable, decode_refusal},
     renewal::Tracker,
     singleflight::SingleFlight,
 };
@@ -55,7 +55,8 @@ pub struct BrokerOptions {
     pub negative_ttl: Duration,
 }
 
-type FlightResult = Obtained;
+/// What one in-process flight yields: the certificate and where it came from.
+type FlightResult = Result<(Arc<CertRecord>, CacheStatus), BrokerError>;
 
 /// The broker. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -170,8 +171,9 @@ impl Broker {
         Ok(())
     }
 
-    /// A certificate for `req`: L1, then the store, then one issuance shared by every
-    /// concurrent caller with the same cache key, in this process and across the fleet.
+    /// A certificate for `req`: L1, then (once per cache key in this process, every
+    /// concurrent caller joining) L1 again, the store, and one issuance shared across the
+    /// fleet. While the store is down each replica thus issues at most once per key.
     #[tracing::instrument(name = "broker.get_certificate", skip_all, fields(pool = %req.pool, force_renew = req.force_renew))]
     pub async fn get_certificate(
         &self,
@@ -210,8 +212,66 @@ impl Broker {
             }
             stale_serial = Some(c.serial_hex.clone());
         }
+        // Everything past L1 runs once per key in this process, store I/O included: callers
+        // that miss together share one store round trip, and while the store is down they
+        // all wait for the one issuance instead of each paying the store's timeout and then
+        // starting its own. A flight re-checks L1 first, so a request that missed L1 just
+        // before another flight finished finds that flight's certificate.
+        let this = self.clone();
+        let issue_req = template();
+        let force_renew = req.force_renew;
+        let (result, joined) = inner
+            .flights
+            .run(
+                &key,
+                move || async move {
+                    this.lookup_or_obtain(issue_req, min_secs, stale_serial, force_renew)
+                        .await
+                },
+                |panic| {
+                    Err(BrokerError::Internal(format!(
+                        "issuance task failed: {panic}"
+                    )))
+                },
+            )
+            .await;
+        let (cert, status) = result?;
+        if !fresh(&cert) {
+            return Err(BrokerError::invalid(
+                "min_remaining_validity",
+                format!(
+                    "the CA issued a certificate with only {}s of validity left, less than the {}s asked for",
+                    cert.remaining_secs(now()),
+                    min_remaining.as_secs()
+                ),
+            ));
+        }
+        let status = if joined { CacheStatus::Joined } else { status };
+        Ok((cert, status))
+    }
+
+    /// The flight behind [`Broker::get_certificate`] after an L1 miss (or a stale or
+    /// `force_renew` hit on `stale_serial`): L1 again, the store, the negative cache, then
+    /// one issuance for the fleet.
+    async fn lookup_or_obtain(
+        &self,
+        req: IssueRequest,
+        min_secs: i64,
+        mut stale_serial: Option<String>,
+        force_renew: bool,
+    ) -> FlightResult {
+        let inner = &self.inner;
+        let key = req.cache_key.clone();
+        let fresh = move |c: &CertRecord| c.remaining_secs(now()) > min_secs;
+        // Another flight for this key may have finished since the caller looked: it left
+        // its certificate here before it ended.
+        if let Some(c) = inner.l1.get(&key).await {
+            if fresh(&c) && Some(&c.serial_hex) != stale_serial.as_ref() {
+                return Ok((c, CacheStatus::HitLocal));
+            }
+        }
         match inner.store.current(&key).await {
-            Ok(Some(c)) if fresh(&c) && !req.force_renew => {
+            Ok(Some(c)) if fresh(&c) && !force_renew => {
                 let c = Arc::new(c);
                 inner.l1.insert(key, c.clone()).await;
                 return Ok((c, CacheStatus::HitShared));
@@ -223,36 +283,11 @@ impl Broker {
         if let Ok(Some(refusal)) = inner.store.negative(&key).await {
             return Err(decode_refusal(&refusal));
         }
-
         let usable: Usable = Arc::new(move |c: &CertRecord| {
             c.remaining_secs(now()) > 0 && Some(&c.serial_hex) != stale_serial.as_ref()
         });
-        let this = self.clone();
-        let issue_req = template();
-        let (result, joined) = inner
-            .flights
-            .run(
-                &key,
-                move || async move { this.obtain(issue_req, usable).await },
-                |panic| {
-                    Err(BrokerError::Internal(format!(
-                        "issuance task failed: {panic}"
-                    )))
-                },
-            )
-            .await;
-        let (cert, issued_here) = result?;
-        if !fresh(&cert) {
-            return Err(BrokerError::invalid(
-                "min_remaining_validity",
-                format!(
-                    "the CA issued a certificate with only {}s of validity left, less than the {}s asked for",
-                    cert.remaining_secs(now()),
-                    min_remaining.as_secs()
-                ),
-            ));
-        }
-        let status = if issued_here && !joined {
+        let (cert, issued_here) = self.obtain(req, usable).await?;
+        let status = if issued_here {
             CacheStatus::Issued
         } else {
             CacheStatus::Joined

@@ -14,11 +14,16 @@
 //! | `prefix:{key}:negative` | opaque reason | given TTL |
 //! | `prefix:{secret:<group>}:item:<key>` | keyring-sealed blob (AAD: this key name) | given TTL |
 //! | `prefix:{secret:<group>}:index` | set of the group's item keys | longest item TTL |
+//! | `prefix:health` | Unix time of the last health probe (a write proves Redis writable) | 60 s |
 //!
 //! Pub/sub channels `prefix:ready` and `prefix:invalidate` carry keys as payload.
 //! Every command is bounded by `timeout_ms`; every Redis failure is
-//! [`StoreError::Unavailable`], which callers treat as a miss.
+//! [`StoreError::Unavailable`], which callers treat as a miss. Once a failure says Redis as a
+//! whole is unusable (see [`breaker`]), commands fail at once without touching the network,
+//! and a background probe (the same as [`Store::health`]'s) lets them through again as soon
+//! as Redis answers.
 
+mod breaker;
 mod codec;
 mod conn;
 mod pubsub;
@@ -26,12 +31,13 @@ mod scripts;
 
 use std::{fmt, sync::Arc, time::Duration};
 
-use redis::{Client, FromRedisValue, RedisResult, Value};
+use redis::{Client, ErrorKind, FromRedisValue, RedisResult, ServerErrorKind};
 use secrecy::zeroize::Zeroizing;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use self::{
+    breaker::{Breaker, Prober},
     codec::IndexEntry,
     conn::{Conn, redact_url},
     pubsub::{Routes, Subscriber},
@@ -141,16 +147,30 @@ pub async fn connect(settings: &RedisSettings) -> Result<RedisStore, StoreError>
         invalidate_channel: format!("{prefix}:invalidate"),
         invalidations: broadcast::channel(CHANNEL_CAPACITY).0,
     };
+    let cluster = !settings.cluster_nodes.is_empty();
+    let breaker = Arc::new(Breaker::default());
     let store = RedisStore {
-        inner: Arc::new(Inner {
-            conn,
-            mode,
-            prefix,
-            keyring,
-            timeout,
-            _subscriber: Subscriber::spawn(clients, routes.clone(), timeout),
-            routes,
-            scripts: Scripts::new(),
+        inner: Arc::new_cyclic(|weak: &std::sync::Weak<Inner>| {
+            let weak = weak.clone();
+            let prober = Prober::spawn(breaker.clone(), PROBE_EVERY, move || {
+                let store = RedisStore {
+                    inner: weak.upgrade()?,
+                };
+                Some(Box::pin(async move { store.probe().await }))
+            });
+            Inner {
+                conn,
+                mode,
+                prefix,
+                keyring,
+                timeout,
+                cluster,
+                _subscriber: Subscriber::spawn(clients, routes.clone(), timeout),
+                routes,
+                scripts: Scripts::new(),
+                breaker,
+                _prober: prober,
+            }
         }),
     };
     if let StoreHealth::Degraded(reason) = store.health().await {
@@ -172,10 +192,16 @@ struct Inner {
     prefix: String,
     keyring: Option<Keyring>,
     timeout: Duration,
+    /// Redis Cluster (the health probe also checks `cluster_state`).
+    cluster: bool,
     routes: Routes,
     /// Kept for its `Drop`, which stops the subscription task.
     _subscriber: Subscriber,
     scripts: Scripts,
+    /// Open while Redis is known to be unreachable.
+    breaker: Arc<Breaker>,
+    /// Kept for its `Drop`, which stops the background probe.
+    _prober: Prober,
 }
 
 impl fmt::Debug for RedisStore {
@@ -206,15 +232,81 @@ impl RedisStore {
         self.bounded(invocation.invoke_async(&mut conn)).await
     }
 
+    /// Runs `fut` unless the breaker is open, bounded by the configured timeout; a failure
+    /// that means Redis is unusable opens the breaker.
     async fn bounded<T>(&self, fut: impl Future<Output = RedisResult<T>>) -> Result<T, StoreError> {
+        if let Some(reason) = self.inner.breaker.open_reason() {
+            return Err(StoreError::Unavailable(format!(
+                "redis is unreachable ({reason}); failing fast until it answers a probe"
+            )));
+        }
+        self.unguarded(fut).await.map_err(|(e, outage)| {
+            if outage {
+                self.inner.breaker.trip(&e);
+            }
+            StoreError::Unavailable(e)
+        })
+    }
+
+    /// `fut` bounded by the configured timeout, whatever the breaker says. The error says
+    /// whether it means an outage.
+    async fn unguarded<T>(
+        &self,
+        fut: impl Future<Output = RedisResult<T>>,
+    ) -> Result<T, (String, bool)> {
         match tokio::time::timeout(self.inner.timeout, fut).await {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(StoreError::Unavailable(format!("redis: {e}"))),
-            Err(_) => Err(StoreError::Unavailable(format!(
-                "redis did not answer within {:?}",
-                self.inner.timeout
-            ))),
+            Ok(Err(e)) => Err((format!("redis: {e}"), breaker::is_outage(&e))),
+            Err(_) => Err((
+                format!("redis did not answer within {:?}", self.inner.timeout),
+                true,
+            )),
         }
+    }
+
+    /// What the broker needs from Redis, checked without the breaker: a write to a key of
+    /// the store's own (a reachable, writable primary; in a Cluster, a routable slot), and
+    /// in a Cluster `cluster_state:ok` (every slot served; a surviving primary answers PING
+    /// and its own keys while the cluster is failed). A user whose ACL forbids
+    /// `CLUSTER INFO` is checked by the write alone.
+    async fn probe(&self) -> Result<(), String> {
+        let mut conn = self.inner.conn.clone();
+        let write = redis::cmd("SET")
+            .arg(format!("{}:health", self.inner.prefix))
+            .arg(time::OffsetDateTime::now_utc().unix_timestamp())
+            .arg("PX")
+            .arg(60_000)
+            .clone();
+        self.unguarded(write.query_async::<()>(&mut conn))
+            .await
+            .map_err(|(e, _)| e)?;
+        if !self.inner.cluster {
+            return Ok(());
+        }
+        let info = redis::cmd("CLUSTER").arg("INFO").clone();
+        let info = match self
+            .unguarded(async {
+                match info.query_async::<String>(&mut conn).await {
+                    Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoPerm) => Ok(None),
+                    other => other.map(Some),
+                }
+            })
+            .await
+        {
+            Ok(Some(info)) => info,
+            Ok(None) => return Ok(()),
+            Err((e, _)) => return Err(e),
+        };
+        if info.lines().any(|l| l.trim() == "cluster_state:ok") {
+            return Ok(());
+        }
+        Err(format!(
+            "redis cluster does not serve every slot ({})",
+            info.lines()
+                .find(|l| l.starts_with("cluster_state:"))
+                .unwrap_or("no cluster_state")
+                .trim()
+        ))
     }
 
     fn keyring_for(&self, what: &str) -> Result<&Keyring, StoreError> {
@@ -545,10 +637,18 @@ impl Store for RedisStore {
         Ok(dropped)
     }
 
+    /// While the breaker is open, its last reason (the background probe runs meanwhile);
+    /// otherwise the probe, run now. A failed probe opens the breaker.
     async fn health(&self) -> StoreHealth {
-        match self.query::<Value>(&redis::cmd("PING")).await {
-            Ok(_) => StoreHealth::Ok,
-            Err(e) => StoreHealth::Degraded(e.to_string()),
+        if let Some(reason) = self.inner.breaker.open_reason() {
+            return StoreHealth::Degraded(reason);
+        }
+        match self.probe().await {
+            Ok(()) => StoreHealth::Ok,
+            Err(reason) => {
+                self.inner.breaker.trip(&reason);
+                StoreHealth::Degraded(reason)
+            }
         }
     }
 }
@@ -561,3 +661,5 @@ fn millis(ttl: Duration) -> u64 {
 /// Between lock checks in [`Store::wait_ready`] when no message arrives.
 const POLL_INTERVAL: Duration = Duration::from_millis(250);
 const CHANNEL_CAPACITY: usize = 1024;
+/// Between background probes while the breaker is open.
+const PROBE_EVERY: Duration = Duration::from_millis(250);

@@ -1,11 +1,19 @@
 //! The HTTP admin listener (`telemetry.admin_listen`): `/metrics` (Prometheus text),
-//! `/healthz` (the process runs) and `/readyz` (it serves; the body says whether the shared
-//! store answers, which degrades but does not stop service). Plain HTTP: bind it to a
-//! cluster-internal address.
+//! `/healthz` (the process runs), `/readyz` (it serves; the body says whether the shared
+//! store answers, which degrades but does not stop service, so it stays 200) and
+//! `/readyz/store` (200 while the shared store answers, 503 while it does not: for alerts and
+//! dashboards, not for a readiness probe, since every replica fails it at once). Plain HTTP:
+//! bind it to a cluster-internal address.
 
 use std::future::Future;
 
-use axum::{Router, extract::State, http::header, response::IntoResponse, routing::get};
+use axum::{
+    Router,
+    extract::State,
+    http::{StatusCode, header},
+    response::IntoResponse,
+    routing::get,
+};
 use tokio::net::TcpListener;
 
 use super::Metrics;
@@ -33,6 +41,7 @@ pub async fn serve_admin(
         .route("/metrics", get(render))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
+        .route("/readyz/store", get(store_ready))
         .with_state(AdminState { metrics, broker });
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
@@ -52,6 +61,17 @@ async fn render(State(s): State<AdminState>) -> impl IntoResponse {
         )],
         text,
     )
+}
+
+async fn store_ready(State(s): State<AdminState>) -> impl IntoResponse {
+    if s.broker.store_ok().await {
+        (StatusCode::OK, "shared store answers\n")
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shared store unreachable: caching per replica\n",
+        )
+    }
 }
 
 async fn ready(State(s): State<AdminState>) -> impl IntoResponse {

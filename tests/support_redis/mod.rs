@@ -78,6 +78,28 @@ impl RedisServer {
         }
     }
 
+    /// Stops the process (SIGSTOP): connections stay open and nothing answers, as with a
+    /// hung server or a network that drops packets.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a paused process run again (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("redis-server runs");
+        // The shell's builtin `kill`: no procps needed.
+        let status = Command::new("sh")
+            .arg("-c")
+            .arg(format!("kill {signal} {}", child.id()))
+            .status()
+            .expect("run sh");
+        assert!(status.success(), "kill {signal} failed");
+    }
+
     /// Starts the server again on the same port (empty, as there is no persistence).
     pub fn restart(&mut self) {
         self.kill();
