@@ -430,7 +430,7 @@ pub async fn serve(
                 reporter
                     .set_service_status(CA_HEALTH_SERVICE, ca_status(&broker.ca_readiness()))
                     .await;
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                tokio::time::sleep(Duration::from_secs(2)).await;
             }
         }
     });

@@ -282,7 +282,7 @@ mod tests {
         ];
         for status in statuses {
             assert!(status.message().chars().count() <= MAX_TEXT, "message");
-            assert!(status.details().len() < 4 * MAX_TEXT, "details");
+            assert!(status.details().len() < 8 * MAX_TEXT, "details");
         }
         assert_eq!(undecodable("X").code(), Code::InvalidArgument);
     }
