@@ -39,7 +39,7 @@ use std::{
 };
 
 use certbroker::pb::{
-    CacheStatus, GetCertificateRequest, certificate_broker_client::CertificateBrokerClient,
+    CacheStatus, GetCertificateRequest, certificate_broker_service_client::CertificateBrokerServiceClient,
 };
 use common::DevEnv;
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
@@ -367,7 +367,7 @@ password_env = "STI_PA_PASSWORD"
         let serve = Serve::start(&config, secrecy::ExposeSecret::expose_secret(&password));
 
         rt.block_on(async {
-            let mut client = CertificateBrokerClient::connect(format!("http://{}", serve.addr))
+            let mut client = CertificateBrokerServiceClient::connect(format!("http://{}", serve.addr))
                 .await
                 .expect("connects to certbroker serve");
 

@@ -237,14 +237,16 @@ impl Broker {
             .await;
         let (cert, status) = result?;
         if !fresh(&cert) {
-            return Err(BrokerError::invalid(
-                "min_remaining_validity",
-                format!(
+            // The pool is the reason, not the request: repeats are refused up front
+            // (`Broker::check_satisfiable`) from this certificate and the learned lifetime.
+            return Err(BrokerError::FailedPrecondition {
+                field: "min_remaining_validity".into(),
+                reason: format!(
                     "the CA issued a certificate with only {}s of validity left, less than the {}s asked for",
                     cert.remaining_secs(now()),
                     min_remaining.as_secs()
                 ),
-            ));
+            });
         }
         let status = if joined { CacheStatus::Joined } else { status };
         Ok((cert, status))

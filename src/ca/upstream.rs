@@ -183,6 +183,16 @@ impl Upstream {
         &self.breaker
     }
 
+    /// The bound on one attempt (and on the start-up warm-up) at this CA.
+    pub fn attempt_timeout(&self) -> Duration {
+        self.attempt_timeout
+    }
+
+    /// The configured `cert_lifetime_secs`: what the broker asks for in `notAfter`.
+    pub fn cert_lifetime(&self) -> Option<Duration> {
+        self.cert_lifetime
+    }
+
     /// The ACME account, created (or found) on first use, and found again when the key
     /// file changed since (a key rollover, or a new key after a deactivation).
     pub async fn account(&self) -> Result<Account, AttemptError> {

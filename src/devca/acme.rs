@@ -52,12 +52,17 @@ async fn acme_layer(State(inner): State<Arc<Inner>>, req: Request, next: Next) -
         tokio::time::sleep(delay).await;
     }
     let mut resp = if inner.behaviour.take_unavailable() {
-        Problem::new(
+        let mut resp = Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "serverInternal",
             "the devca is configured to be unavailable",
         )
-        .into_response()
+        .into_response();
+        if let Some(secs) = inner.behaviour.unavailable_retry_after() {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        resp
     } else {
         next.run(req).await
     };
