@@ -105,6 +105,14 @@ pub struct DevCaSettings {
     /// which suggests this window for each certificate, and newOrder accepts `replaces`.
     /// Unset (the default), newOrder rejects `replaces` as `malformed`.
     pub renewal_info: Option<DevRenewalInfo>,
+    /// Port that http-01 validation fetches `/.well-known/acme-challenge/{token}` from
+    /// (RFC 8555 §8.3 says 80, the default). Tests give the port of their own responder, as
+    /// with Pebble's `httpPort`.
+    pub http01_port: u16,
+    /// The address every `dns` identifier resolves to for http-01 validation; `None` asks
+    /// the system resolver. Loopback by default: the devca serves labs and tests, and must
+    /// not be talked into fetching from the network.
+    pub http01_address: Option<IpAddr>,
     /// STI-PA user id.
     pub sti_pa_user: String,
     /// STI-PA password.
@@ -125,6 +133,8 @@ impl Default for DevCaSettings {
             one_time_jti: false,
             account_key_reuse: DevKeyReuse::default(),
             renewal_info: None,
+            http01_port: 80,
+            http01_address: Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
             sti_pa_user: "dev".to_owned(),
             sti_pa_password: SecretString::from(state::random_id()),
         }
@@ -151,6 +161,8 @@ impl std::fmt::Debug for DevCaSettings {
             .field("one_time_jti", &self.one_time_jti)
             .field("account_key_reuse", &self.account_key_reuse)
             .field("renewal_info", &self.renewal_info)
+            .field("http01_port", &self.http01_port)
+            .field("http01_address", &self.http01_address)
             .field("sti_pa_user", &self.sti_pa_user)
             .field("sti_pa_password", &"[REDACTED]")
             .finish()
