@@ -12,8 +12,17 @@
 //! ([`DevCaHandle::trust_root_pem`]). A separate **SHAKEN root** issues the SHAKEN
 //! intermediate (which issues end-entity certificates) and the STI-PA token-signing
 //! certificate ([`DevCaHandle::issuing_root_pem`]). Keys live in memory only; the PEMs are
-//! written to the state directory. `dns` identifiers are authorized without a real check
-//! (an `http-01` challenge that is already valid): the devca targets SHAKEN, not the Web PKI.
+//! written to the state directory. `dns` identifiers are authorized over real `http-01`
+//! (RFC 8555 §8.3): on the challenge POST the devca fetches the key authorization from
+//! `http://NAME:{http01_port}/.well-known/acme-challenge/TOKEN`, every name resolving to
+//! [`DevCaSettings::http01_address`] (loopback by default).
+//!
+//! Where a client can tell, the ACME server follows RFC 8555: 415 for a POST that is not
+//! `application/jose+json`, 405 problem documents for GET on POST-only resources,
+//! `Replay-Nonce` and `Link: rel="index"` on every answer, `badSignatureAlgorithm` with the
+//! accepted `algorithms`, no unprotected JWS header, the account's `orders` list, account
+//! and authorization deactivation, and `Link: rel="up"` on challenge answers. Certbot's
+//! `acme` library checks all of this in the test suite (tests/acme_python.rs).
 
 mod acme;
 mod ari;
@@ -320,6 +329,11 @@ impl DevCaHandle {
     /// the STI-PA token-signing certificate. It differs from the TLS root.
     pub fn issuing_root_pem(&self) -> String {
         self.inner.pki.shaken_root_pem.clone()
+    }
+
+    /// The port http-01 validation fetches from ([`DevCaSettings::http01_port`]).
+    pub fn http01_port(&self) -> u16 {
+        self.inner.settings.http01_port
     }
 
     /// The STI-PA user id and password.

@@ -117,6 +117,7 @@ pub(crate) struct Account {
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum Status {
+    Deactivated,
     Invalid,
     Pending,
     Processing,
@@ -127,6 +128,7 @@ pub(crate) enum Status {
 impl Status {
     pub(crate) fn as_str(self) -> &'static str {
         match self {
+            Self::Deactivated => "deactivated",
             Self::Invalid => "invalid",
             Self::Pending => "pending",
             Self::Processing => "processing",
@@ -173,6 +175,8 @@ pub(crate) struct Challenge {
     pub(crate) id: String,
     /// `tkauth-01` or `http-01`.
     pub(crate) kind: &'static str,
+    /// The http-01 token (RFC 8555 §8.3), fixed for the challenge's life.
+    pub(crate) token: Option<String>,
     pub(crate) status: Status,
     pub(crate) validated: Option<OffsetDateTime>,
     pub(crate) error: Option<Value>,
@@ -250,8 +254,9 @@ pub(crate) fn challenge_json(ch: &Challenge, inner: &Inner) -> Value {
     if ch.kind == "tkauth-01" {
         v["tkauth-type"] = json!("atc");
         v["token-authority"] = json!(inner.base.as_str());
-    } else {
-        v["token"] = json!(random_id());
+    }
+    if let Some(token) = &ch.token {
+        v["token"] = json!(token);
     }
     if let Some(t) = ch.validated {
         v["validated"] = json!(rfc3339(t));

@@ -357,6 +357,21 @@ class Run:
             time.sleep(0.2)
         return authzr
 
+    def deactivate_authz(self, acme):
+        """§7.5.2: a client may deactivate an authorization; its order becomes invalid."""
+        tkvalue = base64.b64encode(tn_auth_list_spc("5678")).decode()
+        resp = acme._post(acme.directory["newOrder"], messages.NewOrder(
+            identifiers=[messages.Identifier(typ=TNAUTHLIST, value=tkvalue)]))
+        order_url = resp.headers["Location"]
+        url = resp.json()["authorizations"][0]
+        authzr = acme._authzr_from_response(acme._post_as_get(url), uri=url)
+        done = acme.deactivate_authorization(authzr)
+        check("authorization deactivation: status deactivated (§7.5.2)",
+              done.body.status == messages.STATUS_DEACTIVATED, done.body.to_json())
+        order = acme._post_as_get(order_url).json()
+        check("an order with a deactivated authorization is invalid (§7.1.6)",
+              order.get("status") == "invalid", order)
+
     # --- dns over real http-01 ---
 
     def dns_order(self, key, acme, name, serve_right=True):
@@ -575,6 +590,7 @@ def main():
     else:
         key, acme, _ = got
         urls = section("TNAuthList order", run.tn_order, key, acme)
+        section("authorization deactivation", run.deactivate_authz, acme)
         section("dns order over http-01", run.dns_order, key, acme, "sip.python.example")
         section("dns order with a wrong key authorization", run.dns_order, key, acme,
                 "bad.python.example", False)
