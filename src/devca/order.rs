@@ -75,15 +75,9 @@ pub(crate) async fn new_order(
             "at most one TNAuthList identifier per order",
         ));
     }
-    let not_after = match payload.get("notAfter").and_then(Value::as_str) {
-        None => None,
-        Some(s) => Some(
-            OffsetDateTime::parse(s, &Rfc3339)
-                .map_err(|e| Problem::malformed(format!("notAfter: {e}")))?,
-        ),
-    };
-    let replaces = ari::requested_replaces(&payload, inner.settings.renewal_info.is_some())?;
     let now = OffsetDateTime::now_utc();
+    let not_after = requested_not_after(&inner, &payload, now)?;
+    let replaces = ari::requested_replaces(&payload, inner.settings.renewal_info.is_some())?;
     let order_id = random_id();
     let mut state = inner.lock_state();
     let replaced = replaces
@@ -126,10 +120,6 @@ pub(crate) async fn new_order(
         status: Status::Pending,
         expires: now + Duration::days(7),
         identifiers,
-        not_before: payload
-            .get("notBefore")
-            .and_then(Value::as_str)
-            .map(str::to_owned),
         not_after,
         authzs: authz_ids,
         cert: None,
@@ -150,6 +140,50 @@ pub(crate) async fn new_order(
     ))
 }
 
+/// The order's `notAfter`. RFC 8555 §7.4: a server that cannot issue for the requested
+/// validity period MUST refuse the order, so `notBefore` (the devca starts every certificate
+/// when it issues it) and a `notAfter` past the maximum lifetime are errors.
+fn requested_not_after(
+    inner: &Inner,
+    payload: &Value,
+    now: OffsetDateTime,
+) -> Result<Option<OffsetDateTime>, Problem> {
+    if payload.get("notBefore").is_some() {
+        return Err(Problem::malformed(
+            "this CA does not take notBefore: certificates start when issued",
+        ));
+    }
+    let Some(s) = payload.get("notAfter") else {
+        return Ok(None);
+    };
+    let na = s
+        .as_str()
+        .and_then(|s| OffsetDateTime::parse(s, &Rfc3339).ok())
+        .ok_or_else(|| Problem::malformed(format!("notAfter {s} is not an RFC 3339 time")))?;
+    let lifetime = Duration::try_from(inner.settings.cert_lifetime).unwrap_or(Duration::DAY);
+    if na <= now || na > now + lifetime {
+        return Err(Problem::malformed(format!(
+            "notAfter {s} is not within this CA's maximum certificate lifetime of {} s",
+            lifetime.whole_seconds()
+        )));
+    }
+    Ok(Some(na))
+}
+
+/// Whether `name` is a DNS name http-01 can validate: LDH labels of 1 to 63 characters,
+/// 253 at most in all, no wildcard (RFC 8555 §7.1.3, §8.3).
+fn is_validatable_dns_name(name: &str) -> bool {
+    name.len() <= 253
+        && name.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
 fn parse_identifier(id: &Value) -> Result<Identifier, Problem> {
     let kind = id.get("type").and_then(Value::as_str).unwrap_or_default();
     let value = id.get("value").and_then(Value::as_str).unwrap_or_default();
@@ -161,7 +195,17 @@ fn parse_identifier(id: &Value) -> Result<Identifier, Problem> {
                 format!("TNAuthList identifier {value:?}: {e}"),
             )
         })?),
-        "dns" if !value.is_empty() => None,
+        "dns" if is_validatable_dns_name(value) => None,
+        "dns" => {
+            return Err(Problem::new(
+                StatusCode::BAD_REQUEST,
+                "rejectedIdentifier",
+                format!(
+                    "dns identifier {value:?} is not a name http-01 can validate \
+                     (no wildcards: RFC 8555 §8.3)"
+                ),
+            ));
+        }
         _ => {
             return Err(Problem::new(
                 StatusCode::BAD_REQUEST,

@@ -151,7 +151,6 @@ pub(crate) struct Order {
     pub(crate) status: Status,
     pub(crate) expires: OffsetDateTime,
     pub(crate) identifiers: Vec<Identifier>,
-    pub(crate) not_before: Option<String>,
     pub(crate) not_after: Option<OffsetDateTime>,
     pub(crate) authzs: Vec<String>,
     pub(crate) cert: Option<String>,
@@ -218,9 +217,6 @@ pub(crate) fn order_json(order: &Order, id: &str, inner: &Inner) -> Value {
             .map(|a| inner.url(&format!("/acme/authz/{a}")).to_string()).collect::<Vec<_>>(),
         "finalize": inner.url(&format!("/acme/finalize/{id}")).as_str(),
     });
-    if let Some(nb) = &order.not_before {
-        v["notBefore"] = json!(nb);
-    }
     if let Some(na) = order.not_after {
         v["notAfter"] = json!(rfc3339(na));
     }

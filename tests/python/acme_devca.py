@@ -511,6 +511,43 @@ class Run:
         except messages.Error as e:
             check("another account's order: unauthorized", e.code == "unauthorized", str(e))
 
+    def order_limits(self, acme):
+        """§7.4: a server that cannot honour the request MUST refuse the order."""
+        tkvalue = base64.b64encode(tn_auth_list_spc("1234")).decode()
+        ident = {"type": "TNAuthList", "value": tkvalue}
+        far = (datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=3650))
+        cases = [
+            ("notAfter past the CA's maximum lifetime",
+             {"identifiers": [ident], "notAfter": far.strftime("%Y-%m-%dT%H:%M:%SZ")},
+             "malformed"),
+            ("notBefore, which the CA cannot honour",
+             {"identifiers": [ident], "notBefore": "2000-01-01T00:00:00Z"}, "malformed"),
+            ("a wildcard dns name (http-01 cannot validate it, §8.3)",
+             {"identifiers": [{"type": "dns", "value": "*.python.example"}]},
+             "rejectedIdentifier"),
+            ("an unknown identifier type",
+             {"identifiers": [{"type": "email", "value": "a@b.example"}]},
+             "unsupportedIdentifier"),
+        ]
+
+        class Body(jose.JSONDeSerializable):
+            def __init__(self, jobj):
+                self.jobj = jobj
+
+            def to_partial_json(self):
+                return self.jobj
+
+            @classmethod
+            def from_json(cls, jobj):
+                return cls(jobj)
+
+        for what, body, want in cases:
+            try:
+                acme._post(acme.directory["newOrder"], Body(body))
+                check(f"newOrder with {what}: {want}", False, "accepted")
+            except messages.Error as e:
+                check(f"newOrder with {what}: {want}", e.code == want, str(e))
+
     def orders_list(self, acme, order_url):
         acct = acme._post_as_get(acme.net.account.uri).json()
         r = acme._post_as_get(acct["orders"])
@@ -591,6 +628,7 @@ def main():
         key, acme, _ = got
         urls = section("TNAuthList order", run.tn_order, key, acme)
         section("authorization deactivation", run.deactivate_authz, acme)
+        section("order limits", run.order_limits, acme)
         section("dns order over http-01", run.dns_order, key, acme, "sip.python.example")
         section("dns order with a wrong key authorization", run.dns_order, key, acme,
                 "bad.python.example", False)
