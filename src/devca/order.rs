@@ -240,8 +240,8 @@ pub(crate) async fn order(
     Ok(Json(order_json(order, &id, &inner)).into_response())
 }
 
-/// The account's orders list (RFC 8555 §7.1.2.1), POST-as-GET: every order that is not
-/// invalid, oldest first is not promised.
+/// The account's orders list (RFC 8555 §7.1.2.1), POST-as-GET: every order of the account
+/// that is not invalid, in no particular order.
 pub(crate) async fn orders(
     State(inner): State<Arc<Inner>>,
     Path(id): Path<String>,
@@ -540,8 +540,9 @@ fn update_order(state: &mut AcmeState, authz_id: &str) {
                 .collect()
         })
         .unwrap_or_default();
+    // A deactivated authorization also invalidates a ready order: it cannot be finalized.
     if let Some(order) = state.orders.get_mut(&order_id)
-        && order.status == Status::Pending
+        && matches!(order.status, Status::Pending | Status::Ready)
     {
         if statuses
             .iter()
@@ -806,4 +807,28 @@ pub(crate) async fn revoke(
     drop(state);
     inner.behaviour.count(Counter::Revocation);
     Ok((StatusCode::OK, Json(json!({}))).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dns_names_http01_can_validate() {
+        for ok in ["sip.example.test", "a-b.example", "localhost", "x1.y2"] {
+            assert!(is_validatable_dns_name(ok), "{ok}");
+        }
+        let long = format!("{}.example", "a".repeat(64));
+        for bad in [
+            "*.example.test",
+            "",
+            "a..b",
+            "-a.example",
+            "a-.example",
+            "a_b.example",
+            &long,
+        ] {
+            assert!(!is_validatable_dns_name(bad), "{bad}");
+        }
+    }
 }
