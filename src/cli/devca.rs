@@ -170,3 +170,31 @@ password = "{password}"
         password = password.expose_secret(),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The written configuration parses, and the broker's http-01 responder listens where
+    /// the devca validates.
+    #[tokio::test]
+    async fn written_config_matches_the_devca() {
+        let dir = tempfile::tempdir().unwrap();
+        let handle = DevCa::start(DevCaSettings {
+            state_dir: Some(dir.path().join("devca")),
+            http01_port: 5002,
+            ..DevCaSettings::default()
+        })
+        .await
+        .unwrap();
+        let toml = broker_config_toml(&handle, dir.path());
+        let settings = crate::config::Settings::from_toml(&toml).unwrap();
+        assert_eq!(settings.ca.len(), 1);
+        assert_eq!(settings.ca[0].directory, handle.directory_url());
+        assert_eq!(
+            settings.ca[0].http01_listen,
+            Some("127.0.0.1:5002".parse().unwrap())
+        );
+        handle.shutdown().await;
+    }
+}
