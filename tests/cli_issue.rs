@@ -29,10 +29,15 @@ impl Drop for Devca {
 }
 
 fn start_devca() -> Devca {
+    start_devca_with(&[])
+}
+
+fn start_devca_with(extra: &[&str]) -> Devca {
     let state_dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(common::bin())
         .args(["devca", "--listen", "127.0.0.1:0", "--state-dir"])
         .arg(state_dir.path())
+        .args(extra)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .spawn()
@@ -132,6 +137,60 @@ fn devca_then_issue_spc_1234() {
     assert_eq!(
         pubkey(&["x509", "-in", cert.to_str().unwrap(), "-noout", "-pubkey"]),
         pubkey(&["pkey", "-in", key.to_str().unwrap(), "-pubout"])
+    );
+}
+
+/// A port that was free a moment ago: the devca must know where `certbroker issue` will
+/// serve http-01 before that process binds it.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `dns` over real http-01: the devca fetches the key authorization from the broker's own
+/// responder (`--http01-listen`), on the port the devca was told (`--http01-port`).
+#[test]
+fn devca_then_issue_dns_over_http01() {
+    let port = free_port().to_string();
+    let ca = start_devca_with(&["--http01-port", &port]);
+    let issue = |listen: &str, out: &std::path::Path| {
+        Command::new(common::bin())
+            .args(["issue", "--directory", &ca.directory, "--trust-root"])
+            .arg(&ca.trust_root)
+            .args(["--dns", "sip.example.test", "--http01-listen", listen])
+            .args(["--timeout", "30", "--out"])
+            .arg(out)
+            .output()
+            .expect("certbroker issue runs")
+    };
+    let out = tempfile::tempdir().unwrap();
+    let ok = issue(&format!("127.0.0.1:{port}"), out.path());
+    assert!(
+        ok.status.success(),
+        "{}
+{}",
+        String::from_utf8_lossy(&ok.stdout),
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let chain = std::fs::read_to_string(out.path().join("cert.pem")).unwrap();
+    let der = certbroker::shaken::parse_pem_chain(&chain).unwrap();
+    let leaf = certbroker::shaken::CertInfo::parse(&der[0]).unwrap();
+    assert_eq!(leaf.dns_names, vec!["sip.example.test".to_owned()]);
+
+    // The responder on another port than the devca fetches from: the authorization fails.
+    let out = tempfile::tempdir().unwrap();
+    let bad = issue(&format!("127.0.0.1:{}", free_port()), out.path());
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        !bad.status.success(),
+        "issued without a reachable http-01 answer"
+    );
+    assert!(
+        stderr.contains("connection") || stderr.contains("unauthorized"),
+        "{stderr}"
     );
 }
 

@@ -30,6 +30,10 @@ pub(crate) struct DevcaArgs {
     /// suggests renewing between 50 % and 60 % of each certificate's lifetime.
     #[arg(long)]
     ari: bool,
+    /// Port that http-01 validation of `dns` identifiers fetches the key authorization
+    /// from; every name resolves to 127.0.0.1. RFC 8555 §8.3 says 80.
+    #[arg(long, default_value_t = 80)]
+    http01_port: u16,
 }
 
 pub(crate) async fn run(args: DevcaArgs) -> anyhow::Result<()> {
@@ -42,6 +46,7 @@ pub(crate) async fn run(args: DevcaArgs) -> anyhow::Result<()> {
         port: args.listen.port(),
         state_dir: Some(state_dir.clone()),
         renewal_info: args.ari.then(DevRenewalInfo::default),
+        http01_port: args.http01_port,
         ..DevCaSettings::default()
     })
     .await
@@ -105,7 +110,11 @@ pub(crate) fn ca_settings_for(handle: &DevCaHandle, state_dir: &Path) -> CaSetti
             trust_roots: None,
         }),
         token_file: None,
-        http01_listen: None,
+        // Where the devca's http-01 validation looks for the key authorization.
+        http01_listen: Some(SocketAddr::from((
+            std::net::Ipv4Addr::LOCALHOST,
+            handle.http01_port(),
+        ))),
         weight: 1,
         breaker: Default::default(),
         allow_account_key_reuse: false,
@@ -134,6 +143,8 @@ trust_roots = "{roots}"
 account_key = "{key}"
 pools = ["default"]
 priority = 0
+# dns identifiers: the devca validates http-01 by fetching from this address.
+http01_listen = "{http01}"
 
 [ca.csr]
 country = "US"
@@ -153,8 +164,37 @@ password = "{password}"
         dir = ca.directory,
         roots = ca.trust_roots.unwrap_or_default().display(),
         key = ca.account_key.display(),
+        http01 = ca.http01_listen.map(|a| a.to_string()).unwrap_or_default(),
         pa = handle.sti_pa_url(),
         user = handle.sti_pa_credentials().0,
         password = password.expose_secret(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The written configuration parses, and the broker's http-01 responder listens where
+    /// the devca validates.
+    #[tokio::test]
+    async fn written_config_matches_the_devca() {
+        let dir = tempfile::tempdir().unwrap();
+        let handle = DevCa::start(DevCaSettings {
+            state_dir: Some(dir.path().join("devca")),
+            http01_port: 5002,
+            ..DevCaSettings::default()
+        })
+        .await
+        .unwrap();
+        let toml = broker_config_toml(&handle, dir.path());
+        let settings = crate::config::Settings::from_toml(&toml).unwrap();
+        assert_eq!(settings.ca.len(), 1);
+        assert_eq!(settings.ca[0].directory, handle.directory_url());
+        assert_eq!(
+            settings.ca[0].http01_listen,
+            Some("127.0.0.1:5002".parse().unwrap())
+        );
+        handle.shutdown().await;
+    }
 }
