@@ -72,14 +72,16 @@ fn start_devca() -> Devca {
 }
 
 fn run(cmd: &mut Command) -> String {
+    run_both(cmd).0
+}
+
+/// Runs to success; (stdout, stderr).
+fn run_both(cmd: &mut Command) -> (String, String) {
     let out = cmd.output().expect("command runs");
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "{cmd:?}\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{cmd:?}\n{stdout}\n{stderr}");
+    (stdout, stderr)
 }
 
 #[test]
@@ -87,35 +89,78 @@ fn devca_then_issue_spc_1234() {
     let ca = start_devca();
     let out = tempfile::tempdir().unwrap();
     let password = std::fs::read_to_string(&ca.password_file).expect("password file");
-    let stdout = run(Command::new(common::bin())
-        .args([
-            "issue",
-            "--directory",
-            &ca.directory,
-            "--trust-root",
-            &ca.trust_root,
-            "--spc",
-            "1234",
-        ])
-        .args([
-            "--sti-pa",
-            &ca.sti_pa,
-            "--sti-pa-user",
-            "dev",
-            "--sti-pa-password-env",
-            "STI_PA_PASSWORD",
-        ])
-        .arg("--out")
-        .arg(out.path())
-        .env("STI_PA_PASSWORD", password.trim()));
+    let (stdout, stderr) = run_both(
+        Command::new(common::bin())
+            .env_remove("RUST_LOG")
+            .args([
+                "issue",
+                "--directory",
+                &ca.directory,
+                "--trust-root",
+                &ca.trust_root,
+                "--spc",
+                "1234",
+            ])
+            .args([
+                "--sti-pa",
+                &ca.sti_pa,
+                "--sti-pa-user",
+                "dev",
+                "--sti-pa-password-env",
+                "STI_PA_PASSWORD",
+            ])
+            .arg("--out")
+            .arg(out.path())
+            .env("STI_PA_PASSWORD", password.trim()),
+    );
     assert!(
         stdout.contains("serial:") && stdout.contains("notAfter:") && stdout.contains("issuer:"),
         "{stdout}"
     );
+    let not_after = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("notAfter:"))
+        .unwrap()
+        .trim();
+    time::OffsetDateTime::parse(not_after, &time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|e| panic!("notAfter {not_after:?} is not RFC 3339: {e}"));
+    // Each ACME step on stderr, in order, as lego logs them.
+    let mut rest = stderr.as_str();
+    for step in [
+        "acme: account ready",
+        "acme: order placed",
+        "acme: authorization",
+        "acme: answering tkauth-01 challenge",
+        "acme: authorization valid",
+        "acme: finalizing order",
+        "acme: certificate downloaded",
+    ] {
+        let at = rest
+            .find(step)
+            .unwrap_or_else(|| panic!("{step:?} missing or out of order in\n{stderr}"));
+        rest = &rest[at + step.len()..];
+    }
 
-    let chain = std::fs::read_to_string(out.path().join("cert.pem")).unwrap();
+    // cert.pem is the leaf alone (certbot's layout); fullchain.pem adds the intermediate.
+    let cert_pem = std::fs::read_to_string(out.path().join("cert.pem")).unwrap();
+    assert_eq!(cert_pem.matches("BEGIN CERTIFICATE").count(), 1);
+    let chain = std::fs::read_to_string(out.path().join("fullchain.pem")).unwrap();
+    assert_eq!(
+        chain,
+        cert_pem + &std::fs::read_to_string(out.path().join("chain.pem")).unwrap()
+    );
     let root = std::fs::read_to_string(ca.state_dir.path().join("shaken-root.pem")).unwrap();
     common::openssl_verify(&chain, &root).expect("chain verifies up to the devca root");
+    // The README's check, as written there.
+    let root_file = ca.state_dir.path().join("shaken-root.pem");
+    let verified = run(Command::new("openssl")
+        .arg("verify")
+        .arg("-CAfile")
+        .arg(&root_file)
+        .arg("-untrusted")
+        .arg(out.path().join("chain.pem"))
+        .arg(out.path().join("cert.pem")));
+    assert!(verified.trim_end().ends_with(": OK"), "{verified}");
 
     // The leaf's TNAuthList extension is DER 3008a006160431323334 (MAigBhYEMTIzNA==).
     let der = certbroker::shaken::parse_pem_chain(&chain).unwrap();
@@ -148,9 +193,33 @@ async fn issue_and_revoke_against_pebble() {
     let directory = pebble.directory_url.to_string();
     let out = dir.path().join("out");
 
+    // Pebble has terms of service: issue asks for agreement first, as lego and certbot do.
+    let refused = tokio::task::block_in_place(|| {
+        Command::new(common::bin())
+            .args(["issue", "--directory", &directory, "--trust-root"])
+            .arg(&root)
+            .args(["--dns", "example.test", "--out"])
+            .arg(&out)
+            .output()
+            .unwrap()
+    });
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("terms of service") && stderr.contains("--accept-tos"),
+        "{stderr}"
+    );
+    assert!(!out.join("cert.pem").exists());
+
     let stdout = tokio::task::block_in_place(|| {
         run(Command::new(common::bin())
-            .args(["issue", "--directory", &directory, "--trust-root"])
+            .args([
+                "issue",
+                "--agree-tos",
+                "--directory",
+                &directory,
+                "--trust-root",
+            ])
             .arg(&root)
             .args(["--dns", "example.test", "--out"])
             .arg(&out))
