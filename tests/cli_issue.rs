@@ -260,3 +260,73 @@ fn certbroker_pem(der: &[u8]) -> String {
         body.join("\n")
     )
 }
+
+/// The broker agrees to a CA's terms of service only when its `[[ca]]` says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_agrees_to_terms_of_service_only_when_configured() {
+    let pebble = Pebble::start(PebbleOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("pebble-tls-root.pem");
+    std::fs::write(&root, certbroker_pem(&pebble.tls_root)).unwrap();
+    let get = |accept: bool| {
+        let config = dir.path().join(format!("broker-{accept}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "[store]\nbackend = \"memory\"\n[[ca]]\nname = \"pebble\"\n\
+                 directory = \"{dir}\"\ntrust_roots = \"{root}\"\n\
+                 account_key = \"account-{accept}.pem\"\n{tos}",
+                dir = pebble.directory_url,
+                root = root.display(),
+                tos = if accept {
+                    "accept_terms_of_service = true\n"
+                } else {
+                    ""
+                },
+            ),
+        )
+        .unwrap();
+        let mut server = Command::new(common::bin())
+            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
+        let addr = lines
+            .by_ref()
+            .map_while(Result::ok)
+            .find_map(|l| {
+                l.strip_prefix("certbroker listening on ")
+                    .map(str::to_owned)
+            })
+            .expect("serve prints its address");
+        let out = Command::new(common::bin())
+            .args(["get", "--addr", &addr, "--dns", "tos.example.test"])
+            .output()
+            .unwrap();
+        let _ = server.kill();
+        let _ = server.wait();
+        out
+    };
+
+    let refused = tokio::task::block_in_place(|| get(false));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("terms of service") && stderr.contains("accept_terms_of_service = true"),
+        "{stderr}"
+    );
+    let agreed = tokio::task::block_in_place(|| get(true));
+    let stdout = String::from_utf8_lossy(&agreed.stdout);
+    assert!(
+        agreed.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&agreed.stderr)
+    );
+    assert!(
+        stdout.contains("cache_status: CACHE_STATUS_ISSUED"),
+        "{stdout}"
+    );
+}

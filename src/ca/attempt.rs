@@ -31,7 +31,10 @@ pub enum AttemptError {
     #[error("local set-up: {0}")]
     Setup(String),
     /// The CA has terms of service (the URL) that the settings do not agree to.
-    #[error("the CA's terms of service ({0}) are not agreed to")]
+    #[error(
+        "the CA's terms of service ({0}) are not agreed to: read them and set \
+         accept_terms_of_service = true in its [[ca]]"
+    )]
     TermsNotAgreed(String),
     /// The whole attempt exceeded the CA's `attempt_timeout_secs`.
     #[error("no certificate within {0:?}")]
