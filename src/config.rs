@@ -311,6 +311,12 @@ pub struct CaSettings {
     /// Boulder-style CAs require.
     #[serde(default)]
     pub allow_account_key_reuse: bool,
+    /// Agree to the CA's terms of service (the directory's `meta.termsOfService`) when the
+    /// broker creates its account there. Default false: a CA that has terms refuses to open
+    /// an account until they are agreed to here, as `certbot --agree-tos` and
+    /// `lego --accept-tos` ask.
+    #[serde(default)]
+    pub accept_terms_of_service: bool,
     /// Certificate lifetime to ask for, sent as `notAfter` in newOrder
     /// ([RFC 8555 §7.4](https://www.rfc-editor.org/rfc/rfc8555#section-7.4)). Absent: the
     /// CA's default; leave it absent for CAs that reject `notAfter`.
@@ -435,10 +441,58 @@ impl Settings {
     }
 
     /// Extracts and validates settings from any figment (used by tests with inline TOML).
+    /// A relative path read from a file resolves against that file's directory, as in
+    /// nginx or systemd units, so a configuration works from any working directory.
     pub fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
-        let settings: Self = figment.extract().map_err(Box::new)?;
+        let mut settings: Self = figment.extract().map_err(Box::new)?;
+        settings.resolve_relative_paths(&figment);
         settings.validate()?;
         Ok(settings)
+    }
+
+    /// Every path-typed setting whose value came from a file and is relative becomes
+    /// `<that file's directory>/<path>`. Values from the environment or code stay as
+    /// they are (relative to the working directory).
+    fn resolve_relative_paths(&mut self, figment: &Figment) {
+        use figment::value::Value;
+        let file_dir = |value: Option<&Value>| -> Option<PathBuf> {
+            let meta = figment.get_metadata(value?.tag())?;
+            match meta.source.as_ref()? {
+                figment::Source::File(file) => file.parent().map(std::path::Path::to_path_buf),
+                _ => None,
+            }
+        };
+        let fix = |path: &mut PathBuf, value: Option<&Value>| {
+            if path.is_relative() {
+                if let Some(dir) = file_dir(value) {
+                    *path = dir.join(&*path);
+                }
+            }
+        };
+        if let (Some(tls), Ok(value)) = (self.server.tls.as_mut(), figment.find_value("server.tls"))
+        {
+            fix(&mut tls.cert, value.find_ref("cert"));
+            fix(&mut tls.key, value.find_ref("key"));
+            if let Some(p) = tls.client_ca.as_mut() {
+                fix(p, value.find_ref("client_ca"));
+            }
+        }
+        let cas = match figment.find_value("ca") {
+            Ok(Value::Array(_, cas)) => cas,
+            _ => Vec::new(),
+        };
+        for (ca, value) in self.ca.iter_mut().zip(&cas) {
+            fix(&mut ca.account_key, value.find_ref("account_key"));
+            if let Some(p) = ca.trust_roots.as_mut() {
+                fix(p, value.find_ref("trust_roots"));
+            }
+            if let Some(p) = ca.token_file.as_mut() {
+                fix(p, value.find_ref("token_file"));
+            }
+            if let Some(p) = ca.sti_pa.as_mut().and_then(|s| s.trust_roots.as_mut()) {
+                fix(p, value.find_ref("sti_pa.trust_roots"));
+            }
+        }
     }
 
     /// Parses TOML text with no environment overrides.
@@ -966,5 +1020,48 @@ mod env_tests {
             assert!(!s.renewal.ari);
             Ok(())
         });
+    }
+
+    #[test]
+    fn relative_paths_in_a_file_resolve_against_its_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("broker.toml");
+        std::fs::write(
+            &file,
+            r#"
+            [server.tls]
+            cert = "tls/server.pem"
+            key = "/etc/certbroker/server.key"
+            [[ca]]
+            name = "a"
+            directory = "https://ca.example/dir"
+            account_key = "keys/a.pem"
+            trust_roots = "roots.pem"
+            [ca.sti_pa]
+            base_url = "https://pa.example/"
+            user_id = "u"
+            password_env = "PW"
+            trust_roots = "pa-roots.pem"
+            "#,
+        )
+        .unwrap();
+        let s = Settings::load(Some(&file)).unwrap();
+        let tls = s.server.tls.as_ref().unwrap();
+        assert_eq!(tls.cert, dir.path().join("tls/server.pem"));
+        assert_eq!(
+            tls.key,
+            PathBuf::from("/etc/certbroker/server.key"),
+            "absolute kept"
+        );
+        assert_eq!(s.ca[0].account_key, dir.path().join("keys/a.pem"));
+        assert_eq!(s.ca[0].trust_roots, Some(dir.path().join("roots.pem")));
+        let pa = s.ca[0].sti_pa.as_ref().unwrap();
+        assert_eq!(pa.trust_roots, Some(dir.path().join("pa-roots.pem")));
+        // Inline TOML has no file: paths stay as written.
+        let inline = Settings::from_toml(
+            "[[ca]]\nname = \"a\"\ndirectory = \"https://ca.example/d\"\naccount_key = \"k.pem\"\n",
+        )
+        .unwrap();
+        assert_eq!(inline.ca[0].account_key, PathBuf::from("k.pem"));
     }
 }

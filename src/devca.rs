@@ -90,8 +90,9 @@ pub struct DevCaSettings {
     pub listen: IpAddr,
     /// Port; 0 picks a free one.
     pub port: u16,
-    /// Where the trust-root PEMs are written; `None` creates a fresh directory under the
-    /// system temp dir.
+    /// Where the trust-root PEMs are written, and the PKI kept: a directory an earlier run
+    /// used gives the same roots, intermediate and STI-PA signing key again. `None` creates
+    /// a fresh directory under the system temp dir.
     pub state_dir: Option<PathBuf>,
     /// Lifetime of issued end-entity certificates; 24 hours by default. An order's
     /// `notAfter` shortens it.
@@ -255,13 +256,12 @@ impl DevCa {
             .map_err(io("reading the bound address".into()))?;
         let base = Url::parse(&format!("https://{addr}"))
             .map_err(|e| DevCaError::Pki(format!("base URL: {e}")))?;
-        let pki = pki::Pki::generate(&base, settings.listen)?;
-
         let dir = match &settings.state_dir {
             Some(d) => d.clone(),
             None => std::env::temp_dir().join(format!("certbroker-devca-{}", state::random_id())),
         };
         std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
+        let pki = pki::Pki::load_or_generate(&dir, &base, settings.listen)?;
         let trust_root_path = dir.join("tls-root.pem");
         std::fs::write(&trust_root_path, &pki.tls_root_pem)
             .map_err(io(format!("writing {}", trust_root_path.display())))?;

@@ -152,7 +152,7 @@ fn cli_get_writes_chain_and_matching_key_then_sigterm_stops_the_server() {
     assert!(!bad.status.success());
     let stderr = String::from_utf8_lossy(&bad.stderr);
     assert!(
-        stderr.contains("InvalidArgument") && stderr.contains("dns_names[0]"),
+        stderr.contains("(INVALID_ARGUMENT)") && stderr.contains("dns_names[0]"),
         "{stderr}"
     );
 

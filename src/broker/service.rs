@@ -308,7 +308,7 @@ impl Broker {
             .await
             .map_err(|e| BrokerError::Internal(e.to_string()))?
             .ok_or_else(|| {
-                BrokerError::NotFound(format!("no certificate known for {:?}", req.selector))
+                BrokerError::NotFound(format!("no certificate known for {}", req.selector))
             })?;
         inner.issuer.revoke(&record, req.reason).await?;
         inner.l1.invalidate(&record.cache_key).await;

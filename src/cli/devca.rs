@@ -7,7 +7,7 @@ use std::{
 
 use anyhow::Context;
 use clap::Args;
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 
 use crate::{
     config::{CaSettings, CsrSettings, StiPaSettings},
@@ -20,9 +20,14 @@ pub(crate) struct DevcaArgs {
     /// Address for the HTTPS endpoints (ACME and STI-PA). Port 0 picks a free port.
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
-    /// Directory for the trust root and CA state; default: a new temporary directory.
+    /// Directory for the trust roots, CA keys and STI-PA password; default: a new
+    /// temporary directory. Reusing it keeps the roots and password across restarts.
     #[arg(long)]
     state_dir: Option<PathBuf>,
+    /// With --state-dir: listen on the port an earlier run recorded there (the first run
+    /// records the one it got), so URLs in a written configuration stay valid.
+    #[arg(long, requires = "state_dir")]
+    keep_port: bool,
     /// Also write a complete broker configuration for this devca to FILE.
     #[arg(long, value_name = "FILE")]
     write_config: Option<PathBuf>,
@@ -41,21 +46,43 @@ pub(crate) async fn run(args: DevcaArgs) -> anyhow::Result<()> {
     let state_dir = args.state_dir.unwrap_or_else(|| {
         std::env::temp_dir().join(format!("certbroker-devca-{}", std::process::id()))
     });
+    std::fs::create_dir_all(&state_dir)
+        .with_context(|| format!("creating {}", state_dir.display()))?;
+    // The password goes to a file only the owner can read, never to the terminal or logs;
+    // a later run in the same state directory keeps it.
+    let password_file = state_dir.join("sti-pa-password");
+    let defaults = DevCaSettings::default();
+    let sti_pa_password = match std::fs::read_to_string(&password_file) {
+        Ok(saved) if !saved.trim().is_empty() => SecretString::from(saved.trim().to_owned()),
+        _ => defaults.sti_pa_password.clone(),
+    };
+    let port_file = state_dir.join("port");
+    let port = match std::fs::read_to_string(&port_file) {
+        Ok(p) if args.keep_port && args.listen.port() == 0 => p
+            .trim()
+            .parse()
+            .with_context(|| format!("{}: not a port", port_file.display()))?,
+        _ => args.listen.port(),
+    };
     let handle = DevCa::start(DevCaSettings {
         listen: args.listen.ip(),
-        port: args.listen.port(),
+        port,
         state_dir: Some(state_dir.clone()),
         renewal_info: args.ari.then(DevRenewalInfo::default),
         http01_port: args.http01_port,
-        ..DevCaSettings::default()
+        sti_pa_password,
+        ..defaults
     })
     .await
     .context("starting devca")?;
     let (user, password) = handle.sti_pa_credentials();
-    // The password goes to a file only the owner can read, never to the terminal or logs.
-    let password_file = state_dir.join("sti-pa-password");
     crate::ca::write_private(&password_file, password.expose_secret().as_bytes())
         .with_context(|| format!("writing {}", password_file.display()))?;
+    if args.keep_port {
+        let port = handle.directory_url().port().unwrap_or_default();
+        std::fs::write(&port_file, format!("{port}\n"))
+            .with_context(|| format!("writing {}", port_file.display()))?;
+    }
     println!(
         "devca running\n\
          ACME directory: {dir}\n\
@@ -119,6 +146,8 @@ pub(crate) fn ca_settings_for(handle: &DevCaHandle, state_dir: &Path) -> CaSetti
         breaker: Default::default(),
         allow_account_key_reuse: false,
         cert_lifetime_secs: None,
+        // The embedded CA is the user's own; dev mode needs no ceremony.
+        accept_terms_of_service: true,
     }
 }
 
@@ -145,6 +174,7 @@ pools = ["default"]
 priority = 0
 # dns identifiers: the devca validates http-01 by fetching from this address.
 http01_listen = "{http01}"
+accept_terms_of_service = true
 
 [ca.csr]
 country = "US"

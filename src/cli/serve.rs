@@ -99,7 +99,7 @@ fn print_dev_banner(addr: SocketAddr, ca: &devca::DevCaHandle) {
          devca trust root:          {root}\n\
          \n\
          try:\n  \
-           certbroker get --addr http://{addr} --spc 1234 --out ./out\n  \
+           certbroker get --addr {addr} --spc 1234 --out ./out\n  \
            grpcurl -plaintext -d '{{\"tn_auth_list\":[{{\"spc\":\"1234\"}}]}}' {addr} certbroker.v1.CertificateBrokerService/GetCertificate\n",
         dir = ca.directory_url(),
         pa = ca.sti_pa_url(),
