@@ -74,6 +74,19 @@ pub enum DevKeyReuse {
     Require,
 }
 
+/// Which certificate profile the devca issues by (shaken-acme.md §3, docs/profile.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DevProfile {
+    /// US SHAKEN CP v1.3: policy 2.16.840.1.114569.1.1.3; the subject **shall** carry a
+    /// serialNumber (§3.1), so the devca assigns one when the CSR has none; CRLDPs name only
+    /// the CRL's URI.
+    #[default]
+    UsCp13,
+    /// US SHAKEN CP v1.4: policy 2.16.840.1.114569.1.1.4; serialNumber **may** be present
+    /// (copied from the CSR, never added); CRLDPs also carry a cRLIssuer DirName.
+    UsCp14,
+}
+
 /// Settings of the embedded CA.
 #[derive(Clone)]
 pub struct DevCaSettings {
@@ -105,6 +118,12 @@ pub struct DevCaSettings {
     /// which suggests this window for each certificate, and newOrder accepts `replaces`.
     /// Unset (the default), newOrder rejects `replaces` as `malformed`.
     pub renewal_info: Option<DevRenewalInfo>,
+    /// The certificate profile; US SHAKEN CP 1.3 by default.
+    pub profile: DevProfile,
+    /// Let an end-entity TNAuthList hold TNs, ranges or several SPCs, as an ACME-based SCA
+    /// would. Off by default: ATIS-1000080 v005 allows exactly one SPC, and the devca refuses
+    /// other lists at newOrder (`rejectedIdentifier`).
+    pub allow_tn_lists: bool,
     /// STI-PA user id.
     pub sti_pa_user: String,
     /// STI-PA password.
@@ -125,6 +144,8 @@ impl Default for DevCaSettings {
             one_time_jti: false,
             account_key_reuse: DevKeyReuse::default(),
             renewal_info: None,
+            profile: DevProfile::default(),
+            allow_tn_lists: false,
             sti_pa_user: "dev".to_owned(),
             sti_pa_password: SecretString::from(state::random_id()),
         }
@@ -151,6 +172,8 @@ impl std::fmt::Debug for DevCaSettings {
             .field("one_time_jti", &self.one_time_jti)
             .field("account_key_reuse", &self.account_key_reuse)
             .field("renewal_info", &self.renewal_info)
+            .field("profile", &self.profile)
+            .field("allow_tn_lists", &self.allow_tn_lists)
             .field("sti_pa_user", &self.sti_pa_user)
             .field("sti_pa_password", &"[REDACTED]")
             .finish()
@@ -234,7 +257,7 @@ impl DevCa {
             .map_err(io("reading the bound address".into()))?;
         let base = Url::parse(&format!("https://{addr}"))
             .map_err(|e| DevCaError::Pki(format!("base URL: {e}")))?;
-        let pki = pki::Pki::generate(&base, settings.listen)?;
+        let pki = pki::Pki::generate(&base, settings.listen, settings.profile)?;
 
         let dir = match &settings.state_dir {
             Some(d) => d.clone(),
@@ -332,6 +355,12 @@ impl DevCaHandle {
     /// revoked through `revokeCert`.
     pub fn revoked(&self, serial_hex: &str) -> bool {
         self.inner.lock_state().is_revoked(serial_hex)
+    }
+
+    /// The CSRs finalize received (base64url-decoded DER), oldest first (the last 64): what the
+    /// client really sent, for tests that check it with independent parsers.
+    pub fn csrs(&self) -> Vec<Vec<u8>> {
+        self.inner.lock_state().csrs.iter().cloned().collect()
     }
 
     /// Every new order that carried `replaces` (RFC 9773), in arrival order, with the

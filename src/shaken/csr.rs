@@ -1,10 +1,15 @@
 //! The PKCS#10 CSR a SHAKEN STI-CA expects (ATIS-1000080 §6.4.1, shaken-acme.md §3): a
-//! P-256 key, subject `C=US, O=<org>, CN=SHAKEN <SPC>`, and an extensionRequest carrying the
-//! non-critical TNAuthList (RFC 8226 §9). The CA adds policies and CRL distribution points.
+//! P-256 key, subject `C=US, O=<org>, CN=SHAKEN <SPC>, serialNumber=<sn>`, and an
+//! extensionRequest carrying the non-critical TNAuthList (RFC 8226 §9). The CA adds policies
+//! and CRL distribution points.
+//!
+//! Subject encoding (docs/profile.md): countryName and serialNumber are PrintableString, as
+//! X.520 and RFC 5280 Appendix A define them (a CA that copies the CSR subject copies the
+//! string type too); organizationName and commonName are UTF8String (RFC 5280 §4.1.2.6).
 
 use rcgen::{
-    CertificateParams, CustomExtension, DistinguishedName, DnType, KeyPair, PKCS_ECDSA_P256_SHA256,
-    SanType,
+    CertificateParams, CustomExtension, DistinguishedName, DnType, DnValue, KeyPair,
+    PKCS_ECDSA_P256_SHA256, SanType, string::PrintableString,
 };
 use x509_parser::{
     certification_request::X509CertificationRequest,
@@ -18,15 +23,22 @@ use super::{
     ECDSA_SHA256_OID, ShakenError, TN_AUTH_LIST_OID, TN_AUTH_LIST_OID_STR, TnAuthList, is_p256_spki,
 };
 
-/// The subject of a SHAKEN certificate: country, organization and common name.
+/// The subject of a SHAKEN certificate: country, organization, common name and serial
+/// number.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Subject {
-    /// Country, `US` in the US ecosystem.
+    /// Country, `US` in the US ecosystem: two letters (ISO 3166), encoded as a
+    /// PrintableString.
     pub country: String,
     /// The service provider's legal name.
     pub organization: String,
     /// `SHAKEN <SPC>` for an end-entity certificate.
     pub common_name: String,
+    /// The `serialNumber` attribute (2.5.4.5, a PrintableString of 1 to 64 characters), which
+    /// US SHAKEN CP 1.3 §3.1 requires beside the CN "to distinguish among successive
+    /// instances of certificates associated with the same entity" (CP 1.4: may). `None`:
+    /// absent.
+    pub serial_number: Option<String>,
 }
 
 /// What goes into a CSR.
@@ -67,11 +79,21 @@ pub struct ParsedCsr {
 
 impl Subject {
     /// The end-entity subject: `C=US, O=<org>, CN=SHAKEN <spc>`.
+    /// No serialNumber; see [`Subject::with_serial_number`].
     pub fn shaken(org: &str, spc: &str) -> Self {
         Self {
             country: "US".to_owned(),
             organization: org.to_owned(),
             common_name: format!("SHAKEN {spc}"),
+            serial_number: None,
+        }
+    }
+
+    /// The same subject with this `serialNumber`.
+    pub fn with_serial_number(self, serial_number: impl Into<String>) -> Self {
+        Self {
+            serial_number: Some(serial_number.into()),
+            ..self
         }
     }
 
@@ -80,17 +102,64 @@ impl Subject {
             country: first_str(name.iter_country()),
             organization: first_str(name.iter_organization()),
             common_name: first_str(name.iter_common_name()),
+            serial_number: name
+                .iter_by_oid(&x509_parser::oid_registry::OID_X509_SERIALNUMBER)
+                .next()
+                .and_then(|a| a.as_str().ok())
+                .map(str::to_owned),
         }
     }
 
-    pub(crate) fn to_distinguished_name(&self) -> DistinguishedName {
+    /// Checks what the encoding needs: a two-letter country and a serialNumber that is a
+    /// PrintableString of 1 to 64 characters (RFC 5280 Appendix A, `ub-serial-number`).
+    pub fn validate(&self) -> Result<(), ShakenError> {
+        if self.country.len() != 2 || !self.country.bytes().all(|b| b.is_ascii_uppercase()) {
+            return Err(ShakenError::Subject(format!(
+                "countryName {:?} must be two uppercase letters (ISO 3166)",
+                self.country
+            )));
+        }
+        if let Some(sn) = &self.serial_number {
+            if sn.is_empty() || sn.len() > 64 || !sn.chars().all(is_printable) {
+                return Err(ShakenError::Subject(format!(
+                    "serialNumber {sn:?} must be 1 to 64 PrintableString characters \
+                     (A-Z a-z 0-9 space '()+,-./:=?)"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// `C, O, CN[, serialNumber]`, country and serialNumber as PrintableString. Fails as
+    /// [`Subject::validate`] does.
+    pub(crate) fn to_distinguished_name(&self) -> Result<DistinguishedName, ShakenError> {
+        self.validate()?;
+        let printable = |s: &str| {
+            PrintableString::try_from(s)
+                .map(DnValue::PrintableString)
+                .map_err(|e| ShakenError::Subject(format!("{s:?}: {e}")))
+        };
         let mut dn = DistinguishedName::new();
-        dn.push(DnType::CountryName, self.country.as_str());
+        dn.push(DnType::CountryName, printable(&self.country)?);
         dn.push(DnType::OrganizationName, self.organization.as_str());
         dn.push(DnType::CommonName, self.common_name.as_str());
-        dn
+        if let Some(sn) = &self.serial_number {
+            dn.push(
+                DnType::CustomDnType(SERIAL_NUMBER_OID.to_vec()),
+                printable(sn)?,
+            );
+        }
+        Ok(dn)
     }
 }
+
+/// Whether `c` is in the PrintableString alphabet (X.680 §41.4).
+pub(crate) fn is_printable(c: char) -> bool {
+    c.is_ascii_alphanumeric() || " '()+,-./:=?".contains(c)
+}
+
+/// id-at-serialNumber (X.520).
+const SERIAL_NUMBER_OID: &[u64] = &[2, 5, 4, 5];
 
 // === CSR ===
 
@@ -109,7 +178,10 @@ pub fn build_csr(key: &KeyPair, spec: &CsrSpec<'_>) -> Result<Vec<u8>, ShakenErr
         return Err(ShakenError::Key("SHAKEN requires a P-256 ECDSA key".into()));
     }
     let mut params = CertificateParams::default();
-    params.distinguished_name = spec.subject.to_distinguished_name();
+    params.distinguished_name = spec
+        .subject
+        .to_distinguished_name()
+        .map_err(|e| ShakenError::CsrBuild(e.to_string()))?;
     params.subject_alt_names = spec
         .dns_names
         .iter()
