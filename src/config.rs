@@ -925,6 +925,45 @@ mod tests {
     }
 
     #[test]
+    fn csr_serial_number_template_and_country_are_checked() {
+        let ca = |csr: &str| {
+            format!(
+                "[[ca]]\nname = \"a\"\ndirectory = \"https://ca.example/dir\"\n\
+                 account_key = \"k.pem\"\n[ca.csr]\n{csr}"
+            )
+        };
+        let s = Settings::from_toml(&ca("")).unwrap();
+        let sn = s.ca[0].csr.serial_number("1234").unwrap();
+        assert!(sn.len() == 21 && sn.starts_with("1234-"), "{sn}");
+        assert_ne!(
+            s.ca[0].csr.serial_number("1234").unwrap(),
+            sn,
+            "random per CSR"
+        );
+        let none = Settings::from_toml(&ca("serial_number_template = \"\"")).unwrap();
+        assert_eq!(none.ca[0].csr.serial_number("1234"), None);
+        let tn = Settings::from_toml(&ca("serial_number_template = \"{spc}\"")).unwrap();
+        assert_eq!(
+            tn.ca[0].csr.serial_number("tn:12#4").as_deref(),
+            Some("tn:124")
+        );
+        for bad in [
+            "serial_number_template = \"{spc}_{random}\"",
+            "serial_number_template = \"{spc}-{serial}\"",
+            &format!("serial_number_template = \"{}{{random}}\"", "x".repeat(49)),
+            "country = \"usa\"",
+        ] {
+            let err = Settings::from_toml(&ca(bad)).unwrap_err().to_string();
+            let key = if bad.starts_with("country") {
+                "ca[0].csr.country"
+            } else {
+                "ca[0].csr.serial_number_template"
+            };
+            assert!(err.contains(key), "{bad}: {err}");
+        }
+    }
+
+    #[test]
     fn server_and_policy_errors_name_the_key() {
         let tls = "[server.tls]\ncert = \"c\"\nkey = \"k\"\nclient_ca = \"ca\"\n";
         let cases = [

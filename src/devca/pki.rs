@@ -548,6 +548,49 @@ mod tests {
     }
 
     #[test]
+    fn end_entity_basic_constraints_is_the_empty_sequence_and_ski_is_sha1() {
+        let pki = pki();
+        let (req, key) = request(false);
+        let der = pki.issue(&req).unwrap().leaf_der;
+        // Extension { 2.5.29.19, critical TRUE, OCTET STRING { SEQUENCE {} } }: no cA FALSE.
+        let needle = hex::decode("0603551d130101ff04023000").unwrap();
+        assert!(der.windows(needle.len()).any(|w| w == needle.as_slice()));
+        let info = CertInfo::parse(&der).unwrap();
+        let sha1 = ring::digest::digest(
+            &ring::digest::SHA1_FOR_LEGACY_USE_ONLY,
+            rcgen::PublicKeyData::der_bytes(&key),
+        );
+        assert_eq!(info.subject_key_id.as_deref(), Some(sha1.as_ref()));
+    }
+
+    #[test]
+    fn cp_1_4_has_its_policy_a_crl_issuer_and_adds_no_serial_number() {
+        use x509_parser::extensions::{GeneralName, ParsedExtension};
+        let pki = pki_with(DevProfile::UsCp14);
+        let (req, _key) = request(false);
+        let issued = pki.issue(&req).unwrap();
+        let info = CertInfo::parse(&issued.leaf_der).unwrap();
+        assert_eq!(info.policy_oids, vec!["2.16.840.1.114569.1.1.4".to_owned()]);
+        assert_eq!(
+            info.subject, req.subject,
+            "serialNumber only when the CSR has one"
+        );
+        let (_, x509) = x509_parser::parse_x509_certificate(&issued.leaf_der).unwrap();
+        let crl_issuer = x509
+            .extensions()
+            .iter()
+            .find_map(|e| match e.parsed_extension() {
+                ParsedExtension::CRLDistributionPoints(p) => p.points[0].crl_issuer.clone(),
+                _ => None,
+            })
+            .expect("cRLIssuer");
+        match &crl_issuer[..] {
+            [GeneralName::DirectoryName(name)] => assert_eq!(name, x509.issuer()),
+            other => panic!("cRLIssuer {other:?}"),
+        }
+    }
+
+    #[test]
     fn serials_differ() {
         let pki = pki();
         let (req, _key) = request(false);

@@ -331,6 +331,60 @@ mod tests {
     }
 
     #[test]
+    fn country_and_serial_number_are_printable_strings() {
+        let key = generate_key().unwrap();
+        let (subject, list, _) = spec_parts();
+        let subject = subject.with_serial_number("1234-0A1B");
+        let der = build_csr(
+            &key,
+            &CsrSpec {
+                subject: &subject,
+                tn_auth_list: Some(&list),
+                dns_names: &[],
+                ca: false,
+            },
+        )
+        .unwrap();
+        // AttributeTypeAndValue { 2.5.4.6, PrintableString "US" }, { 2.5.4.5, PrintableString }
+        let country = hex::decode("0603550406130255 53".replace(' ', "")).unwrap();
+        let serial = [
+            &hex::decode("060355040513").unwrap()[..],
+            &[9],
+            b"1234-0A1B",
+        ]
+        .concat();
+        assert!(der.windows(country.len()).any(|w| w == country.as_slice()));
+        assert!(der.windows(serial.len()).any(|w| w == serial.as_slice()));
+        assert_eq!(parse_csr(&der).unwrap().subject, subject);
+    }
+
+    #[test]
+    fn unencodable_subjects_are_refused() {
+        let key = generate_key().unwrap();
+        let (subject, _, _) = spec_parts();
+        for bad in [
+            Subject {
+                country: "USA".into(),
+                ..subject.clone()
+            },
+            subject.clone().with_serial_number("12#4"),
+            subject.clone().with_serial_number("x".repeat(65)),
+            subject.clone().with_serial_number(""),
+        ] {
+            let spec = CsrSpec {
+                subject: &bad,
+                tn_auth_list: None,
+                dns_names: &[],
+                ca: false,
+            };
+            assert!(
+                matches!(build_csr(&key, &spec), Err(ShakenError::CsrBuild(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
     fn ca_flag_roundtrips() {
         let key = generate_key().unwrap();
         let (subject, list, _) = spec_parts();
