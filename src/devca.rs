@@ -3,7 +3,9 @@
 //! One HTTPS server (axum + rustls) on `listen:port` serves both:
 //! - the STI-PA token API, shaped like iconectiv's (shaken-acme.md §4): login, logout,
 //!   `POST /api/v1/account/{OCN}/token/`, the token-signing certificate at
-//!   `/download/v1/certificate/sti-pa.crt` and a CRL at `/download/v1/crl`;
+//!   `/download/v1/certificate/sti-pa.crt` and a CRL at `/download/v1/crl` (the
+//!   intermediate's, for end-entity and SCA certificates; the root's, for the intermediate,
+//!   is at `/download/v1/root-crl`);
 //! - an RFC 8555 ACME server under `/acme/` that validates `tkauth-01` (RFC 9447/9448)
 //!   strictly: token signature, `x5u`, `exp`, `jti` replay, `tktype`, `tkvalue` (compared
 //!   after DER decoding), `fingerprint` and `ca`; and checks the CSR at finalize.
@@ -11,7 +13,9 @@
 //! PKI: a self-signed **TLS root** issues the HTTPS server certificate
 //! ([`DevCaHandle::trust_root_pem`]). A separate **SHAKEN root** issues the SHAKEN
 //! intermediate (which issues end-entity certificates) and the STI-PA token-signing
-//! certificate ([`DevCaHandle::issuing_root_pem`]). Keys live in memory only; the PEMs are
+//! certificate ([`DevCaHandle::issuing_root_pem`]). Certificates follow the SHAKEN profile
+//! of [`DevCaSettings::profile`] (US SHAKEN CP 1.3 or 1.4, ATIS-1000080 v005), with the DER
+//! that independent parsers accept; docs/profile.md lists each rule and its test. Keys live in memory only; the PEMs are
 //! written to the state directory. `dns` identifiers are authorized without a real check
 //! (an `http-01` challenge that is already valid): the devca targets SHAKEN, not the Web PKI.
 
