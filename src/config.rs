@@ -384,6 +384,63 @@ pub struct CsrSettings {
     /// Subject CN of end-entity certificates; `{spc}` becomes the first SPC of the
     /// TNAuthList (or its first entry). SHAKEN CAs want `SHAKEN <OCN>` (shaken-acme.md §0.7).
     pub common_name_template: String,
+    /// Subject `serialNumber` (a PrintableString of 1 to 64 characters); empty: none.
+    /// `{spc}` is what `{spc}` is in the CN, `{random}` 16 hex digits (64 random bits) new
+    /// for every CSR. Default `{spc}-{random}`: US SHAKEN CP 1.3 §3.1 requires a
+    /// serialNumber beside the CN to tell successive certificates of one entity apart, so
+    /// the SPC alone (the same in every certificate of the carrier) would defeat it; the SPC
+    /// prefix keeps it naming the carrier, the random part makes each DN distinct without a
+    /// counter the fleet would have to share. CAs that assign their own serialNumber
+    /// overwrite it.
+    pub serial_number_template: String,
+}
+
+impl CsrSettings {
+    /// The serialNumber for a CSR whose CN's `{spc}` is `spc`, or `None` when the template
+    /// is empty. Characters of `spc` outside the PrintableString alphabet (`#` and `*` of a
+    /// telephone number) are left out; the caller's subject validation enforces the length.
+    pub fn serial_number(&self, spc: &str) -> Option<String> {
+        if self.serial_number_template.is_empty() {
+            return None;
+        }
+        let spc: String = spc.chars().filter(|c| is_printable(*c)).collect();
+        let random = format!("{:016X}", rand::random::<u64>());
+        Some(
+            self.serial_number_template
+                .replace("{spc}", &spc)
+                .replace("{random}", &random),
+        )
+    }
+}
+
+/// Whether `c` is in the PrintableString alphabet (X.680 §41.4).
+fn is_printable(c: char) -> bool {
+    c.is_ascii_alphanumeric() || " '()+,-./:=?".contains(c)
+}
+
+/// Checks a serialNumber template: only `{spc}` and `{random}` placeholders, literal text
+/// in the PrintableString alphabet, and at most 64 characters with a four-character SPC.
+fn check_serial_number_template(template: &str) -> Result<(), String> {
+    if template.is_empty() {
+        return Ok(());
+    }
+    let literal = template.replace("{spc}", "").replace("{random}", "");
+    if let Some(c) = literal.chars().find(|c| !is_printable(*c)) {
+        return Err(format!(
+            "{c:?} is not a PrintableString character (A-Z a-z 0-9 space '()+,-./:=?); \
+             placeholders are {{spc}} and {{random}}"
+        ));
+    }
+    let expanded = template
+        .replace("{spc}", "1234")
+        .replace("{random}", "0123456789ABCDEF");
+    if expanded.len() > 64 {
+        return Err(format!(
+            "expands to {} characters (\"{expanded}\"); the limit is 64",
+            expanded.len()
+        ));
+    }
+    Ok(())
 }
 
 /// `[ca.sti_pa]`
@@ -621,6 +678,16 @@ impl Settings {
                     "must contain {spc}",
                 ));
             }
+            if let Err(e) = check_serial_number_template(&ca.csr.serial_number_template) {
+                return Err(invalid(key("csr.serial_number_template"), &e));
+            }
+            if ca.csr.country.len() != 2 || !ca.csr.country.bytes().all(|b| b.is_ascii_uppercase())
+            {
+                return Err(invalid(
+                    key("csr.country"),
+                    "must be two uppercase letters (ISO 3166), e.g. US",
+                ));
+            }
         }
         let mut pools = BTreeSet::new();
         for (i, pool) in self.pool.iter().enumerate() {
@@ -791,6 +858,7 @@ impl Default for CsrSettings {
             country: "US".into(),
             organization: "certbroker".into(),
             common_name_template: "SHAKEN {spc}".into(),
+            serial_number_template: "{spc}-{random}".into(),
         }
     }
 }
@@ -908,6 +976,45 @@ mod tests {
         assert_eq!(s.ca[2].cert_lifetime_secs, Some(2_592_000));
         assert_eq!(s.ca[2].breaker.failure_threshold, 3, "default");
         assert_eq!(s.ca[2].csr.common_name_template, "SHAKEN {spc}", "default");
+    }
+
+    #[test]
+    fn csr_serial_number_template_and_country_are_checked() {
+        let ca = |csr: &str| {
+            format!(
+                "[[ca]]\nname = \"a\"\ndirectory = \"https://ca.example/dir\"\n\
+                 account_key = \"k.pem\"\n[ca.csr]\n{csr}"
+            )
+        };
+        let s = Settings::from_toml(&ca("")).unwrap();
+        let sn = s.ca[0].csr.serial_number("1234").unwrap();
+        assert!(sn.len() == 21 && sn.starts_with("1234-"), "{sn}");
+        assert_ne!(
+            s.ca[0].csr.serial_number("1234").unwrap(),
+            sn,
+            "random per CSR"
+        );
+        let none = Settings::from_toml(&ca("serial_number_template = \"\"")).unwrap();
+        assert_eq!(none.ca[0].csr.serial_number("1234"), None);
+        let tn = Settings::from_toml(&ca("serial_number_template = \"{spc}\"")).unwrap();
+        assert_eq!(
+            tn.ca[0].csr.serial_number("tn:12#4").as_deref(),
+            Some("tn:124")
+        );
+        for bad in [
+            "serial_number_template = \"{spc}_{random}\"",
+            "serial_number_template = \"{spc}-{serial}\"",
+            &format!("serial_number_template = \"{}{{random}}\"", "x".repeat(49)),
+            "country = \"usa\"",
+        ] {
+            let err = Settings::from_toml(&ca(bad)).unwrap_err().to_string();
+            let key = if bad.starts_with("country") {
+                "ca[0].csr.country"
+            } else {
+                "ca[0].csr.serial_number_template"
+            };
+            assert!(err.contains(key), "{bad}: {err}");
+        }
     }
 
     #[test]

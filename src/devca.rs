@@ -3,7 +3,9 @@
 //! One HTTPS server (axum + rustls) on `listen:port` serves both:
 //! - the STI-PA token API, shaped like iconectiv's (shaken-acme.md §4): login, logout,
 //!   `POST /api/v1/account/{OCN}/token/`, the token-signing certificate at
-//!   `/download/v1/certificate/sti-pa.crt` and a CRL at `/download/v1/crl`;
+//!   `/download/v1/certificate/sti-pa.crt` and a CRL at `/download/v1/crl` (the
+//!   intermediate's, for end-entity and SCA certificates; the root's, for the intermediate,
+//!   is at `/download/v1/root-crl`);
 //! - an RFC 8555 ACME server under `/acme/` that validates `tkauth-01` (RFC 9447/9448)
 //!   strictly: token signature, `x5u`, `exp`, `jti` replay, `tktype`, `tkvalue` (compared
 //!   after DER decoding), `fingerprint` and `ca`; and checks the CSR at finalize.
@@ -11,8 +13,11 @@
 //! PKI: a self-signed **TLS root** issues the HTTPS server certificate
 //! ([`DevCaHandle::trust_root_pem`]). A separate **SHAKEN root** issues the SHAKEN
 //! intermediate (which issues end-entity certificates) and the STI-PA token-signing
-//! certificate ([`DevCaHandle::issuing_root_pem`]). Keys live in memory only; the PEMs are
-//! written to the state directory. `dns` identifiers are authorized over real `http-01`
+//! certificate ([`DevCaHandle::issuing_root_pem`]). Certificates follow the SHAKEN profile
+//! of [`DevCaSettings::profile`] (US SHAKEN CP 1.3 or 1.4, ATIS-1000080 v005), with the DER
+//! that independent parsers accept; docs/profile.md lists each rule and its test. Keys live
+//! in memory; the certificates and keys are written to the state directory, so a later run
+//! there keeps them. `dns` identifiers are authorized over real `http-01`
 //! (RFC 8555 §8.3): on the challenge POST the devca fetches the key authorization from
 //! `http://NAME:{http01_port}/.well-known/acme-challenge/TOKEN`, every name resolving to
 //! [`DevCaSettings::http01_address`] (loopback by default).
@@ -83,6 +88,19 @@ pub enum DevKeyReuse {
     Require,
 }
 
+/// Which certificate profile the devca issues by (shaken-acme.md §3, docs/profile.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DevProfile {
+    /// US SHAKEN CP v1.3: policy 2.16.840.1.114569.1.1.3; the subject **shall** carry a
+    /// serialNumber (§3.1), so the devca assigns one when the CSR has none; CRLDPs name only
+    /// the CRL's URI.
+    #[default]
+    UsCp13,
+    /// US SHAKEN CP v1.4: policy 2.16.840.1.114569.1.1.4; serialNumber **may** be present
+    /// (copied from the CSR, never added); CRLDPs also carry a cRLIssuer DirName.
+    UsCp14,
+}
+
 /// Settings of the embedded CA.
 #[derive(Clone)]
 pub struct DevCaSettings {
@@ -123,6 +141,12 @@ pub struct DevCaSettings {
     /// the system resolver. Loopback by default: the devca serves labs and tests, and must
     /// not be talked into fetching from the network.
     pub http01_address: Option<IpAddr>,
+    /// The certificate profile; US SHAKEN CP 1.3 by default.
+    pub profile: DevProfile,
+    /// Let an end-entity TNAuthList hold TNs, ranges or several SPCs, as an ACME-based SCA
+    /// would. Off by default: ATIS-1000080 v005 allows exactly one SPC, and the devca refuses
+    /// other lists at newOrder (`rejectedIdentifier`).
+    pub allow_tn_lists: bool,
     /// STI-PA user id.
     pub sti_pa_user: String,
     /// STI-PA password.
@@ -145,6 +169,8 @@ impl Default for DevCaSettings {
             renewal_info: None,
             http01_port: 80,
             http01_address: Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            profile: DevProfile::default(),
+            allow_tn_lists: false,
             sti_pa_user: "dev".to_owned(),
             sti_pa_password: SecretString::from(state::random_id()),
         }
@@ -173,6 +199,8 @@ impl std::fmt::Debug for DevCaSettings {
             .field("renewal_info", &self.renewal_info)
             .field("http01_port", &self.http01_port)
             .field("http01_address", &self.http01_address)
+            .field("profile", &self.profile)
+            .field("allow_tn_lists", &self.allow_tn_lists)
             .field("sti_pa_user", &self.sti_pa_user)
             .field("sti_pa_password", &"[REDACTED]")
             .finish()
@@ -261,7 +289,7 @@ impl DevCa {
             None => std::env::temp_dir().join(format!("certbroker-devca-{}", state::random_id())),
         };
         std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
-        let pki = pki::Pki::load_or_generate(&dir, &base, settings.listen)?;
+        let pki = pki::Pki::load_or_generate(&dir, &base, settings.listen, settings.profile)?;
         let trust_root_path = dir.join("tls-root.pem");
         std::fs::write(&trust_root_path, &pki.tls_root_pem)
             .map_err(io(format!("writing {}", trust_root_path.display())))?;
@@ -381,6 +409,12 @@ impl DevCaHandle {
     /// revoked through `revokeCert`.
     pub fn revoked(&self, serial_hex: &str) -> bool {
         self.inner.lock_state().is_revoked(serial_hex)
+    }
+
+    /// The CSRs finalize received (base64url-decoded DER), oldest first (the last 64): what the
+    /// client really sent, for tests that check it with independent parsers.
+    pub fn csrs(&self) -> Vec<Vec<u8>> {
+        self.inner.lock_state().csrs.iter().cloned().collect()
     }
 
     /// Every new order that carried `replaces` (RFC 9773), in arrival order, with the

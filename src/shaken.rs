@@ -29,6 +29,9 @@ pub enum ShakenError {
     /// A key could not be generated, or is not the P-256 key SHAKEN requires.
     #[error("key: {0}")]
     Key(String),
+    /// A subject attribute cannot be encoded as the profile wants (docs/profile.md).
+    #[error("subject: {0}")]
+    Subject(String),
     /// The CSR could not be built from the given subject, names and key.
     #[error("building CSR: {0}")]
     CsrBuild(String),

@@ -89,35 +89,69 @@ fn run_both(cmd: &mut Command) -> (String, String) {
     (stdout, stderr)
 }
 
+/// `certbroker issue` against `ca` with these identifier flags, writing to `out`.
+fn issue(ca: &Devca, ids: &[&str], out: &std::path::Path) -> std::process::Output {
+    let password = std::fs::read_to_string(&ca.password_file).expect("password file");
+    Command::new(common::bin())
+        .env_remove("RUST_LOG")
+        .args([
+            "issue",
+            "--directory",
+            &ca.directory,
+            "--trust-root",
+            &ca.trust_root,
+        ])
+        .args(ids)
+        .args([
+            "--sti-pa",
+            &ca.sti_pa,
+            "--sti-pa-user",
+            "dev",
+            "--sti-pa-password-env",
+            "STI_PA_PASSWORD",
+        ])
+        .arg("--out")
+        .arg(out)
+        .env("STI_PA_PASSWORD", password.trim())
+        .output()
+        .expect("certbroker issue runs")
+}
+
+#[test]
+fn devca_profile_and_tn_list_flags() {
+    // Default: US SHAKEN CP 1.3 and one SPC only (ATIS-1000080 v005).
+    let strict = start_devca();
+    let out = tempfile::tempdir().unwrap();
+    let refused = issue(&strict, &["--tn", "12155551212"], out.path());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("rejectedIdentifier") && stderr.contains("exactly one SPC"),
+        "{stderr}"
+    );
+
+    let ca = start_devca_with(&["--profile", "cp1.4", "--allow-tn-lists"]);
+    let done = issue(&ca, &["--spc", "1234", "--tn", "12155551212"], out.path());
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    let chain = std::fs::read_to_string(out.path().join("cert.pem")).unwrap();
+    let der = certbroker::shaken::parse_pem_chain(&chain).unwrap();
+    let leaf = certbroker::shaken::CertInfo::parse(&der[0]).unwrap();
+    assert_eq!(leaf.policy_oids, vec!["2.16.840.1.114569.1.1.4".to_owned()]);
+    assert_eq!(leaf.tn_auth_list.unwrap().entries().len(), 2);
+}
+
 #[test]
 fn devca_then_issue_spc_1234() {
     let ca = start_devca();
     let out = tempfile::tempdir().unwrap();
-    let password = std::fs::read_to_string(&ca.password_file).expect("password file");
-    let (stdout, stderr) = run_both(
-        Command::new(common::bin())
-            .env_remove("RUST_LOG")
-            .args([
-                "issue",
-                "--directory",
-                &ca.directory,
-                "--trust-root",
-                &ca.trust_root,
-                "--spc",
-                "1234",
-            ])
-            .args([
-                "--sti-pa",
-                &ca.sti_pa,
-                "--sti-pa-user",
-                "dev",
-                "--sti-pa-password-env",
-                "STI_PA_PASSWORD",
-            ])
-            .arg("--out")
-            .arg(out.path())
-            .env("STI_PA_PASSWORD", password.trim()),
-    );
+    let issued = issue(&ca, &["--spc", "1234"], out.path());
+    let stdout = String::from_utf8_lossy(&issued.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&issued.stderr).to_string();
+    assert!(issued.status.success(), "{stdout}\n{stderr}");
     assert!(
         stdout.contains("serial:") && stdout.contains("notAfter:") && stdout.contains("issuer:"),
         "{stdout}"

@@ -126,6 +126,7 @@ async fn ca_certificate_requests_are_validated() {
                 country: "US".into(),
                 organization: "Example".into(),
                 common_name: "SHAKEN 1234".into(),
+                serial_number: None,
             },
             tn_auth_list: Some(&list),
             dns_names: &[],

@@ -75,7 +75,13 @@ async fn spc_1234_end_to_end() {
 
 #[tokio::test]
 async fn telephone_numbers_and_ranges() {
-    let env = DevEnv::start().await;
+    // ATIS-1000080 v005 allows one SPC only; the devca's allow_tn_lists accepts the rest, as
+    // an ACME-based SCA would.
+    let env = DevEnv::start_with(DevCaSettings {
+        allow_tn_lists: true,
+        ..DevCaSettings::default()
+    })
+    .await;
     let up = upstream(&env, |_| {});
     let list = TnAuthList::new(vec![
         TnEntry::spc("818H").unwrap(),
@@ -88,6 +94,35 @@ async fn telephone_numbers_and_ranges() {
         .await
         .expect("issued");
     assert_eq!(issued.leaf.tn_auth_list.as_ref(), Some(&list));
+}
+
+#[tokio::test]
+async fn strict_profile_rejects_tn_lists_at_new_order() {
+    let env = DevEnv::start().await;
+    let up = upstream(&env, |_| {});
+    for list in [
+        TnAuthList::new(vec![TnEntry::one("12155551212").unwrap()]).unwrap(),
+        TnAuthList::new(vec![
+            TnEntry::spc("818H").unwrap(),
+            TnEntry::spc("1234").unwrap(),
+        ])
+        .unwrap(),
+    ] {
+        let err = issue_err(&up, &Identifiers::TnAuthList(list)).await;
+        assert_eq!(err.kind, FailureKind::Refused, "{err}");
+        assert_eq!(
+            err.problem_type.as_deref(),
+            Some("urn:ietf:params:acme:error:rejectedIdentifier"),
+            "{err}"
+        );
+        assert!(err.detail.contains("exactly one SPC"), "{err}");
+    }
+    let stats = env.ca.stats();
+    assert_eq!(
+        (stats.tokens_issued, stats.finalizes),
+        (0, 0),
+        "no token work"
+    );
 }
 
 #[tokio::test]

@@ -534,22 +534,25 @@ impl Upstream {
         } else {
             shaken::generate_key()?
         };
-        let (cn, tn, dns): (String, Option<&TnAuthList>, &[String]) = match identifiers {
-            Identifiers::TnAuthList(list) => {
-                let first = list
-                    .spcs()
-                    .next()
-                    .map(str::to_owned)
-                    .unwrap_or_else(|| list.entries()[0].to_string());
-                let cn = self.csr.common_name_template.replace("{spc}", &first);
-                (cn, Some(list), &[])
-            }
-            Identifiers::Dns(names) => (names[0].clone(), None, names),
-        };
+        let (first, cn, tn, dns): (String, String, Option<&TnAuthList>, &[String]) =
+            match identifiers {
+                Identifiers::TnAuthList(list) => {
+                    let first = list
+                        .spcs()
+                        .next()
+                        .map(str::to_owned)
+                        .unwrap_or_else(|| list.entries()[0].to_string());
+                    let cn = self.csr.common_name_template.replace("{spc}", &first);
+                    (first, cn, Some(list), &[])
+                }
+                Identifiers::Dns(names) => (names[0].clone(), names[0].clone(), None, names),
+            };
+        // countryName and serialNumber go out as PrintableString (docs/profile.md).
         let subject = Subject {
             country: self.csr.country.clone(),
             organization: self.csr.organization.clone(),
             common_name: cn,
+            serial_number: self.csr.serial_number(&first),
         };
         let csr = shaken::build_csr(
             &key,

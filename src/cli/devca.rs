@@ -11,7 +11,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::{
     config::{CaSettings, CsrSettings, StiPaSettings},
-    devca::{DevCa, DevCaHandle, DevCaSettings, DevRenewalInfo},
+    devca::{DevCa, DevCaHandle, DevCaSettings, DevProfile, DevRenewalInfo},
     telemetry,
 };
 
@@ -39,6 +39,25 @@ pub(crate) struct DevcaArgs {
     /// from; every name resolves to 127.0.0.1. RFC 8555 §8.3 says 80.
     #[arg(long, default_value_t = 80)]
     http01_port: u16,
+    /// Certificate profile: US SHAKEN CP 1.3 (policy …1.1.3, subject serialNumber always
+    /// present) or 1.4 (policy …1.1.4, serialNumber only when the CSR has one, CRLDPs with a
+    /// cRLIssuer).
+    #[arg(long, value_enum, default_value_t = ProfileArg::Cp1_3)]
+    profile: ProfileArg,
+    /// Accept TNAuthList orders with TNs, ranges or several SPCs, as an ACME-based SCA
+    /// would; by default only one SPC (ATIS-1000080 v005), others are `rejectedIdentifier`.
+    #[arg(long)]
+    allow_tn_lists: bool,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ProfileArg {
+    /// US SHAKEN CP 1.3.
+    #[value(name = "cp1.3")]
+    Cp1_3,
+    /// US SHAKEN CP 1.4.
+    #[value(name = "cp1.4")]
+    Cp1_4,
 }
 
 pub(crate) async fn run(args: DevcaArgs) -> anyhow::Result<()> {
@@ -71,6 +90,11 @@ pub(crate) async fn run(args: DevcaArgs) -> anyhow::Result<()> {
         renewal_info: args.ari.then(DevRenewalInfo::default),
         http01_port: args.http01_port,
         sti_pa_password,
+        profile: match args.profile {
+            ProfileArg::Cp1_3 => DevProfile::UsCp13,
+            ProfileArg::Cp1_4 => DevProfile::UsCp14,
+        },
+        allow_tn_lists: args.allow_tn_lists,
         ..defaults
     })
     .await

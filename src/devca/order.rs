@@ -75,6 +75,20 @@ pub(crate) async fn new_order(
             "at most one TNAuthList identifier per order",
         ));
     }
+    if !inner.settings.allow_tn_lists {
+        if let Some(list) = identifiers.iter().find_map(|i| i.tn_auth_list.as_ref()) {
+            if list.entries().len() != 1 || list.spcs().count() != 1 {
+                return Err(Problem::new(
+                    StatusCode::BAD_REQUEST,
+                    "rejectedIdentifier",
+                    format!(
+                        "ATIS-1000080 v005: a TNAuthList holds exactly one SPC, not {list} \
+                         (the devca's allow_tn_lists is off)"
+                    ),
+                ));
+            }
+        }
+    }
     let now = OffsetDateTime::now_utc();
     let not_after = requested_not_after(&inner, &payload, now)?;
     let replaces = ari::requested_replaces(&payload, inner.settings.renewal_info.is_some())?;
@@ -573,6 +587,7 @@ pub(crate) async fn finalize(
         .and_then(|s| URL_SAFE_NO_PAD.decode(s).ok())
         .ok_or_else(|| bad_csr("csr must be base64url DER"))?;
     let mut state = inner.lock_state();
+    state.record_csr(csr_der.clone());
     let order = state
         .orders
         .get(&id)
@@ -621,6 +636,11 @@ pub(crate) async fn finalize(
     if csr.tn_auth_list_critical {
         return Err(bad_csr("Invalid TNAuthList extension - cannot be critical"));
     }
+    // The subject is re-encoded into the certificate (countryName and serialNumber as
+    // PrintableString), so it must be encodable.
+    csr.subject
+        .validate()
+        .map_err(|e| bad_csr(format!("CSR {e}")))?;
     let mut ordered_dns: Vec<String> = order
         .identifiers
         .iter()
@@ -705,6 +725,7 @@ fn issue_for(inner: &Inner, order_id: &str, account: &str, req: &IssueRequest) {
                     chain_pem: issued.chain_pem,
                     leaf_der: issued.leaf_der,
                     revoked: None,
+                    revoked_at: None,
                     cert_id: ari::cert_id(&aki, &serial),
                     identifiers,
                     issued_at: OffsetDateTime::now_utc(),
@@ -804,6 +825,7 @@ pub(crate) async fn revoke(
         ));
     }
     cert.revoked = Some(u8::try_from(reason).unwrap_or(0));
+    cert.revoked_at = Some(OffsetDateTime::now_utc());
     drop(state);
     inner.behaviour.count(Counter::Revocation);
     Ok((StatusCode::OK, Json(json!({}))).into_response())

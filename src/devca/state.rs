@@ -98,9 +98,21 @@ pub(crate) struct AcmeState {
     pub(crate) used_jtis: HashSet<String>,
     /// Every new order that carried `replaces` (RFC 9773), in arrival order.
     pub(crate) replacements: Vec<Replacement>,
+    /// The last [`CSR_HISTORY`] CSRs finalize received (base64url-decoded DER), oldest first.
+    pub(crate) csrs: VecDeque<Vec<u8>>,
 }
 
+/// How many finalize CSRs the devca keeps for [`crate::devca::DevCaHandle::csrs`].
+pub(crate) const CSR_HISTORY: usize = 64;
+
 impl AcmeState {
+    pub(crate) fn record_csr(&mut self, der: Vec<u8>) {
+        if self.csrs.len() == CSR_HISTORY {
+            self.csrs.pop_front();
+        }
+        self.csrs.push_back(der);
+    }
+
     pub(crate) fn is_revoked(&self, serial_hex: &str) -> bool {
         let want = serial_hex.to_ascii_lowercase();
         self.certs
@@ -187,6 +199,8 @@ pub(crate) struct IssuedCert {
     pub(crate) leaf_der: Vec<u8>,
     pub(crate) serial_hex: String,
     pub(crate) revoked: Option<u8>,
+    /// When it was revoked: the CRL entry's revocationDate.
+    pub(crate) revoked_at: Option<OffsetDateTime>,
     /// The RFC 9773 certificate identifier.
     pub(crate) cert_id: String,
     /// The identifiers of the order it was issued for.

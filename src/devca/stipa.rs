@@ -16,6 +16,7 @@ use josekit::jws::{ES256, JwsSigner, JwsVerifier};
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 
+use super::pki::RevokedEntry;
 use super::{
     TokenFault,
     behaviour::Counter,
@@ -34,7 +35,8 @@ pub(crate) fn router(inner: Arc<Inner>) -> Router {
         .route("/api/v1/account/{ocn}/token/", post(token))
         .route("/api/v1/account/{ocn}/token", post(token))
         .route(X5U_PATH, get(certificate))
-        .route("/download/v1/crl", get(crl))
+        .route(super::pki::CRL_PATH, get(crl))
+        .route(super::pki::ROOT_CRL_PATH, get(root_crl))
         .with_state(inner)
 }
 
@@ -158,14 +160,28 @@ async fn certificate(State(inner): State<Arc<Inner>>, headers: HeaderMap) -> Res
 
 /// Serves the CRL (`application/pkix-crl`) listing every certificate revoked so far.
 async fn crl(State(inner): State<Arc<Inner>>) -> Response {
-    let revoked: Vec<String> = inner
+    let revoked: Vec<RevokedEntry> = inner
         .lock_state()
         .certs
         .values()
-        .filter(|c| c.revoked.is_some())
-        .map(|c| c.serial_hex.clone())
+        .filter_map(|c| {
+            Some(RevokedEntry {
+                serial_hex: c.serial_hex.clone(),
+                reason: c.revoked?,
+                revoked_at: c.revoked_at.unwrap_or(c.issued_at),
+            })
+        })
         .collect();
-    match inner.pki.crl(&revoked) {
+    crl_response(inner.pki.crl(&revoked))
+}
+
+/// The root's CRL, which covers the intermediate (the intermediate's CRLDP names it).
+async fn root_crl(State(inner): State<Arc<Inner>>) -> Response {
+    crl_response(inner.pki.root_crl())
+}
+
+fn crl_response(crl: Result<Vec<u8>, super::DevCaError>) -> Response {
+    match crl {
         Ok(der) => ([(header::CONTENT_TYPE, "application/pkix-crl")], der).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     }

@@ -308,7 +308,9 @@ mod tests {
     fn fixture() -> Fixture {
         let ca_key = generate_key().unwrap();
         let mut ca_params = CertificateParams::default();
-        ca_params.distinguished_name = Subject::shaken("Test CA", "CA").to_distinguished_name();
+        ca_params.distinguished_name = Subject::shaken("Test CA", "CA")
+            .to_distinguished_name()
+            .unwrap();
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
         let ca_der = ca_params.self_signed(&ca_key).unwrap().der().to_vec();
@@ -324,7 +326,9 @@ mod tests {
     fn leaf(f: &Fixture, list: &TnAuthList, critical: bool, lifetime: Duration) -> Vec<u8> {
         let now = OffsetDateTime::now_utc();
         let mut p = CertificateParams::default();
-        p.distinguished_name = Subject::shaken("Example", "1234").to_distinguished_name();
+        p.distinguished_name = Subject::shaken("Example", "1234")
+            .to_distinguished_name()
+            .unwrap();
         p.not_before = now - Duration::minutes(5);
         p.not_after = now + lifetime;
         p.use_authority_key_identifier_extension = true;

@@ -1,10 +1,15 @@
 //! The PKCS#10 CSR a SHAKEN STI-CA expects (ATIS-1000080 §6.4.1, shaken-acme.md §3): a
-//! P-256 key, subject `C=US, O=<org>, CN=SHAKEN <SPC>`, and an extensionRequest carrying the
-//! non-critical TNAuthList (RFC 8226 §9). The CA adds policies and CRL distribution points.
+//! P-256 key, subject `C=US, O=<org>, CN=SHAKEN <SPC>, serialNumber=<sn>`, and an
+//! extensionRequest carrying the non-critical TNAuthList (RFC 8226 §9). The CA adds policies
+//! and CRL distribution points.
+//!
+//! Subject encoding (docs/profile.md): countryName and serialNumber are PrintableString, as
+//! X.520 and RFC 5280 Appendix A define them (a CA that copies the CSR subject copies the
+//! string type too); organizationName and commonName are UTF8String (RFC 5280 §4.1.2.6).
 
 use rcgen::{
-    CertificateParams, CustomExtension, DistinguishedName, DnType, KeyPair, PKCS_ECDSA_P256_SHA256,
-    SanType,
+    CertificateParams, CustomExtension, DistinguishedName, DnType, DnValue, KeyPair,
+    PKCS_ECDSA_P256_SHA256, SanType, string::PrintableString,
 };
 use x509_parser::{
     certification_request::X509CertificationRequest,
@@ -18,15 +23,22 @@ use super::{
     ECDSA_SHA256_OID, ShakenError, TN_AUTH_LIST_OID, TN_AUTH_LIST_OID_STR, TnAuthList, is_p256_spki,
 };
 
-/// The subject of a SHAKEN certificate: country, organization and common name.
+/// The subject of a SHAKEN certificate: country, organization, common name and serial
+/// number.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Subject {
-    /// Country, `US` in the US ecosystem.
+    /// Country, `US` in the US ecosystem: two letters (ISO 3166), encoded as a
+    /// PrintableString.
     pub country: String,
     /// The service provider's legal name.
     pub organization: String,
     /// `SHAKEN <SPC>` for an end-entity certificate.
     pub common_name: String,
+    /// The `serialNumber` attribute (2.5.4.5, a PrintableString of 1 to 64 characters), which
+    /// US SHAKEN CP 1.3 §3.1 requires beside the CN "to distinguish among successive
+    /// instances of certificates associated with the same entity" (CP 1.4: may). `None`:
+    /// absent.
+    pub serial_number: Option<String>,
 }
 
 /// What goes into a CSR.
@@ -67,11 +79,21 @@ pub struct ParsedCsr {
 
 impl Subject {
     /// The end-entity subject: `C=US, O=<org>, CN=SHAKEN <spc>`.
+    /// No serialNumber; see [`Subject::with_serial_number`].
     pub fn shaken(org: &str, spc: &str) -> Self {
         Self {
             country: "US".to_owned(),
             organization: org.to_owned(),
             common_name: format!("SHAKEN {spc}"),
+            serial_number: None,
+        }
+    }
+
+    /// The same subject with this `serialNumber`.
+    pub fn with_serial_number(self, serial_number: impl Into<String>) -> Self {
+        Self {
+            serial_number: Some(serial_number.into()),
+            ..self
         }
     }
 
@@ -80,17 +102,74 @@ impl Subject {
             country: first_str(name.iter_country()),
             organization: first_str(name.iter_organization()),
             common_name: first_str(name.iter_common_name()),
+            serial_number: name
+                .iter_by_oid(&x509_parser::oid_registry::OID_X509_SERIALNUMBER)
+                .next()
+                .and_then(|a| a.as_str().ok())
+                .map(str::to_owned),
         }
     }
 
-    pub(crate) fn to_distinguished_name(&self) -> DistinguishedName {
+    /// Checks what the encoding needs: a two-letter country (or none: the empty string, as
+    /// in a Web PKI CSR for `dns` names that names only a CN) and a serialNumber that is a
+    /// PrintableString of 1 to 64 characters (RFC 5280 Appendix A, `ub-serial-number`).
+    pub fn validate(&self) -> Result<(), ShakenError> {
+        if !self.country.is_empty()
+            && (self.country.len() != 2 || !self.country.bytes().all(|b| b.is_ascii_uppercase()))
+        {
+            return Err(ShakenError::Subject(format!(
+                "countryName {:?} must be two uppercase letters (ISO 3166)",
+                self.country
+            )));
+        }
+        if let Some(sn) = &self.serial_number {
+            if sn.is_empty() || sn.len() > 64 || !sn.chars().all(is_printable) {
+                return Err(ShakenError::Subject(format!(
+                    "serialNumber {sn:?} must be 1 to 64 PrintableString characters \
+                     (A-Z a-z 0-9 space '()+,-./:=?)"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// `C, O, CN[, serialNumber]`, country and serialNumber as PrintableString; an empty C,
+    /// O or CN (absent from the CSR it came from) is left out. Fails as
+    /// [`Subject::validate`] does.
+    pub(crate) fn to_distinguished_name(&self) -> Result<DistinguishedName, ShakenError> {
+        self.validate()?;
+        let printable = |s: &str| {
+            PrintableString::try_from(s)
+                .map(DnValue::PrintableString)
+                .map_err(|e| ShakenError::Subject(format!("{s:?}: {e}")))
+        };
         let mut dn = DistinguishedName::new();
-        dn.push(DnType::CountryName, self.country.as_str());
-        dn.push(DnType::OrganizationName, self.organization.as_str());
-        dn.push(DnType::CommonName, self.common_name.as_str());
-        dn
+        if !self.country.is_empty() {
+            dn.push(DnType::CountryName, printable(&self.country)?);
+        }
+        if !self.organization.is_empty() {
+            dn.push(DnType::OrganizationName, self.organization.as_str());
+        }
+        if !self.common_name.is_empty() {
+            dn.push(DnType::CommonName, self.common_name.as_str());
+        }
+        if let Some(sn) = &self.serial_number {
+            dn.push(
+                DnType::CustomDnType(SERIAL_NUMBER_OID.to_vec()),
+                printable(sn)?,
+            );
+        }
+        Ok(dn)
     }
 }
+
+/// Whether `c` is in the PrintableString alphabet (X.680 §41.4).
+pub(crate) fn is_printable(c: char) -> bool {
+    c.is_ascii_alphanumeric() || " '()+,-./:=?".contains(c)
+}
+
+/// id-at-serialNumber (X.520).
+const SERIAL_NUMBER_OID: &[u64] = &[2, 5, 4, 5];
 
 // === CSR ===
 
@@ -109,7 +188,10 @@ pub fn build_csr(key: &KeyPair, spec: &CsrSpec<'_>) -> Result<Vec<u8>, ShakenErr
         return Err(ShakenError::Key("SHAKEN requires a P-256 ECDSA key".into()));
     }
     let mut params = CertificateParams::default();
-    params.distinguished_name = spec.subject.to_distinguished_name();
+    params.distinguished_name = spec
+        .subject
+        .to_distinguished_name()
+        .map_err(|e| ShakenError::CsrBuild(e.to_string()))?;
     params.subject_alt_names = spec
         .dns_names
         .iter()
@@ -256,6 +338,74 @@ mod tests {
         assert!(!parsed.ca);
         assert_eq!(parsed.subject, subject);
         assert_eq!(parsed.subject.common_name, "SHAKEN 1234");
+    }
+
+    #[test]
+    fn country_and_serial_number_are_printable_strings() {
+        let key = generate_key().unwrap();
+        let (subject, list, _) = spec_parts();
+        let subject = subject.with_serial_number("1234-0A1B");
+        let der = build_csr(
+            &key,
+            &CsrSpec {
+                subject: &subject,
+                tn_auth_list: Some(&list),
+                dns_names: &[],
+                ca: false,
+            },
+        )
+        .unwrap();
+        // AttributeTypeAndValue { 2.5.4.6, PrintableString "US" }, { 2.5.4.5, PrintableString }
+        let country = hex::decode("0603550406130255 53".replace(' ', "")).unwrap();
+        let serial = [
+            &hex::decode("060355040513").unwrap()[..],
+            &[9],
+            b"1234-0A1B",
+        ]
+        .concat();
+        assert!(der.windows(country.len()).any(|w| w == country.as_slice()));
+        assert!(der.windows(serial.len()).any(|w| w == serial.as_slice()));
+        assert_eq!(parse_csr(&der).unwrap().subject, subject);
+    }
+
+    #[test]
+    fn unencodable_subjects_are_refused() {
+        let key = generate_key().unwrap();
+        let (subject, _, _) = spec_parts();
+        for bad in [
+            Subject {
+                country: "USA".into(),
+                ..subject.clone()
+            },
+            subject.clone().with_serial_number("12#4"),
+            subject.clone().with_serial_number("x".repeat(65)),
+            subject.clone().with_serial_number(""),
+        ] {
+            let spec = CsrSpec {
+                subject: &bad,
+                tn_auth_list: None,
+                dns_names: &[],
+                ca: false,
+            };
+            assert!(
+                matches!(build_csr(&key, &spec), Err(ShakenError::CsrBuild(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn absent_attributes_stay_absent() {
+        // A Web PKI CSR for a dns name often names only a CN: nothing empty is encoded.
+        let subject = Subject {
+            country: String::new(),
+            organization: String::new(),
+            common_name: "sip.example.test".into(),
+            serial_number: None,
+        };
+        let dn = subject.to_distinguished_name().unwrap();
+        assert_eq!(dn.iter().count(), 1, "{dn:?}");
+        assert!(dn.get(&DnType::CountryName).is_none());
     }
 
     #[test]
