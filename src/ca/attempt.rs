@@ -7,7 +7,7 @@ use crate::{
     acme::AcmeError,
     broker::{FailureKind, IssueError},
     challenge::TokenError,
-    shaken::ShakenError,
+    shaken::{Finding, ShakenError},
 };
 
 const RATE_LIMITED: &str = "urn:ietf:params:acme:error:rateLimited";
@@ -30,6 +30,18 @@ pub enum AttemptError {
     /// Local set-up failed (account key file, trust roots).
     #[error("local set-up: {0}")]
     Setup(String),
+    /// The CA issued a certificate with profile findings and this CA has `strict_profile`:
+    /// a failure of the CA, so the pool fails over (and the CA's breaker counts it).
+    #[error(
+        "certificate {serial} does not conform (strict_profile): {}",
+        join(findings)
+    )]
+    NonConforming {
+        /// The leaf's serial, lowercase hex.
+        serial: String,
+        /// What the strict review found.
+        findings: Vec<Finding>,
+    },
     /// The whole attempt exceeded the CA's `attempt_timeout_secs`.
     #[error("no certificate within {0:?}")]
     Timeout(Duration),
@@ -65,6 +77,7 @@ impl AttemptError {
             Self::Profile(_) | Self::Unsupported(_) | Self::Setup(_) => {
                 (FailureKind::Refused, None, self.to_string(), None)
             }
+            Self::NonConforming { .. } => (FailureKind::Unavailable, None, self.to_string(), None),
             Self::Timeout(_) => (FailureKind::Timeout, None, self.to_string(), None),
         };
         IssueError {
@@ -75,4 +88,12 @@ impl AttemptError {
             retry_after,
         }
     }
+}
+
+fn join(findings: &[Finding]) -> String {
+    findings
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
 }

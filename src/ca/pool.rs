@@ -260,10 +260,14 @@ fn attempt(
         match result {
             Ok(issued) => {
                 permit.success();
+                m.metrics.record(Event::Findings(&issued.findings));
                 m.metrics.record(Event::Success(latency));
                 Outcome::Won(record(&req, &name, issued))
             }
             Err(e) => {
+                if let AttemptError::NonConforming { findings, .. } = &e {
+                    m.metrics.record(Event::Findings(findings));
+                }
                 let err = e.to_issue_error(&name);
                 m.metrics.record(Event::Failure(&err, latency));
                 if err.is_retryable() {

@@ -220,6 +220,10 @@ pub(crate) async fn status(args: StatusArgs) -> anyhow::Result<()> {
             e.failures,
             e.last_error
         );
+        // Findings under their certificate, so the table keeps its columns.
+        for f in &e.profile_findings {
+            println!("    finding (ca {}): {f}", e.issuer_ca);
+        }
     }
     Ok(())
 }

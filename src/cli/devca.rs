@@ -110,6 +110,7 @@ pub(crate) fn ca_settings_for(handle: &DevCaHandle, state_dir: &Path) -> CaSetti
         breaker: Default::default(),
         allow_account_key_reuse: false,
         cert_lifetime_secs: None,
+        strict_profile: false,
     }
 }
 

@@ -197,6 +197,9 @@ pub(crate) async fn run(args: IssueArgs) -> anyhow::Result<()> {
         })
         .unwrap_or_else(|| "(not in chain)".into());
     println!("issuer:    {issuer}");
+    for f in &issued.findings {
+        println!("finding:   {f}");
+    }
     println!(
         "written:   {} and {}",
         cert_path.display(),
@@ -254,5 +257,6 @@ fn base_settings(
         breaker: Default::default(),
         allow_account_key_reuse: false,
         cert_lifetime_secs: None,
+        strict_profile: false,
     }
 }

@@ -222,6 +222,14 @@ impl Pki {
     }
 }
 
+impl Pki {
+    /// Signs `tbs` (a DER tbsCertificate) with the intermediate's key, ecdsa-with-SHA256, for
+    /// the certificates [`super::defect`] changes after issuance.
+    pub(crate) fn sign_as_intermediate(&self, tbs: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
+        rcgen::SigningKey::sign(&self.intermediate_key, tbs)
+    }
+}
+
 /// A CA certificate: CA:TRUE (critical, optional pathLen), keyCertSign + cRLSign (critical),
 /// SKI, AKI, the SHAKEN CP; valid ten years.
 fn ca_params(subject: Subject, now: OffsetDateTime, path_len: Option<u8>) -> CertificateParams {

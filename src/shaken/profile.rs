@@ -549,8 +549,10 @@ fn shaken(cert: &Certificate, f: &mut Findings<'_>) {
             "no subjectKeyIdentifier extension",
         );
     }
-    let aki = decoded::<AuthorityKeyIdentifier>(cert, AUTHORITY_KEY_ID);
-    if !aki.is_some_and(|(_, a)| a.is_some_and(|a| a.key_identifier.is_some())) {
+    let key_id = decoded::<AuthorityKeyIdentifier>(cert, AUTHORITY_KEY_ID)
+        .and_then(|(_, a)| a)
+        .and_then(|a| a.key_identifier);
+    if key_id.is_none() {
         f.push(
             "authority_key_id_missing",
             "no authorityKeyIdentifier with a keyIdentifier",
