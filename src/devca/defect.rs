@@ -25,7 +25,11 @@ const BASIC_CONSTRAINTS: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29
 const KEY_USAGE: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.15");
 
 /// `issued` with `defect` written into its leaf, re-signed by the intermediate.
-pub(crate) fn apply(defect: ProfileDefect, issued: Issued, pki: &Pki) -> Result<Issued, String> {
+pub(crate) fn apply(
+    defect: ProfileDefect,
+    mut issued: Issued,
+    pki: &Pki,
+) -> Result<Issued, String> {
     let mut cert = Certificate::from_der(&issued.leaf_der).map_err(|e| e.to_string())?;
     let exts = cert.tbs_certificate.extensions.get_or_insert_with(Vec::new);
     match defect {
@@ -54,11 +58,9 @@ pub(crate) fn apply(defect: ProfileDefect, issued: Issued, pki: &Pki) -> Result<
         .find(END)
         .map(|i| issued.chain_pem[i + END.len()..].trim_start())
         .unwrap_or_default();
-    Ok(Issued {
-        chain_pem: format!("{}{rest}", pem(&leaf_der)),
-        leaf_der,
-        serial_hex: issued.serial_hex,
-    })
+    issued.chain_pem = format!("{}{rest}", pem(&leaf_der));
+    issued.leaf_der = leaf_der;
+    Ok(issued)
 }
 
 fn pem(der: &[u8]) -> String {
