@@ -97,3 +97,28 @@ fn join(findings: &[Finding]) -> String {
         .collect::<Vec<_>>()
         .join("; ")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_non_conforming_certificate_fails_over_and_names_its_findings() {
+        let e = AttemptError::NonConforming {
+            serial: "4b4b".into(),
+            findings: vec![Finding {
+                cert: 0,
+                code: "key_usage_missing",
+                detail: "no keyUsage extension".into(),
+            }],
+        };
+        let ie = e.to_issue_error("first");
+        assert!(ie.is_retryable(), "{ie:?}");
+        assert_eq!(ie.kind, FailureKind::Unavailable);
+        assert_eq!(
+            ie.to_string(),
+            "ca first: certificate 4b4b does not conform (strict_profile): \
+             key_usage_missing (certificate 0): no keyUsage extension"
+        );
+    }
+}
