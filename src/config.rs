@@ -322,6 +322,13 @@ pub struct CaSettings {
     /// CA's default; leave it absent for CAs that reject `notAfter`.
     #[serde(default)]
     pub cert_lifetime_secs: Option<u64>,
+    /// Treat a certificate with profile findings (not DER, or off the SHAKEN profile; see
+    /// [`crate::shaken::profile_findings`]) as this CA's failure: the pool fails over to the
+    /// next CA, and the finding is in the error the caller sees if none succeeds. Default
+    /// false: such a certificate is handed out (a signer without one cannot sign at all),
+    /// logged at warn and counted in `certbroker_ca_profile_findings_total`.
+    #[serde(default)]
+    pub strict_profile: bool,
 }
 
 /// `[ca.breaker]`: the per-CA circuit breaker and `Retry-After` handling.

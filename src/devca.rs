@@ -32,6 +32,7 @@
 mod acme;
 mod ari;
 mod behaviour;
+mod defect;
 mod jws;
 mod order;
 mod pki;
@@ -50,6 +51,7 @@ use url::Url;
 
 pub use ari::{DevRenewalInfo, Replacement, ReplacesOutcome};
 pub use behaviour::{Behaviour, Stats, TokenFault};
+pub use defect::ProfileDefect;
 
 /// Which challenge-response field the STI-CA reads the SPC token from (shaken-acme.md §0.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -1,12 +1,15 @@
 //! SHAKEN data formats: the TNAuthList (RFC 8226), the CSR a SHAKEN CA expects, and the
-//! checks an issued STI certificate must pass (ATIS-1000080).
+//! checks an issued STI certificate must pass (ATIS-1000080): [`check_issued`] for what makes
+//! a certificate unusable, [`profile_findings`] for the strict DER and profile review.
 
 mod cert;
 mod csr;
+mod profile;
 mod tnauthlist;
 
 pub use cert::{CertInfo, Expected, check_issued, parse_pem_chain};
 pub use csr::{CsrSpec, ParsedCsr, Subject, build_csr, generate_key, parse_csr};
+pub use profile::{CODES as FINDING_CODES, Finding, profile_findings};
 pub use tnauthlist::{TkValueEncoding, TnAuthList, TnEntry};
 
 /// OID of the TNAuthList certificate extension, id-pe 26.

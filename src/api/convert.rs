@@ -379,6 +379,8 @@ pub(crate) fn renewal_entry(s: crate::broker::RenewalStatus) -> pb::RenewalEntry
         next_renewal: s.next_renewal.map(timestamp),
         last_error: s.last_error.unwrap_or_default(),
         failures: s.failures,
+        profile_findings: s.profile_findings,
+        issuer_ca: s.issuer_ca.unwrap_or_default(),
     }
 }
 

@@ -62,6 +62,11 @@ pub struct RenewalStatus {
     pub last_error: Option<String>,
     /// Consecutive failures.
     pub failures: u32,
+    /// The CA that issued the current certificate.
+    pub issuer_ca: Option<String>,
+    /// What the strict review of the current certificate's chain finds
+    /// ([`crate::shaken::profile_findings`]); empty when it conforms.
+    pub profile_findings: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -160,6 +165,16 @@ impl Broker {
                 next_renewal: current
                     .as_ref()
                     .map(|c| schedule::due_at(c, renew_fraction, plan.as_ref())),
+                issuer_ca: current.as_ref().map(|c| c.issuer_ca.clone()),
+                profile_findings: current
+                    .as_ref()
+                    .map(|c| {
+                        crate::shaken::profile_findings(&c.chain_der)
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect()
+                    })
+                    .unwrap_or_default(),
                 cache_key: key,
                 last_error,
                 failures,

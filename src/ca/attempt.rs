@@ -7,7 +7,7 @@ use crate::{
     acme::AcmeError,
     broker::{FailureKind, IssueError},
     challenge::TokenError,
-    shaken::ShakenError,
+    shaken::{Finding, ShakenError},
 };
 
 const RATE_LIMITED: &str = "urn:ietf:params:acme:error:rateLimited";
@@ -36,6 +36,18 @@ pub enum AttemptError {
          accept_terms_of_service = true in its [[ca]]"
     )]
     TermsNotAgreed(String),
+    /// The CA issued a certificate with profile findings and this CA has `strict_profile`:
+    /// a failure of the CA, so the pool fails over (and the CA's breaker counts it).
+    #[error(
+        "certificate {serial} does not conform (strict_profile): {}",
+        join(findings)
+    )]
+    NonConforming {
+        /// The leaf's serial, lowercase hex.
+        serial: String,
+        /// What the strict review found.
+        findings: Vec<Finding>,
+    },
     /// The whole attempt exceeded the CA's `attempt_timeout_secs`.
     #[error("no certificate within {0:?}")]
     Timeout(Duration),
@@ -71,6 +83,7 @@ impl AttemptError {
             Self::Profile(_) | Self::Unsupported(_) | Self::Setup(_) | Self::TermsNotAgreed(_) => {
                 (FailureKind::Refused, None, self.to_string(), None)
             }
+            Self::NonConforming { .. } => (FailureKind::Unavailable, None, self.to_string(), None),
             Self::Timeout(_) => (FailureKind::Timeout, None, self.to_string(), None),
         };
         IssueError {
@@ -80,5 +93,38 @@ impl AttemptError {
             detail,
             retry_after,
         }
+    }
+}
+
+fn join(findings: &[Finding]) -> String {
+    findings
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_non_conforming_certificate_fails_over_and_names_its_findings() {
+        let e = AttemptError::NonConforming {
+            serial: "4b4b".into(),
+            findings: vec![Finding {
+                cert: 0,
+                code: "key_usage_missing",
+                detail: "no keyUsage extension".into(),
+            }],
+        };
+        let ie = e.to_issue_error("first");
+        assert!(ie.is_retryable(), "{ie:?}");
+        assert_eq!(ie.kind, FailureKind::Unavailable);
+        assert_eq!(
+            ie.to_string(),
+            "ca first: certificate 4b4b does not conform (strict_profile): \
+             key_usage_missing (certificate 0): no keyUsage extension"
+        );
     }
 }

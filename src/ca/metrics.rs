@@ -7,7 +7,10 @@ use std::{
 };
 
 use super::breaker::BreakerState;
-use crate::broker::{FailureKind, IssueError};
+use crate::{
+    broker::{FailureKind, IssueError},
+    shaken::Finding,
+};
 
 /// A snapshot of one CA's counters, from [`super::CaPool::stats`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +36,10 @@ pub struct CaStats {
     pub latency_sum: Duration,
     /// Number of latencies in [`CaStats::latency_sum`].
     pub latency_count: u64,
+    /// Profile findings in the certificates this CA issued, by finding code
+    /// ([`crate::shaken::FINDING_CODES`]), whether handed out or refused under
+    /// `strict_profile`.
+    pub profile_findings: BTreeMap<String, u64>,
 }
 
 /// The live counters of one CA.
@@ -51,6 +58,7 @@ struct Counters {
     superseded: u64,
     latency_sum: Duration,
     latency_count: u64,
+    profile_findings: BTreeMap<String, u64>,
 }
 
 /// Which counter an event bumps.
@@ -62,6 +70,8 @@ pub(crate) enum Event<'a> {
     Skipped,
     Abandoned,
     Superseded,
+    /// The findings of one issued certificate.
+    Findings(&'a [Finding]),
 }
 
 impl Metrics {
@@ -82,6 +92,11 @@ impl Metrics {
             Event::Skipped => c.skipped += 1,
             Event::Abandoned => c.abandoned += 1,
             Event::Superseded => c.superseded += 1,
+            Event::Findings(findings) => {
+                for f in findings {
+                    *c.profile_findings.entry(f.code.to_owned()).or_default() += 1;
+                }
+            }
         }
     }
 
@@ -98,6 +113,7 @@ impl Metrics {
             breaker,
             latency_sum: c.latency_sum,
             latency_count: c.latency_count,
+            profile_findings: c.profile_findings.clone(),
         }
     }
 }
@@ -127,6 +143,18 @@ impl crate::telemetry::CaBreakerSource for super::CaPool {
                     BreakerState::Open => 2,
                 };
                 (s.name, state)
+            })
+            .collect()
+    }
+
+    fn ca_profile_findings(&self) -> Vec<(String, String, u64)> {
+        self.stats()
+            .into_iter()
+            .flat_map(|s| {
+                let name = s.name;
+                s.profile_findings
+                    .into_iter()
+                    .map(move |(code, n)| (name.clone(), code, n))
             })
             .collect()
     }

@@ -341,6 +341,7 @@ fn attempt(
         match result {
             Ok(issued) => {
                 permit.success();
+                m.metrics.record(Event::Findings(&issued.findings));
                 m.metrics.record(Event::Success(latency));
                 m.set_ready(ReadyState::Ready);
                 let cert = record(&req, &name, issued);
@@ -352,6 +353,9 @@ fn attempt(
                 Outcome::Won(cert)
             }
             Err(e) => {
+                if let AttemptError::NonConforming { findings, .. } = &e {
+                    m.metrics.record(Event::Findings(findings));
+                }
                 let err = e.to_issue_error(&name);
                 m.metrics.record(Event::Failure(&err, latency));
                 if err.is_retryable() {

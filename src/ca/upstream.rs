@@ -38,6 +38,9 @@ pub struct Issued {
     pub leaf: CertInfo,
     /// The account URL that ordered it.
     pub account_url: String,
+    /// What the strict review of the chain found ([`shaken::profile_findings`]); empty when
+    /// it conforms. Each was logged at warn.
+    pub findings: Vec<shaken::Finding>,
 }
 
 /// What one attempt carries beyond the request: crash takeover (an order to resume, where
@@ -78,6 +81,7 @@ pub struct Upstream {
     breaker: BreakerSettings,
     reuse_account_key: bool,
     cert_lifetime: Option<Duration>,
+    strict_profile: bool,
 }
 
 impl Upstream {
@@ -155,6 +159,7 @@ impl Upstream {
             breaker: s.breaker.clone(),
             reuse_account_key: s.allow_account_key_reuse,
             cert_lifetime: s.cert_lifetime_secs.map(Duration::from_secs),
+            strict_profile: s.strict_profile,
         })
     }
 
@@ -345,12 +350,31 @@ impl Upstream {
             },
             time::OffsetDateTime::now_utc(),
         )?;
+        let findings = shaken::profile_findings(&chain_der);
+        for f in &findings {
+            warn!(
+                ca = %self.name,
+                serial = %leaf.serial_hex,
+                finding = f.code,
+                cert = f.cert,
+                detail = %f.detail,
+                strict_profile = self.strict_profile,
+                "certificate from the CA does not conform"
+            );
+        }
+        if self.strict_profile && !findings.is_empty() {
+            return Err(AttemptError::NonConforming {
+                serial: leaf.serial_hex,
+                findings,
+            });
+        }
         Ok(Issued {
             chain_pem: chain.pem,
             chain_der,
             key_pkcs8,
             leaf,
             account_url: account.url().to_owned(),
+            findings,
         })
     }
 

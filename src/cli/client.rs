@@ -243,20 +243,26 @@ pub(crate) async fn status(args: StatusArgs) -> anyhow::Result<()> {
             ]
         })
         .collect();
-    print!(
-        "{}",
-        table(
-            [
-                "key",
-                "serial",
-                "notAfter",
-                "next renewal",
-                "failures",
-                "last error"
-            ],
-            &rows,
-        )
+    let text = table(
+        [
+            "key",
+            "serial",
+            "notAfter",
+            "next renewal",
+            "failures",
+            "last error",
+        ],
+        &rows,
     );
+    let mut lines = text.lines();
+    println!("{}", lines.next().unwrap_or_default());
+    for (line, e) in lines.zip(&resp.entries) {
+        println!("{line}");
+        // Findings under their certificate, so the table keeps its columns.
+        for f in &e.profile_findings {
+            println!("    finding (ca {}): {f}", e.issuer_ca);
+        }
+    }
     Ok(())
 }
 

@@ -202,6 +202,9 @@ pub(crate) async fn run(args: IssueArgs) -> anyhow::Result<()> {
         })
         .unwrap_or_else(|| "(not in chain)".into());
     println!("issuer:    {issuer}");
+    for f in &issued.findings {
+        println!("finding:   {f}");
+    }
     let names: Vec<String> = written.iter().map(|p| p.display().to_string()).collect();
     println!("written:   {}", names.join(", "));
     Ok(())
@@ -263,5 +266,6 @@ fn base_settings(
         allow_account_key_reuse: false,
         cert_lifetime_secs: None,
         accept_terms_of_service: false,
+        strict_profile: false,
     }
 }

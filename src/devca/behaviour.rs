@@ -36,6 +36,7 @@ pub struct Behaviour {
     already_replaced: std::sync::atomic::AtomicBool,
     renewal_info_unavailable: std::sync::atomic::AtomicBool,
     token_fault: Mutex<Option<TokenFault>>,
+    profile_defect: Mutex<Option<super::ProfileDefect>>,
     counters: Counters,
     /// `atc.fingerprint` of every token the STI-PA issued, oldest first.
     token_fingerprints: Mutex<Vec<String>>,
@@ -167,6 +168,22 @@ impl Behaviour {
             .token_fault
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = fault;
+    }
+
+    /// Writes `defect` into every end-entity certificate issued from now on (re-signed, so
+    /// the chain still verifies); `None` issues them as the PKI makes them.
+    pub fn set_profile_defect(&self, defect: Option<super::ProfileDefect>) {
+        *self
+            .profile_defect
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = defect;
+    }
+
+    pub(crate) fn profile_defect(&self) -> Option<super::ProfileDefect> {
+        *self
+            .profile_defect
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub(crate) fn token_fault(&self) -> Option<TokenFault> {

@@ -703,7 +703,11 @@ pub(crate) async fn finalize(
 }
 
 fn issue_for(inner: &Inner, order_id: &str, account: &str, req: &IssueRequest) {
-    let result = inner.pki.issue(req);
+    let result = inner.pki.issue(req).map_err(|e| e.to_string());
+    let result = match (result, inner.behaviour.profile_defect()) {
+        (Ok(issued), Some(defect)) if !req.ca => super::defect::apply(defect, issued, &inner.pki),
+        (other, _) => other,
+    };
     let mut state = inner.lock_state();
     let cert_id = random_id();
     match result {

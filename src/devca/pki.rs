@@ -377,6 +377,12 @@ impl Pki {
     pub(crate) fn root_crl(&self) -> Result<Vec<u8>, DevCaError> {
         sign_crl(&self.root, &[])
     }
+
+    /// Signs `tbs` (a DER tbsCertificate) with the intermediate's key, ecdsa-with-SHA256, for
+    /// the certificates [`super::defect`] changes after issuance.
+    pub(crate) fn sign_as_intermediate(&self, tbs: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
+        rcgen::SigningKey::sign(self.intermediate.key(), tbs)
+    }
 }
 
 /// Files of the state directory that hold the persistent PKI, in [`Pki::from_saved`] order.

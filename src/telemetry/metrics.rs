@@ -13,6 +13,7 @@
 //! | `certbroker_certificates` | gauge | `expires_within` (`3600`, `21600`, `86400`, `604800`, `+Inf` seconds; cumulative) |
 //! | `certbroker_certificate_min_expiry_seconds` | gauge | |
 //! | `certbroker_ca_breaker_state` | gauge | `ca` (0 closed, 1 half-open, 2 open); only with a [`CaBreakerSource`] |
+//! | `certbroker_ca_profile_findings_total` | counter | `ca`, `finding` (a code of `shaken::FINDING_CODES`); only with a [`CaBreakerSource`] |
 
 use std::{
     collections::HashMap,
@@ -35,6 +36,11 @@ const EXPIRY_WINDOWS: [i64; 4] = [3_600, 21_600, 86_400, 604_800];
 pub trait CaBreakerSource: Send + Sync + std::fmt::Debug {
     /// The current state of every CA's breaker.
     fn ca_breaker_states(&self) -> Vec<(String, i64)>;
+
+    /// Running counts of profile findings in issued certificates: (CA, finding code, count).
+    fn ca_profile_findings(&self) -> Vec<(String, String, u64)> {
+        vec![]
+    }
 }
 
 /// The broker's metrics. Cheap to clone.
@@ -57,6 +63,7 @@ struct Inner {
     certificates: IntGaugeVec,
     min_expiry: IntGauge,
     ca_breaker: IntGaugeVec,
+    ca_findings: IntCounterVec,
     /// Certificates this replica has handed out and not seen revoked: serial → notAfter.
     served: Mutex<HashMap<String, i64>>,
     ca_source: Mutex<Option<Arc<dyn CaBreakerSource>>>,
@@ -150,6 +157,13 @@ impl Metrics {
             ),
             &["ca"],
         )?;
+        let ca_findings = IntCounterVec::new(
+            Opts::new(
+                "certbroker_ca_profile_findings_total",
+                "Profile findings (non-DER encodings, SHAKEN profile departures) in certificates CAs issued",
+            ),
+            &["ca", "finding"],
+        )?;
         // Series alerts divide by exist from the start, at zero.
         for method in ["GetCertificate", "Revoke"] {
             for reason in ["rate_limited", "overloaded", "timeout"] {
@@ -167,6 +181,7 @@ impl Metrics {
         registry.register(Box::new(certificates.clone()))?;
         registry.register(Box::new(min_expiry.clone()))?;
         registry.register(Box::new(ca_breaker.clone()))?;
+        registry.register(Box::new(ca_findings.clone()))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 registry,
@@ -181,6 +196,7 @@ impl Metrics {
                 certificates,
                 min_expiry,
                 ca_breaker,
+                ca_findings,
                 served: Mutex::new(HashMap::new()),
                 ca_source: Mutex::new(None),
             }),
@@ -263,6 +279,13 @@ impl Metrics {
             for (ca, state) in source.ca_breaker_states() {
                 inner.ca_breaker.with_label_values(&[&ca]).set(state);
             }
+            for (ca, finding, running) in source.ca_profile_findings() {
+                let counter = inner.ca_findings.with_label_values(&[&ca, &finding]);
+                let seen = counter.get();
+                if running > seen {
+                    counter.inc_by(running - seen);
+                }
+            }
         }
         let mut out = vec![];
         // Encoding into a Vec cannot fail for well-formed metric families.
@@ -322,6 +345,9 @@ mod tests {
         fn ca_breaker_states(&self) -> Vec<(String, i64)> {
             vec![("primary".into(), 2)]
         }
+        fn ca_profile_findings(&self) -> Vec<(String, String, u64)> {
+            vec![("primary".into(), "der_encoded_default".into(), 3)]
+        }
     }
 
     #[test]
@@ -358,6 +384,7 @@ mod tests {
             "certbroker_certificates{expires_within=\"604800\"} 2",
             "certbroker_certificates{expires_within=\"+Inf\"} 2",
             "certbroker_ca_breaker_state{ca=\"primary\"} 2",
+            "certbroker_ca_profile_findings_total{ca=\"primary\",finding=\"der_encoded_default\"} 3",
         ] {
             assert!(text.contains(line), "missing {line}:\n{text}");
         }
