@@ -307,6 +307,23 @@ fn overlays_are_shaped_for_their_environment() {
         assert!(seq(&kind(&docs, "PrometheusRule")["spec"]["groups"]).len() == 1);
 
         let text = config_text(&docs);
+        // Secrets the config names by environment variable are set in the pod.
+        let env: Vec<&str> = seq(&container["env"])
+            .iter()
+            .map(|e| e["name"].as_str().unwrap())
+            .collect();
+        let toml: toml_value::Value = Figment::from(Toml::string(&text)).extract().unwrap();
+        let refs = toml_value::env_refs(&toml);
+        assert!(
+            refs.iter().any(|r| r == "CERTBROKER_STI_PA_PASSWORD"),
+            "{refs:?}"
+        );
+        for var in refs {
+            assert!(
+                env.contains(&var.as_str()),
+                "{overlay}: {var} is not set: {env:?}"
+            );
+        }
         let replicas = deployment["spec"]["replicas"].as_u64().unwrap();
         let readiness = &container["readinessProbe"];
         match overlay {
@@ -363,6 +380,28 @@ fn overlays_are_shaped_for_their_environment() {
                 named(&docs, "Service", "certbroker-redis");
             }
         }
+    }
+}
+
+/// `*_env` keys of a configuration file, read independently of the loader.
+mod toml_value {
+    pub(crate) use figment::value::Value;
+
+    pub(crate) fn env_refs(v: &Value) -> Vec<String> {
+        let mut out = Vec::new();
+        match v {
+            Value::Dict(_, d) => {
+                for (k, v) in d {
+                    match v {
+                        Value::String(_, s) if k.ends_with("_env") => out.push(s.clone()),
+                        _ => out.extend(env_refs(v)),
+                    }
+                }
+            }
+            Value::Array(_, items) => items.iter().for_each(|v| out.extend(env_refs(v))),
+            _ => {}
+        }
+        out
     }
 }
 
