@@ -246,6 +246,9 @@ pub struct TelemetrySettings {
     pub otlp_endpoint: Option<String>,
     /// `service.name` resource attribute of exported spans.
     pub service_name: String,
+    /// Seconds between the audit trail's summary lines: the first hand-out of a serial to
+    /// a caller is logged at once, repeats are counted and written once per interval.
+    pub audit_interval_secs: u64,
 }
 
 /// One `[[ca]]` upstream.
@@ -727,6 +730,7 @@ impl Default for TelemetrySettings {
             admin_listen: None,
             otlp_endpoint: None,
             service_name: "certbroker".into(),
+            audit_interval_secs: 60,
         }
     }
 }
