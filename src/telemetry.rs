@@ -12,7 +12,10 @@
 mod admin;
 mod metrics;
 
-use std::sync::{Mutex, OnceLock, PoisonError};
+use std::{
+    io::IsTerminal,
+    sync::{Mutex, OnceLock, PoisonError},
+};
 
 use opentelemetry::trace::{
     SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, TracerProvider as _,
@@ -61,7 +64,12 @@ pub fn init(settings: &TelemetrySettings) {
                 .json
                 .then(|| fmt::layer().json().with_writer(writer.clone())),
         )
-        .with((!settings.json).then(|| fmt::layer().with_writer(writer)))
+        .with((!settings.json).then(|| {
+            // Colours only for a terminal, not for a log file or a collector's pipe.
+            fmt::layer()
+                .with_ansi(std::io::stderr().is_terminal())
+                .with_writer(writer)
+        }))
         .try_init();
     // Err: a subscriber is already installed (tests, embedding); keep it (and drop `guard`,
     // which stops the unused writer thread).

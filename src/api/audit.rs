@@ -269,9 +269,9 @@ mod tests {
         assert!(a.record("alice", "02", true));
         assert_eq!(a.take_repeats(), vec![repeats("alice", "01", 2)]);
         // Counts restart after each summary.
-        assert!(a.take_repeats().is_empty());
         assert!(!a.record("bob", "01", true));
         assert_eq!(a.take_repeats(), vec![repeats("bob", "01", 1)]);
+        assert!(a.take_repeats().is_empty());
     }
 
     #[test]
