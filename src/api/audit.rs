@@ -48,10 +48,13 @@ pub struct Audit {
     inner: Arc<Inner>,
 }
 
+/// serial → counts, for one caller.
+type Serials = HashMap<Box<str>, Entry>;
+
 #[derive(Debug)]
 struct Inner {
     /// caller label → serial → counts.
-    seen: RwLock<HashMap<Box<str>, HashMap<Box<str>, Entry>>>,
+    seen: RwLock<HashMap<Box<str>, Serials>>,
     interval: Duration,
 }
 
