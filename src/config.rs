@@ -589,6 +589,12 @@ impl Settings {
             key,
             reason: reason.to_owned(),
         };
+        if self.telemetry.audit_interval_secs == 0 {
+            return Err(invalid(
+                "telemetry.audit_interval_secs".into(),
+                "must be at least 1",
+            ));
+        }
         let s = &self.server;
         if s.request_timeout_secs == 0 {
             return Err(invalid(
@@ -871,6 +877,10 @@ mod tests {
             (
                 "[server]\nmax_concurrent_requests = 0".into(),
                 "server.max_concurrent_requests",
+            ),
+            (
+                "[telemetry]\naudit_interval_secs = 0".into(),
+                "telemetry.audit_interval_secs",
             ),
             (
                 "[server]\nrate_limit_burst = 0".into(),
