@@ -2,8 +2,9 @@
 //! plus the standard health and reflection services. Knows nothing of Redis or ACME.
 //!
 //! Every request passes the tower stack in [`layers`]; broker RPCs then pass the caller's
-//! [`policy`] before any broker work.
+//! [`policy`] before any broker work. Certificates handed out go to the [`audit`] trail.
 
+pub mod audit;
 pub mod codec;
 mod convert;
 pub mod layers;
@@ -38,6 +39,7 @@ use crate::{
     },
     telemetry::Metrics,
 };
+use audit::{Audit, Delivery};
 use layers::{RateLimitLayer, RejectionObserver, ShedLayer, TimeoutLayer};
 use listener::ReloadingTls;
 use policy::{Action, Caller, Policy};
@@ -51,6 +53,7 @@ pub struct GrpcBroker {
     policy: Arc<Policy>,
     metrics: Option<Metrics>,
     x5u_base: Option<url::Url>,
+    audit: Audit,
 }
 
 impl GrpcBroker {
@@ -61,7 +64,14 @@ impl GrpcBroker {
             policy: Arc::new(policy),
             metrics: None,
             x5u_base: None,
+            audit: Audit::new(audit::DEFAULT_INTERVAL),
         }
+    }
+
+    /// Records hand-outs in `audit` (whose summaries the caller schedules).
+    pub fn with_audit(mut self, audit: Audit) -> Self {
+        self.audit = audit;
+        self
     }
 
     /// Answers carry the chain's STI-CR URL under `base`.
@@ -95,6 +105,16 @@ fn cache_label(status: pb::CacheStatus) -> &'static str {
         pb::CacheStatus::Joined => "joined",
         pb::CacheStatus::Issued => "issued",
         pb::CacheStatus::Unspecified => "unspecified",
+    }
+}
+
+/// `cache_status` label of a broker answer.
+fn status_label(status: CacheStatus) -> &'static str {
+    match status {
+        CacheStatus::HitLocal => "hit_local",
+        CacheStatus::HitShared => "hit_shared",
+        CacheStatus::Joined => "joined",
+        CacheStatus::Issued => "issued",
     }
 }
 
@@ -145,6 +165,7 @@ impl CertificateBrokerService for GrpcBroker {
             .await
             .map_err(|e| to_status(&e))?;
         let has_csr = req.csr_der.is_some();
+        let identifiers = req.identifiers.clone();
         let key = req.cache_key();
         // Subscribe before the first answer so no renewal can slip between the two.
         let mut updates = self.broker.watch();
@@ -157,7 +178,20 @@ impl CertificateBrokerService for GrpcBroker {
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let this = self.clone();
         tokio::spawn(async move {
+            let audit = |cert: &crate::store::CertRecord, status: CacheStatus| {
+                this.audit.delivered(
+                    Delivery {
+                        action: "watch_certificate",
+                        caller: &caller,
+                        cert,
+                        cache_status: status_label(status),
+                        key_returned: !has_csr,
+                    },
+                    || policy::describe(&identifiers),
+                );
+            };
             let mut last = first.serial_hex.clone();
+            audit(&first, status);
             if tx
                 .send(Ok(this.respond(&first, status, has_csr).into()))
                 .await
@@ -182,6 +216,7 @@ impl CertificateBrokerService for GrpcBroker {
                 match this.broker.get_certificate(req.clone()).await {
                     Ok((cert, status)) if cert.serial_hex != last => {
                         last = cert.serial_hex.clone();
+                        audit(&cert, status);
                         if tx
                             .send(Ok(this.respond(&cert, status, has_csr).into()))
                             .await
@@ -252,24 +287,24 @@ impl GrpcBroker {
             .check_satisfiable(&req)
             .await
             .map_err(|e| to_status(&e))?;
-        let what = policy::describe(&req.identifiers);
         let has_csr = req.csr_der.is_some();
+        // Kept for the audit line of a first hand-out.
+        let identifiers = req.identifiers.clone();
         let (cert, cache_status) = self
             .broker
             .get_certificate(req)
             .await
             .map_err(|e| self.broker_error(&e))?;
         let response = self.respond(&cert, cache_status, has_csr);
-        tracing::info!(
-            target: "audit",
-            action = "get_certificate",
-            caller = %caller.label(),
-            identifiers = %what,
-            ca = %cert.issuer_ca,
-            serial = %cert.serial_hex,
-            cache_status = cache_label(response.cache_status()),
-            key_returned = !has_csr,
-            "certificate delivered"
+        self.audit.delivered(
+            Delivery {
+                action: "get_certificate",
+                caller: &caller,
+                cert: &cert,
+                cache_status: status_label(cache_status),
+                key_returned: !has_csr,
+            },
+            || policy::describe(&identifiers),
         );
         if let Some(m) = &self.metrics {
             if cache_status == CacheStatus::Issued {
@@ -360,6 +395,8 @@ pub struct ServeOptions {
     pub metrics: Option<Metrics>,
     /// Public STI-CR base; answers carry `x5u` under it.
     pub x5u_base: Option<url::Url>,
+    /// How often the [`audit`] trail writes its repeat counts.
+    pub audit_interval: Duration,
 }
 
 impl ServeOptions {
@@ -376,6 +413,7 @@ impl ServeOptions {
             observer: None,
             metrics: None,
             x5u_base: None,
+            audit_interval: audit::DEFAULT_INTERVAL,
         }
     }
 
@@ -469,7 +507,12 @@ pub async fn serve(
         // No request runs longer than the server allows.
         .layer(TimeoutLayer::new(options.request_timeout, observer))
         .into_inner();
-    let mut grpc_broker = GrpcBroker::new(broker, policy).with_x5u_base(options.x5u_base.clone());
+    // Repeat hand-outs are counted and summarized by a background task, off the request path.
+    let audit = Audit::new(options.audit_interval);
+    let audit_summaries = audit.spawn();
+    let mut grpc_broker = GrpcBroker::new(broker, policy)
+        .with_x5u_base(options.x5u_base.clone())
+        .with_audit(audit.clone());
     if let Some(m) = options.metrics.clone() {
         grpc_broker = grpc_broker.with_metrics(m);
     }
@@ -503,6 +546,9 @@ pub async fn serve(
         }
     };
     store_health.abort();
+    audit_summaries.abort();
+    // The counts of the last, partial interval.
+    audit.flush();
     served?;
     Ok(())
 }

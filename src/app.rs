@@ -63,6 +63,7 @@ impl App {
         serve_options.observer = Some(Arc::new(metrics.clone()));
         serve_options.metrics = Some(metrics.clone());
         serve_options.x5u_base = settings.publish.base_url.clone();
+        serve_options.audit_interval = Duration::from_secs(settings.telemetry.audit_interval_secs);
         Ok(Self {
             broker,
             pool,

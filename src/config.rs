@@ -251,6 +251,9 @@ pub struct TelemetrySettings {
     pub otlp_endpoint: Option<String>,
     /// `service.name` resource attribute of exported spans.
     pub service_name: String,
+    /// Seconds between the audit trail's summary lines: the first hand-out of a serial to
+    /// a caller is logged at once, repeats are counted and written once per interval.
+    pub audit_interval_secs: u64,
 }
 
 /// One `[[ca]]` upstream.
@@ -802,6 +805,12 @@ impl Settings {
             key,
             reason: reason.to_owned(),
         };
+        if self.telemetry.audit_interval_secs == 0 {
+            return Err(invalid(
+                "telemetry.audit_interval_secs".into(),
+                "must be at least 1",
+            ));
+        }
         let s = &self.server;
         if s.request_timeout_secs == 0 {
             return Err(invalid(
@@ -943,6 +952,7 @@ impl Default for TelemetrySettings {
             admin_listen: None,
             otlp_endpoint: None,
             service_name: "certbroker".into(),
+            audit_interval_secs: 60,
         }
     }
 }
@@ -1083,6 +1093,10 @@ mod tests {
             (
                 "[server]\nmax_concurrent_requests = 0".into(),
                 "server.max_concurrent_requests",
+            ),
+            (
+                "[telemetry]\naudit_interval_secs = 0".into(),
+                "telemetry.audit_interval_secs",
             ),
             (
                 "[server]\nrate_limit_burst = 0".into(),

@@ -2,11 +2,20 @@
 //! or `telemetry.log_filter`), spans exported over OTLP/gRPC when
 //! `telemetry.otlp_endpoint` is set, Prometheus metrics ([`Metrics`]) served by the admin
 //! listener ([`serve_admin`]).
+//!
+//! Log lines are formatted by the thread that logs but written by a writer thread
+//! (`tracing-appender`'s non-blocking writer): a request never waits for stderr. The
+//! writer's queue holds up to 128,000 lines; when it is full, logging waits (lines are not
+//! dropped, so no `audit` line is lost to a slow consumer). What the queue holds when the
+//! process dies abruptly is lost; [`shutdown`] drains it.
 
 mod admin;
 mod metrics;
 
-use std::{io::IsTerminal, sync::OnceLock};
+use std::{
+    io::IsTerminal,
+    sync::{Mutex, OnceLock, PoisonError},
+};
 
 use opentelemetry::trace::{
     SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, TracerProvider as _,
@@ -22,6 +31,9 @@ use crate::{api::layers::TraceParent, config::TelemetrySettings};
 
 /// The span exporter, kept to flush it at shutdown.
 static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
+
+/// The log writer thread's guard: dropping it drains the queue.
+static LOG_WRITER: Mutex<Option<tracing_appender::non_blocking::WorkerGuard>> = Mutex::new(None);
 
 /// Installs the global subscriber. Safe to call more than once (later calls do nothing).
 /// With `otlp_endpoint` set it must run inside a Tokio runtime (the exporter's gRPC
@@ -40,40 +52,58 @@ pub fn init(settings: &TelemetrySettings) {
     let otel = provider.as_ref().map(|p| {
         tracing_opentelemetry::layer().with_tracer(p.tracer(settings.service_name.clone()))
     });
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("certbroker-log")
+        .finish(std::io::stderr());
     let result = tracing_subscriber::registry()
         .with(filter)
         .with(otel)
         .with(
             settings
                 .json
-                .then(|| fmt::layer().json().with_writer(std::io::stderr)),
+                .then(|| fmt::layer().json().with_writer(writer.clone())),
         )
-        // Colour only for a person at a terminal: piped into a file, journald or a log
-        // shipper, escape codes are noise.
         .with((!settings.json).then(|| {
+            // Colours only for a terminal, not for a log file or a collector's pipe.
             fmt::layer()
                 .with_ansi(std::io::stderr().is_terminal())
-                .with_writer(std::io::stderr)
+                .with_writer(writer)
         }))
         .try_init();
-    // Err: a subscriber is already installed (tests, embedding); keep it.
+    // Err: a subscriber is already installed (tests, embedding); keep it (and drop `guard`,
+    // which stops the unused writer thread).
     if result.is_ok() {
         if let Some(p) = provider {
             let _ = PROVIDER.set(p);
         }
+        *LOG_WRITER.lock().unwrap_or_else(PoisonError::into_inner) = Some(guard);
     }
     if let Some(e) = otlp_error {
         tracing::error!(error = %e, "telemetry.otlp_endpoint: exporter not started; spans are not exported");
     }
 }
 
-/// Flushes and stops span export (call once at shutdown).
+/// Flushes and stops span export and drains the log writer (call once at shutdown; later
+/// log lines are not written).
 pub fn shutdown() {
     if let Some(p) = PROVIDER.get() {
         if let Err(e) = p.shutdown() {
             tracing::warn!(error = %e, "flushing spans at shutdown failed");
         }
     }
+    drain_logs();
+}
+
+/// Waits until the log writer has written every queued line, then stops it (later log
+/// lines are not written). The binary calls it on every exit path.
+pub fn drain_logs() {
+    drop(
+        LOG_WRITER
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take(),
+    );
 }
 
 fn otlp_provider(endpoint: &str, service: &str) -> Result<SdkTracerProvider, String> {

@@ -229,7 +229,11 @@ impl Metrics {
 
     /// A certificate was handed out.
     pub fn certificate_served(&self, serial_hex: &str, not_after_unix: i64) {
-        lock(&self.inner.served).insert(serial_hex.to_owned(), not_after_unix);
+        let mut served = lock(&self.inner.served);
+        // A hit on a known certificate (the common case) allocates nothing.
+        if served.get(serial_hex) != Some(&not_after_unix) {
+            served.insert(serial_hex.to_owned(), not_after_unix);
+        }
     }
 
     /// A certificate was revoked; it no longer counts.
