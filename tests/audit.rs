@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use certbroker::pb::certificate_broker_client::CertificateBrokerClient;
+use certbroker::pb::certificate_broker_service_client::CertificateBrokerServiceClient;
 use common::spc_request;
 use serde_json::Value;
 
@@ -93,7 +93,7 @@ fn repeats(audit: &[Value], serial: &str) -> u64 {
 }
 
 async fn get_n(addr: &str, spc: &str, n: usize) -> String {
-    let mut client = CertificateBrokerClient::connect(format!("http://{addr}"))
+    let mut client = CertificateBrokerServiceClient::connect(format!("http://{addr}"))
         .await
         .expect("connects");
     let mut serial = None;

@@ -19,7 +19,7 @@ use hdrhistogram::Histogram;
 use prost::Message;
 
 use super::{Config, fixture, procs::require, report::Report, report::Row};
-use crate::pb::{self, CacheStatus, certificate_broker_server::SERVICE_NAME};
+use crate::pb::{self, CacheStatus, certificate_broker_service_server::SERVICE_NAME};
 
 /// h2load connections and streams per connection (the 8 x 16).
 const CLIENTS: usize = 8;
@@ -478,7 +478,7 @@ mod tests {
         assert_eq!(&frame[5..], body.as_slice());
         assert_eq!(
             get_certificate_path(),
-            "/certbroker.v1.CertificateBroker/GetCertificate"
+            "/certbroker.v1.CertificateBrokerService/GetCertificate"
         );
     }
 
