@@ -6,8 +6,9 @@ use std::sync::Arc;
 use axum::{
     Json, Router,
     body::Bytes,
-    extract::{Path, State},
+    extract::{Path, Request, State},
     http::{HeaderMap, StatusCode, header},
+    middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
@@ -33,9 +34,20 @@ pub(crate) fn router(inner: Arc<Inner>) -> Router {
         .route("/api/v1/auth/logout", post(logout))
         .route("/api/v1/account/{ocn}/token/", post(token))
         .route("/api/v1/account/{ocn}/token", post(token))
+        .route_layer(middleware::from_fn_with_state(inner.clone(), api_delay))
         .route(X5U_PATH, get(certificate))
         .route("/download/v1/crl", get(crl))
         .with_state(inner)
+}
+
+/// A slow STI-PA ([`super::Behaviour::set_sti_pa_delay`]): holds every API answer (login,
+/// logout, token; not the certificate and CRL downloads).
+async fn api_delay(State(inner): State<Arc<Inner>>, req: Request, next: Next) -> Response {
+    let delay = inner.behaviour.sti_pa_delay();
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    next.run(req).await
 }
 
 fn error(status: StatusCode, message: &str) -> Response {
@@ -124,6 +136,7 @@ async fn token(
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e),
     };
     inner.behaviour.count(Counter::TokenIssued);
+    tracing::info!(target: "devca", spc = %ocn, ca, "STI-PA SPC token issued");
     inner.behaviour.record_token(fingerprint);
     Json(json!({
         "status": "success",
