@@ -4,6 +4,7 @@
 //! Every request passes the tower stack in [`layers`]; broker RPCs then pass the caller's
 //! [`policy`] before any broker work.
 
+pub mod codec;
 mod convert;
 pub mod layers;
 pub mod listener;
@@ -139,6 +140,10 @@ impl CertificateBrokerService for GrpcBroker {
                 ca: req.ca,
             },
         )?;
+        self.broker
+            .check_satisfiable(&req)
+            .await
+            .map_err(|e| to_status(&e))?;
         let has_csr = req.csr_der.is_some();
         let key = req.cache_key();
         // Subscribe before the first answer so no renewal can slip between the two.
@@ -246,6 +251,10 @@ impl GrpcBroker {
                 ca: req.ca,
             },
         )?;
+        self.broker
+            .check_satisfiable(&req)
+            .await
+            .map_err(|e| to_status(&e))?;
         let what = policy::describe(&req.identifiers);
         let has_csr = req.csr_der.is_some();
         let (cert, cache_status) = self
@@ -435,6 +444,9 @@ pub async fn serve(
                 reporter
                     .set_service_status(STORE_HEALTH_SERVICE, status)
                     .await;
+                reporter
+                    .set_service_status(CA_HEALTH_SERVICE, ca_status(&broker.ca_readiness()))
+                    .await;
                 tokio::time::sleep(Duration::from_secs(2)).await;
             }
         }
@@ -503,6 +515,22 @@ const WATCH_RECHECK: Duration = Duration::from_secs(30);
 
 /// Health-service name reporting whether the shared store answers.
 pub const STORE_HEALTH_SERVICE: &str = "certbroker.store";
+
+/// Health-service name reporting the upstream CAs: `SERVING` once any CA's account works,
+/// `UNKNOWN` while none does and the start-up warm-up is still running, `NOT_SERVING` when
+/// the warm-up failed at every CA (requests still try them).
+pub const CA_HEALTH_SERVICE: &str = "certbroker.ca";
+
+fn ca_status(cas: &[crate::broker::CaReadiness]) -> ServingStatus {
+    use crate::broker::ReadyState;
+    if cas.iter().any(|c| c.state == ReadyState::Ready) {
+        ServingStatus::Serving
+    } else if cas.iter().any(|c| c.state == ReadyState::WarmingUp) {
+        ServingStatus::Unknown
+    } else {
+        ServingStatus::NotServing
+    }
+}
 
 /// The server could not be built or failed.
 #[derive(Debug, thiserror::Error)]

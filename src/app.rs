@@ -38,11 +38,10 @@ impl App {
         let store = open_store(settings).await?;
         // The same store caches SPC tokens fleet-wide (sealed with the keyring in Redis).
         let pool = CaPool::from_settings(&settings.ca, &settings.pool, Some(store.clone()))?;
-        for (ca, err) in pool.warm_up().await {
-            // Not fatal: the CA may come back; requests will fail over or report it.
-            tracing::warn!(ca = %ca, error = %err, "CA account not ready at start-up");
-        }
         let pool = Arc::new(pool);
+        // In the background and in parallel: the listener opens at once; readiness
+        // (`/readyz`, the `certbroker.ca` health service) says what is known meanwhile.
+        pool.spawn_warm_up();
         let broker = Broker::new(pool.clone(), store, settings.broker.options());
         if let Err(e) = broker.listen_for_invalidations().await {
             tracing::warn!(error = %e, "no fleet invalidations until the store is back");

@@ -13,7 +13,7 @@ mod singleflight;
 pub use error::{BrokerError, FailureKind, IssueError};
 pub use fleet::BrokerStats;
 pub use renewal::{RenewalOptions, RenewalStatus, WatchGuard, unix_to_rfc3339};
-pub use request::{CertRequest, Identifiers, RevokeRequest};
+pub use request::{CaReadiness, CertRequest, Identifiers, ReadyState, RevokeRequest};
 pub use service::{Broker, BrokerOptions, CacheStatus, Revoked};
 
 use crate::store::CertRecord;
@@ -126,5 +126,15 @@ pub trait Issuer: Send + Sync + std::fmt::Debug {
     async fn renewal_window(&self, cert: &CertRecord) -> Result<Option<RenewalWindow>, IssueError> {
         let _ = cert;
         Ok(None)
+    }
+    /// The longest certificate lifetime any CA of `pool` issues, when it is known for every
+    /// one of them (configured or learned); `None`: unknown (the default).
+    fn max_lifetime(&self, pool: &str) -> Option<std::time::Duration> {
+        let _ = pool;
+        None
+    }
+    /// What is known of each CA's readiness (its ACME account); empty by default.
+    fn readiness(&self) -> Vec<CaReadiness> {
+        Vec::new()
     }
 }

@@ -84,6 +84,62 @@ pub(crate) async fn shutdown_signal() {
     tracing::info!("shutdown requested; finishing in-flight requests");
 }
 
+/// Writes the conventional set certbot and lego users expect in `dir`: `cert.pem` (the
+/// leaf only), `chain.pem` (the intermediates), `fullchain.pem` (leaf then intermediates)
+/// and, when given, `key.pem` (PKCS#8, owner-only). Returns the paths written.
+pub(crate) fn write_cert_files(
+    dir: &std::path::Path,
+    chain_der: &[Vec<u8>],
+    key_pkcs8: Option<&[u8]>,
+) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    use anyhow::Context;
+    let (leaf, intermediates) = chain_der
+        .split_first()
+        .context("the answer holds no certificate")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let cert = pem("CERTIFICATE", leaf);
+    let chain: String = intermediates
+        .iter()
+        .map(|d| pem("CERTIFICATE", d))
+        .collect();
+    let mut written = Vec::new();
+    for (name, text) in [
+        ("cert.pem", cert.clone()),
+        ("chain.pem", chain.clone()),
+        ("fullchain.pem", format!("{cert}{chain}")),
+    ] {
+        let path = dir.join(name);
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        written.push(path);
+    }
+    if let Some(key) = key_pkcs8 {
+        let path = dir.join("key.pem");
+        let pem = secrecy::SecretString::from(pem("PRIVATE KEY", key));
+        crate::ca::write_private(&path, secrecy::ExposeSecret::expose_secret(&pem).as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
+/// An error for a person: each message of the chain once (a wrapper that repeats its
+/// cause's text does not print it twice), no Rust debug formatting.
+pub fn render_error(err: &anyhow::Error) -> String {
+    let mut printed: Vec<String> = Vec::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if printed.iter().any(|p| p.contains(&text)) {
+            continue;
+        }
+        printed.push(text);
+    }
+    let mut out = format!("error: {}\n", printed.first().map_or("", String::as_str));
+    for p in printed.iter().skip(1) {
+        out.push_str(&format!("  caused by: {p}\n"));
+    }
+    out
+}
+
 /// PEM-encodes DER under `label`.
 pub(crate) fn pem(label: &str, der: &[u8]) -> String {
     use base64::Engine;
@@ -95,4 +151,23 @@ pub(crate) fn pem(label: &str, der: &[u8]) -> String {
     }
     out.push_str(&format!("-----END {label}-----\n"));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_repeated_by_its_wrapper_prints_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("{0}")]
+        struct Wrapper(#[source] std::io::Error);
+        let inner = std::io::Error::other("unknown field `listn` in server");
+        let err = anyhow::Error::new(Wrapper(inner)).context("loading broker.toml");
+        let text = render_error(&err);
+        assert_eq!(
+            text,
+            "error: loading broker.toml\n  caused by: unknown field `listn` in server\n"
+        );
+    }
 }

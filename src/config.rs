@@ -1,6 +1,11 @@
 //! One typed configuration: a TOML file, overridden by `CERTBROKER_<SECTION>__<KEY>`
 //! environment variables (for example `CERTBROKER_SERVER__LISTEN=0.0.0.0:50051`).
 //!
+//! Not every `CERTBROKER_*` variable is an override: a pod also carries the CLI's own
+//! variables, the secrets the file names through `*_env` keys, and the kubelet's service
+//! links for a Service called `certbroker`. [`classify_env`] sorts them; the rule is in the
+//! README's configuration reference.
+//!
 //! Every key is documented in the README's configuration reference. Loading validates
 //! everything up front and names the offending key, so a bad value stops start-up instead
 //! of surfacing on the first request.
@@ -312,6 +317,12 @@ pub struct CaSettings {
     /// Boulder-style CAs require.
     #[serde(default)]
     pub allow_account_key_reuse: bool,
+    /// Agree to the CA's terms of service (the directory's `meta.termsOfService`) when the
+    /// broker creates its account there. Default false: a CA that has terms refuses to open
+    /// an account until they are agreed to here, as `certbot --agree-tos` and
+    /// `lego --accept-tos` ask.
+    #[serde(default)]
+    pub accept_terms_of_service: bool,
     /// Certificate lifetime to ask for, sent as `notAfter` in newOrder
     /// ([RFC 8555 §7.4](https://www.rfc-editor.org/rfc/rfc8555#section-7.4)). Absent: the
     /// CA's default; leave it absent for CAs that reject `notAfter`.
@@ -400,6 +411,139 @@ pub struct StiPaSettings {
     pub trust_roots: Option<PathBuf>,
 }
 
+/// Prefix of the environment variables that override configuration keys.
+pub const ENV_PREFIX: &str = "CERTBROKER_";
+
+/// `CERTBROKER_*` variables the command line reads itself (`--config`, and the client's
+/// `--addr`, `--ca-cert`, `--cert`, `--key`); never configuration overrides.
+pub const CLI_ENV: &[&str] = &[
+    "CERTBROKER_CONFIG",
+    "CERTBROKER_ADDR",
+    "CERTBROKER_CA_CERT",
+    "CERTBROKER_CLIENT_CERT",
+    "CERTBROKER_CLIENT_KEY",
+];
+
+/// The top-level keys of [`Settings`]: a variable whose name starts with one of them followed
+/// by a single `_` is taken for a misspelt override.
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "server",
+    "store",
+    "broker",
+    "telemetry",
+    "renewal",
+    "publish",
+    "ca",
+    "pool",
+    "policy",
+];
+
+/// What a variable in the process environment is to the configuration loader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnvRole {
+    /// Does not start with `CERTBROKER_` (case-insensitively, as figment matches it).
+    NotOurs,
+    /// Starts with `CERTBROKER_` but is no override: one of [`CLI_ENV`], a name some `*_env`
+    /// key of the file refers to, a Kubernetes service-link variable, or any other name
+    /// without `__` whose first segment is not a top-level key.
+    NotConfig,
+    /// `CERTBROKER_<KEY>__<KEY>...` (or a bare top-level key): loaded, and an unknown key or
+    /// a bad value stops start-up naming it.
+    Override,
+    /// A top-level key and a single `_` (`CERTBROKER_SERVER_LISTEN`): most likely an override
+    /// with the wrong separator, so start-up stops rather than ignoring it.
+    Misspelt,
+}
+
+/// Sorts one environment variable name; `referenced` holds the names the configuration file
+/// gives in `*_env` keys (e.g. `ca.sti_pa.password_env`).
+///
+/// The order matters: CLI names and referenced secrets first, then anything with `__` is an
+/// override (so a real override always wins), then the kubelet's service links, then the
+/// typo check.
+pub fn classify_env(name: &str, referenced: &BTreeSet<String>) -> EnvRole {
+    let prefix_len = ENV_PREFIX.len();
+    if name.len() < prefix_len
+        || !name.is_char_boundary(prefix_len)
+        || !name[..prefix_len].eq_ignore_ascii_case(ENV_PREFIX)
+    {
+        return EnvRole::NotOurs;
+    }
+    if CLI_ENV.iter().any(|c| c.eq_ignore_ascii_case(name)) || referenced.contains(name) {
+        return EnvRole::NotConfig;
+    }
+    let rest = &name[prefix_len..];
+    if rest.contains("__") {
+        return EnvRole::Override;
+    }
+    if is_service_link(name) {
+        return EnvRole::NotConfig;
+    }
+    let first = rest.split('_').next().unwrap_or_default();
+    match TOP_LEVEL_KEYS
+        .iter()
+        .find(|k| k.eq_ignore_ascii_case(first))
+    {
+        Some(_) if first.len() == rest.len() => EnvRole::Override,
+        Some(_) => EnvRole::Misspelt,
+        None => EnvRole::NotConfig,
+    }
+}
+
+/// The variables the kubelet sets for every Service with a cluster IP in the pod's namespace
+/// (`<NAME>_SERVICE_HOST`, `<NAME>_SERVICE_PORT[_<PORT NAME>]`, `<NAME>_PORT`,
+/// `<NAME>_PORT_<N>_<PROTO>[_PROTO|_PORT|_ADDR]`, the name upper-cased with `-` as `_`).
+fn is_service_link(name: &str) -> bool {
+    if name.ends_with("_SERVICE_HOST")
+        || name.ends_with("_SERVICE_PORT")
+        || name.contains("_SERVICE_PORT_")
+        || name.ends_with("_PORT")
+    {
+        return true;
+    }
+    // ..._PORT_<digits>_<TCP|UDP|SCTP>[_PROTO|_PORT|_ADDR]
+    name.match_indices("_PORT_").any(|(i, m)| {
+        let tail = &name[i + m.len()..];
+        let mut parts = tail.split('_');
+        let number = parts.next().unwrap_or_default();
+        let proto = parts.next().unwrap_or_default();
+        let field = parts.next();
+        !number.is_empty()
+            && number.bytes().all(|b| b.is_ascii_digit())
+            && matches!(proto, "TCP" | "UDP" | "SCTP")
+            && matches!(field, None | Some("PROTO" | "PORT" | "ADDR"))
+            && parts.next().is_none()
+    })
+}
+
+/// Values of every `*_env` key in a TOML file (any depth, in tables and arrays of tables):
+/// the environment variables the file names for its secrets. An unreadable file gives none
+/// (loading it reports the error).
+fn env_names_referenced_by(file: &std::path::Path) -> BTreeSet<String> {
+    fn walk(value: &figment::value::Value, out: &mut BTreeSet<String>) {
+        use figment::value::Value;
+        match value {
+            Value::Dict(_, dict) => {
+                for (k, v) in dict {
+                    match v {
+                        Value::String(_, s) if k.ends_with("_env") => {
+                            out.insert(s.clone());
+                        }
+                        _ => walk(v, out),
+                    }
+                }
+            }
+            Value::Array(_, items) => items.iter().for_each(|v| walk(v, out)),
+            _ => {}
+        }
+    }
+    let mut out = BTreeSet::new();
+    if let Ok(value) = Figment::from(Toml::file(file)).extract::<figment::value::Value>() {
+        walk(&value, &mut out);
+    }
+    out
+}
+
 /// A configuration that cannot be used, naming the key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -431,15 +575,87 @@ impl Settings {
             }
             figment = figment.merge(Toml::file(file));
         }
-        figment = figment.merge(Env::prefixed("CERTBROKER_").split("__"));
+        let referenced = file.map(env_names_referenced_by).unwrap_or_default();
+        let mut overrides = BTreeSet::new();
+        for (name, _) in std::env::vars_os() {
+            let Some(name) = name.to_str() else { continue };
+            match classify_env(name, &referenced) {
+                EnvRole::Override => {
+                    overrides.insert(name[ENV_PREFIX.len()..].to_ascii_lowercase());
+                }
+                EnvRole::Misspelt => {
+                    return Err(ConfigError::Invalid {
+                        key: name.to_owned(),
+                        reason: format!(
+                            "looks like a configuration override, but sections and keys are \
+                             separated by `__` (e.g. {ENV_PREFIX}SERVER__LISTEN)"
+                        ),
+                    });
+                }
+                EnvRole::NotOurs | EnvRole::NotConfig => {}
+            }
+        }
+        figment = figment.merge(
+            Env::prefixed(ENV_PREFIX)
+                .filter(move |k| overrides.contains(&k.as_str().to_ascii_lowercase()))
+                .split("__"),
+        );
         Self::from_figment(figment)
     }
 
     /// Extracts and validates settings from any figment (used by tests with inline TOML).
+    /// A relative path read from a file resolves against that file's directory, as in
+    /// nginx or systemd units, so a configuration works from any working directory.
     pub fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
-        let settings: Self = figment.extract().map_err(Box::new)?;
+        let mut settings: Self = figment.extract().map_err(Box::new)?;
+        settings.resolve_relative_paths(&figment);
         settings.validate()?;
         Ok(settings)
+    }
+
+    /// Every path-typed setting whose value came from a file and is relative becomes
+    /// `<that file's directory>/<path>`. Values from the environment or code stay as
+    /// they are (relative to the working directory).
+    fn resolve_relative_paths(&mut self, figment: &Figment) {
+        use figment::value::Value;
+        let file_dir = |value: Option<&Value>| -> Option<PathBuf> {
+            let meta = figment.get_metadata(value?.tag())?;
+            match meta.source.as_ref()? {
+                figment::Source::File(file) => file.parent().map(std::path::Path::to_path_buf),
+                _ => None,
+            }
+        };
+        let fix = |path: &mut PathBuf, value: Option<&Value>| {
+            if path.is_relative() {
+                if let Some(dir) = file_dir(value) {
+                    *path = dir.join(&*path);
+                }
+            }
+        };
+        if let (Some(tls), Ok(value)) = (self.server.tls.as_mut(), figment.find_value("server.tls"))
+        {
+            fix(&mut tls.cert, value.find_ref("cert"));
+            fix(&mut tls.key, value.find_ref("key"));
+            if let Some(p) = tls.client_ca.as_mut() {
+                fix(p, value.find_ref("client_ca"));
+            }
+        }
+        let cas = match figment.find_value("ca") {
+            Ok(Value::Array(_, cas)) => cas,
+            _ => Vec::new(),
+        };
+        for (ca, value) in self.ca.iter_mut().zip(&cas) {
+            fix(&mut ca.account_key, value.find_ref("account_key"));
+            if let Some(p) = ca.trust_roots.as_mut() {
+                fix(p, value.find_ref("trust_roots"));
+            }
+            if let Some(p) = ca.token_file.as_mut() {
+                fix(p, value.find_ref("token_file"));
+            }
+            if let Some(p) = ca.sti_pa.as_mut().and_then(|s| s.trust_roots.as_mut()) {
+                fix(p, value.find_ref("sti_pa.trust_roots"));
+            }
+        }
     }
 
     /// Parses TOML text with no environment overrides.
@@ -954,6 +1170,95 @@ mod env_tests {
         });
     }
 
+    /// A pod's environment: the CLI's own variables, the Secret the file names through
+    /// `password_env`, and the kubelet's service links for a Service `certbroker` (and one
+    /// `certbroker-store`, whose links begin with a top-level key) are no overrides.
+    #[test]
+    fn a_pods_environment_is_not_taken_for_overrides() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "c.toml",
+                "[[ca]]\nname = \"a\"\ndirectory = \"https://x\"\naccount_key = \"k\"\n\
+                 [ca.sti_pa]\nbase_url = \"https://pa\"\nuser_id = \"u\"\n\
+                 password_env = \"CERTBROKER_STI_PA_PASSWORD\"\n\
+                 [ca.eab]\nkey_id = \"kid\"\nhmac_key_env = \"CERTBROKER_EAB\"\n",
+            )?;
+            for (k, v) in [
+                ("CERTBROKER_STI_PA_PASSWORD", "secret"),
+                ("CERTBROKER_EAB", "hmac"),
+                ("CERTBROKER_CONFIG", "c.toml"),
+                ("CERTBROKER_ADDR", "http://127.0.0.1:1"),
+                ("CERTBROKER_CA_CERT", "/ca.pem"),
+                ("CERTBROKER_SERVICE_HOST", "10.0.0.7"),
+                ("CERTBROKER_SERVICE_PORT", "50051"),
+                ("CERTBROKER_SERVICE_PORT_GRPC", "50051"),
+                ("CERTBROKER_PORT", "tcp://10.0.0.7:50051"),
+                ("CERTBROKER_PORT_50051_TCP", "tcp://10.0.0.7:50051"),
+                ("CERTBROKER_PORT_50051_TCP_PROTO", "tcp"),
+                ("CERTBROKER_PORT_50051_TCP_PORT", "50051"),
+                ("CERTBROKER_PORT_50051_TCP_ADDR", "10.0.0.7"),
+                ("CERTBROKER_STORE_SERVICE_HOST", "10.0.0.8"),
+                ("CERTBROKER_STORE_PORT_6379_TCP_ADDR", "10.0.0.8"),
+                ("CERTBROKER_REDIS_SERVICE_PORT_REDIS", "6379"),
+                ("CERTBROKER_SOMETHING_ELSE", "x"),
+                ("CERTBROKER_BROKER__CACHE_CAPACITY", "7"),
+            ] {
+                jail.set_env(k, v);
+            }
+            let s =
+                Settings::load(Some(std::path::Path::new("c.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(
+                s.broker.cache_capacity, 7,
+                "the real override still applies"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn misspelt_overrides_still_stop_start_up() {
+        for (name, expect) in [
+            ("CERTBROKER_SERVR__LISTEN", "servr"),
+            ("CERTBROKER_SERVER__LISTN", "listn"),
+            ("CERTBROKER_SERVER_LISTEN", "separated by `__`"),
+        ] {
+            figment::Jail::expect_with(|jail| {
+                jail.create_file("c.toml", "")?;
+                jail.set_env(name, "127.0.0.1:1");
+                let err = Settings::load(Some(std::path::Path::new("c.toml")))
+                    .unwrap_err()
+                    .to_string();
+                assert!(err.contains(expect), "{name}: {err}");
+                Ok(())
+            });
+        }
+    }
+
+    #[test]
+    fn classification_of_names() {
+        let referenced: BTreeSet<String> = ["CERTBROKER_PA".to_owned()].into();
+        for (name, role) in [
+            ("PATH", EnvRole::NotOurs),
+            ("CERTBROKE", EnvRole::NotOurs),
+            ("CERTBROKER_PA", EnvRole::NotConfig),
+            ("CERTBROKER_CONFIG", EnvRole::NotConfig),
+            ("CERTBROKER_CLIENT_KEY", EnvRole::NotConfig),
+            ("CERTBROKER_PORT_50051_TCP", EnvRole::NotConfig),
+            ("CERTBROKER_PORT_9090_UDP_ADDR", EnvRole::NotConfig),
+            ("CERTBROKER_SERVER_SERVICE_PORT_ADMIN", EnvRole::NotConfig),
+            ("CERTBROKER_PORT_50051_TCP_OTHER", EnvRole::NotConfig),
+            ("CERTBROKER_SERVER__LISTEN", EnvRole::Override),
+            ("certbroker_server__listen", EnvRole::Override),
+            ("CERTBROKER_STORE__KEYRING__KEYS__K1", EnvRole::Override),
+            ("CERTBROKER_RENEWAL", EnvRole::Override),
+            ("CERTBROKER_RENEWAL_ARI", EnvRole::Misspelt),
+            ("CERTBROKER_CA_DIRECTORY", EnvRole::Misspelt),
+            ("CERTBROKER_STORE_PORT_6379_TCPX", EnvRole::Misspelt),
+        ] {
+            assert_eq!(classify_env(name, &referenced), role, "{name}");
+        }
+    }
+
     #[test]
     fn renewal_information_is_on_unless_turned_off() {
         figment::Jail::expect_with(|jail| {
@@ -967,5 +1272,48 @@ mod env_tests {
             assert!(!s.renewal.ari);
             Ok(())
         });
+    }
+
+    #[test]
+    fn relative_paths_in_a_file_resolve_against_its_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("broker.toml");
+        std::fs::write(
+            &file,
+            r#"
+            [server.tls]
+            cert = "tls/server.pem"
+            key = "/etc/certbroker/server.key"
+            [[ca]]
+            name = "a"
+            directory = "https://ca.example/dir"
+            account_key = "keys/a.pem"
+            trust_roots = "roots.pem"
+            [ca.sti_pa]
+            base_url = "https://pa.example/"
+            user_id = "u"
+            password_env = "PW"
+            trust_roots = "pa-roots.pem"
+            "#,
+        )
+        .unwrap();
+        let s = Settings::load(Some(&file)).unwrap();
+        let tls = s.server.tls.as_ref().unwrap();
+        assert_eq!(tls.cert, dir.path().join("tls/server.pem"));
+        assert_eq!(
+            tls.key,
+            PathBuf::from("/etc/certbroker/server.key"),
+            "absolute kept"
+        );
+        assert_eq!(s.ca[0].account_key, dir.path().join("keys/a.pem"));
+        assert_eq!(s.ca[0].trust_roots, Some(dir.path().join("roots.pem")));
+        let pa = s.ca[0].sti_pa.as_ref().unwrap();
+        assert_eq!(pa.trust_roots, Some(dir.path().join("pa-roots.pem")));
+        // Inline TOML has no file: paths stay as written.
+        let inline = Settings::from_toml(
+            "[[ca]]\nname = \"a\"\ndirectory = \"https://ca.example/d\"\naccount_key = \"k.pem\"\n",
+        )
+        .unwrap();
+        assert_eq!(inline.ca[0].account_key, PathBuf::from("k.pem"));
     }
 }

@@ -18,8 +18,17 @@
 //! ([`DevCaHandle::trust_root_pem`]). A separate **SHAKEN root** issues the SHAKEN
 //! intermediate (which issues end-entity certificates) and the STI-PA token-signing
 //! certificate ([`DevCaHandle::issuing_root_pem`]). Keys live in memory only; the PEMs are
-//! written to the state directory. `dns` identifiers are authorized without a real check
-//! (an `http-01` challenge that is already valid): the devca targets SHAKEN, not the Web PKI.
+//! written to the state directory. `dns` identifiers are authorized over real `http-01`
+//! (RFC 8555 §8.3): on the challenge POST the devca fetches the key authorization from
+//! `http://NAME:{http01_port}/.well-known/acme-challenge/TOKEN`, every name resolving to
+//! [`DevCaSettings::http01_address`] (loopback by default).
+//!
+//! Where a client can tell, the ACME server follows RFC 8555: 415 for a POST that is not
+//! `application/jose+json`, 405 problem documents for GET on POST-only resources,
+//! `Replay-Nonce` and `Link: rel="index"` on every answer, `badSignatureAlgorithm` with the
+//! accepted `algorithms`, no unprotected JWS header, the account's `orders` list, account
+//! and authorization deactivation, and `Link: rel="up"` on challenge answers. Certbot's
+//! `acme` library checks all of this in the test suite (tests/acme_python.rs).
 
 mod acme;
 mod ari;
@@ -88,8 +97,9 @@ pub struct DevCaSettings {
     pub listen: IpAddr,
     /// Port; 0 picks a free one.
     pub port: u16,
-    /// Where the trust-root PEMs are written; `None` creates a fresh directory under the
-    /// system temp dir.
+    /// Where the trust-root PEMs are written, and the PKI kept: a directory an earlier run
+    /// used gives the same roots, intermediate and STI-PA signing key again. `None` creates
+    /// a fresh directory under the system temp dir.
     pub state_dir: Option<PathBuf>,
     /// Lifetime of issued end-entity certificates; 24 hours by default. An order's
     /// `notAfter` shortens it.
@@ -112,6 +122,14 @@ pub struct DevCaSettings {
     /// which suggests this window for each certificate, and newOrder accepts `replaces`.
     /// Unset (the default), newOrder rejects `replaces` as `malformed`.
     pub renewal_info: Option<DevRenewalInfo>,
+    /// Port that http-01 validation fetches `/.well-known/acme-challenge/{token}` from
+    /// (RFC 8555 §8.3 says 80, the default). Tests give the port of their own responder, as
+    /// with Pebble's `httpPort`.
+    pub http01_port: u16,
+    /// The address every `dns` identifier resolves to for http-01 validation; `None` asks
+    /// the system resolver. Loopback by default: the devca serves labs and tests, and must
+    /// not be talked into fetching from the network.
+    pub http01_address: Option<IpAddr>,
     /// STI-PA user id.
     pub sti_pa_user: String,
     /// STI-PA password.
@@ -132,6 +150,8 @@ impl Default for DevCaSettings {
             one_time_jti: false,
             account_key_reuse: DevKeyReuse::default(),
             renewal_info: None,
+            http01_port: 80,
+            http01_address: Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
             sti_pa_user: "dev".to_owned(),
             sti_pa_password: SecretString::from(state::random_id()),
         }
@@ -158,6 +178,8 @@ impl std::fmt::Debug for DevCaSettings {
             .field("one_time_jti", &self.one_time_jti)
             .field("account_key_reuse", &self.account_key_reuse)
             .field("renewal_info", &self.renewal_info)
+            .field("http01_port", &self.http01_port)
+            .field("http01_address", &self.http01_address)
             .field("sti_pa_user", &self.sti_pa_user)
             .field("sti_pa_password", &"[REDACTED]")
             .finish()
@@ -241,13 +263,12 @@ impl DevCa {
             .map_err(io("reading the bound address".into()))?;
         let base = Url::parse(&format!("https://{addr}"))
             .map_err(|e| DevCaError::Pki(format!("base URL: {e}")))?;
-        let pki = pki::Pki::generate(&base, settings.listen)?;
-
         let dir = match &settings.state_dir {
             Some(d) => d.clone(),
             None => std::env::temp_dir().join(format!("certbroker-devca-{}", state::random_id())),
         };
         std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
+        let pki = pki::Pki::load_or_generate(&dir, &base, settings.listen)?;
         let trust_root_path = dir.join("tls-root.pem");
         std::fs::write(&trust_root_path, &pki.tls_root_pem)
             .map_err(io(format!("writing {}", trust_root_path.display())))?;
@@ -323,6 +344,11 @@ impl DevCaHandle {
     /// the STI-PA token-signing certificate. It differs from the TLS root.
     pub fn issuing_root_pem(&self) -> String {
         self.inner.pki.shaken_root_pem.clone()
+    }
+
+    /// The port http-01 validation fetches from ([`DevCaSettings::http01_port`]).
+    pub fn http01_port(&self) -> u16 {
+        self.inner.settings.http01_port
     }
 
     /// The STI-PA user id and password.

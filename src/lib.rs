@@ -29,6 +29,13 @@ pub mod pb {
     #![allow(missing_docs, unreachable_pub, unused_qualifications, clippy::all)]
     tonic::include_proto!("certbroker.v1");
 
+    pub use client::certificate_broker_service_client;
+
+    /// The client, generated in a second pass over the same messages (see `build.rs`).
+    mod client {
+        include!(concat!(env!("OUT_DIR"), "/client/certbroker.v1.rs"));
+    }
+
     /// Encoded file descriptor set, for gRPC server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         tonic::include_file_descriptor_set!("certbroker_descriptor");

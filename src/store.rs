@@ -81,6 +81,15 @@ pub enum CertSelector {
     Fingerprint(String),
 }
 
+impl fmt::Display for CertSelector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Serial(s) => write!(f, "serial {s}"),
+            Self::Fingerprint(s) => write!(f, "fingerprint {s}"),
+        }
+    }
+}
+
 /// A store operation failed. Callers treat every variant except [`StoreError::Config`] as a
 /// miss and carry on.
 #[derive(Debug, thiserror::Error)]

@@ -6,7 +6,7 @@
 mod admin;
 mod metrics;
 
-use std::sync::OnceLock;
+use std::{io::IsTerminal, sync::OnceLock};
 
 use opentelemetry::trace::{
     SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, TracerProvider as _,
@@ -48,7 +48,13 @@ pub fn init(settings: &TelemetrySettings) {
                 .json
                 .then(|| fmt::layer().json().with_writer(std::io::stderr)),
         )
-        .with((!settings.json).then(|| fmt::layer().with_writer(std::io::stderr)))
+        // Colour only for a person at a terminal: piped into a file, journald or a log
+        // shipper, escape codes are noise.
+        .with((!settings.json).then(|| {
+            fmt::layer()
+                .with_ansi(std::io::stderr().is_terminal())
+                .with_writer(std::io::stderr)
+        }))
         .try_init();
     // Err: a subscriber is already installed (tests, embedding); keep it.
     if result.is_ok() {

@@ -353,3 +353,162 @@ async fn upstream_failures_reach_the_caller_with_the_problem() {
         "{retry:?}"
     );
 }
+
+/// Everything that can be checked before any CA or STI-PA work is: SPC syntax and length,
+/// TNAuthList size and range bounds, an SPC entry, `min_remaining_validity` bounds and what
+/// the pool can issue. No order, no token, for any of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validation_comes_before_any_order() {
+    let env = DevEnv::start().await;
+    let mut ca = env.ca_settings("devca");
+    ca.cert_lifetime_secs = Some(86_400);
+    let broker = TestBroker::start(vec![ca]).await;
+    let mut client = broker.client().await;
+
+    let spc = |s: &str| pb::TnAuthEntry {
+        entry: Some(Entry::Spc(s.into())),
+    };
+    let range = |start: &str, count| pb::TnAuthEntry {
+        entry: Some(Entry::Range(pb::TelephoneNumberRange {
+            start: start.into(),
+            count,
+        })),
+    };
+    let list = |entries: Vec<pb::TnAuthEntry>| GetCertificateRequest {
+        tn_auth_list: entries,
+        ..Default::default()
+    };
+    let hours = |h: i64| prost_types::Duration {
+        seconds: h * 3600,
+        nanos: 0,
+    };
+    let cases: Vec<(GetCertificateRequest, Code, &str)> = vec![
+        (
+            spc_request(&"7".repeat(60_000)),
+            Code::InvalidArgument,
+            "tn_auth_list[0].spc",
+        ),
+        (
+            spc_request("123h"),
+            Code::InvalidArgument,
+            "tn_auth_list[0].spc",
+        ),
+        (
+            spc_request("12 4"),
+            Code::InvalidArgument,
+            "tn_auth_list[0].spc",
+        ),
+        (
+            spc_request("123"),
+            Code::InvalidArgument,
+            "tn_auth_list[0].spc",
+        ),
+        (
+            list((0..2000).map(|_| range("12155550000", 100)).collect()),
+            Code::InvalidArgument,
+            "tn_auth_list",
+        ),
+        (
+            list(vec![range("12155550000", 100)]),
+            Code::InvalidArgument,
+            "tn_auth_list",
+        ),
+        (
+            list(vec![pb::TnAuthEntry {
+                entry: Some(Entry::Tn("12155551212".into())),
+            }]),
+            Code::InvalidArgument,
+            "tn_auth_list",
+        ),
+        (
+            list(vec![spc("1234"), range("1", u32::MAX)]),
+            Code::InvalidArgument,
+            "tn_auth_list[1].range.count",
+        ),
+        (
+            list(vec![spc("1234"), range("99999999990", 20)]),
+            Code::InvalidArgument,
+            "tn_auth_list[1].range.count",
+        ),
+        (
+            GetCertificateRequest {
+                min_remaining_validity: Some(prost_types::Duration {
+                    seconds: i64::MAX,
+                    nanos: 0,
+                }),
+                ..spc_request("1234")
+            },
+            Code::InvalidArgument,
+            "min_remaining_validity",
+        ),
+        (
+            GetCertificateRequest {
+                min_remaining_validity: Some(hours(48)),
+                ..spc_request("1234")
+            },
+            Code::FailedPrecondition,
+            "min_remaining_validity",
+        ),
+    ];
+    for (req, code, field) in cases {
+        for _ in 0..2 {
+            let status = client.get_certificate(req.clone()).await.unwrap_err();
+            assert_eq!(status.code(), code, "{field}: {status:?}");
+            assert!(
+                status.message().len() < 600,
+                "{field}: {}",
+                status.message().len()
+            );
+            let details = status.get_error_details();
+            let violations = &details
+                .bad_request()
+                .unwrap_or_else(|| panic!("{field}: BadRequest in {status:?}"))
+                .field_violations;
+            assert_eq!(violations[0].field, field, "{status:?}");
+        }
+    }
+    let stats = env.ca.stats();
+    assert_eq!(
+        (stats.new_orders, stats.tokens_issued),
+        (0, 0),
+        "no order, no token"
+    );
+    // What the pool can issue is still served.
+    let ok = client
+        .get_certificate(GetCertificateRequest {
+            min_remaining_validity: Some(hours(12)),
+            ..spc_request("1234")
+        })
+        .await;
+    assert!(ok.is_ok(), "{ok:?}");
+}
+
+/// Without `cert_lifetime_secs` the broker cannot know the CA issues 24 h certificates
+/// until it has one: the first 48 h request orders once; the repeats, and other requests
+/// to that pool, are refused FAILED_PRECONDITION without another order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_validity_the_pool_cannot_issue_is_learned_once() {
+    let env = DevEnv::start().await;
+    let broker = TestBroker::start(vec![env.ca_settings("devca")]).await;
+    let mut client = broker.client().await;
+    let two_days = |s: &str| GetCertificateRequest {
+        min_remaining_validity: Some(prost_types::Duration {
+            seconds: 48 * 3600,
+            nanos: 0,
+        }),
+        ..spc_request(s)
+    };
+    let first = client.get_certificate(two_days("6060")).await.unwrap_err();
+    assert_eq!(first.code(), Code::FailedPrecondition, "{first:?}");
+    assert_eq!(env.ca.stats().new_orders, 1);
+    for spc in ["6060", "6060", "6060", "6060", "6061"] {
+        let status = client.get_certificate(two_days(spc)).await.unwrap_err();
+        assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+        let details = status.get_error_details();
+        assert_eq!(
+            details.bad_request().expect("BadRequest").field_violations[0].field,
+            "min_remaining_validity"
+        );
+    }
+    assert_eq!(env.ca.stats().new_orders, 1, "no further order");
+}

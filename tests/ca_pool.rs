@@ -374,3 +374,150 @@ async fn refusal_does_not_fail_over_and_names_the_problem_type() {
         Some(&1)
     );
 }
+
+/// A CA that fails with 503 and `Retry-After` is backing off after an outage, not rate
+/// limiting: a call inside its `Retry-After` is UNAVAILABLE (with RetryInfo), never
+/// RESOURCE_EXHAUSTED, and does not reach the CA.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unavailable_with_retry_after_stays_unavailable_inside_the_window() {
+    let one = DevEnv::start().await;
+    let b = broker(vec![ca(&one, "only", 0, |_| {})], vec![]).await;
+    one.ca.behaviour().set_unavailable(true);
+    one.ca
+        .behaviour()
+        .set_unavailable_retry_after(Some(Duration::from_secs(30)));
+    let reason = |s: &tonic::Status| {
+        s.get_error_details()
+            .error_info()
+            .map(|i| i.reason.clone())
+            .unwrap_or_default()
+    };
+
+    let first = issue(&b, "8101", "").await.unwrap_err();
+    assert_eq!(first.code(), Code::Unavailable, "{first:?}");
+    assert_eq!(reason(&first), "UPSTREAM_UNAVAILABLE");
+    let seen = one.ca.stats().acme_requests;
+
+    let second = issue(&b, "8102", "").await.unwrap_err();
+    assert_eq!(second.code(), Code::Unavailable, "{second:?}");
+    assert_eq!(reason(&second), "UPSTREAM_UNAVAILABLE");
+    let delay = second
+        .get_error_details()
+        .retry_info()
+        .and_then(|r| r.retry_delay)
+        .expect("RetryInfo");
+    assert!(
+        delay > Duration::ZERO && delay <= Duration::from_secs(30),
+        "{delay:?}"
+    );
+    assert_eq!(
+        one.ca.stats().acme_requests,
+        seen,
+        "skipped inside Retry-After"
+    );
+    assert_eq!(stats_of(&b, "only").skipped, 1);
+}
+
+/// Start-up does not wait for the CAs: with one CA that accepts TCP and never answers, the
+/// broker listens at once, serves from the healthy CA within the hung one's attempt
+/// timeout, and readiness says what is known of each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hung_ca_delays_neither_start_up_nor_requests_beyond_its_attempt_timeout() {
+    let healthy = DevEnv::start().await;
+    // A "CA" that accepts connections and never says a word.
+    let hung = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hung_addr = hung.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = vec![];
+        while let Ok((socket, _)) = hung.accept().await {
+            held.push(socket);
+        }
+    });
+    let mut settings = Settings::from_toml("").expect("defaults");
+    settings.ca = vec![
+        ca(&healthy, "hung", 0, |s| {
+            s.directory = format!("https://{hung_addr}/acme/directory")
+                .parse()
+                .unwrap();
+            s.attempt_timeout_secs = 2;
+        }),
+        ca(&healthy, "healthy", 10, |_| {}),
+    ];
+    let t0 = Instant::now();
+    let b = TestBroker::start_unwarmed(settings).await;
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", b.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let serving = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("health answers")
+        .into_inner();
+    assert_eq!(
+        serving.status(),
+        tonic_health::pb::health_check_response::ServingStatus::Serving
+    );
+    let listening = t0.elapsed();
+    assert!(
+        listening < Duration::from_secs(1),
+        "listening after {listening:?}"
+    );
+
+    let t1 = Instant::now();
+    let resp = issue(&b, "8201", "").await.expect("the healthy CA issues");
+    assert_eq!(resp.issuer_ca, "healthy");
+    let took = t1.elapsed();
+    assert!(
+        took < Duration::from_secs(2) + Duration::from_secs(3),
+        "a hung CA cost more than its attempt timeout: {took:?}"
+    );
+
+    // Readiness: the healthy CA is ready, the hung one failed its warm-up (bounded by its
+    // attempt timeout), in gRPC health and in /readyz.
+    use certbroker::broker::ReadyState;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let states = b.app.broker().ca_readiness();
+        let of = |n: &str| states.iter().find(|c| c.name == n).unwrap().state.clone();
+        if of("healthy") == ReadyState::Ready && matches!(of("hung"), ReadyState::Failed(_)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "readiness: {states:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let status = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: certbroker::api::CA_HEALTH_SERVICE.into(),
+            })
+            .await
+            .ok()
+            .map(|r| r.into_inner().status());
+        if status == Some(tonic_health::pb::health_check_response::ServingStatus::Serving) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "certbroker.ca health: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin_addr = admin.local_addr().unwrap();
+    tokio::spawn(b.app.clone().serve_admin(admin, std::future::pending()));
+    let ready = reqwest::Client::new()
+        .get(format!("http://{admin_addr}/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert!(ready.status().is_success());
+    let body = ready.text().await.unwrap();
+    assert!(body.contains("ca healthy: ready"), "{body}");
+    assert!(body.contains("ca hung: not ready"), "{body}");
+}

@@ -29,10 +29,15 @@ impl Drop for Devca {
 }
 
 fn start_devca() -> Devca {
+    start_devca_with(&[])
+}
+
+fn start_devca_with(extra: &[&str]) -> Devca {
     let state_dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(common::bin())
         .args(["devca", "--listen", "127.0.0.1:0", "--state-dir"])
         .arg(state_dir.path())
+        .args(extra)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .spawn()
@@ -72,14 +77,16 @@ fn start_devca() -> Devca {
 }
 
 fn run(cmd: &mut Command) -> String {
+    run_both(cmd).0
+}
+
+/// Runs to success; (stdout, stderr).
+fn run_both(cmd: &mut Command) -> (String, String) {
     let out = cmd.output().expect("command runs");
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "{cmd:?}\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{cmd:?}\n{stdout}\n{stderr}");
+    (stdout, stderr)
 }
 
 #[test]
@@ -87,35 +94,78 @@ fn devca_then_issue_spc_1234() {
     let ca = start_devca();
     let out = tempfile::tempdir().unwrap();
     let password = std::fs::read_to_string(&ca.password_file).expect("password file");
-    let stdout = run(Command::new(common::bin())
-        .args([
-            "issue",
-            "--directory",
-            &ca.directory,
-            "--trust-root",
-            &ca.trust_root,
-            "--spc",
-            "1234",
-        ])
-        .args([
-            "--sti-pa",
-            &ca.sti_pa,
-            "--sti-pa-user",
-            "dev",
-            "--sti-pa-password-env",
-            "STI_PA_PASSWORD",
-        ])
-        .arg("--out")
-        .arg(out.path())
-        .env("STI_PA_PASSWORD", password.trim()));
+    let (stdout, stderr) = run_both(
+        Command::new(common::bin())
+            .env_remove("RUST_LOG")
+            .args([
+                "issue",
+                "--directory",
+                &ca.directory,
+                "--trust-root",
+                &ca.trust_root,
+                "--spc",
+                "1234",
+            ])
+            .args([
+                "--sti-pa",
+                &ca.sti_pa,
+                "--sti-pa-user",
+                "dev",
+                "--sti-pa-password-env",
+                "STI_PA_PASSWORD",
+            ])
+            .arg("--out")
+            .arg(out.path())
+            .env("STI_PA_PASSWORD", password.trim()),
+    );
     assert!(
         stdout.contains("serial:") && stdout.contains("notAfter:") && stdout.contains("issuer:"),
         "{stdout}"
     );
+    let not_after = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("notAfter:"))
+        .unwrap()
+        .trim();
+    time::OffsetDateTime::parse(not_after, &time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|e| panic!("notAfter {not_after:?} is not RFC 3339: {e}"));
+    // Each ACME step on stderr, in order, as lego logs them.
+    let mut rest = stderr.as_str();
+    for step in [
+        "acme: account ready",
+        "acme: order placed",
+        "acme: authorization",
+        "acme: answering tkauth-01 challenge",
+        "acme: authorization valid",
+        "acme: finalizing order",
+        "acme: certificate downloaded",
+    ] {
+        let at = rest
+            .find(step)
+            .unwrap_or_else(|| panic!("{step:?} missing or out of order in\n{stderr}"));
+        rest = &rest[at + step.len()..];
+    }
 
-    let chain = std::fs::read_to_string(out.path().join("cert.pem")).unwrap();
+    // cert.pem is the leaf alone (certbot's layout); fullchain.pem adds the intermediate.
+    let cert_pem = std::fs::read_to_string(out.path().join("cert.pem")).unwrap();
+    assert_eq!(cert_pem.matches("BEGIN CERTIFICATE").count(), 1);
+    let chain = std::fs::read_to_string(out.path().join("fullchain.pem")).unwrap();
+    assert_eq!(
+        chain,
+        cert_pem + &std::fs::read_to_string(out.path().join("chain.pem")).unwrap()
+    );
     let root = std::fs::read_to_string(ca.state_dir.path().join("shaken-root.pem")).unwrap();
     common::openssl_verify(&chain, &root).expect("chain verifies up to the devca root");
+    // The README's check, as written there.
+    let root_file = ca.state_dir.path().join("shaken-root.pem");
+    let verified = run(Command::new("openssl")
+        .arg("verify")
+        .arg("-CAfile")
+        .arg(&root_file)
+        .arg("-untrusted")
+        .arg(out.path().join("chain.pem"))
+        .arg(out.path().join("cert.pem")));
+    assert!(verified.trim_end().ends_with(": OK"), "{verified}");
 
     // The leaf's TNAuthList extension is DER 3008a006160431323334 (MAigBhYEMTIzNA==).
     let der = certbroker::shaken::parse_pem_chain(&chain).unwrap();
@@ -135,6 +185,60 @@ fn devca_then_issue_spc_1234() {
     );
 }
 
+/// A port that was free a moment ago: the devca must know where `certbroker issue` will
+/// serve http-01 before that process binds it.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `dns` over real http-01: the devca fetches the key authorization from the broker's own
+/// responder (`--http01-listen`), on the port the devca was told (`--http01-port`).
+#[test]
+fn devca_then_issue_dns_over_http01() {
+    let port = free_port().to_string();
+    let ca = start_devca_with(&["--http01-port", &port]);
+    let issue = |listen: &str, out: &std::path::Path| {
+        Command::new(common::bin())
+            .args(["issue", "--directory", &ca.directory, "--trust-root"])
+            .arg(&ca.trust_root)
+            .args(["--dns", "sip.example.test", "--http01-listen", listen])
+            .args(["--timeout", "30", "--out"])
+            .arg(out)
+            .output()
+            .expect("certbroker issue runs")
+    };
+    let out = tempfile::tempdir().unwrap();
+    let ok = issue(&format!("127.0.0.1:{port}"), out.path());
+    assert!(
+        ok.status.success(),
+        "{}
+{}",
+        String::from_utf8_lossy(&ok.stdout),
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let chain = std::fs::read_to_string(out.path().join("cert.pem")).unwrap();
+    let der = certbroker::shaken::parse_pem_chain(&chain).unwrap();
+    let leaf = certbroker::shaken::CertInfo::parse(&der[0]).unwrap();
+    assert_eq!(leaf.dns_names, vec!["sip.example.test".to_owned()]);
+
+    // The responder on another port than the devca fetches from: the authorization fails.
+    let out = tempfile::tempdir().unwrap();
+    let bad = issue(&format!("127.0.0.1:{}", free_port()), out.path());
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        !bad.status.success(),
+        "issued without a reachable http-01 answer"
+    );
+    assert!(
+        stderr.contains("connection") || stderr.contains("unauthorized"),
+        "{stderr}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issue_and_revoke_against_pebble() {
     let pebble = Pebble::start(PebbleOptions {
@@ -148,9 +252,33 @@ async fn issue_and_revoke_against_pebble() {
     let directory = pebble.directory_url.to_string();
     let out = dir.path().join("out");
 
+    // Pebble has terms of service: issue asks for agreement first, as lego and certbot do.
+    let refused = tokio::task::block_in_place(|| {
+        Command::new(common::bin())
+            .args(["issue", "--directory", &directory, "--trust-root"])
+            .arg(&root)
+            .args(["--dns", "example.test", "--out"])
+            .arg(&out)
+            .output()
+            .unwrap()
+    });
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("terms of service") && stderr.contains("--accept-tos"),
+        "{stderr}"
+    );
+    assert!(!out.join("cert.pem").exists());
+
     let stdout = tokio::task::block_in_place(|| {
         run(Command::new(common::bin())
-            .args(["issue", "--directory", &directory, "--trust-root"])
+            .args([
+                "issue",
+                "--agree-tos",
+                "--directory",
+                &directory,
+                "--trust-root",
+            ])
             .arg(&root)
             .args(["--dns", "example.test", "--out"])
             .arg(&out))
@@ -190,4 +318,74 @@ fn certbroker_pem(der: &[u8]) -> String {
         "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
         body.join("\n")
     )
+}
+
+/// The broker agrees to a CA's terms of service only when its `[[ca]]` says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_agrees_to_terms_of_service_only_when_configured() {
+    let pebble = Pebble::start(PebbleOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("pebble-tls-root.pem");
+    std::fs::write(&root, certbroker_pem(&pebble.tls_root)).unwrap();
+    let get = |accept: bool| {
+        let config = dir.path().join(format!("broker-{accept}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "[store]\nbackend = \"memory\"\n[[ca]]\nname = \"pebble\"\n\
+                 directory = \"{dir}\"\ntrust_roots = \"{root}\"\n\
+                 account_key = \"account-{accept}.pem\"\n{tos}",
+                dir = pebble.directory_url,
+                root = root.display(),
+                tos = if accept {
+                    "accept_terms_of_service = true\n"
+                } else {
+                    ""
+                },
+            ),
+        )
+        .unwrap();
+        let mut server = Command::new(common::bin())
+            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
+        let addr = lines
+            .by_ref()
+            .map_while(Result::ok)
+            .find_map(|l| {
+                l.strip_prefix("certbroker listening on ")
+                    .map(str::to_owned)
+            })
+            .expect("serve prints its address");
+        let out = Command::new(common::bin())
+            .args(["get", "--addr", &addr, "--dns", "tos.example.test"])
+            .output()
+            .unwrap();
+        let _ = server.kill();
+        let _ = server.wait();
+        out
+    };
+
+    let refused = tokio::task::block_in_place(|| get(false));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("terms of service") && stderr.contains("accept_terms_of_service = true"),
+        "{stderr}"
+    );
+    let agreed = tokio::task::block_in_place(|| get(true));
+    let stdout = String::from_utf8_lossy(&agreed.stdout);
+    assert!(
+        agreed.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&agreed.stderr)
+    );
+    assert!(
+        stdout.contains("cache_status: CACHE_STATUS_ISSUED"),
+        "{stdout}"
+    );
 }

@@ -374,7 +374,7 @@ async fn counters_and_log_follow_an_issuance_and_the_crl_carries_reasons() {
     for event in [
         "order created",
         "authorization created",
-        "tkauth-01 challenge valid",
+        "challenge valid",
         "certificate issued",
     ] {
         ca.wait_for_log(&[" INFO devca: ", event, "spc:1234"]).await;

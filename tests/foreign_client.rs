@@ -152,7 +152,7 @@ fn cli_get_writes_chain_and_matching_key_then_sigterm_stops_the_server() {
     assert!(!bad.status.success());
     let stderr = String::from_utf8_lossy(&bad.stderr);
     assert!(
-        stderr.contains("InvalidArgument") && stderr.contains("dns_names[0]"),
+        stderr.contains("(INVALID_ARGUMENT)") && stderr.contains("dns_names[0]"),
         "{stderr}"
     );
 
@@ -176,5 +176,42 @@ fn cli_get_writes_chain_and_matching_key_then_sigterm_stops_the_server() {
             "server did not stop on SIGTERM"
         );
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// grpcio (grpc-core's HTTP/2 and its default 16 KiB metadata limit) sends bytes that are not
+/// protobuf on every method and values beyond every bound: each is INVALID_ARGUMENT with a
+/// short message, never INTERNAL and never a metadata-size failure.
+#[test]
+fn python_grpcio_hostile_input_is_invalid_argument() {
+    let server = serve_dev();
+    let out = Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/python/hostile_client.py"
+        ))
+        .arg(&server.addr)
+        .output()
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "python client failed (scripts/test installs grpcio):\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let calls: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    assert_eq!(calls.len(), 9, "{stdout}");
+    for call in &calls {
+        assert_eq!(call["code"], "INVALID_ARGUMENT", "{call}");
+        assert!(call["details_len"].as_u64().unwrap() < 300, "{call}");
+    }
+    for call in &calls[..7] {
+        assert_eq!(
+            call["details"], "the request message could not be decoded as protobuf",
+            "{call}"
+        );
     }
 }

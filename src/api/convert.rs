@@ -15,6 +15,34 @@ use crate::{
 /// Pool used when a request names none.
 pub(crate) const DEFAULT_POOL: &str = "default";
 
+/// Bounds checked before any CA or STI-PA work (README, "Errors").
+/// SPC length: ATIS-1000080 v005 asks for digits and uppercase letters; OCNs and SPIDs are
+/// four characters; longer codes are allowed up to this many.
+pub(crate) const SPC_LEN: std::ops::RangeInclusive<usize> = 4..=16;
+/// Most entries in one TNAuthList.
+pub(crate) const MAX_TN_ENTRIES: usize = 100;
+/// Most numbers in one TNAuthList range.
+pub(crate) const MAX_RANGE_COUNT: u32 = 1_000_000;
+/// Most DNS names in one request.
+pub(crate) const MAX_DNS_NAMES: usize = 100;
+/// Longest pool name.
+pub(crate) const MAX_POOL_LEN: usize = 64;
+/// Longest `min_remaining_validity` (ten years).
+pub(crate) const MAX_MIN_REMAINING: Duration = Duration::from_secs(3650 * 86_400);
+/// Longest serial: RFC 5280 §4.1.2.2 allows 20 octets, 40 hex digits (colons and leading
+/// zeros aside; the raw text may be up to [`MAX_SERIAL_TEXT`] characters).
+pub(crate) const MAX_SERIAL_DIGITS: usize = 40;
+const MAX_SERIAL_TEXT: usize = 64;
+/// Longest fingerprint text: 64 hex digits with a colon between each pair.
+const MAX_FINGERPRINT_TEXT: usize = 95;
+/// Longest echo of a caller's value inside an error message.
+const ECHO: usize = 64;
+
+/// A caller's value, bounded for an error message.
+fn echo(s: &str) -> String {
+    super::status::bounded(s, ECHO)
+}
+
 /// Validates a GetCertificate request.
 pub(crate) fn cert_request(req: pb::GetCertificateRequest) -> Result<CertRequest, BrokerError> {
     let identifiers = match (req.tn_auth_list.is_empty(), req.dns_names.is_empty()) {
@@ -31,7 +59,15 @@ pub(crate) fn cert_request(req: pb::GetCertificateRequest) -> Result<CertRequest
             ));
         }
         (false, true) => Identifiers::TnAuthList(tn_auth_list(&req.tn_auth_list)?),
-        (true, false) => Identifiers::dns(&req.dns_names)?,
+        (true, false) => {
+            if req.dns_names.len() > MAX_DNS_NAMES {
+                return Err(BrokerError::invalid(
+                    "dns_names",
+                    format!("at most {MAX_DNS_NAMES} names, got {}", req.dns_names.len()),
+                ));
+            }
+            Identifiers::dns(&req.dns_names)?
+        }
     };
 
     if req.ca_certificate && !matches!(identifiers, Identifiers::TnAuthList(_)) {
@@ -50,13 +86,32 @@ pub(crate) fn cert_request(req: pb::GetCertificateRequest) -> Result<CertRequest
     let min_remaining = req
         .min_remaining_validity
         .map(|d| {
-            Duration::try_from(d)
-                .map_err(|_| BrokerError::invalid("min_remaining_validity", "must not be negative"))
+            let d = Duration::try_from(d).map_err(|_| {
+                BrokerError::invalid(
+                    "min_remaining_validity",
+                    "must be a valid, non-negative duration",
+                )
+            })?;
+            if d > MAX_MIN_REMAINING {
+                return Err(BrokerError::invalid(
+                    "min_remaining_validity",
+                    format!(
+                        "must be at most {} days",
+                        MAX_MIN_REMAINING.as_secs() / 86_400
+                    ),
+                ));
+            }
+            Ok(d)
         })
         .transpose()?;
 
     let pool = if req.ca_pool.is_empty() {
         DEFAULT_POOL.to_owned()
+    } else if req.ca_pool.chars().count() > MAX_POOL_LEN {
+        return Err(BrokerError::invalid(
+            "ca_pool",
+            format!("must be at most {MAX_POOL_LEN} characters"),
+        ));
     } else {
         req.ca_pool
     };
@@ -72,6 +127,12 @@ pub(crate) fn cert_request(req: pb::GetCertificateRequest) -> Result<CertRequest
 }
 
 fn tn_auth_list(entries: &[pb::TnAuthEntry]) -> Result<TnAuthList, BrokerError> {
+    if entries.len() > MAX_TN_ENTRIES {
+        return Err(BrokerError::invalid(
+            "tn_auth_list",
+            format!("at most {MAX_TN_ENTRIES} entries, got {}", entries.len()),
+        ));
+    }
     let mut out = Vec::with_capacity(entries.len());
     for (i, e) in entries.iter().enumerate() {
         let at = |err: ShakenError| match err {
@@ -87,13 +148,78 @@ fn tn_auth_list(entries: &[pb::TnAuthEntry]) -> Result<TnAuthList, BrokerError> 
                     "entry is not set",
                 ));
             }
-            Some(Entry::Spc(spc)) => TnEntry::spc(spc),
+            Some(Entry::Spc(spc)) => {
+                check_spc(spc)
+                    .map_err(|r| BrokerError::invalid(format!("tn_auth_list[{i}].spc"), r))?;
+                TnEntry::spc(spc)
+            }
             Some(Entry::Tn(tn)) => TnEntry::one(tn),
-            Some(Entry::Range(r)) => TnEntry::range(&r.start, r.count),
+            Some(Entry::Range(r)) => TnEntry::range(&r.start, r.count).and_then(|e| {
+                check_range(&r.start, r.count)
+                    .map_err(|(field, reason)| ShakenError::InvalidEntry { field, reason })?;
+                Ok(e)
+            }),
         };
         out.push(entry.map_err(at)?);
     }
-    TnAuthList::new(out).map_err(|e| BrokerError::invalid("tn_auth_list", e))
+    let list = TnAuthList::new(out).map_err(|e| BrokerError::invalid("tn_auth_list", e))?;
+    if list.spcs().next().is_none() {
+        return Err(BrokerError::invalid(
+            "tn_auth_list",
+            "needs an spc entry: the STI-PA issues tokens per SPC, and a SHAKEN certificate \
+             names its SPC",
+        ));
+    }
+    Ok(list)
+}
+
+/// ATIS-1000080 v005: an SPC is digits and uppercase letters; [`SPC_LEN`] bounds its length.
+fn check_spc(spc: &str) -> Result<(), String> {
+    let len = spc.chars().count();
+    if !SPC_LEN.contains(&len) {
+        return Err(format!(
+            "must be {} to {} digits or uppercase letters, got {len} characters",
+            SPC_LEN.start(),
+            SPC_LEN.end()
+        ));
+    }
+    if let Some(c) = spc
+        .chars()
+        .find(|c| !(c.is_ascii_digit() || c.is_ascii_uppercase()))
+    {
+        return Err(format!(
+            "character {c:?} is not a digit or an uppercase letter (ATIS-1000080 v005)"
+        ));
+    }
+    Ok(())
+}
+
+/// A range counts up from a number of digits and stays within that many digits, and holds
+/// at most [`MAX_RANGE_COUNT`] numbers.
+fn check_range(start: &str, count: u32) -> Result<(), (&'static str, String)> {
+    if !start.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(("range.start", "a range starts at digits only".into()));
+    }
+    if count > MAX_RANGE_COUNT {
+        return Err((
+            "range.count",
+            format!("must be at most {MAX_RANGE_COUNT}, got {count}"),
+        ));
+    }
+    // At most 15 digits (checked before): fits u64, as does 10^15.
+    let first: u64 = start.parse().unwrap_or(u64::MAX);
+    let end = 10u64.saturating_pow(u32::try_from(start.len()).unwrap_or(u32::MAX));
+    if first.saturating_add(u64::from(count)) > end {
+        return Err((
+            "range.count",
+            format!(
+                "the range runs past {} digits (last number would be {})",
+                start.len(),
+                first.saturating_add(u64::from(count) - 1)
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Parses and verifies the caller's CSR and checks that it asks for exactly the request's
@@ -113,7 +239,11 @@ fn check_csr(der: &[u8], identifiers: &Identifiers, ca: bool) -> Result<Vec<u8>,
             Some(got) => {
                 return Err(BrokerError::invalid(
                     "csr_der",
-                    format!("CSR TNAuthList [{got}] differs from tn_auth_list [{want}]"),
+                    format!(
+                        "CSR TNAuthList [{}] differs from tn_auth_list [{}]",
+                        echo(&got.to_string()),
+                        echo(&want.to_string())
+                    ),
                 ));
             }
             None => {
@@ -134,7 +264,11 @@ fn check_csr(der: &[u8], identifiers: &Identifiers, ca: bool) -> Result<Vec<u8>,
             if &got != want {
                 return Err(BrokerError::invalid(
                     "csr_der",
-                    format!("CSR names {got:?} differ from dns_names {want:?}"),
+                    format!(
+                        "CSR names {} differ from dns_names {}",
+                        echo(&format!("{got:?}")),
+                        echo(&format!("{want:?}"))
+                    ),
                 ));
             }
         }
@@ -154,7 +288,11 @@ pub(crate) fn revoke_request(req: pb::RevokeRequest) -> Result<RevokeRequest, Br
         }
         Some(Target::SerialHex(s)) => CertSelector::Serial(normalize_serial(&s)?),
         Some(Target::Sha256FingerprintHex(f)) => {
-            let f = f.replace(':', "").to_ascii_lowercase();
+            let f = if f.len() > MAX_FINGERPRINT_TEXT {
+                String::new()
+            } else {
+                f.replace(':', "").to_ascii_lowercase()
+            };
             if f.len() != 64 || !f.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(BrokerError::invalid(
                     "sha256_fingerprint_hex",
@@ -178,11 +316,23 @@ pub(crate) fn revoke_request(req: pb::RevokeRequest) -> Result<RevokeRequest, Br
 }
 
 fn normalize_serial(s: &str) -> Result<String, BrokerError> {
+    let too_long = || {
+        BrokerError::invalid(
+            "serial_hex",
+            format!("must be at most {MAX_SERIAL_DIGITS} hex digits (20 octets, RFC 5280)"),
+        )
+    };
+    if s.len() > MAX_SERIAL_TEXT {
+        return Err(too_long());
+    }
     let s = s.replace(':', "").to_ascii_lowercase();
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(BrokerError::invalid("serial_hex", "must be hex digits"));
     }
     let trimmed = s.trim_start_matches('0');
+    if trimmed.len() > MAX_SERIAL_DIGITS {
+        return Err(too_long());
+    }
     Ok(if trimmed.is_empty() {
         "0".into()
     } else {
@@ -340,6 +490,29 @@ mod tests {
         for (req, field) in cases {
             assert_eq!(field_of(cert_request(req).unwrap_err()), field);
         }
+    }
+
+    #[test]
+    fn spc_and_range_bounds() {
+        assert!(check_spc("1234").is_ok() && check_spc("123H").is_ok());
+        assert!(check_spc(&"9".repeat(16)).is_ok());
+        for bad in ["", "123", "123h", "12-4", "12 4", "１２３４"] {
+            assert!(check_spc(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_spc(&"9".repeat(17)).is_err());
+        assert!(check_range("12155550000", 10_000).is_ok());
+        assert!(check_range("99999999990", 10).is_ok());
+        assert_eq!(check_range("99999999990", 11).unwrap_err().0, "range.count");
+        assert_eq!(check_range("1", u32::MAX).unwrap_err().0, "range.count");
+        assert_eq!(
+            check_range("100000000000000", 1_000_001).unwrap_err().0,
+            "range.count"
+        );
+        assert_eq!(check_range("1215*", 2).unwrap_err().0, "range.start");
+        assert_eq!(normalize_serial(&"0".repeat(20)).unwrap(), "0");
+        assert!(normalize_serial(&"f".repeat(40)).is_ok());
+        assert!(normalize_serial(&"f".repeat(41)).is_err());
+        assert!(normalize_serial(&"f".repeat(50_000)).is_err());
     }
 
     #[test]

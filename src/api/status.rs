@@ -3,6 +3,8 @@
 //! | error | code | details |
 //! |---|---|---|
 //! | invalid request field | `INVALID_ARGUMENT` | `google.rpc.BadRequest` naming the field, `ErrorInfo` `INVALID_FIELD` |
+//! | request message not decodable (not protobuf) | `INVALID_ARGUMENT` | `ErrorInfo` `UNDECODABLE`; fixed message |
+//! | the pool cannot satisfy a field (validity longer than its CAs issue) | `FAILED_PRECONDITION` | `BadRequest` naming the field |
 //! | unknown certificate | `NOT_FOUND` | |
 //! | CA or STI-PA refused | `FAILED_PRECONDITION` | `ErrorInfo` with CA, problem type, detail |
 //! | CA rate limited | `RESOURCE_EXHAUSTED` | `ErrorInfo`, `RetryInfo` |
@@ -14,6 +16,10 @@
 //! | server at `max_concurrent_requests` (load shed) | `UNAVAILABLE` | `ErrorInfo` `OVERLOADED` |
 //! | `server.request_timeout_secs` passed | `DEADLINE_EXCEEDED` | |
 //! | request larger than `max_request_bytes` | `OUT_OF_RANGE` | (tonic's decoder) |
+//!
+//! Every message and detail string is bounded ([`MAX_TEXT`] characters, cut with an
+//! ellipsis), whatever the input or the CA sent: a status must fit the caller's metadata
+//! limits (grpc-core's default hard limit is 16 KiB for all headers).
 
 use std::{collections::HashMap, time::Duration};
 
@@ -23,26 +29,45 @@ use tonic_types::{ErrorDetails, StatusExt};
 use super::policy::Denied;
 use crate::broker::{BrokerError, FailureKind, IssueError};
 
+/// Longest message or detail string a status carries, in characters.
+pub(crate) const MAX_TEXT: usize = 512;
+
+/// `s` cut to at most `max` characters, the last of them an ellipsis when it was cut.
+pub(crate) fn bounded(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max.saturating_sub(1)) {
+        Some((end, _)) if s[end..].chars().nth(1).is_some() => format!("{}…", &s[..end]),
+        _ => s.to_owned(),
+    }
+}
+
+fn text(s: &str) -> String {
+    bounded(s, MAX_TEXT)
+}
+
 /// Maps a broker error to the status the caller sees.
 pub fn to_status(err: &BrokerError) -> Status {
     match err {
         BrokerError::InvalidArgument { field, reason } => {
             // BadRequest names the field; ErrorInfo gives the machine-readable reason every
             // error carries (AIP-193).
-            let mut details =
-                ErrorDetails::with_bad_request_violation(field.clone(), reason.clone());
+            let mut details = ErrorDetails::with_bad_request_violation(text(field), text(reason));
             details.set_error_info(
                 "INVALID_FIELD",
                 "certbroker",
-                HashMap::from([("field".to_owned(), field.clone())]),
+                HashMap::from([("field".to_owned(), text(field))]),
             );
             Status::with_error_details(
                 Code::InvalidArgument,
-                format!("invalid {field}: {reason}"),
+                text(&format!("invalid {field}: {reason}")),
                 details,
             )
         }
-        BrokerError::NotFound(what) => Status::not_found(what.clone()),
+        BrokerError::FailedPrecondition { field, reason } => Status::with_error_details(
+            Code::FailedPrecondition,
+            text(&format!("{field}: {reason}")),
+            ErrorDetails::with_bad_request_violation(text(field), text(reason)),
+        ),
+        BrokerError::NotFound(what) => Status::not_found(text(what)),
         BrokerError::Upstream(e) => upstream(e),
         BrokerError::DeadlineExceeded(_) => Status::deadline_exceeded(err.to_string()),
         BrokerError::Internal(cause) => {
@@ -52,12 +77,23 @@ pub fn to_status(err: &BrokerError) -> Status {
     }
 }
 
+/// The request message is not valid protobuf for its type: the caller's fault. The
+/// message is fixed (the decoder's text is logged, not sent).
+pub(crate) fn undecodable(message_type: &str) -> Status {
+    let metadata = HashMap::from([("message".to_owned(), text(message_type))]);
+    Status::with_error_details(
+        Code::InvalidArgument,
+        "the request message could not be decoded as protobuf",
+        ErrorDetails::with_error_info("UNDECODABLE", "certbroker", metadata),
+    )
+}
+
 /// The caller's policy refused the request (nothing was done for it).
 pub(crate) fn denied(d: &Denied) -> Status {
-    let metadata = HashMap::from([("caller".to_owned(), d.caller.clone())]);
+    let metadata = HashMap::from([("caller".to_owned(), text(&d.caller))]);
     Status::with_error_details(
         Code::PermissionDenied,
-        d.to_string(),
+        text(&d.to_string()),
         ErrorDetails::with_error_info("POLICY_DENIED", "certbroker", metadata),
     )
 }
@@ -97,12 +133,12 @@ fn upstream(e: &IssueError) -> Status {
     };
     let mut metadata = HashMap::new();
     if let Some(ca) = &e.ca {
-        metadata.insert("ca".to_owned(), ca.clone());
+        metadata.insert("ca".to_owned(), text(ca));
     }
     if let Some(t) = &e.problem_type {
-        metadata.insert("problem_type".to_owned(), t.clone());
+        metadata.insert("problem_type".to_owned(), text(t));
     }
-    metadata.insert("detail".to_owned(), e.detail.clone());
+    metadata.insert("detail".to_owned(), text(&e.detail));
     let reason = match e.kind {
         FailureKind::Refused => "UPSTREAM_REFUSED",
         FailureKind::RateLimited => "UPSTREAM_RATE_LIMITED",
@@ -115,9 +151,9 @@ fn upstream(e: &IssueError) -> Status {
         details.set_retry_info(Some(after));
     }
     if e.kind == FailureKind::NoSuchPool {
-        details.add_bad_request_violation("ca_pool", e.detail.clone());
+        details.add_bad_request_violation("ca_pool", text(&e.detail));
     }
-    Status::with_error_details(code, e.to_string(), details)
+    Status::with_error_details(code, text(&e.to_string()), details)
 }
 
 #[cfg(test)]
@@ -240,6 +276,31 @@ mod tests {
             request_timed_out(Duration::from_secs(1)).code(),
             Code::DeadlineExceeded
         );
+    }
+
+    #[test]
+    fn echoed_text_is_bounded() {
+        assert_eq!(bounded("abc", 3), "abc");
+        assert_eq!(bounded("abcd", 3), "ab…");
+        assert_eq!(bounded("ééééé", 4), "ééé…");
+        assert_eq!(bounded("", 3), "");
+        let long = "x".repeat(50_000);
+        let statuses = [
+            to_status(&BrokerError::invalid(long.clone(), long.clone())),
+            to_status(&BrokerError::NotFound(long.clone())),
+            to_status(&BrokerError::Upstream(IssueError {
+                ca: Some(long.clone()),
+                kind: FailureKind::Refused,
+                problem_type: Some(long.clone()),
+                detail: long.clone(),
+                retry_after: None,
+            })),
+        ];
+        for status in statuses {
+            assert!(status.message().chars().count() <= MAX_TEXT, "message");
+            assert!(status.details().len() < 8 * MAX_TEXT, "details");
+        }
+        assert_eq!(undecodable("X").code(), Code::InvalidArgument);
     }
 
     #[test]

@@ -14,6 +14,15 @@ pub enum BrokerError {
         /// Why it is invalid.
         reason: String,
     },
+    /// The request is well-formed but the pool cannot satisfy it (a validity longer than its
+    /// CAs issue); `field` names the request field at fault.
+    #[error("{field}: {reason}")]
+    FailedPrecondition {
+        /// Request field path.
+        field: String,
+        /// Why the pool cannot satisfy it.
+        reason: String,
+    },
     /// No certificate matches the selector.
     #[error("{0}")]
     NotFound(String),

@@ -4,8 +4,28 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use super::BrokerError;
+use super::{Broker, BrokerError};
 use crate::{shaken::TnAuthList, store::CertSelector};
+
+/// What is known of one CA at this moment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadyState {
+    /// Its account is being created or found (start-up warm-up still running).
+    WarmingUp,
+    /// Its account works (warm-up or an issuance succeeded).
+    Ready,
+    /// The warm-up failed; requests still try it (it may come back).
+    Failed(String),
+}
+
+/// One CA's readiness, as [`Broker::ca_readiness`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaReadiness {
+    /// Configured name.
+    pub name: String,
+    /// What is known.
+    pub state: ReadyState,
+}
 
 /// What a certificate is for: exactly one kind of identifier.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,6 +106,63 @@ fn validate_dns_name(name: &str) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+// === impl Broker: checks before any CA work, readiness ===
+
+impl Broker {
+    /// Refuses, before any cache lookup or CA work, a request the pool cannot satisfy: a
+    /// `min_remaining_validity` (or the broker's default) at least as long as every CA of
+    /// the pool issues (configured `cert_lifetime_secs`, or learned from its last
+    /// certificate), or at least as long as the lifetime of the certificate this very
+    /// request obtained within the last `negative_ttl` (a refusal learned after an order
+    /// is not paid for again).
+    pub async fn check_satisfiable(&self, req: &CertRequest) -> Result<(), BrokerError> {
+        let inner = self.inner();
+        let min = req
+            .min_remaining
+            .unwrap_or(inner.opts.default_min_remaining);
+        let whose = if req.min_remaining.is_some() {
+            "asked for"
+        } else {
+            "the broker's default (broker.default_min_remaining_secs)"
+        };
+        if let Some(life) = inner.issuer.max_lifetime(&req.pool)
+            && min >= life
+        {
+            return Err(BrokerError::FailedPrecondition {
+                field: "min_remaining_validity".into(),
+                reason: format!(
+                    "{}s {whose}, but the CAs of pool {:?} issue certificates valid for at most {}s",
+                    min.as_secs(),
+                    req.pool,
+                    life.as_secs()
+                ),
+            });
+        }
+        if let Some(c) = inner.l1.get(&req.cache_key()).await {
+            let life = c.not_after.saturating_sub(c.not_before);
+            let age = super::service::now().saturating_sub(c.issued_at);
+            let recent = u64::try_from(age).is_ok_and(|a| a < inner.opts.negative_ttl.as_secs());
+            if recent && u64::try_from(life).is_ok_and(|l| min.as_secs() >= l) {
+                return Err(BrokerError::FailedPrecondition {
+                    field: "min_remaining_validity".into(),
+                    reason: format!(
+                        "{}s {whose}, but the certificate the pool issued for this request {age}s \
+                         ago is valid for {life}s in all (remembered for {}s)",
+                        min.as_secs(),
+                        inner.opts.negative_ttl.as_secs()
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// What is known of each upstream CA (warm-up in progress, ready, failed).
+    pub fn ca_readiness(&self) -> Vec<CaReadiness> {
+        self.inner().issuer.readiness()
+    }
 }
 
 // === impl CertRequest ===

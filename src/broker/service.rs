@@ -227,14 +227,16 @@ impl Broker {
             .await;
         let (cert, status) = result?;
         if !fresh(&cert) {
-            return Err(BrokerError::invalid(
-                "min_remaining_validity",
-                format!(
+            // The pool is the reason, not the request: repeats are refused up front
+            // (`Broker::check_satisfiable`) from this certificate and the learned lifetime.
+            return Err(BrokerError::FailedPrecondition {
+                field: "min_remaining_validity".into(),
+                reason: format!(
                     "the CA issued a certificate with only {}s of validity left, less than the {}s asked for",
                     cert.remaining_secs(now()),
                     min_remaining.as_secs()
                 ),
-            ));
+            });
         }
         let status = if joined { CacheStatus::Joined } else { status };
         Ok((cert, status))
@@ -296,7 +298,7 @@ impl Broker {
             .await
             .map_err(|e| BrokerError::Internal(e.to_string()))?
             .ok_or_else(|| {
-                BrokerError::NotFound(format!("no certificate known for {:?}", req.selector))
+                BrokerError::NotFound(format!("no certificate known for {}", req.selector))
             })?;
         inner.issuer.revoke(&record, req.reason).await?;
         inner.l1.invalidate(&record.cache_key).await;

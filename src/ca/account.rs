@@ -33,6 +33,7 @@ pub struct AccountSource {
     key_path: PathBuf,
     contact: Vec<String>,
     eab: Option<ExternalAccountKey>,
+    accept_terms_of_service: bool,
     request_timeout: Duration,
     attempt_timeout: Duration,
 }
@@ -80,6 +81,7 @@ impl AccountSource {
             key_path: s.account_key.clone(),
             contact: s.contact.clone(),
             eab,
+            accept_terms_of_service: s.accept_terms_of_service,
             request_timeout: Duration::from_secs(s.request_timeout_secs),
             attempt_timeout: Duration::from_secs(s.attempt_timeout_secs),
         })
@@ -120,9 +122,13 @@ impl AccountSource {
         match client.find_account(key.clone()).await {
             Ok(a) => Ok(a),
             Err(e) if create && is_account_does_not_exist(&e) => {
+                let terms = client.directory().meta.terms_of_service.clone();
+                if let Some(url) = terms.filter(|_| !self.accept_terms_of_service) {
+                    return Err(AttemptError::TermsNotAgreed(url));
+                }
                 let req = NewAccount {
                     contact: self.contact.clone(),
-                    terms_of_service_agreed: true,
+                    terms_of_service_agreed: self.accept_terms_of_service,
                     external_account_binding: self.eab.clone(),
                 };
                 let a = client.new_account(key, &req).await?;

@@ -30,6 +30,12 @@ pub enum AttemptError {
     /// Local set-up failed (account key file, trust roots).
     #[error("local set-up: {0}")]
     Setup(String),
+    /// The CA has terms of service (the URL) that the settings do not agree to.
+    #[error(
+        "the CA's terms of service ({0}) are not agreed to: read them and set \
+         accept_terms_of_service = true in its [[ca]]"
+    )]
+    TermsNotAgreed(String),
     /// The whole attempt exceeded the CA's `attempt_timeout_secs`.
     #[error("no certificate within {0:?}")]
     Timeout(Duration),
@@ -62,7 +68,7 @@ impl AttemptError {
                 };
                 (kind, None, self.to_string(), None)
             }
-            Self::Profile(_) | Self::Unsupported(_) | Self::Setup(_) => {
+            Self::Profile(_) | Self::Unsupported(_) | Self::Setup(_) | Self::TermsNotAgreed(_) => {
                 (FailureKind::Refused, None, self.to_string(), None)
             }
             Self::Timeout(_) => (FailureKind::Timeout, None, self.to_string(), None),

@@ -6,7 +6,8 @@
 //! another cool-down. Independently, a `Retry-After` on a rateLimited or 503 answer
 //! ([RFC 8555 §6.6](https://www.rfc-editor.org/rfc/rfc8555#section-6.6),
 //! [RFC 9110 §10.2.3](https://www.rfc-editor.org/rfc/rfc9110#section-10.2.3)) keeps every
-//! request away from the CA until the instant it named.
+//! request away from the CA until the instant it named. The gate remembers which of the two
+//! set it: a skip after `rateLimited` is rate limiting, a skip after a 5xx is an outage.
 
 use std::{
     sync::{Arc, Mutex, PoisonError},
@@ -29,7 +30,9 @@ pub enum BreakerState {
 /// Why a CA was skipped without being asked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SkipReason {
-    /// The CA's `Retry-After` has not passed.
+    /// The CA answered `rateLimited` with a `Retry-After` that has not passed.
+    RateLimited,
+    /// The CA failed (5xx, network) with a `Retry-After` that has not passed.
     RetryAfter,
     /// The breaker is open.
     Open,
@@ -59,7 +62,8 @@ pub(crate) struct Breaker {
 struct State {
     phase: Phase,
     consecutive_failures: u32,
-    not_before: Option<Instant>,
+    /// The `Retry-After` gate, and whether a rateLimited answer set it.
+    not_before: Option<(Instant, bool)>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -102,9 +106,13 @@ impl Breaker {
     /// Whether a request may go to the CA at `now`.
     pub(crate) fn admit(&self, now: Instant) -> Result<Permit, Skip> {
         let mut s = self.lock();
-        if let Some(until) = s.not_before.filter(|t| *t > now) {
+        if let Some((until, rate_limited)) = s.not_before.filter(|(t, _)| *t > now) {
             return Err(Skip {
-                reason: SkipReason::RetryAfter,
+                reason: if rate_limited {
+                    SkipReason::RateLimited
+                } else {
+                    SkipReason::RetryAfter
+                },
                 until,
             });
         }
@@ -155,15 +163,19 @@ impl Permit {
     }
 
     /// A retryable failure (network, timeout, 5xx, rateLimited), with the CA's
-    /// `Retry-After` if it sent one.
-    pub(crate) fn failure(mut self, retry_after: Option<Duration>) {
+    /// `Retry-After` if it sent one; `rate_limited` when the answer was `rateLimited`.
+    pub(crate) fn failure(mut self, retry_after: Option<Duration>, rate_limited: bool) {
         self.reported = true;
         let now = Instant::now();
         let b = &self.breaker;
         let mut s = b.lock();
         if let Some(after) = retry_after {
             let until = now + after.min(b.max_retry_after);
-            s.not_before = Some(s.not_before.map_or(until, |t| t.max(until)));
+            // The later instant wins, and with it the reason that named it.
+            s.not_before = Some(match s.not_before {
+                Some(old) if old.0 >= until => old,
+                _ => (until, rate_limited),
+            });
         }
         s.consecutive_failures = s.consecutive_failures.saturating_add(1);
         if self.probe || s.consecutive_failures >= b.threshold {
@@ -201,9 +213,9 @@ mod tests {
     fn opens_after_threshold_and_closes_after_probe() {
         let b = breaker(2, 0);
         let now = Instant::now();
-        b.admit(now).unwrap().failure(None);
+        b.admit(now).unwrap().failure(None, false);
         assert_eq!(b.state(now), BreakerState::Closed);
-        b.admit(now).unwrap().failure(None);
+        b.admit(now).unwrap().failure(None, false);
         // Cool-down 0: open, but immediately eligible for a probe.
         let probe = b.admit(Instant::now()).expect("probe allowed");
         let second = b.admit(Instant::now()).unwrap_err();
@@ -216,7 +228,7 @@ mod tests {
     #[test]
     fn open_breaker_skips_until_cool_down() {
         let b = breaker(1, 30);
-        b.admit(Instant::now()).unwrap().failure(None);
+        b.admit(Instant::now()).unwrap().failure(None, false);
         let skip = b.admit(Instant::now()).unwrap_err();
         assert_eq!(skip.reason, SkipReason::Open);
         assert!(skip.until > Instant::now() + Duration::from_secs(29));
@@ -224,7 +236,7 @@ mod tests {
         // After the cool-down, one probe; its failure re-opens.
         let later = Instant::now() + Duration::from_secs(31);
         assert_eq!(b.state(later), BreakerState::HalfOpen);
-        b.admit(later).unwrap().failure(None);
+        b.admit(later).unwrap().failure(None, false);
         // Re-opened for a fresh cool-down from the failure.
         assert_eq!(
             b.admit(Instant::now()).unwrap_err().reason,
@@ -235,7 +247,7 @@ mod tests {
     #[test]
     fn abandoned_probe_frees_the_slot() {
         let b = breaker(1, 0);
-        b.admit(Instant::now()).unwrap().failure(None);
+        b.admit(Instant::now()).unwrap().failure(None, false);
         drop(b.admit(Instant::now()).expect("probe"));
         b.admit(Instant::now()).expect("another probe").success();
     }
@@ -245,16 +257,21 @@ mod tests {
         let b = breaker(10, 0);
         b.admit(Instant::now())
             .unwrap()
-            .failure(Some(Duration::from_secs(5)));
+            .failure(Some(Duration::from_secs(5)), true);
         let skip = b.admit(Instant::now()).unwrap_err();
-        assert_eq!(skip.reason, SkipReason::RetryAfter);
+        assert_eq!(skip.reason, SkipReason::RateLimited);
         assert!(b.admit(Instant::now() + Duration::from_secs(6)).is_ok());
 
         let b = breaker(10, 0);
         b.admit(Instant::now())
             .unwrap()
-            .failure(Some(Duration::from_secs(86_400)));
+            .failure(Some(Duration::from_secs(86_400)), false);
         let skip = b.admit(Instant::now()).unwrap_err();
         assert!(skip.until <= Instant::now() + Duration::from_secs(60));
+        assert_eq!(
+            skip.reason,
+            SkipReason::RetryAfter,
+            "a 5xx is not rate limiting"
+        );
     }
 }

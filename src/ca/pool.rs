@@ -4,7 +4,7 @@
 
 use std::{
     collections::HashMap,
-    sync::Arc,
+    sync::{Arc, Mutex, PoisonError},
     time::{Duration, Instant},
 };
 
@@ -20,13 +20,19 @@ use super::{
     race::{self, CancelRx, Outcome, Progress, Stop},
 };
 use crate::{
-    broker::{FailureKind, IssueError, IssueRequest, Issuer, RenewalWindow},
+    broker::{
+        CaReadiness, FailureKind, IssueError, IssueRequest, Issuer, ReadyState, RenewalWindow,
+    },
     config::{CaSettings, PoolPolicy, PoolSettings},
     store::{CertRecord, Store},
 };
 
 /// RFC 5280 CRLReason `superseded`, for hedged losers that were issued anyway.
 const SUPERSEDED: u8 = 4;
+
+/// How long a lifetime learned from a CA's certificate stands in for its configuration
+/// (after that, one order may learn it anew).
+const LEARNED_LIFETIME_TTL: Duration = Duration::from_secs(3600);
 
 /// Every configured upstream, grouped by pool.
 #[derive(Debug)]
@@ -42,6 +48,30 @@ struct Member {
     upstream: Arc<Upstream>,
     breaker: Breaker,
     metrics: Metrics,
+    /// Lifetime (notAfter − notBefore) of the last certificate it issued, and when.
+    learned_lifetime: Mutex<Option<(Duration, Instant)>>,
+    /// What the warm-up and later attempts found out about its account.
+    ready: Mutex<ReadyState>,
+}
+
+impl Member {
+    fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+        m.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The longest lifetime this CA is known to issue: learned from its last certificate
+    /// (recently), else its `cert_lifetime_secs`.
+    fn lifetime(&self) -> Option<Duration> {
+        let learned = *Self::lock(&self.learned_lifetime);
+        learned
+            .filter(|(_, at)| at.elapsed() < LEARNED_LIFETIME_TTL)
+            .map(|(d, _)| d)
+            .or_else(|| self.upstream.cert_lifetime())
+    }
+
+    fn set_ready(&self, state: ReadyState) {
+        *Self::lock(&self.ready) = state;
+    }
 }
 
 /// Why one member produced no certificate.
@@ -79,6 +109,8 @@ impl CaPool {
                 Arc::new(Member {
                     breaker: Breaker::new(upstream.breaker_settings()),
                     metrics: Metrics::default(),
+                    learned_lifetime: Mutex::new(None),
+                    ready: Mutex::new(ReadyState::WarmingUp),
                     upstream,
                 })
             })
@@ -98,15 +130,46 @@ impl CaPool {
             .filter(move |m| m.upstream.pools().iter().any(|p| p == pool))
     }
 
-    /// Creates (or finds) the account at every CA, so configuration mistakes show at start-up.
+    /// Creates (or finds) the account at every CA, so configuration mistakes show at
+    /// start-up: all CAs at once, each bounded by its attempt timeout. Records what it
+    /// learns in [`Issuer::readiness`] and returns the failures.
     pub async fn warm_up(&self) -> Vec<(String, AttemptError)> {
-        let mut failures = vec![];
-        for m in &self.members {
-            if let Err(e) = m.upstream.account().await {
-                failures.push((m.upstream.name().to_owned(), e));
+        let each = self.members.iter().map(|m| async move {
+            let limit = m.upstream.attempt_timeout();
+            let result = match tokio::time::timeout(limit, m.upstream.account()).await {
+                Ok(r) => r.map(|_| ()),
+                Err(_) => Err(AttemptError::Timeout(limit)),
+            };
+            match &result {
+                Ok(()) => m.set_ready(ReadyState::Ready),
+                Err(e) => {
+                    // An attempt that succeeded meanwhile knows better.
+                    let mut state = Member::lock(&m.ready);
+                    if *state != ReadyState::Ready {
+                        *state = ReadyState::Failed(bounded(&e.to_string(), 200));
+                    }
+                }
             }
-        }
-        failures
+            result.err().map(|e| (m.upstream.name().to_owned(), e))
+        });
+        futures::future::join_all(each)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    /// [`CaPool::warm_up`] in the background: start-up does not wait for any CA, and
+    /// requests are served meanwhile (a request for a CA still warming up waits for it at
+    /// most that CA's attempt timeout, then fails over).
+    pub fn spawn_warm_up(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let pool = self.clone();
+        tokio::spawn(async move {
+            for (ca, err) in pool.warm_up().await {
+                // Not fatal: the CA may come back; requests will fail over or report it.
+                warn!(ca = %ca, error = %err, "CA account not ready at start-up");
+            }
+        })
     }
 
     /// Per-CA counters and breaker states, in priority order.
@@ -123,6 +186,24 @@ impl CaPool {
 impl Issuer for CaPool {
     fn has_pool(&self, pool: &str) -> bool {
         self.members_of(pool).next().is_some()
+    }
+
+    fn max_lifetime(&self, pool: &str) -> Option<Duration> {
+        let mut max: Option<Duration> = None;
+        for m in self.members_of(pool) {
+            max = Some(max.unwrap_or_default().max(m.lifetime()?));
+        }
+        max
+    }
+
+    fn readiness(&self) -> Vec<CaReadiness> {
+        self.members
+            .iter()
+            .map(|m| CaReadiness {
+                name: m.upstream.name().to_owned(),
+                state: Member::lock(&m.ready).clone(),
+            })
+            .collect()
     }
 
     async fn issue(&self, req: &IssueRequest) -> Result<CertRecord, IssueError> {
@@ -261,13 +342,20 @@ fn attempt(
             Ok(issued) => {
                 permit.success();
                 m.metrics.record(Event::Success(latency));
-                Outcome::Won(record(&req, &name, issued))
+                m.set_ready(ReadyState::Ready);
+                let cert = record(&req, &name, issued);
+                let life = cert.not_after.saturating_sub(cert.not_before);
+                if let Ok(secs) = u64::try_from(life) {
+                    *Member::lock(&m.learned_lifetime) =
+                        Some((Duration::from_secs(secs), Instant::now()));
+                }
+                Outcome::Won(cert)
             }
             Err(e) => {
                 let err = e.to_issue_error(&name);
                 m.metrics.record(Event::Failure(&err, latency));
                 if err.is_retryable() {
-                    permit.failure(err.retry_after);
+                    permit.failure(err.retry_after, err.kind == FailureKind::RateLimited);
                     warn!(ca = %name, error = %err, "CA failed; trying the next");
                     Outcome::Retryable(Failed::Issue(err))
                 } else {
@@ -347,14 +435,17 @@ fn summarize(pool: &str, errors: Vec<(usize, Failed)>) -> IssueError {
     if skips.is_empty() {
         return internal("no attempt was made");
     }
+    // RESOURCE_EXHAUSTED only when every CA skipped is rate limiting us; a CA backing off
+    // after a 5xx (with or without Retry-After) or an open breaker is an outage.
     let rate_limited = skips
         .iter()
-        .any(|(_, s)| s.reason == SkipReason::RetryAfter);
+        .all(|(_, s)| s.reason == SkipReason::RateLimited);
     let why: Vec<String> = skips
         .iter()
         .map(|(name, s)| {
             let reason = match s.reason {
-                SkipReason::RetryAfter => "asked us to retry later",
+                SkipReason::RateLimited => "rate limited us",
+                SkipReason::RetryAfter => "failed and asked us to retry later",
                 SkipReason::Open => "circuit breaker open",
                 SkipReason::ProbeInFlight => "circuit breaker probing",
             };
@@ -375,6 +466,14 @@ fn summarize(pool: &str, errors: Vec<(usize, Failed)>) -> IssueError {
             why.join("; ")
         ),
         retry_after: earliest.map(|d| d.max(Duration::from_millis(1))),
+    }
+}
+
+/// `s` cut to `max` characters with an ellipsis.
+fn bounded(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((end, _)) => format!("{}…", &s[..end]),
+        None => s.to_owned(),
     }
 }
 

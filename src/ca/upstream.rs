@@ -4,7 +4,7 @@ use std::{sync::Arc, time::Duration};
 
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::{Mutex, OnceCell};
-use tracing::{Instrument, debug, info, instrument, warn};
+use tracing::{Instrument, info, instrument, warn};
 
 use super::{
     AttemptError, Progress,
@@ -183,6 +183,16 @@ impl Upstream {
         &self.breaker
     }
 
+    /// The bound on one attempt (and on the start-up warm-up) at this CA.
+    pub fn attempt_timeout(&self) -> Duration {
+        self.attempt_timeout
+    }
+
+    /// The configured `cert_lifetime_secs`: what the broker asks for in `notAfter`.
+    pub fn cert_lifetime(&self) -> Option<Duration> {
+        self.cert_lifetime
+    }
+
     /// The ACME account, created (or found) on first use, and found again when the key
     /// file changed since (a key rollover, or a new key after a deactivation).
     pub async fn account(&self) -> Result<Account, AttemptError> {
@@ -203,6 +213,7 @@ impl Upstream {
         }
         let client = self.client.get_or_try_init(|| self.source.client()).await?;
         let account = self.source.open(client, key, true).await?;
+        info!(ca = %self.name, account = %account.url(), "acme: account ready");
         if slot.is_some() {
             info!(ca = %self.name, account = %account.url(), "account key file changed; using the new key");
         }
@@ -307,6 +318,7 @@ impl Upstream {
             if let Some(race) = tracking.race {
                 race.finalizing();
             }
+            info!(ca = %self.name, order = %order.url, "acme: finalizing order");
             order = account.finalize(&order, &csr).await?;
             order = account.poll_order(&order.url, &policy).await?;
         }
@@ -317,6 +329,7 @@ impl Upstream {
             )))
         })?;
         let chain = account.certificate_chain(&cert_url).await?;
+        info!(ca = %self.name, certificate = %cert_url, "acme: certificate downloaded");
         let chain_der = shaken::parse_pem_chain(&chain.pem)?;
         let (tn, dns): (Option<&TnAuthList>, &[String]) = match identifiers {
             Identifiers::TnAuthList(list) => (Some(list), &[]),
@@ -375,7 +388,7 @@ impl Upstream {
             }
             other => other?,
         };
-        debug!(order = %order.url, replaces = ?req.replaces, "order placed");
+        info!(ca = %self.name, order = %order.url, replaces = ?req.replaces, "acme: order placed");
         Ok(order)
     }
 
@@ -414,10 +427,17 @@ impl Upstream {
         ca: bool,
     ) -> Result<(), AttemptError> {
         let authz = account.authorization(authz_url).await?;
+        let id_type = authz.identifier.r#type.as_str();
+        info!(
+            ca = %self.name,
+            authorization = %authz_url,
+            identifier = %format!("{}:{}", id_type, authz.identifier.value),
+            status = ?authz.status,
+            "acme: authorization"
+        );
         if authz.status == acme::AuthorizationStatus::Valid {
             return Ok(());
         }
-        let id_type = authz.identifier.r#type.as_str();
         if id_type.eq_ignore_ascii_case("TNAuthList") {
             let challenge = find_challenge(&authz, "tkauth-01")?;
             let tokens = self.tokens.as_ref().ok_or_else(|| {
@@ -439,8 +459,12 @@ impl Upstream {
                 .instrument(tracing::info_span!("challenge.token", ca = %self.name))
                 .await?;
             let payload = challenge::response_payload(self.tkauth.response_field, &token);
+            info!(ca = %self.name, challenge = %challenge.url, "acme: answering tkauth-01 challenge");
             account.respond_challenge(&challenge.url, &payload).await?;
             let verdict = account.poll_authorization(authz_url, policy).await;
+            if verdict.is_ok() {
+                info!(ca = %self.name, authorization = %authz_url, "acme: authorization valid");
+            }
             if let Err(e) = &verdict
                 && e.problem().is_some()
                 && !e.is_retryable()
@@ -474,8 +498,10 @@ impl Upstream {
         authz_url: &str,
         policy: &RetryPolicy,
     ) -> Result<(), AttemptError> {
+        info!(ca = %self.name, challenge = %challenge_url, "acme: answering http-01 challenge");
         account.respond_challenge(challenge_url, payload).await?;
         account.poll_authorization(authz_url, policy).await?;
+        info!(ca = %self.name, authorization = %authz_url, "acme: authorization valid");
         Ok(())
     }
 

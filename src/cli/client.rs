@@ -34,9 +34,12 @@ pub(crate) struct GetArgs {
     /// Your own CSR (PEM or DER); the answer then carries no key.
     #[arg(long)]
     csr: Option<PathBuf>,
-    /// Write cert.pem (chain) and key.pem here.
+    /// Write cert.pem (leaf), chain.pem (intermediates), fullchain.pem and key.pem here.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Give up after this many seconds (connecting, and a CA issuing on a cache miss).
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    timeout: u64,
 }
 
 #[derive(Debug, Args)]
@@ -67,12 +70,8 @@ pub(crate) struct StatusArgs {
 /// Where the broker is and how to reach it.
 #[derive(Debug, Clone, Args)]
 pub(crate) struct BrokerArgs {
-    /// Broker address.
-    #[arg(
-        long,
-        env = "CERTBROKER_ADDR",
-        default_value = "http://127.0.0.1:50051"
-    )]
+    /// Broker address: HOST:PORT (http://, or https:// when TLS flags are given) or a URL.
+    #[arg(long, env = "CERTBROKER_ADDR", default_value = "127.0.0.1:50051")]
     addr: String,
     #[command(flatten)]
     tls: TlsArgs,
@@ -144,12 +143,38 @@ pub(crate) async fn get(args: GetArgs) -> anyhow::Result<()> {
             bytes
         };
     }
-    let mut client = connect(&args.broker).await?;
-    let resp = client
-        .get_certificate(req)
+    let timeout = Duration::from_secs(args.timeout);
+    let started = std::time::Instant::now();
+    let timed_out = || {
+        anyhow::anyhow!(
+            "no answer from {} within {}s (--timeout)",
+            args.broker.addr,
+            args.timeout
+        )
+    };
+    let call = async {
+        let mut client = connect(&args.broker).await?;
+        let mut request = tonic::Request::new(req);
+        // Sent as grpc-timeout too, so the broker stops working for a caller that left.
+        request.set_timeout(timeout);
+        match client.get_certificate(request).await {
+            Ok(resp) => Ok(resp.into_inner()),
+            // tonic enforces grpc-timeout on the client side as well.
+            Err(status)
+                if started.elapsed() >= timeout
+                    && matches!(
+                        status.code(),
+                        tonic::Code::Cancelled | tonic::Code::DeadlineExceeded
+                    ) =>
+            {
+                Err(timed_out())
+            }
+            Err(status) => Err(status_error(status)),
+        }
+    };
+    let resp = tokio::time::timeout(timeout, call)
         .await
-        .map_err(status_error)?
-        .into_inner();
+        .map_err(|_| timed_out())??;
     let status = pb::CacheStatus::try_from(resp.cache_status)
         .map(|s| s.as_str_name())
         .unwrap_or("?");
@@ -161,13 +186,11 @@ pub(crate) async fn get(args: GetArgs) -> anyhow::Result<()> {
     println!("issuer_ca:    {}", resp.issuer_ca);
     println!("cache_status: {status}");
     if let Some(out) = &args.out {
-        std::fs::create_dir_all(out)?;
-        std::fs::write(out.join("cert.pem"), &resp.certificate_chain_pem)?;
-        if !resp.private_key_pkcs8_der.is_empty() {
-            let pem = super::pem("PRIVATE KEY", &resp.private_key_pkcs8_der);
-            crate::ca::write_private(&out.join("key.pem"), pem.as_bytes())?;
-        }
-        println!("written:      {}", out.display());
+        let key = (!resp.private_key_pkcs8_der.is_empty()).then_some(&resp.private_key_pkcs8_der);
+        let written =
+            super::write_cert_files(out, &resp.certificate_chain_der, key.map(Vec::as_slice))?;
+        let names: Vec<String> = written.iter().map(|p| p.display().to_string()).collect();
+        println!("written:      {}", names.join(", "));
     }
     Ok(())
 }
@@ -205,32 +228,73 @@ pub(crate) async fn status(args: StatusArgs) -> anyhow::Result<()> {
         .await
         .map_err(status_error)?
         .into_inner();
-    println!(
-        "{:<16}  {:<24}  {:<20}  {:<20}  {:>8}  last error",
-        "key", "serial", "notAfter", "next renewal", "failures"
+    let ts = |t: &Option<prost_types::Timestamp>| t.as_ref().map(format_ts).unwrap_or_default();
+    let rows: Vec<[String; 6]> = resp
+        .entries
+        .iter()
+        .map(|e| {
+            [
+                e.cache_key[..e.cache_key.len().min(16)].to_owned(),
+                e.serial_hex.clone(),
+                ts(&e.not_after),
+                ts(&e.next_renewal),
+                e.failures.to_string(),
+                e.last_error.clone(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(
+            [
+                "key",
+                "serial",
+                "notAfter",
+                "next renewal",
+                "failures",
+                "last error"
+            ],
+            &rows,
+        )
     );
-    for e in resp.entries {
-        let ts = |t: &Option<prost_types::Timestamp>| t.as_ref().map(format_ts).unwrap_or_default();
-        println!(
-            "{:<16}  {:<24}  {:<20}  {:<20}  {:>8}  {}",
-            &e.cache_key[..e.cache_key.len().min(16)],
-            e.serial_hex,
-            ts(&e.not_after),
-            ts(&e.next_renewal),
-            e.failures,
-            e.last_error
-        );
-    }
     Ok(())
+}
+
+/// Columns as wide as their widest cell, two spaces apart; the last column is not padded.
+fn table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
+    let mut widths = header.map(str::len);
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut out = String::new();
+        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+            if i + 1 == N {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        out.trim_end().to_owned() + "\n"
+    };
+    let mut out = line(header.to_vec());
+    for row in rows {
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    out
 }
 
 async fn connect(
     broker: &BrokerArgs,
 ) -> anyhow::Result<CertificateBrokerServiceClient<tonic::transport::Channel>> {
-    let (addr, tls) = (&broker.addr, &broker.tls);
+    let tls = &broker.tls;
+    let tls_flags = tls.ca_cert.is_some() || tls.cert.is_some();
+    let addr = &endpoint_url(&broker.addr, tls_flags);
     let mut endpoint = tonic::transport::Endpoint::from_shared(addr.to_owned())
-        .with_context(|| format!("--addr {addr}"))?;
-    if addr.starts_with("https://") || tls.ca_cert.is_some() || tls.cert.is_some() {
+        .with_context(|| format!("--addr {}", broker.addr))?;
+    if addr.starts_with("https://") || tls_flags {
         use tonic::transport::{Certificate, ClientTlsConfig, Identity};
         let read =
             |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
@@ -254,16 +318,51 @@ async fn connect(
     Ok(CertificateBrokerServiceClient::new(channel))
 }
 
+/// `--addr` as a URL: `HOST:PORT` gets `https://` when TLS flags are given, else
+/// `http://`; an address with a scheme is used as it is.
+fn endpoint_url(addr: &str, tls: bool) -> String {
+    match (addr.contains("://"), tls) {
+        (true, _) => addr.to_owned(),
+        (false, true) => format!("https://{addr}"),
+        (false, false) => format!("http://{addr}"),
+    }
+}
+
+/// The canonical gRPC name of a status code, as grpcurl and the gRPC docs write it.
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code as C;
+    match code {
+        C::Ok => "OK",
+        C::Cancelled => "CANCELLED",
+        C::Unknown => "UNKNOWN",
+        C::InvalidArgument => "INVALID_ARGUMENT",
+        C::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        C::NotFound => "NOT_FOUND",
+        C::AlreadyExists => "ALREADY_EXISTS",
+        C::PermissionDenied => "PERMISSION_DENIED",
+        C::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        C::FailedPrecondition => "FAILED_PRECONDITION",
+        C::Aborted => "ABORTED",
+        C::OutOfRange => "OUT_OF_RANGE",
+        C::Unimplemented => "UNIMPLEMENTED",
+        C::Internal => "INTERNAL",
+        C::Unavailable => "UNAVAILABLE",
+        C::DataLoss => "DATA_LOSS",
+        C::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
 /// Renders a gRPC error with its structured details.
 fn status_error(status: tonic::Status) -> anyhow::Error {
-    let mut msg = format!("{:?}: {}", status.code(), status.message());
+    let mut msg = format!("{} ({})", status.message(), code_name(status.code()));
     let details = status.get_error_details();
     if let Some(bad) = details.bad_request() {
         for v in &bad.field_violations {
             msg.push_str(&format!("\n  field {}: {}", v.field, v.description));
         }
     }
-    if let Some(info) = details.error_info() {
+    // INVALID_FIELD's metadata repeats the BadRequest field printed above.
+    if let Some(info) = details.error_info().filter(|i| i.reason != "INVALID_FIELD") {
         let mut meta: Vec<_> = info.metadata.iter().collect();
         meta.sort();
         for (k, v) in meta {
@@ -271,7 +370,7 @@ fn status_error(status: tonic::Status) -> anyhow::Error {
         }
     }
     if let Some(retry) = details.retry_info().and_then(|r| r.retry_delay) {
-        msg.push_str(&format!("\n  retry after: {retry:?}"));
+        msg.push_str(&format!("\n  retry after: {}s", retry.as_secs_f64()));
     }
     anyhow::anyhow!(msg)
 }
@@ -291,4 +390,39 @@ fn format_ts(t: &prost_types::Timestamp) -> String {
                 .ok()
         })
         .unwrap_or_else(|| t.seconds.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addr_without_a_scheme_gets_one() {
+        assert_eq!(
+            endpoint_url("127.0.0.1:50051", false),
+            "http://127.0.0.1:50051"
+        );
+        assert_eq!(endpoint_url("broker:50051", true), "https://broker:50051");
+        assert_eq!(endpoint_url("https://b:1", false), "https://b:1");
+        assert_eq!(endpoint_url("http://b:1", true), "http://b:1");
+    }
+
+    #[test]
+    fn table_columns_align() {
+        let rows = [
+            [
+                "a".to_owned(),
+                "0123456789abcdef0123456789abcdef".to_owned(),
+                "x".to_owned(),
+            ],
+            ["bb".to_owned(), "01".to_owned(), "".to_owned()],
+        ];
+        let text = table(["key", "serial", "last"], &rows);
+        let lines: Vec<&str> = text.lines().collect();
+        let col = |l: &str, n: usize| l.match_indices("  ").count() >= n;
+        assert!(lines.iter().all(|l| col(l, 1)));
+        assert_eq!(lines[0].find("serial"), lines[1].find("0123"));
+        assert_eq!(lines[0].find("last"), lines[1].find('x'));
+        assert_eq!(lines[2], "bb   01");
+    }
 }

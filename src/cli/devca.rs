@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::Context;
 use clap::Args;
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 
 use crate::{
     config::{CaSettings, CsrSettings, StiPaSettings},
@@ -21,9 +21,14 @@ pub(crate) struct DevcaArgs {
     /// Address for the HTTPS endpoints (ACME and STI-PA). Port 0 picks a free port.
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
-    /// Directory for the trust root and CA state; default: a new temporary directory.
+    /// Directory for the trust roots, CA keys and STI-PA password; default: a new
+    /// temporary directory. Reusing it keeps the roots and password across restarts.
     #[arg(long)]
     state_dir: Option<PathBuf>,
+    /// With --state-dir: listen on the port an earlier run recorded there (the first run
+    /// records the one it got), so URLs in a written configuration stay valid.
+    #[arg(long, requires = "state_dir")]
+    keep_port: bool,
     /// Also write a complete broker configuration for this devca to FILE.
     #[arg(long, value_name = "FILE")]
     write_config: Option<PathBuf>,
@@ -31,6 +36,10 @@ pub(crate) struct DevcaArgs {
     /// suggests renewing between 50 % and 60 % of each certificate's lifetime.
     #[arg(long)]
     ari: bool,
+    /// Port that http-01 validation of `dns` identifiers fetches the key authorization
+    /// from; every name resolves to 127.0.0.1. RFC 8555 §8.3 says 80.
+    #[arg(long, default_value_t = 80)]
+    http01_port: u16,
     /// Lifetime of issued certificates (e.g. 90s, 10m, 24h), to rehearse renewals.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "24h")]
     cert_lifetime: Duration,
@@ -202,22 +211,45 @@ pub(crate) async fn run(args: DevcaArgs) -> anyhow::Result<()> {
     let state_dir = args.state_dir.unwrap_or_else(|| {
         std::env::temp_dir().join(format!("certbroker-devca-{}", std::process::id()))
     });
+    std::fs::create_dir_all(&state_dir)
+        .with_context(|| format!("creating {}", state_dir.display()))?;
+    // The password goes to a file only the owner can read, never to the terminal or logs;
+    // a later run in the same state directory keeps it.
+    let password_file = state_dir.join("sti-pa-password");
+    let defaults = DevCaSettings::default();
+    let sti_pa_password = match std::fs::read_to_string(&password_file) {
+        Ok(saved) if !saved.trim().is_empty() => SecretString::from(saved.trim().to_owned()),
+        _ => defaults.sti_pa_password.clone(),
+    };
+    let port_file = state_dir.join("port");
+    let port = match std::fs::read_to_string(&port_file) {
+        Ok(p) if args.keep_port && args.listen.port() == 0 => p
+            .trim()
+            .parse()
+            .with_context(|| format!("{}: not a port", port_file.display()))?,
+        _ => args.listen.port(),
+    };
     let handle = DevCa::start(DevCaSettings {
         listen: args.listen.ip(),
-        port: args.listen.port(),
+        port,
         state_dir: Some(state_dir.clone()),
         renewal_info: args.ari.then(DevRenewalInfo::default),
         cert_lifetime: args.cert_lifetime,
-        ..DevCaSettings::default()
+        http01_port: args.http01_port,
+        sti_pa_password,
+        ..defaults
     })
     .await
     .context("starting devca")?;
     let faults = args.faults.apply(handle.behaviour());
     let (user, password) = handle.sti_pa_credentials();
-    // The password goes to a file only the owner can read, never to the terminal or logs.
-    let password_file = state_dir.join("sti-pa-password");
     crate::ca::write_private(&password_file, password.expose_secret().as_bytes())
         .with_context(|| format!("writing {}", password_file.display()))?;
+    if args.keep_port {
+        let port = handle.directory_url().port().unwrap_or_default();
+        std::fs::write(&port_file, format!("{port}\n"))
+            .with_context(|| format!("writing {}", port_file.display()))?;
+    }
     println!(
         "devca running\n\
          ACME directory: {dir}\n\
@@ -280,11 +312,17 @@ pub(crate) fn ca_settings_for(handle: &DevCaHandle, state_dir: &Path) -> CaSetti
             trust_roots: None,
         }),
         token_file: None,
-        http01_listen: None,
+        // Where the devca's http-01 validation looks for the key authorization.
+        http01_listen: Some(SocketAddr::from((
+            std::net::Ipv4Addr::LOCALHOST,
+            handle.http01_port(),
+        ))),
         weight: 1,
         breaker: Default::default(),
         allow_account_key_reuse: false,
         cert_lifetime_secs: None,
+        // The embedded CA is the user's own; dev mode needs no ceremony.
+        accept_terms_of_service: true,
     }
 }
 
@@ -309,6 +347,9 @@ trust_roots = "{roots}"
 account_key = "{key}"
 pools = ["default"]
 priority = 0
+# dns identifiers: the devca validates http-01 by fetching from this address.
+http01_listen = "{http01}"
+accept_terms_of_service = true
 
 [ca.csr]
 country = "US"
@@ -328,6 +369,7 @@ password = "{password}"
         dir = ca.directory,
         roots = ca.trust_roots.unwrap_or_default().display(),
         key = ca.account_key.display(),
+        http01 = ca.http01_listen.map(|a| a.to_string()).unwrap_or_default(),
         pa = handle.sti_pa_url(),
         user = handle.sti_pa_credentials().0,
         password = password.expose_secret(),
@@ -367,5 +409,28 @@ mod tests {
         assert!(parse_problem_type("serverInternal").is_ok());
         assert!(parse_problem_type("urn:example:outage").is_ok());
         assert!(parse_problem_type("server internal").is_err());
+    }
+
+    /// The written configuration parses, and the broker's http-01 responder listens where
+    /// the devca validates.
+    #[tokio::test]
+    async fn written_config_matches_the_devca() {
+        let dir = tempfile::tempdir().unwrap();
+        let handle = DevCa::start(DevCaSettings {
+            state_dir: Some(dir.path().join("devca")),
+            http01_port: 5002,
+            ..DevCaSettings::default()
+        })
+        .await
+        .unwrap();
+        let toml = broker_config_toml(&handle, dir.path());
+        let settings = crate::config::Settings::from_toml(&toml).unwrap();
+        assert_eq!(settings.ca.len(), 1);
+        assert_eq!(settings.ca[0].directory, handle.directory_url());
+        assert_eq!(
+            settings.ca[0].http01_listen,
+            Some("127.0.0.1:5002".parse().unwrap())
+        );
+        handle.shutdown().await;
     }
 }

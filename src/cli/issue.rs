@@ -5,12 +5,11 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use secrecy::ExposeSecret;
 
 use super::ids::{IdArgs, Ids};
 use crate::{
     broker::Identifiers,
-    ca::Upstream,
+    ca::{AttemptError, Upstream},
     challenge::{FingerprintAlgorithm, ResponseField, TkAuthSettings},
     config::{CaSettings, CsrSettings, EabSettings, StiPaSettings},
     shaken::TkValueEncoding,
@@ -39,7 +38,8 @@ pub(crate) struct IssueArgs {
     /// File holding an SPC token obtained out of band (instead of --sti-pa).
     #[arg(long, conflicts_with = "sti_pa")]
     token_file: Option<PathBuf>,
-    /// Output directory for cert.pem (chain, leaf first) and key.pem.
+    /// Output directory for cert.pem (leaf), chain.pem (intermediates), fullchain.pem
+    /// (leaf, then intermediates) and key.pem.
     #[arg(long)]
     out: PathBuf,
     /// ACME account key (PKCS#8 PEM); created if missing. Default: OUT/account.pem.
@@ -76,6 +76,10 @@ pub(crate) struct IssueArgs {
     /// subordinate CA that signs delegate certificates (RFC 9060).
     #[arg(long)]
     ca_certificate: bool,
+    /// Agree to the CA's terms of service. Required when the CA's directory names terms
+    /// (`meta.termsOfService`) and no account exists yet, as with lego and certbot.
+    #[arg(long, visible_alias = "agree-tos")]
+    accept_tos: bool,
 }
 
 #[derive(Debug, Args)]
@@ -166,25 +170,26 @@ pub(crate) async fn run(args: IssueArgs) -> anyhow::Result<()> {
         }),
         token_file: args.token_file.clone(),
         http01_listen: args.http01_listen,
+        accept_terms_of_service: args.accept_tos,
         ..base_settings(&args.directory, args.trust_root.clone(), account_key)
     };
     let upstream = Upstream::from_settings(&settings)?;
-    let issued = upstream
+    let issued = match upstream
         .issue(&identifiers, None, args.ca_certificate)
-        .await?;
+        .await
+    {
+        Err(AttemptError::TermsNotAgreed(url)) => anyhow::bail!(
+            "the CA's terms of service are at {url}; read them and pass --accept-tos \
+             (or --agree-tos) to agree"
+        ),
+        other => other?,
+    };
 
-    let cert_path = args.out.join("cert.pem");
-    std::fs::write(&cert_path, &issued.chain_pem)
-        .with_context(|| format!("writing {}", cert_path.display()))?;
-    if let Some(key) = &issued.key_pkcs8 {
-        let pem = secrecy::SecretString::from(super::pem("PRIVATE KEY", key));
-        let key_path = args.out.join("key.pem");
-        crate::ca::write_private(&key_path, pem.expose_secret().as_bytes())
-            .with_context(|| format!("writing {}", key_path.display()))?;
-    }
+    let written =
+        super::write_cert_files(&args.out, &issued.chain_der, issued.key_pkcs8.as_deref())?;
     let leaf = &issued.leaf;
     println!("serial:    {}", leaf.serial_hex);
-    println!("notAfter:  {}", leaf.not_after);
+    println!("notAfter:  {}", rfc3339(leaf.not_after));
     let issuer = issued
         .chain_der
         .get(1)
@@ -197,12 +202,15 @@ pub(crate) async fn run(args: IssueArgs) -> anyhow::Result<()> {
         })
         .unwrap_or_else(|| "(not in chain)".into());
     println!("issuer:    {issuer}");
-    println!(
-        "written:   {} and {}",
-        cert_path.display(),
-        args.out.join("key.pem").display()
-    );
+    let names: Vec<String> = written.iter().map(|p| p.display().to_string()).collect();
+    println!("written:   {}", names.join(", "));
     Ok(())
+}
+
+/// RFC 3339, as `certbroker get` and `status` print times.
+fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.unix_timestamp().to_string())
 }
 
 /// `certbroker revoke-cert`: revokes a certificate directly at the ACME CA, signed by the
@@ -254,5 +262,6 @@ fn base_settings(
         breaker: Default::default(),
         allow_account_key_reuse: false,
         cert_lifetime_secs: None,
+        accept_terms_of_service: false,
     }
 }

@@ -33,8 +33,15 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let mut dev_ca = None;
     if args.dev {
         let state_dir = std::env::temp_dir().join(format!("certbroker-dev-{}", std::process::id()));
+        // dns identifiers: the broker's http-01 responder and the devca's validation meet
+        // on a free loopback port (freed here, bound by the responder on first use).
+        let http01_port = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
+            .and_then(|l| l.local_addr())
+            .context("picking a port for http-01")?
+            .port();
         let handle = devca::DevCa::start(devca::DevCaSettings {
             state_dir: Some(state_dir.join("devca")),
+            http01_port,
             ..devca::DevCaSettings::default()
         })
         .await
@@ -92,7 +99,7 @@ fn print_dev_banner(addr: SocketAddr, ca: &devca::DevCaHandle) {
          devca trust root:          {root}\n\
          \n\
          try:\n  \
-           certbroker get --addr http://{addr} --spc 1234 --out ./out\n  \
+           certbroker get --addr {addr} --spc 1234 --out ./out\n  \
            grpcurl -plaintext -d '{{\"tn_auth_list\":[{{\"spc\":\"1234\"}}]}}' {addr} certbroker.v1.CertificateBrokerService/GetCertificate\n",
         dir = ca.directory_url(),
         pa = ca.sti_pa_url(),

@@ -7,7 +7,7 @@ use axum::{
     Json, Router,
     body::Bytes,
     extract::{Path, Request, State},
-    http::{HeaderValue, StatusCode, Uri, header},
+    http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -30,6 +30,7 @@ pub(crate) fn router(inner: Arc<Inner>) -> Router {
         .route("/acme/new-nonce", get(new_nonce_get).head(new_nonce_head))
         .route("/acme/new-account", post(new_account))
         .route("/acme/acct/{id}", post(account))
+        .route("/acme/acct/{id}/orders", post(order::orders))
         .route("/acme/key-change", post(key_change))
         .route("/acme/new-order", post(order::new_order))
         .route("/acme/order/{id}", post(order::order))
@@ -43,8 +44,10 @@ pub(crate) fn router(inner: Arc<Inner>) -> Router {
         .with_state(inner)
 }
 
-/// Applies the delay, hang and error knobs (per [`Step`]), and gives every response a fresh
-/// `Replay-Nonce` (RFC 8555 §6.5), `Cache-Control: no-store` and the directory `Link`.
+/// Applies the delay, hang and error knobs (per [`Step`]), refuses a POST that is not
+/// `application/jose+json` (RFC 8555 §6.2: 415), turns a GET on a POST-only resource into a
+/// problem document (§6.3: 405), and gives every response a fresh `Replay-Nonce` (§6.5),
+/// `Cache-Control: no-store` and the directory `Link` (§7.1).
 async fn acme_layer(State(inner): State<Arc<Inner>>, req: Request, next: Next) -> Response {
     inner.behaviour.count(Counter::AcmeRequest);
     let step = Step::of_path(req.uri().path());
@@ -61,12 +64,17 @@ async fn acme_layer(State(inner): State<Arc<Inner>>, req: Request, next: Next) -
         std::future::pending::<()>().await;
     }
     let mut resp = if inner.behaviour.take_unavailable() {
-        Problem::new(
+        let mut resp = Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "serverInternal",
             "the devca is configured to be unavailable",
         )
-        .into_response()
+        .into_response();
+        if let Some(secs) = inner.behaviour.unavailable_retry_after() {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        resp
     } else if let Some(e) = inner.behaviour.roll_injected_error(step) {
         inner.behaviour.count(Counter::InjectedError);
         tracing::info!(
@@ -77,8 +85,30 @@ async fn acme_layer(State(inner): State<Arc<Inner>>, req: Request, next: Next) -
             "fault: injected error"
         );
         injected_error_response(&e)
+    } else if req.method() == Method::POST && !is_jose_json(req.headers()) {
+        Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "malformed",
+            "ACME requests must have Content-Type: application/jose+json",
+        )
+        .into_response()
     } else {
-        next.run(req).await
+        let resp = next.run(req).await;
+        if resp.status() == StatusCode::METHOD_NOT_ALLOWED {
+            let allow = resp.headers().get(header::ALLOW).cloned();
+            let mut p = Problem::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "malformed",
+                "this resource takes POST (POST-as-GET to read it)",
+            )
+            .into_response();
+            if let Some(allow) = allow {
+                p.headers_mut().insert(header::ALLOW, allow);
+            }
+            p
+        } else {
+            resp
+        }
     };
     let h = resp.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&inner.new_nonce()) {
@@ -87,7 +117,8 @@ async fn acme_layer(State(inner): State<Arc<Inner>>, req: Request, next: Next) -
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     let link = format!("<{}>;rel=\"index\"", inner.url("/acme/directory"));
     if let Ok(v) = HeaderValue::from_str(&link) {
-        h.insert(header::LINK, v);
+        // Appended: a challenge response also links "up" to its authorization.
+        h.append(header::LINK, v);
     }
     resp
 }
@@ -110,6 +141,15 @@ fn injected_error_response(e: &InjectedError) -> Response {
         h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
     resp
+}
+
+/// Whether the media type is `application/jose+json` (parameters aside).
+fn is_jose_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/jose+json"))
 }
 
 async fn directory(State(inner): State<Arc<Inner>>) -> Json<Value> {
@@ -155,6 +195,12 @@ async fn new_account(
             .accounts
             .get(&id)
             .ok_or_else(|| Problem::not_found("account"))?;
+        if acct.deactivated {
+            // RFC 8555 §7.3.6: no further requests authorized by a deactivated account's key.
+            return Err(Problem::unauthorized(
+                "the account of this key is deactivated",
+            ));
+        }
         return Ok(created(
             StatusCode::OK,
             inner.url(&format!("/acme/acct/{id}")).as_str(),
@@ -275,8 +321,16 @@ async fn account(
         if p.get("contact").is_some() {
             acct.contact = contacts(p)?;
         }
-        if p.get("status").and_then(Value::as_str) == Some("deactivated") {
-            acct.deactivated = true;
+        match p.get("status") {
+            None => {}
+            Some(s) if s.as_str() == Some("deactivated") => acct.deactivated = true,
+            // §7.3.6: a client can only deactivate; "valid" is a no-op.
+            Some(s) if s.as_str() == Some("valid") => {}
+            Some(s) => {
+                return Err(Problem::malformed(format!(
+                    "account status can only be set to \"deactivated\", not {s}"
+                )));
+            }
         }
     }
     Ok(Json(account_json(acct, &id, &inner)).into_response())
@@ -302,6 +356,11 @@ async fn key_change(
     if header.get("url").and_then(Value::as_str) != Some(inner.url(uri.path()).as_str()) {
         return Err(Problem::malformed(
             "the inner keyChange JWS url must equal the outer",
+        ));
+    }
+    if header.get("kid").is_some() {
+        return Err(Problem::malformed(
+            "the inner keyChange JWS must carry jwk, not kid",
         ));
     }
     let new_jwk = header

@@ -181,6 +181,8 @@ pub struct Behaviour {
     sti_pa_delay_ms: AtomicU64,
     /// 0: off; `u32::MAX`: always; n: the next n ACME requests.
     unavailable: AtomicU32,
+    /// Retry-After seconds of those 503 answers; 0: none.
+    unavailable_retry_after_secs: AtomicU64,
     /// Retry-After seconds of rate-limited newOrders; 0: off.
     rate_limit_secs: AtomicU64,
     delay_ms: AtomicU64,
@@ -282,6 +284,18 @@ impl Behaviour {
     /// Answers the next `count` ACME requests with 503 `serverInternal`.
     pub fn set_unavailable_for(&self, count: u32) {
         self.unavailable.store(count, Ordering::Relaxed);
+    }
+
+    /// Gives the 503 answers of [`Behaviour::set_unavailable`] this `Retry-After`; `None`
+    /// sends none.
+    pub fn set_unavailable_retry_after(&self, retry_after: Option<Duration>) {
+        let secs = retry_after.map_or(0, |d| d.as_secs().max(1));
+        self.unavailable_retry_after_secs
+            .store(secs, Ordering::Relaxed);
+    }
+
+    pub(crate) fn unavailable_retry_after(&self) -> Option<u64> {
+        Some(self.unavailable_retry_after_secs.load(Ordering::Relaxed)).filter(|s| *s > 0)
     }
 
     /// Answers newOrder with 429 `rateLimited` and this `Retry-After`; `None` turns it off.

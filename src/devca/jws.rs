@@ -55,13 +55,18 @@ impl Problem {
         )
     }
 
-    /// The problem as the `error` field of an order, authorization or challenge.
+    /// The problem as the `error` field of an order, authorization or challenge. A
+    /// `badSignatureAlgorithm` lists the accepted `algorithms` (RFC 8555 §6.2 MUST).
     pub(crate) fn to_json(&self) -> Value {
-        json!({
+        let mut v = json!({
             "type": format!("urn:ietf:params:acme:error:{}", self.kind),
             "detail": self.detail,
             "status": self.status.as_u16(),
-        })
+        });
+        if self.kind == "badSignatureAlgorithm" {
+            v["algorithms"] = json!(ACCEPTED_ALGORITHMS);
+        }
+        v
     }
 }
 
@@ -210,9 +215,22 @@ pub(crate) fn verify_jwk_signed(body: &[u8]) -> Result<Verified, Problem> {
     })
 }
 
-/// The body as a flattened JWS and its decoded protected header.
+/// The `alg` values the devca accepts on requests (RFC 8555 §6.2: no MAC, no `none`).
+pub(crate) const ACCEPTED_ALGORITHMS: &[&str] = &["ES256"];
+
+/// The body as a flattened JWS and its decoded protected header. RFC 8555 §6.2: one
+/// signature (no `signatures` array) and no unprotected `header`.
 fn parse_flattened(body: &[u8]) -> Result<(Flattened, serde_json::Map<String, Value>), Problem> {
-    let jws: Flattened = serde_json::from_slice(body)
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| Problem::malformed(format!("body is not a flattened JWS: {e}")))?;
+    for field in ["header", "signatures"] {
+        if value.get(field).is_some() {
+            return Err(Problem::malformed(format!(
+                "the JWS must be flattened with a protected header only: {field:?} is not allowed"
+            )));
+        }
+    }
+    let jws: Flattened = serde_json::from_value(value)
         .map_err(|e| Problem::malformed(format!("body is not a flattened JWS: {e}")))?;
     let header = decode_header(&jws.protected)?;
     Ok((jws, header))
@@ -238,11 +256,15 @@ pub(crate) fn verify_signature(
     header: &serde_json::Map<String, Value>,
     jwk: &Value,
 ) -> Result<(), Problem> {
-    if header.get("alg").and_then(Value::as_str) != Some("ES256") {
+    let alg = header
+        .get("alg")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if !ACCEPTED_ALGORITHMS.contains(&alg) {
         return Err(Problem::new(
             StatusCode::BAD_REQUEST,
             "badSignatureAlgorithm",
-            "only ES256 is accepted",
+            format!("alg {alg:?} is not accepted; use one of {ACCEPTED_ALGORITHMS:?}"),
         ));
     }
     check_p256_jwk(jwk)?;
@@ -343,6 +365,32 @@ mod tests {
             fingerprint(&jwk, DevFingerprint::SpkiSha256),
             "SHA256 D8:FC:D2:1E:52:7E:85:A5:DB:34:1F:0A:0A:67:17:55:70:9A:A1:50:34:16:BF:E6:E5:AB:AD:84:73:73:E8:A8"
         );
+    }
+
+    #[test]
+    fn bad_signature_algorithm_lists_the_accepted_algorithms() {
+        for alg in ["HS256", "none", "RS256"] {
+            let jws = Flattened {
+                protected: URL_SAFE_NO_PAD.encode(json!({ "alg": alg }).to_string()),
+                payload: String::new(),
+                signature: String::new(),
+            };
+            let header = decode_header(&jws.protected).unwrap();
+            let p = verify_signature(&jws, &header, &json!({})).unwrap_err();
+            assert_eq!(p.kind, "badSignatureAlgorithm", "{alg}");
+            assert_eq!(p.to_json()["algorithms"], json!(["ES256"]), "{alg}");
+        }
+    }
+
+    #[test]
+    fn only_flattened_protected_jws_is_accepted() {
+        for field in ["header", "signatures"] {
+            let mut body = json!({"protected": "e30", "payload": "", "signature": ""});
+            body[field] = json!({});
+            let p = verify_jwk_signed(body.to_string().as_bytes()).unwrap_err();
+            assert_eq!(p.kind, "malformed");
+            assert!(p.detail.contains(field), "{}", p.detail);
+        }
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! Orders, authorizations, the tkauth-01 challenge, finalize, certificate download and
-//! revocation (RFC 8555 §7.4–§7.6, RFC 9447, RFC 9448).
+//! Orders, authorizations, the tkauth-01 and http-01 challenges, finalize, certificate
+//! download and revocation (RFC 8555 §7.4–§7.6, §8.3, RFC 9447, RFC 9448).
 
 use std::sync::Arc;
 
@@ -19,11 +19,11 @@ use super::{
     acme::created,
     ari,
     behaviour::Counter,
-    jws::{KeyRef, Problem, spki_der, verify_request},
+    jws::{KeyRef, Problem, spki_der, thumbprint, verify_request},
     pki::IssueRequest,
     state::{
-        Authz, Challenge, Identifier, Inner, IssuedCert, Order, Status, authz_json, challenge_json,
-        identifier_names, order_json, random_id,
+        AcmeState, Authz, Challenge, Identifier, Inner, IssuedCert, Order, Status, authz_json,
+        challenge_json, identifier_names, order_json, random_id,
     },
     stipa,
 };
@@ -76,15 +76,9 @@ pub(crate) async fn new_order(
             "at most one TNAuthList identifier per order",
         ));
     }
-    let not_after = match payload.get("notAfter").and_then(Value::as_str) {
-        None => None,
-        Some(s) => Some(
-            OffsetDateTime::parse(s, &Rfc3339)
-                .map_err(|e| Problem::malformed(format!("notAfter: {e}")))?,
-        ),
-    };
-    let replaces = ari::requested_replaces(&payload, inner.settings.renewal_info.is_some())?;
     let now = OffsetDateTime::now_utc();
+    let not_after = requested_not_after(&inner, &payload, now)?;
+    let replaces = ari::requested_replaces(&payload, inner.settings.renewal_info.is_some())?;
     let order_id = random_id();
     let mut state = inner.lock_state();
     let replaced = replaces
@@ -94,13 +88,10 @@ pub(crate) async fn new_order(
     for identifier in &identifiers {
         let authz_id = random_id();
         let chall_id = random_id();
-        // dns identifiers are not checked: the devca targets SHAKEN (module docs).
+        // dns identifiers are validated over http-01 (RFC 8555 §8.3), TNAuthList over
+        // tkauth-01 (RFC 9447); both start pending (§7.1.6).
         let is_dns = identifier.kind == "dns";
-        let status = if is_dns {
-            Status::Valid
-        } else {
-            Status::Pending
-        };
+        let status = Status::Pending;
         state
             .authz_by_challenge
             .insert(chall_id.clone(), authz_id.clone());
@@ -115,8 +106,9 @@ pub(crate) async fn new_order(
                 challenge: Challenge {
                     id: chall_id,
                     kind: if is_dns { "http-01" } else { "tkauth-01" },
+                    token: is_dns.then(random_id),
                     status,
-                    validated: is_dns.then_some(now),
+                    validated: None,
                     error: None,
                 },
                 token_ca: None,
@@ -132,20 +124,11 @@ pub(crate) async fn new_order(
         inner.behaviour.count(Counter::Authorization);
         authz_ids.push(authz_id);
     }
-    let all_valid = identifiers.iter().all(|i| i.kind == "dns");
     let order = Order {
         account,
-        status: if all_valid {
-            Status::Ready
-        } else {
-            Status::Pending
-        },
+        status: Status::Pending,
         expires: now + Duration::days(7),
         identifiers,
-        not_before: payload
-            .get("notBefore")
-            .and_then(Value::as_str)
-            .map(str::to_owned),
         not_after,
         authzs: authz_ids,
         cert: None,
@@ -174,6 +157,50 @@ pub(crate) async fn new_order(
     ))
 }
 
+/// The order's `notAfter`. RFC 8555 §7.4: a server that cannot issue for the requested
+/// validity period MUST refuse the order, so `notBefore` (the devca starts every certificate
+/// when it issues it) and a `notAfter` past the maximum lifetime are errors.
+fn requested_not_after(
+    inner: &Inner,
+    payload: &Value,
+    now: OffsetDateTime,
+) -> Result<Option<OffsetDateTime>, Problem> {
+    if payload.get("notBefore").is_some() {
+        return Err(Problem::malformed(
+            "this CA does not take notBefore: certificates start when issued",
+        ));
+    }
+    let Some(s) = payload.get("notAfter") else {
+        return Ok(None);
+    };
+    let na = s
+        .as_str()
+        .and_then(|s| OffsetDateTime::parse(s, &Rfc3339).ok())
+        .ok_or_else(|| Problem::malformed(format!("notAfter {s} is not an RFC 3339 time")))?;
+    let lifetime = Duration::try_from(inner.settings.cert_lifetime).unwrap_or(Duration::DAY);
+    if na <= now || na > now + lifetime {
+        return Err(Problem::malformed(format!(
+            "notAfter {s} is not within this CA's maximum certificate lifetime of {} s",
+            lifetime.whole_seconds()
+        )));
+    }
+    Ok(Some(na))
+}
+
+/// Whether `name` is a DNS name http-01 can validate: LDH labels of 1 to 63 characters,
+/// 253 at most in all, no wildcard (RFC 8555 §7.1.3, §8.3).
+fn is_validatable_dns_name(name: &str) -> bool {
+    name.len() <= 253
+        && name.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
 fn parse_identifier(id: &Value) -> Result<Identifier, Problem> {
     let kind = id.get("type").and_then(Value::as_str).unwrap_or_default();
     let value = id.get("value").and_then(Value::as_str).unwrap_or_default();
@@ -185,7 +212,17 @@ fn parse_identifier(id: &Value) -> Result<Identifier, Problem> {
                 format!("TNAuthList identifier {value:?}: {e}"),
             )
         })?),
-        "dns" if !value.is_empty() => None,
+        "dns" if is_validatable_dns_name(value) => None,
+        "dns" => {
+            return Err(Problem::new(
+                StatusCode::BAD_REQUEST,
+                "rejectedIdentifier",
+                format!(
+                    "dns identifier {value:?} is not a name http-01 can validate \
+                     (no wildcards: RFC 8555 §8.3)"
+                ),
+            ));
+        }
         _ => {
             return Err(Problem::new(
                 StatusCode::BAD_REQUEST,
@@ -220,7 +257,30 @@ pub(crate) async fn order(
     Ok(Json(order_json(order, &id, &inner)).into_response())
 }
 
-/// Authorization POST-as-GET.
+/// The account's orders list (RFC 8555 §7.1.2.1), POST-as-GET: every order of the account
+/// that is not invalid, in no particular order.
+pub(crate) async fn orders(
+    State(inner): State<Arc<Inner>>,
+    Path(id): Path<String>,
+    uri: Uri,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    let req = verify_request(&inner, uri.path(), &body, KeyRef::Kid)?;
+    if req.account_id()? != id {
+        return Err(Problem::unauthorized("not your account"));
+    }
+    let state = inner.lock_state();
+    let urls: Vec<String> = state
+        .orders
+        .iter()
+        .filter(|(_, o)| o.account == id && o.status != Status::Invalid)
+        .map(|(oid, _)| inner.url(&format!("/acme/order/{oid}")).to_string())
+        .collect();
+    Ok(Json(json!({ "orders": urls })).into_response())
+}
+
+/// Authorization POST-as-GET, and deactivation with `{"status": "deactivated"}`
+/// (RFC 8555 §7.5.2).
 pub(crate) async fn authz(
     State(inner): State<Arc<Inner>>,
     Path(id): Path<String>,
@@ -228,19 +288,39 @@ pub(crate) async fn authz(
     body: Bytes,
 ) -> Result<Response, Problem> {
     let req = verify_request(&inner, uri.path(), &body, KeyRef::Kid)?;
-    let state = inner.lock_state();
+    let payload = req.json()?;
+    let mut state = inner.lock_state();
     let authz = state
         .authzs
-        .get(&id)
+        .get_mut(&id)
         .ok_or_else(|| Problem::not_found("authorization"))?;
     if authz.account != req.account_id()? {
         return Err(Problem::unauthorized("not your authorization"));
     }
-    Ok(Json(authz_json(authz, &inner)).into_response())
+    let Some(status) = payload.as_ref().and_then(|p| p.get("status")) else {
+        return Ok(Json(authz_json(authz, &inner)).into_response());
+    };
+    if status.as_str() != Some("deactivated") {
+        return Err(Problem::malformed(format!(
+            "an authorization can only be deactivated, not set to {status}"
+        )));
+    }
+    if !matches!(authz.status, Status::Pending | Status::Valid) {
+        return Err(Problem::malformed(format!(
+            "a {} authorization cannot be deactivated",
+            authz.status.as_str()
+        )));
+    }
+    authz.status = Status::Deactivated;
+    let body = authz_json(authz, &inner);
+    update_order(&mut state, &id);
+    Ok(Json(body).into_response())
 }
 
-/// Challenge: POST-as-GET reads it; a JSON object with the token (RFC 9448 §4: `tkauth`;
-/// deployed CAs: `atc`) starts validation, which runs in the background.
+/// Challenge: POST-as-GET reads it; a JSON object starts validation in the background:
+/// for tkauth-01 it carries the token (RFC 9448 §4: `tkauth`; deployed CAs: `atc`), for
+/// http-01 it is `{}` and the devca fetches the key authorization from the client
+/// (RFC 8555 §7.5.1, §8.3). Every answer links `up` to the authorization.
 pub(crate) async fn challenge(
     State(inner): State<Arc<Inner>>,
     Path(id): Path<String>,
@@ -262,8 +342,40 @@ pub(crate) async fn challenge(
     if authz.account != req.account_id()? {
         return Err(Problem::unauthorized("not your challenge"));
     }
+    let up = format!(
+        "<{}>;rel=\"up\"",
+        inner.url(&format!("/acme/authz/{authz_id}"))
+    );
+    let with_up = |mut resp: Response| {
+        if let Ok(v) = HeaderValue::from_str(&up) {
+            resp.headers_mut().append(header::LINK, v);
+        }
+        resp
+    };
+    if let Some(p) = &payload
+        && !p.is_object()
+    {
+        return Err(Problem::malformed(
+            "a challenge response must be a JSON object",
+        ));
+    }
+    if payload.is_some()
+        && authz.challenge.kind == "http-01"
+        && authz.challenge.status == Status::Pending
+        && authz.status == Status::Pending
+    {
+        authz.challenge.status = Status::Processing;
+        let inner2 = inner.clone();
+        let authz_id2 = authz_id.clone();
+        tokio::spawn(async move { validate_http01(&inner2, &authz_id2).await });
+        let mut resp = Json(challenge_json(&authz.challenge, &inner)).into_response();
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return Ok(with_up(resp));
+    }
     if let Some(p) = payload
         && authz.challenge.status == Status::Pending
+        && authz.status == Status::Pending
     {
         let token = match inner.settings.response_field {
             DevResponseField::Atc => p.get("atc"),
@@ -284,9 +396,93 @@ pub(crate) async fn challenge(
         let mut resp = Json(challenge_json(&authz.challenge, &inner)).into_response();
         resp.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        return Ok(resp);
+        return Ok(with_up(resp));
     }
-    Ok(Json(challenge_json(&authz.challenge, &inner)).into_response())
+    Ok(with_up(
+        Json(challenge_json(&authz.challenge, &inner)).into_response(),
+    ))
+}
+
+/// http-01 validation (RFC 8555 §8.3): GET
+/// `http://{domain}:{http01_port}/.well-known/acme-challenge/{token}`, with the domain
+/// resolved to `http01_address` when set, and compare the body (trailing whitespace aside)
+/// with `token.thumbprint(account key)`.
+async fn validate_http01(inner: &Inner, authz_id: &str) {
+    let target = {
+        let state = inner.lock_state();
+        state.authzs.get(authz_id).and_then(|a| {
+            let jwk = &state.accounts.get(&a.account)?.jwk;
+            let token = a.challenge.token.clone()?;
+            let key_auth = format!("{token}.{}", thumbprint(jwk));
+            Some((a.identifier.value.clone(), token, key_auth))
+        })
+    };
+    let Some((domain, token, key_auth)) = target else {
+        return;
+    };
+    let result = fetch_key_authorization(inner, &domain, &token)
+        .await
+        .and_then(|body| {
+            if body.trim_end() == key_auth {
+                Ok(None)
+            } else {
+                Err(Problem::new(
+                    StatusCode::FORBIDDEN,
+                    "incorrectResponse",
+                    format!(
+                        "http-01 for {domain}: the key authorization served is {body:?}, \
+                         expected {key_auth:?}"
+                    ),
+                ))
+            }
+        });
+    let mut state = inner.lock_state();
+    settle(inner, &mut state, authz_id, result);
+}
+
+async fn fetch_key_authorization(
+    inner: &Inner,
+    domain: &str,
+    token: &str,
+) -> Result<String, Problem> {
+    let port = inner.settings.http01_port;
+    let url = format!("http://{domain}:{port}/.well-known/acme-challenge/{token}");
+    let connection = |detail: String| Problem::new(StatusCode::BAD_REQUEST, "connection", detail);
+    let mut builder = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(std::time::Duration::from_secs(10))
+        .redirect(reqwest::redirect::Policy::limited(10));
+    if let Some(ip) = inner.settings.http01_address {
+        // reqwest takes the port from the URL; the resolved address only gives the IP.
+        builder = builder.resolve(domain, std::net::SocketAddr::new(ip, port));
+    }
+    let client = builder
+        .build()
+        .map_err(|e| connection(format!("http-01 client: {e}")))?;
+    let resp = client
+        .get(&url)
+        .send()
+        .await
+        .map_err(|e| connection(format!("http-01 fetch of {url}: {e}")))?;
+    if resp.status() != StatusCode::OK {
+        return Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "unauthorized",
+            format!("http-01 fetch of {url}: HTTP {}", resp.status()),
+        ));
+    }
+    let body = resp
+        .bytes()
+        .await
+        .map_err(|e| connection(format!("http-01 fetch of {url}: {e}")))?;
+    if body.len() > 4096 {
+        return Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "incorrectResponse",
+            format!("http-01 fetch of {url}: a {} byte body", body.len()),
+        ));
+    }
+    Ok(String::from_utf8_lossy(&body).into_owned())
 }
 
 fn validate(inner: &Inner, authz_id: &str, token: &str, jwk: &Value) {
@@ -305,35 +501,69 @@ fn validate(inner: &Inner, authz_id: &str, token: &str, jwk: &Value) {
             Err(Problem::unauthorized("token already used (jti replay)"))
         }
     });
+    settle(
+        inner,
+        &mut state,
+        authz_id,
+        result.map(|grant| Some(grant.ca)),
+    );
+}
+
+/// Records a challenge's outcome (`Ok` with the token's `atc.ca` for tkauth-01) on the
+/// challenge, its authorization and its order.
+fn settle(
+    inner: &Inner,
+    state: &mut AcmeState,
+    authz_id: &str,
+    result: Result<Option<bool>, Problem>,
+) {
     let Some(authz) = state.authzs.get_mut(authz_id) else {
         return;
     };
-    let order_id = authz.order.clone();
+    if authz.status != Status::Pending {
+        // Deactivated while the validation ran.
+        return;
+    }
     let identifier = identifier_names(std::slice::from_ref(&authz.identifier));
     match result {
-        Ok(grant) => {
+        Ok(token_ca) => {
             authz.status = Status::Valid;
             authz.challenge.status = Status::Valid;
             authz.challenge.validated = Some(OffsetDateTime::now_utc());
-            authz.token_ca = Some(grant.ca);
+            authz.token_ca = token_ca;
             inner.behaviour.count(Counter::ChallengeValidated);
-            tracing::info!(target: "devca", authz = %authz_id, %identifier, "tkauth-01 challenge valid");
+            tracing::info!(
+                target: "devca",
+                authz = %authz_id,
+                kind = authz.challenge.kind,
+                %identifier,
+                "challenge valid"
+            );
         }
         Err(problem) => {
             inner.behaviour.count(Counter::ChallengeInvalid);
             tracing::info!(
                 target: "devca",
                 authz = %authz_id,
+                kind = authz.challenge.kind,
                 %identifier,
                 problem_type = problem.kind,
                 detail = %problem.detail,
-                "tkauth-01 challenge invalid"
+                "challenge invalid"
             );
             authz.status = Status::Invalid;
             authz.challenge.status = Status::Invalid;
             authz.challenge.error = Some(problem.to_json());
         }
     }
+    update_order(state, authz_id);
+}
+
+/// Derives the order's status from its authorizations (RFC 8555 §7.1.6).
+fn update_order(state: &mut AcmeState, authz_id: &str) {
+    let Some(order_id) = state.authzs.get(authz_id).map(|a| a.order.clone()) else {
+        return;
+    };
     let statuses: Vec<Status> = state
         .orders
         .get(&order_id)
@@ -344,8 +574,14 @@ fn validate(inner: &Inner, authz_id: &str, token: &str, jwk: &Value) {
                 .collect()
         })
         .unwrap_or_default();
-    if let Some(order) = state.orders.get_mut(&order_id) {
-        if statuses.contains(&Status::Invalid) {
+    // A deactivated authorization also invalidates a ready order: it cannot be finalized.
+    if let Some(order) = state.orders.get_mut(&order_id)
+        && matches!(order.status, Status::Pending | Status::Ready)
+    {
+        if statuses
+            .iter()
+            .any(|s| matches!(s, Status::Invalid | Status::Deactivated))
+        {
             order.status = Status::Invalid;
             order.error =
                 Some(Problem::unauthorized("an authorization of this order is invalid").to_json());
@@ -622,4 +858,28 @@ pub(crate) async fn revoke(
     drop(state);
     inner.behaviour.count(Counter::Revocation);
     Ok((StatusCode::OK, Json(json!({}))).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dns_names_http01_can_validate() {
+        for ok in ["sip.example.test", "a-b.example", "localhost", "x1.y2"] {
+            assert!(is_validatable_dns_name(ok), "{ok}");
+        }
+        let long = format!("{}.example", "a".repeat(64));
+        for bad in [
+            "*.example.test",
+            "",
+            "a..b",
+            "-a.example",
+            "a-.example",
+            "a_b.example",
+            &long,
+        ] {
+            assert!(!is_validatable_dns_name(bad), "{bad}");
+        }
+    }
 }

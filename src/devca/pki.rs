@@ -1,7 +1,7 @@
 //! The embedded CA's keys and certificates, and issuance with the SHAKEN profile
 //! (ATIS-1000080 §6.4.1, as the zlint SHAKEN lints encode it; shaken-acme.md §3).
 
-use std::net::IpAddr;
+use std::{net::IpAddr, path::Path};
 
 use rcgen::{
     BasicConstraints, CertificateParams, CrlDistributionPoint, CustomExtension, IsCa, Issuer,
@@ -22,11 +22,13 @@ const CERTIFICATE_POLICIES_OID: &[u64] = &[2, 5, 29, 32];
 /// Everything the embedded CA signs with.
 pub(crate) struct Pki {
     pub(crate) tls_root_pem: String,
+    /// PKCS#8 PEM of the TLS root key: kept in the state directory so a restart signs its
+    /// server certificate under the same root.
+    tls_root_key_pem: String,
     pub(crate) tls_server_der: Vec<u8>,
     pub(crate) tls_server_key_der: Vec<u8>,
     pub(crate) shaken_root_pem: String,
-    intermediate_params: CertificateParams,
-    intermediate_key: KeyPair,
+    intermediate: Issuer<'static, KeyPair>,
     pub(crate) intermediate_pem: String,
     /// PKCS#8 DER of the STI-PA token-signing key.
     pub(crate) stipa_key_der: Vec<u8>,
@@ -76,21 +78,7 @@ impl Pki {
         );
         let tls_root = tls_root_params.self_signed(&tls_root_key).map_err(err)?;
         let tls_issuer = Issuer::from_params(&tls_root_params, &tls_root_key);
-        let tls_server_key = key()?;
-        let mut tls_params = leaf_params(now, now + Duration::days(365));
-        tls_params.distinguished_name = Subject {
-            country: "US".into(),
-            organization: "certbroker devca".into(),
-            common_name: "localhost".into(),
-        }
-        .to_distinguished_name();
-        tls_params.subject_alt_names = vec![
-            SanType::DnsName("localhost".try_into().map_err(err)?),
-            SanType::IpAddress(listen),
-        ];
-        let tls_server = tls_params
-            .signed_by(&tls_server_key, &tls_issuer)
-            .map_err(err)?;
+        let (tls_server_der, tls_server_key_der) = tls_server(&tls_issuer, listen, now)?;
 
         let root_key = key()?;
         let root_params = ca_params(
@@ -134,18 +122,127 @@ impl Pki {
 
         Ok(Self {
             tls_root_pem: tls_root.pem(),
-            tls_server_der: tls_server.der().to_vec(),
-            tls_server_key_der: tls_server_key.serialize_der(),
+            tls_root_key_pem: tls_root_key.serialize_pem(),
+            tls_server_der,
+            tls_server_key_der,
             shaken_root_pem: root.pem(),
             intermediate_pem: intermediate.pem(),
-            intermediate_params,
-            intermediate_key,
+            intermediate: Issuer::new(intermediate_params, intermediate_key),
             stipa_key_der: stipa_key.serialize_der(),
             stipa_spki_der: rcgen::PublicKeyData::subject_public_key_info(&stipa_key),
             stipa_cert_pem: stipa.pem(),
             stipa_cert_der: stipa.der().to_vec(),
             wrong_key_der: key()?.serialize_der(),
             crl_url,
+        })
+    }
+
+    /// The PKI kept in `dir` by an earlier run, or a new one saved there. The roots, the
+    /// intermediate and the STI-PA signing key persist (so trust anchors and any
+    /// configuration naming them stay valid across restarts); the TLS server certificate
+    /// is signed anew for this run's address. Keys are written owner-only.
+    pub(crate) fn load_or_generate(
+        dir: &Path,
+        base: &Url,
+        listen: IpAddr,
+    ) -> Result<Self, DevCaError> {
+        let read = |name: &str| std::fs::read_to_string(dir.join(name)).ok();
+        if let [
+            Some(tls_root),
+            Some(tls_root_key),
+            Some(shaken_root),
+            Some(intermediate),
+            Some(intermediate_key),
+            Some(stipa_cert),
+            Some(stipa_key),
+        ] = SAVED.map(read)
+        {
+            return Self::from_saved(
+                [
+                    &tls_root,
+                    &tls_root_key,
+                    &shaken_root,
+                    &intermediate,
+                    &intermediate_key,
+                    &stipa_cert,
+                    &stipa_key,
+                ],
+                base,
+                listen,
+            );
+        }
+        let pki = Self::generate(base, listen)?;
+        let texts = [
+            pki.tls_root_pem.clone(),
+            pki.tls_root_key_pem.clone(),
+            pki.shaken_root_pem.clone(),
+            pki.intermediate_pem.clone(),
+            pki.intermediate.key().serialize_pem(),
+            pki.stipa_cert_pem.clone(),
+            KeyPair::try_from(pki.stipa_key_der.as_slice())
+                .map_err(|e| DevCaError::Pki(e.to_string()))?
+                .serialize_pem(),
+        ];
+        for (name, text) in SAVED.iter().zip(texts) {
+            let path = dir.join(name);
+            let written = if name.ends_with("-key.pem") {
+                crate::ca::write_private(&path, text.as_bytes())
+            } else {
+                std::fs::write(&path, text)
+            };
+            written.map_err(|source| DevCaError::Io {
+                what: format!("writing {}", path.display()),
+                source,
+            })?;
+        }
+        Ok(pki)
+    }
+
+    fn from_saved(saved: [&str; 7], base: &Url, listen: IpAddr) -> Result<Self, DevCaError> {
+        let [
+            tls_root,
+            tls_root_key,
+            shaken_root,
+            intermediate,
+            intermediate_key,
+            stipa_cert,
+            stipa_key,
+        ] = saved;
+        let err = |what: &'static str| {
+            move |e: rcgen::Error| DevCaError::Pki(format!("saved {what}: {e}"))
+        };
+        let now = OffsetDateTime::now_utc();
+        let tls_issuer = Issuer::from_ca_cert_pem(
+            tls_root,
+            KeyPair::from_pem(tls_root_key).map_err(err("TLS root key"))?,
+        )
+        .map_err(err("TLS root"))?;
+        let (tls_server_der, tls_server_key_der) = tls_server(&tls_issuer, listen, now)?;
+        let stipa_key = KeyPair::from_pem(stipa_key).map_err(err("STI-PA key"))?;
+        let stipa_cert_der = crate::shaken::parse_pem_chain(stipa_cert)
+            .ok()
+            .and_then(|c| c.into_iter().next())
+            .ok_or_else(|| DevCaError::Pki("saved STI-PA certificate does not parse".into()))?;
+        Ok(Self {
+            tls_root_pem: tls_root.to_owned(),
+            tls_root_key_pem: tls_root_key.to_owned(),
+            tls_server_der,
+            tls_server_key_der,
+            shaken_root_pem: shaken_root.to_owned(),
+            intermediate: Issuer::from_ca_cert_pem(
+                intermediate,
+                KeyPair::from_pem(intermediate_key).map_err(err("intermediate key"))?,
+            )
+            .map_err(err("intermediate"))?,
+            intermediate_pem: intermediate.to_owned(),
+            stipa_key_der: stipa_key.serialize_der(),
+            stipa_spki_der: rcgen::PublicKeyData::subject_public_key_info(&stipa_key),
+            stipa_cert_pem: stipa_cert.to_owned(),
+            stipa_cert_der,
+            wrong_key_der: generate_key()
+                .map_err(|e| DevCaError::Pki(e.to_string()))?
+                .serialize_der(),
+            crl_url: format!("{}download/v1/crl", base.as_str()),
         })
     }
 
@@ -178,8 +275,7 @@ impl Pki {
             params.custom_extensions.push(ext);
         }
         let spki = SubjectPublicKeyInfo::from_der(&req.spki_der)?;
-        let issuer = Issuer::from_params(&self.intermediate_params, &self.intermediate_key);
-        let leaf = params.signed_by(&spki, &issuer)?;
+        let leaf = params.signed_by(&spki, &self.intermediate)?;
         let serial_hex = params
             .serial_number
             .as_ref()
@@ -222,9 +318,43 @@ impl Pki {
             revoked_certs,
             key_identifier_method: rcgen::KeyIdMethod::Sha256,
         };
-        let issuer = Issuer::from_params(&self.intermediate_params, &self.intermediate_key);
-        Ok(params.signed_by(&issuer)?.der().to_vec())
+        Ok(params.signed_by(&self.intermediate)?.der().to_vec())
     }
+}
+
+/// Files of the state directory that hold the persistent PKI, in [`Pki::from_saved`] order.
+const SAVED: [&str; 7] = [
+    "tls-root.pem",
+    "tls-root-key.pem",
+    "shaken-root.pem",
+    "intermediate.pem",
+    "intermediate-key.pem",
+    "sti-pa-signing.pem",
+    "sti-pa-signing-key.pem",
+];
+
+/// The HTTPS server certificate for `listen` (and localhost), signed by the TLS root:
+/// (certificate DER, PKCS#8 key DER).
+fn tls_server(
+    issuer: &Issuer<'_, impl rcgen::SigningKey>,
+    listen: IpAddr,
+    now: OffsetDateTime,
+) -> Result<(Vec<u8>, Vec<u8>), DevCaError> {
+    let err = |e: rcgen::Error| DevCaError::Pki(e.to_string());
+    let key = generate_key().map_err(|e| DevCaError::Pki(e.to_string()))?;
+    let mut params = leaf_params(now, now + Duration::days(365));
+    params.distinguished_name = Subject {
+        country: "US".into(),
+        organization: "certbroker devca".into(),
+        common_name: "localhost".into(),
+    }
+    .to_distinguished_name();
+    params.subject_alt_names = vec![
+        SanType::DnsName("localhost".try_into().map_err(err)?),
+        SanType::IpAddress(listen),
+    ];
+    let cert = params.signed_by(&key, issuer).map_err(err)?;
+    Ok((cert.der().to_vec(), key.serialize_der()))
 }
 
 /// A CA certificate: CA:TRUE (critical, optional pathLen), keyCertSign + cRLSign (critical),

@@ -117,6 +117,7 @@ pub(crate) struct Account {
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum Status {
+    Deactivated,
     Invalid,
     Pending,
     Processing,
@@ -127,6 +128,7 @@ pub(crate) enum Status {
 impl Status {
     pub(crate) fn as_str(self) -> &'static str {
         match self {
+            Self::Deactivated => "deactivated",
             Self::Invalid => "invalid",
             Self::Pending => "pending",
             Self::Processing => "processing",
@@ -175,7 +177,6 @@ pub(crate) struct Order {
     pub(crate) status: Status,
     pub(crate) expires: OffsetDateTime,
     pub(crate) identifiers: Vec<Identifier>,
-    pub(crate) not_before: Option<String>,
     pub(crate) not_after: Option<OffsetDateTime>,
     pub(crate) authzs: Vec<String>,
     pub(crate) cert: Option<String>,
@@ -199,6 +200,8 @@ pub(crate) struct Challenge {
     pub(crate) id: String,
     /// `tkauth-01` or `http-01`.
     pub(crate) kind: &'static str,
+    /// The http-01 token (RFC 8555 §8.3), fixed for the challenge's life.
+    pub(crate) token: Option<String>,
     pub(crate) status: Status,
     pub(crate) validated: Option<OffsetDateTime>,
     pub(crate) error: Option<Value>,
@@ -240,9 +243,6 @@ pub(crate) fn order_json(order: &Order, id: &str, inner: &Inner) -> Value {
             .map(|a| inner.url(&format!("/acme/authz/{a}")).to_string()).collect::<Vec<_>>(),
         "finalize": inner.url(&format!("/acme/finalize/{id}")).as_str(),
     });
-    if let Some(nb) = &order.not_before {
-        v["notBefore"] = json!(nb);
-    }
     if let Some(na) = order.not_after {
         v["notAfter"] = json!(rfc3339(na));
     }
@@ -276,8 +276,9 @@ pub(crate) fn challenge_json(ch: &Challenge, inner: &Inner) -> Value {
     if ch.kind == "tkauth-01" {
         v["tkauth-type"] = json!("atc");
         v["token-authority"] = json!(inner.base.as_str());
-    } else {
-        v["token"] = json!(random_id());
+    }
+    if let Some(token) = &ch.token {
+        v["token"] = json!(token);
     }
     if let Some(t) = ch.validated {
         v["validated"] = json!(rfc3339(t));

@@ -1,9 +1,10 @@
 //! The HTTP admin listener (`telemetry.admin_listen`): `/metrics` (Prometheus text),
-//! `/healthz` (the process runs), `/readyz` (it serves; the body says whether the shared
-//! store answers, which degrades but does not stop service, so it stays 200) and
-//! `/readyz/store` (200 while the shared store answers, 503 while it does not: for alerts and
-//! dashboards, not for a readiness probe, since every replica fails it at once). Plain HTTP:
-//! bind it to a cluster-internal address.
+//! `/healthz` (the process runs), `/readyz` (it serves: 503 only while no CA account works
+//! and the start-up warm-up still runs; the body says what is known of each CA and whether
+//! the shared store answers, which degrades but does not stop service, so a store outage
+//! keeps it 200) and `/readyz/store` (200 while the shared store answers, 503 while it does
+//! not: for alerts and dashboards, not for a readiness probe, since every replica fails it at
+//! once). Plain HTTP: bind it to a cluster-internal address.
 
 use std::future::Future;
 
@@ -74,10 +75,33 @@ async fn store_ready(State(s): State<AdminState>) -> impl IntoResponse {
     }
 }
 
+/// 200 once any CA's account works, or once the start-up warm-up has ended (even if it
+/// failed everywhere: cached certificates are still served); 503 while no CA is known to
+/// work and the warm-up still runs. The body says what is known, one line per CA.
 async fn ready(State(s): State<AdminState>) -> impl IntoResponse {
-    if s.broker.store_ok().await {
-        "ready\n"
+    use crate::broker::ReadyState;
+    let mut body = String::new();
+    let cas = s.broker.ca_readiness();
+    let any_ready = cas.iter().any(|c| c.state == ReadyState::Ready);
+    let warming = cas.iter().any(|c| c.state == ReadyState::WarmingUp);
+    let code = if any_ready || !warming {
+        body.push_str("ready");
+        StatusCode::OK
     } else {
-        "ready (shared store unreachable: caching per replica)\n"
+        body.push_str("not ready (warming up: no CA account works yet)");
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    if !s.broker.store_ok().await {
+        body.push_str(" (shared store unreachable: caching per replica)");
     }
+    body.push('\n');
+    for c in &cas {
+        let state = match &c.state {
+            ReadyState::WarmingUp => "warming up".to_owned(),
+            ReadyState::Ready => "ready".to_owned(),
+            ReadyState::Failed(why) => format!("not ready: {why}"),
+        };
+        body.push_str(&format!("ca {}: {state}\n", c.name));
+    }
+    (code, body)
 }

@@ -49,6 +49,7 @@ struct Inner {
     requests: IntCounterVec,
     request_duration: HistogramVec,
     rejected: IntCounterVec,
+    undecodable: IntCounterVec,
     issuance_duration: HistogramVec,
     issuance_failures: IntCounterVec,
     store_fallbacks: IntCounter,
@@ -94,6 +95,20 @@ impl Metrics {
             ),
             &["method", "reason"],
         )?;
+        let undecodable = IntCounterVec::new(
+            Opts::new(
+                "certbroker_requests_undecodable_total",
+                "Requests whose message was not valid protobuf (answered INVALID_ARGUMENT)",
+            ),
+            &["message"],
+        )?;
+        for message in [
+            "GetCertificateRequest",
+            "ListRenewalsRequest",
+            "RevokeRequest",
+        ] {
+            undecodable.with_label_values(&[message]);
+        }
         let issuance_duration = HistogramVec::new(
             HistogramOpts::new(
                 "certbroker_issuance_duration_seconds",
@@ -144,6 +159,7 @@ impl Metrics {
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(rejected.clone()))?;
+        registry.register(Box::new(undecodable.clone()))?;
         registry.register(Box::new(issuance_duration.clone()))?;
         registry.register(Box::new(issuance_failures.clone()))?;
         registry.register(Box::new(store_fallbacks.clone()))?;
@@ -157,6 +173,7 @@ impl Metrics {
                 requests,
                 request_duration,
                 rejected,
+                undecodable,
                 issuance_duration,
                 issuance_failures,
                 store_fallbacks,
@@ -228,6 +245,13 @@ impl Metrics {
             (&inner.store_fallbacks, store_fallbacks),
             (&inner.renewal_failures, renewal_failures),
         ] {
+            let seen = counter.get();
+            if running > seen {
+                counter.inc_by(running - seen);
+            }
+        }
+        for (message, running) in crate::api::codec::undecodable_counts() {
+            let counter = inner.undecodable.with_label_values(&[message]);
             let seen = counter.get();
             if running > seen {
                 counter.inc_by(running - seen);

@@ -97,7 +97,35 @@ impl TestBroker {
         Self::start_settings(settings).await
     }
 
+    /// Starts the broker and waits until the background warm-up has reached every CA (so a
+    /// test's counters at the CA start after the account requests).
     pub async fn start_settings(settings: Settings) -> Self {
+        let broker = Self::start_unwarmed(settings).await;
+        broker.warmed().await;
+        broker
+    }
+
+    /// Waits until no CA is still warming up (its account created, or failed).
+    pub async fn warmed(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while self
+            .app
+            .broker()
+            .ca_readiness()
+            .iter()
+            .any(|c| c.state == certbroker::broker::ReadyState::WarmingUp)
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "warm-up did not end: {:?}",
+                self.app.broker().ca_readiness()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Starts the broker without waiting for the CAs (start-up never does).
+    pub async fn start_unwarmed(settings: Settings) -> Self {
         let app = App::build(&settings).await.expect("app builds");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");

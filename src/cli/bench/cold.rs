@@ -33,7 +33,8 @@ pub(super) async fn cold(cfg: &Config) -> anyhow::Result<Report> {
     let root = pebble.tls_root_path();
     let settings = Settings::from_toml(&format!(
         "[store]\nbackend = \"memory\"\n[[ca]]\nname = \"pebble\"\ndirectory = \"{dir}\"\n\
-         trust_roots = \"{root}\"\naccount_key = \"{key}\"\n",
+         trust_roots = \"{root}\"\naccount_key = \"{key}\"\n\
+         accept_terms_of_service = true\n",
         dir = pebble.directory_url,
         root = root.display(),
         key = pebble.scratch().join("broker-account.pem").display(),
