@@ -177,7 +177,11 @@ impl CertificateBrokerService for GrpcBroker {
         req.force_renew = false;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let this = self.clone();
+        // A watched certificate is in use: renewed while the stream is open, however long
+        // `renewal.idle_horizon_secs` is.
+        let watching = self.broker.watching(&req);
         tokio::spawn(async move {
+            let _watching = watching;
             let audit = |cert: &crate::store::CertRecord, status: CacheStatus| {
                 this.audit.delivered(
                     Delivery {
@@ -199,8 +203,7 @@ impl CertificateBrokerService for GrpcBroker {
             {
                 return;
             }
-            // Re-checking now and then keeps the certificate on the renewal schedule and
-            // covers a missed notification.
+            // Re-checking now and then covers a missed notification.
             let mut recheck = tokio::time::interval(WATCH_RECHECK);
             recheck.tick().await;
             loop {

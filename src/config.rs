@@ -186,7 +186,8 @@ pub struct RenewalSettings {
     pub enabled: bool,
     /// How often tracked certificates are checked.
     pub check_interval_secs: u64,
-    /// Certificates nobody requested or watched for this long are no longer renewed.
+    /// Certificates nobody requested for this long, and no open watch holds, are no longer
+    /// renewed.
     pub idle_horizon_secs: u64,
     /// Renew when this fraction of the lifetime is left.
     pub renew_fraction: f64,

@@ -291,17 +291,22 @@ impl Pki {
 
 impl Pki {
     /// A DER CRL signed by the intermediate, listing the revoked serials (lowercase hex),
+    /// each with its reasonCode entry extension (none for unspecified, RFC 5280 §5.3.1),
     /// valid for a day. The real SHAKEN CRL is the STI-PA's; one issuer keeps the devca
     /// small.
-    pub(crate) fn crl(&self, revoked_serials: &[String]) -> Result<Vec<u8>, rcgen::Error> {
+    pub(crate) fn crl(
+        &self,
+        revoked_serials: &[(String, Option<rcgen::RevocationReason>)],
+    ) -> Result<Vec<u8>, rcgen::Error> {
         let now = OffsetDateTime::now_utc();
         let revoked_certs = revoked_serials
             .iter()
-            .filter_map(|s| hex::decode(s).ok())
-            .map(|serial| rcgen::RevokedCertParams {
+            .filter_map(|(s, reason)| Some((hex::decode(s).ok()?, *reason)))
+            .map(|(serial, reason)| rcgen::RevokedCertParams {
                 serial_number: SerialNumber::from_slice(&serial),
                 revocation_time: now,
-                reason_code: None,
+                // rcgen writes no reasonCode for `Unspecified`, as RFC 5280 §5.3.1 asks.
+                reason_code: reason,
                 invalidity_date: None,
             })
             .collect();
@@ -470,7 +475,7 @@ mod tests {
         let pki = pki();
         let (req, _key) = request(false);
         let issued = pki.issue(&req).unwrap();
-        let der = pki.crl(std::slice::from_ref(&issued.serial_hex)).unwrap();
+        let der = pki.crl(&[(issued.serial_hex.clone(), None)]).unwrap();
         let (_, crl) = x509_parser::parse_x509_crl(&der).unwrap();
         let serials: Vec<String> = crl
             .iter_revoked_certificates()

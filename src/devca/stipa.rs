@@ -6,8 +6,9 @@ use std::sync::Arc;
 use axum::{
     Json, Router,
     body::Bytes,
-    extract::{Path, State},
+    extract::{Path, Request, State},
     http::{HeaderMap, StatusCode, header},
+    middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
@@ -33,9 +34,20 @@ pub(crate) fn router(inner: Arc<Inner>) -> Router {
         .route("/api/v1/auth/logout", post(logout))
         .route("/api/v1/account/{ocn}/token/", post(token))
         .route("/api/v1/account/{ocn}/token", post(token))
+        .route_layer(middleware::from_fn_with_state(inner.clone(), api_delay))
         .route(X5U_PATH, get(certificate))
         .route("/download/v1/crl", get(crl))
         .with_state(inner)
+}
+
+/// A slow STI-PA ([`super::Behaviour::set_sti_pa_delay`]): holds every API answer (login,
+/// logout, token; not the certificate and CRL downloads).
+async fn api_delay(State(inner): State<Arc<Inner>>, req: Request, next: Next) -> Response {
+    let delay = inner.behaviour.sti_pa_delay();
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    next.run(req).await
 }
 
 fn error(status: StatusCode, message: &str) -> Response {
@@ -124,6 +136,7 @@ async fn token(
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e),
     };
     inner.behaviour.count(Counter::TokenIssued);
+    tracing::info!(target: "devca", spc = %ocn, ca, "STI-PA SPC token issued");
     inner.behaviour.record_token(fingerprint);
     Json(json!({
         "status": "success",
@@ -156,19 +169,37 @@ async fn certificate(State(inner): State<Arc<Inner>>, headers: HeaderMap) -> Res
     }
 }
 
-/// Serves the CRL (`application/pkix-crl`) listing every certificate revoked so far.
+/// Serves the CRL (`application/pkix-crl`) listing every certificate revoked so far, with
+/// the reason each was revoked for.
 async fn crl(State(inner): State<Arc<Inner>>) -> Response {
-    let revoked: Vec<String> = inner
+    let revoked: Vec<(String, Option<rcgen::RevocationReason>)> = inner
         .lock_state()
         .certs
         .values()
-        .filter(|c| c.revoked.is_some())
-        .map(|c| c.serial_hex.clone())
+        .filter_map(|c| Some((c.serial_hex.clone(), crl_reason(c.revoked?))))
         .collect();
     match inner.pki.crl(&revoked) {
         Ok(der) => ([(header::CONTENT_TYPE, "application/pkix-crl")], der).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     }
+}
+
+/// The CRL reason for an RFC 5280 CRLReason code; `None` for unspecified (0), which the
+/// CRL leaves implicit, and for codes revokeCert does not accept.
+fn crl_reason(code: u8) -> Option<rcgen::RevocationReason> {
+    use rcgen::RevocationReason as R;
+    Some(match code {
+        1 => R::KeyCompromise,
+        2 => R::CaCompromise,
+        3 => R::AffiliationChanged,
+        4 => R::Superseded,
+        5 => R::CessationOfOperation,
+        6 => R::CertificateHold,
+        8 => R::RemoveFromCrl,
+        9 => R::PrivilegeWithdrawn,
+        10 => R::AaCompromise,
+        _ => return None,
+    })
 }
 
 fn authorization(headers: &HeaderMap) -> String {
