@@ -511,6 +511,78 @@ mod tests {
     }
 
     #[test]
+    fn grpc_codes_are_written_as_grpc_prometheus_does() {
+        assert_eq!(grpc_code_name(tonic::Code::Ok), "OK");
+        assert_eq!(grpc_code_name(tonic::Code::Cancelled), "Canceled");
+        assert_eq!(
+            grpc_code_name(tonic::Code::InvalidArgument),
+            "InvalidArgument"
+        );
+        assert_eq!(
+            grpc_code_name(tonic::Code::Unauthenticated),
+            "Unauthenticated"
+        );
+    }
+
+    #[test]
+    fn identifiers_label_is_bounded() {
+        use crate::broker::Identifiers;
+        let dns = |n: usize| Identifiers::Dns((0..n).map(|i| format!("host{i}.example")).collect());
+        assert_eq!(identifiers_label(&dns(1)), "dns host0.example");
+        let long = identifiers_label(&dns(40));
+        assert!(long.len() <= IDENTIFIERS_LABEL_MAX, "{long}");
+        assert!(long.ends_with(" more"), "{long}");
+        let one = identifiers_label(&Identifiers::Dns(vec!["x".repeat(200)]));
+        assert!(one.len() <= IDENTIFIERS_LABEL_MAX, "{one}");
+    }
+
+    #[test]
+    fn certificate_series_follow_the_tracker() {
+        use crate::broker::{Identifiers, RenewalStatus};
+        let m = Metrics::new().unwrap();
+        let status = |key: &str, not_after: Option<i64>| RenewalStatus {
+            cache_key: key.into(),
+            serial_hex: Some("01".into()),
+            not_after,
+            next_renewal: not_after.map(|na| na - 100),
+            last_error: None,
+            failures: 0,
+            pool: "default".into(),
+            identifiers: Identifiers::Dns(vec!["a.example".into()]),
+            issuer_ca: Some("primary".into()),
+        };
+        m.set_certificates(&[status("k1", Some(2_000)), status("k2", Some(500))], 1_000);
+        let text = m.render(0, 0);
+        let labels = |k: &str| {
+            format!("ca=\"primary\",identifiers=\"dns a.example\",key=\"{k}\",pool=\"default\"")
+        };
+        for line in [
+            format!(
+                "certbroker_certificate_expiration_timestamp_seconds{{{}}} 2000",
+                labels("k1")
+            ),
+            format!(
+                "certbroker_certificate_renewal_timestamp_seconds{{{}}} 1900",
+                labels("k1")
+            ),
+            format!(
+                "certbroker_certificate_ready_status{{ca=\"primary\",condition=\"True\",identifiers=\"dns a.example\",key=\"k1\",pool=\"default\"}} 1"
+            ),
+            // k2 is expired: not ready.
+            format!(
+                "certbroker_certificate_ready_status{{ca=\"primary\",condition=\"False\",identifiers=\"dns a.example\",key=\"k2\",pool=\"default\"}} 1"
+            ),
+        ] {
+            assert!(text.contains(&line), "missing {line}:\n{text}");
+        }
+        // k1 forgotten: its series go.
+        m.set_certificates(&[status("k2", Some(500))], 1_000);
+        let text = m.render(0, 0);
+        assert!(!text.contains("key=\"k1\""), "{text}");
+        assert!(text.contains("key=\"k2\""), "{text}");
+    }
+
+    #[test]
     fn exposition_has_every_family_with_conventional_names() {
         let m = Metrics::new().unwrap();
         m.request(
