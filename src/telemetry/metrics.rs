@@ -565,13 +565,9 @@ mod tests {
                 "certbroker_certificate_renewal_timestamp_seconds{{{}}} 1900",
                 labels("k1")
             ),
-            format!(
-                "certbroker_certificate_ready_status{{ca=\"primary\",condition=\"True\",identifiers=\"dns a.example\",key=\"k1\",pool=\"default\"}} 1"
-            ),
+            "certbroker_certificate_ready_status{ca=\"primary\",condition=\"True\",identifiers=\"dns a.example\",key=\"k1\",pool=\"default\"} 1".to_owned(),
             // k2 is expired: not ready.
-            format!(
-                "certbroker_certificate_ready_status{{ca=\"primary\",condition=\"False\",identifiers=\"dns a.example\",key=\"k2\",pool=\"default\"}} 1"
-            ),
+            "certbroker_certificate_ready_status{ca=\"primary\",condition=\"False\",identifiers=\"dns a.example\",key=\"k2\",pool=\"default\"} 1".to_owned(),
         ] {
             assert!(text.contains(&line), "missing {line}:\n{text}");
         }
