@@ -13,6 +13,7 @@ use std::{env, path::PathBuf};
 use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    build_info();
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     println!("cargo:rerun-if-changed=proto/certbroker/v1/broker.proto");
     let protos = ["proto/certbroker/v1/broker.proto"];
@@ -38,4 +39,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .skip_protoc_run()
         .compile_protos(&protos, &includes)?;
     Ok(())
+}
+
+/// The labels of `certbroker_build_info`: the compiler's version (asked of `$RUSTC`, which
+/// cargo sets) and the commit, when the build environment names one in
+/// `CERTBROKER_GIT_COMMIT` (e.g. a CI or `docker build --build-arg`); no git needed.
+fn build_info() {
+    let rustc = env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let version = std::process::Command::new(rustc)
+        .arg("--version")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|v| v.split_whitespace().nth(1).map(str::to_owned))
+        .unwrap_or_else(|| "unknown".into());
+    println!("cargo:rustc-env=CERTBROKER_BUILD_RUSTC={version}");
+    println!("cargo:rerun-if-env-changed=CERTBROKER_GIT_COMMIT");
+    let git = env::var("CERTBROKER_GIT_COMMIT").unwrap_or_default();
+    println!("cargo:rustc-env=CERTBROKER_BUILD_GIT={}", git.trim());
 }

@@ -149,6 +149,49 @@ impl CertificateBrokerService for GrpcBroker {
         &self,
         request: Request<pb::WatchCertificateRequest>,
     ) -> Result<Response<Self::WatchCertificateStream>, Status> {
+        // Counted once, when the stream opens: its code is the first answer's, its
+        // duration the time to that answer.
+        let started = Instant::now();
+        let result = self.watch_inner(request).await;
+        self.record("WatchCertificate", &result, None, started);
+        result
+    }
+
+    async fn list_renewals(
+        &self,
+        _request: Request<pb::ListRenewalsRequest>,
+    ) -> Result<Response<pb::ListRenewalsResponse>, Status> {
+        let started = Instant::now();
+        let entries = self
+            .broker
+            .renewal_status()
+            .await
+            .into_iter()
+            .map(convert::renewal_entry)
+            .collect();
+        let result = Ok(Response::new(pb::ListRenewalsResponse { entries }));
+        self.record("ListRenewals", &result, None, started);
+        result
+    }
+
+    async fn revoke(
+        &self,
+        request: Request<pb::RevokeRequest>,
+    ) -> Result<Response<pb::RevokeResponse>, Status> {
+        let started = Instant::now();
+        let result = self.revoke_inner(request).await;
+        self.record("Revoke", &result, None, started);
+        result
+    }
+}
+
+// === impl GrpcBroker ===
+
+impl GrpcBroker {
+    async fn watch_inner(
+        &self,
+        request: Request<pb::WatchCertificateRequest>,
+    ) -> Result<Response<CertificateStream>, Status> {
         let caller = caller_of(&request);
         let mut req =
             convert::cert_request(request.into_inner().into()).map_err(|e| to_status(&e))?;
@@ -236,34 +279,6 @@ impl CertificateBrokerService for GrpcBroker {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    async fn list_renewals(
-        &self,
-        _request: Request<pb::ListRenewalsRequest>,
-    ) -> Result<Response<pb::ListRenewalsResponse>, Status> {
-        let entries = self
-            .broker
-            .renewal_status()
-            .await
-            .into_iter()
-            .map(convert::renewal_entry)
-            .collect();
-        Ok(Response::new(pb::ListRenewalsResponse { entries }))
-    }
-
-    async fn revoke(
-        &self,
-        request: Request<pb::RevokeRequest>,
-    ) -> Result<Response<pb::RevokeResponse>, Status> {
-        let started = Instant::now();
-        let result = self.revoke_inner(request).await;
-        self.record("Revoke", &result, None, started);
-        result
-    }
-}
-
-// === impl GrpcBroker ===
-
-impl GrpcBroker {
     /// Reports to `metrics` (requests, issuance latency by CA, CA failures, served
     /// certificates).
     pub fn with_metrics(mut self, metrics: Metrics) -> Self {

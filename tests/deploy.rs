@@ -405,9 +405,10 @@ mod toml_value {
     }
 }
 
-/// The README's expiry alert compared two sides with different label sets and could never
-/// fire; the shipped rule fires when a certificate in use has under an hour left, and
-/// every rule passes `promtool check rules`.
+/// The README's expiry alert once compared two sides with different label sets and could
+/// never fire; the rendered rule fires when a certificate has under an hour left (its
+/// notAfter gauge minus `time()`), and every rule passes `promtool check rules`. The full
+/// rule tests run in tests/telemetry.rs.
 #[test]
 fn prometheus_rules_pass_promtool() {
     let docs = render("production");
@@ -435,22 +436,18 @@ evaluation_interval: 1m
 tests:
   - interval: 1m
     input_series:
-      - series: 'certbroker_certificate_min_expiry_seconds{job="certbroker",instance="a"}'
-        values: '7200 1800 1800'
-      - series: 'certbroker_certificates{job="certbroker",instance="a",expires_within="+Inf"}'
-        values: '3 3 3'
-      - series: 'certbroker_certificates{job="certbroker",instance="a",expires_within="3600"}'
-        values: '0 1 1'
+      - series: 'certbroker_certificate_expiration_timestamp_seconds{job="certbroker",instance="a",key="k",identifiers="spc 1234",pool="default",ca="devca"}'
+        values: '5000x40'
     alert_rule_test:
       - eval_time: 0m
         alertname: CertbrokerCertificateExpiring
         exp_alerts: []
-      - eval_time: 2m
+      - eval_time: 30m
         alertname: CertbrokerCertificateExpiring
         exp_alerts:
-          - exp_labels: {severity: critical, job: certbroker, instance: a}
+          - exp_labels: {severity: critical, key: k, identifiers: spc 1234, pool: default, ca: devca}
             exp_annotations:
-              summary: 'A certificate in use on a expires within the hour.'
+              summary: 'Certificate for spc 1234 (pool default, CA devca) expires within the hour.'
 "#,
     )
     .unwrap();

@@ -62,6 +62,12 @@ pub struct RenewalStatus {
     pub last_error: Option<String>,
     /// Consecutive failures.
     pub failures: u32,
+    /// The pool the certificate is requested from.
+    pub pool: String,
+    /// What the certificate is for.
+    pub identifiers: super::Identifiers,
+    /// The CA that issued the current certificate, if one is known.
+    pub issuer_ca: Option<String>,
 }
 
 #[derive(Debug)]
@@ -200,17 +206,37 @@ impl Broker {
     /// Renewal state of every tracked certificate, for `certbroker status`.
     pub async fn renewal_status(&self) -> Vec<RenewalStatus> {
         let renew_fraction = self.inner().tracker.fraction();
-        let snapshot: Vec<(String, Option<String>, u32, Option<AriPlan>)> = self
+        type Row = (
+            String,
+            Option<String>,
+            u32,
+            Option<AriPlan>,
+            String,
+            super::Identifiers,
+        );
+        let snapshot: Vec<Row> = self
             .inner()
             .tracker
             .read()
             .iter()
-            .map(|(k, t)| (k.clone(), t.last_error.clone(), t.failures, t.ari.clone()))
+            .map(|(k, t)| {
+                (
+                    k.clone(),
+                    t.last_error.clone(),
+                    t.failures,
+                    t.ari.clone(),
+                    t.request.pool.clone(),
+                    t.request.identifiers.clone(),
+                )
+            })
             .collect();
         let mut out = vec![];
-        for (key, last_error, failures, plan) in snapshot {
+        for (key, last_error, failures, plan, pool, identifiers) in snapshot {
             let current = self.current(&key).await;
             out.push(RenewalStatus {
+                pool,
+                identifiers,
+                issuer_ca: current.as_ref().map(|c| c.issuer_ca.clone()),
                 serial_hex: current.as_ref().map(|c| c.serial_hex.clone()),
                 not_after: current.as_ref().map(|c| c.not_after),
                 next_renewal: current
