@@ -98,6 +98,8 @@ fn own_spans() -> tracing_subscriber::filter::FilterFn<impl Fn(&tracing::Metadat
                     .strip_prefix(SCOPE)
                     .is_some_and(|rest| rest.starts_with("::")))
     })
+    // Lets `trace!` call sites stay disabled statically while spans are exported.
+    .with_max_level_hint(tracing::Level::DEBUG)
 }
 
 /// Whether spans are exported and where: `None` no export; `Some(None)` the endpoint the
