@@ -248,9 +248,11 @@ pub struct TelemetrySettings {
     /// absent: none.
     pub admin_listen: Option<SocketAddr>,
     /// OTLP/gRPC collector (e.g. `http://otel-collector:4317`) receiving tracing spans;
-    /// absent: no export.
+    /// absent: no export unless `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` is set, which also win over this.
     pub otlp_endpoint: Option<String>,
-    /// `service.name` resource attribute of exported spans.
+    /// `service.name` resource attribute of exported spans; `OTEL_SERVICE_NAME` (or
+    /// `service.name` in `OTEL_RESOURCE_ATTRIBUTES`) wins.
     pub service_name: String,
     /// Seconds between the audit trail's summary lines: the first hand-out of a serial to
     /// a caller is logged at once, repeats are counted and written once per interval.

@@ -434,17 +434,42 @@ pub(crate) fn revocation_payload(cert_der: &[u8], reason: Option<u8>) -> Value {
     payload
 }
 
-/// Sends one request and reads the whole body, inside a span that records the status.
+/// Sends one request and reads the whole body, inside an `acme.request` span: a CLIENT
+/// span after the OpenTelemetry HTTP conventions (`http.request.method`, `url.full` without
+/// credentials, `http.response.status_code`; error status and `error.type` for a transport
+/// failure or a status of 400 and above, as the conventions ask of HTTP clients).
 async fn send(
     url: &str,
     method: &str,
     req: reqwest::RequestBuilder,
 ) -> Result<Response, AcmeError> {
-    let span = tracing::debug_span!("acme.request", method, url, status = tracing::field::Empty);
+    let span = tracing::debug_span!(
+        "acme.request",
+        otel.kind = "client",
+        http.request.method = method,
+        url.full = %redacted_url(url),
+        http.response.status_code = tracing::field::Empty,
+        error.type = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
     async {
-        let resp = req.send().await.map_err(AcmeError::Http)?;
+        let resp = match req.send().await {
+            Ok(resp) => resp,
+            Err(e) => {
+                let span = tracing::Span::current();
+                span.record("error.type", "transport");
+                span.record("otel.status_code", "ERROR");
+                return Err(AcmeError::Http(e));
+            }
+        };
         let status = resp.status();
-        tracing::Span::current().record("status", status.as_u16());
+        let span = tracing::Span::current();
+        // An i64: tracing-opentelemetry exports unsigned values as strings.
+        span.record("http.response.status_code", i64::from(status.as_u16()));
+        if status.as_u16() >= 400 {
+            span.record("error.type", status.as_str());
+            span.record("otel.status_code", "ERROR");
+        }
         tracing::debug!(status = status.as_u16(), "acme response");
         let headers = resp.headers().clone();
         let body = resp.bytes().await.map_err(AcmeError::Http)?;
@@ -475,6 +500,46 @@ async fn observed(
     result
 }
 
+/// `url` as the `url.full` attribute: user name and password replaced by `REDACTED`, and the
+/// values of query parameters that commonly carry signatures or tokens too.
+fn redacted_url(url: &str) -> String {
+    const SECRET_PARAMS: &[&str] = &[
+        "awsaccesskeyid",
+        "signature",
+        "sig",
+        "x-goog-signature",
+        "token",
+        "access_token",
+        "key",
+        "password",
+    ];
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        return "(unparsable)".to_owned();
+    };
+    if !parsed.username().is_empty() {
+        let _ = parsed.set_username("REDACTED");
+    }
+    if parsed.password().is_some() {
+        let _ = parsed.set_password(Some("REDACTED"));
+    }
+    if parsed.query().is_some() {
+        let pairs: Vec<(String, String)> = parsed
+            .query_pairs()
+            .map(|(k, v)| {
+                let secret = SECRET_PARAMS.contains(&k.to_ascii_lowercase().as_str());
+                let v = if secret {
+                    "REDACTED".into()
+                } else {
+                    v.into_owned()
+                };
+                (k.into_owned(), v)
+            })
+            .collect();
+        parsed.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    parsed.into()
+}
+
 fn replay_nonce(resp: &Response) -> Option<String> {
     let value = resp.headers.get("replay-nonce")?.to_str().ok()?.trim();
     (!value.is_empty()).then(|| value.to_owned())
@@ -497,6 +562,19 @@ mod tests {
             revocation_payload(&[0x30, 0x82], None),
             json!({"certificate": "MII"})
         );
+    }
+
+    #[test]
+    fn url_full_has_no_credentials() {
+        assert_eq!(
+            redacted_url("https://ca.test/acme/order/1"),
+            "https://ca.test/acme/order/1"
+        );
+        assert_eq!(
+            redacted_url("https://user:pw@ca.test/dir?token=abc&x=1&Signature=s"),
+            "https://REDACTED:REDACTED@ca.test/dir?token=REDACTED&x=1&Signature=REDACTED"
+        );
+        assert_eq!(redacted_url("not a url"), "(unparsable)");
     }
 
     #[test]
