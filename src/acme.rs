@@ -18,6 +18,9 @@
 //! server suggests for it, and [`NewOrder::replaces`] tells the server which certificate an
 //! order replaces ([`AcmeError::is_already_replaced`] when that one was replaced already).
 //!
+//! Metrics without a metrics dependency: [`ClientSettings::observer`] takes a
+//! [`RequestObserver`], told the [`Endpoint`], HTTP status and duration of every exchange.
+//!
 //! Logging: each request opens a `tracing` span with method and URL and records the response
 //! status; JWS bodies, keys and certificates are never logged.
 
@@ -32,7 +35,7 @@ mod retry;
 mod types;
 
 pub use account::Account;
-pub use client::{Client, ClientSettings};
+pub use client::{Client, ClientSettings, Endpoint, RequestObserver};
 pub use error::AcmeError;
 pub use key::{AccountKey, ExternalAccountKey};
 pub use renewal_info::{CertificateId, RenewalInfo, SuggestedWindow};

@@ -2,8 +2,9 @@
 //! plus the standard health and reflection services. Knows nothing of Redis or ACME.
 //!
 //! Every request passes the tower stack in [`layers`]; broker RPCs then pass the caller's
-//! [`policy`] before any broker work.
+//! [`policy`] before any broker work. Certificates handed out go to the [`audit`] trail.
 
+pub mod audit;
 pub mod codec;
 mod convert;
 pub mod layers;
@@ -38,6 +39,7 @@ use crate::{
     },
     telemetry::Metrics,
 };
+use audit::{Audit, Delivery};
 use layers::{RateLimitLayer, RejectionObserver, ShedLayer, TimeoutLayer};
 use listener::ReloadingTls;
 use policy::{Action, Caller, Policy};
@@ -51,6 +53,7 @@ pub struct GrpcBroker {
     policy: Arc<Policy>,
     metrics: Option<Metrics>,
     x5u_base: Option<url::Url>,
+    audit: Audit,
 }
 
 impl GrpcBroker {
@@ -61,7 +64,14 @@ impl GrpcBroker {
             policy: Arc::new(policy),
             metrics: None,
             x5u_base: None,
+            audit: Audit::new(audit::DEFAULT_INTERVAL),
         }
+    }
+
+    /// Records hand-outs in `audit` (whose summaries the caller schedules).
+    pub fn with_audit(mut self, audit: Audit) -> Self {
+        self.audit = audit;
+        self
     }
 
     /// Answers carry the chain's STI-CR URL under `base`.
@@ -98,6 +108,16 @@ fn cache_label(status: pb::CacheStatus) -> &'static str {
     }
 }
 
+/// `cache_status` label of a broker answer.
+fn status_label(status: CacheStatus) -> &'static str {
+    match status {
+        CacheStatus::HitLocal => "hit_local",
+        CacheStatus::HitShared => "hit_shared",
+        CacheStatus::Joined => "joined",
+        CacheStatus::Issued => "issued",
+    }
+}
+
 /// The caller recorded by [`layers::identify`], or read from the connection directly.
 fn caller_of<T>(request: &Request<T>) -> Caller {
     request
@@ -129,79 +149,19 @@ impl CertificateBrokerService for GrpcBroker {
         &self,
         request: Request<pb::WatchCertificateRequest>,
     ) -> Result<Response<Self::WatchCertificateStream>, Status> {
-        let caller = caller_of(&request);
-        let mut req =
-            convert::cert_request(request.into_inner().into()).map_err(|e| to_status(&e))?;
-        self.authorize(
-            &caller,
-            Action::Get {
-                identifiers: &req.identifiers,
-                pool: &req.pool,
-                ca: req.ca,
-            },
-        )?;
-        self.broker
-            .check_satisfiable(&req)
-            .await
-            .map_err(|e| to_status(&e))?;
-        let has_csr = req.csr_der.is_some();
-        let key = req.cache_key();
-        // Subscribe before the first answer so no renewal can slip between the two.
-        let mut updates = self.broker.watch();
-        let (first, status) = self
-            .broker
-            .get_certificate(req.clone())
-            .await
-            .map_err(|e| to_status(&e))?;
-        req.force_renew = false;
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        let this = self.clone();
-        tokio::spawn(async move {
-            let mut last = first.serial_hex.clone();
-            if tx
-                .send(Ok(this.respond(&first, status, has_csr).into()))
-                .await
-                .is_err()
-            {
-                return;
-            }
-            // Re-checking now and then keeps the certificate on the renewal schedule and
-            // covers a missed notification.
-            let mut recheck = tokio::time::interval(WATCH_RECHECK);
-            recheck.tick().await;
-            loop {
-                tokio::select! {
-                    () = tx.closed() => break,
-                    msg = updates.recv() => match msg {
-                        Ok(k) if k != key => continue,
-                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                        Err(broadcast::error::RecvError::Closed) => break,
-                    },
-                    _ = recheck.tick() => {}
-                }
-                match this.broker.get_certificate(req.clone()).await {
-                    Ok((cert, status)) if cert.serial_hex != last => {
-                        last = cert.serial_hex.clone();
-                        if tx
-                            .send(Ok(this.respond(&cert, status, has_csr).into()))
-                            .await
-                            .is_err()
-                        {
-                            break;
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "watch re-check failed; retrying"),
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        // Counted once, when the stream opens: its code is the first answer's, its
+        // duration the time to that answer.
+        let started = Instant::now();
+        let result = self.watch_inner(request).await;
+        self.record("WatchCertificate", &result, None, started);
+        result
     }
 
     async fn list_renewals(
         &self,
         _request: Request<pb::ListRenewalsRequest>,
     ) -> Result<Response<pb::ListRenewalsResponse>, Status> {
+        let started = Instant::now();
         let entries = self
             .broker
             .renewal_status()
@@ -209,7 +169,9 @@ impl CertificateBrokerService for GrpcBroker {
             .into_iter()
             .map(convert::renewal_entry)
             .collect();
-        Ok(Response::new(pb::ListRenewalsResponse { entries }))
+        let result = Ok(Response::new(pb::ListRenewalsResponse { entries }));
+        self.record("ListRenewals", &result, None, started);
+        result
     }
 
     async fn revoke(
@@ -226,6 +188,97 @@ impl CertificateBrokerService for GrpcBroker {
 // === impl GrpcBroker ===
 
 impl GrpcBroker {
+    async fn watch_inner(
+        &self,
+        request: Request<pb::WatchCertificateRequest>,
+    ) -> Result<Response<CertificateStream>, Status> {
+        let caller = caller_of(&request);
+        let mut req =
+            convert::cert_request(request.into_inner().into()).map_err(|e| to_status(&e))?;
+        self.authorize(
+            &caller,
+            Action::Get {
+                identifiers: &req.identifiers,
+                pool: &req.pool,
+                ca: req.ca,
+            },
+        )?;
+        self.broker
+            .check_satisfiable(&req)
+            .await
+            .map_err(|e| to_status(&e))?;
+        let has_csr = req.csr_der.is_some();
+        let identifiers = req.identifiers.clone();
+        let key = req.cache_key();
+        // Subscribe before the first answer so no renewal can slip between the two.
+        let mut updates = self.broker.watch();
+        let (first, status) = self
+            .broker
+            .get_certificate(req.clone())
+            .await
+            .map_err(|e| to_status(&e))?;
+        req.force_renew = false;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let this = self.clone();
+        // A watched certificate is in use: renewed while the stream is open, however long
+        // `renewal.idle_horizon_secs` is.
+        let watching = self.broker.watching(&req);
+        tokio::spawn(async move {
+            let _watching = watching;
+            let audit = |cert: &crate::store::CertRecord, status: CacheStatus| {
+                this.audit.delivered(
+                    Delivery {
+                        action: "watch_certificate",
+                        caller: &caller,
+                        cert,
+                        cache_status: status_label(status),
+                        key_returned: !has_csr,
+                    },
+                    || policy::describe(&identifiers),
+                );
+            };
+            let mut last = first.serial_hex.clone();
+            audit(&first, status);
+            if tx
+                .send(Ok(this.respond(&first, status, has_csr).into()))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            // Re-checking now and then covers a missed notification.
+            let mut recheck = tokio::time::interval(WATCH_RECHECK);
+            recheck.tick().await;
+            loop {
+                tokio::select! {
+                    () = tx.closed() => break,
+                    msg = updates.recv() => match msg {
+                        Ok(k) if k != key => continue,
+                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(broadcast::error::RecvError::Closed) => break,
+                    },
+                    _ = recheck.tick() => {}
+                }
+                match this.broker.get_certificate(req.clone()).await {
+                    Ok((cert, status)) if cert.serial_hex != last => {
+                        last = cert.serial_hex.clone();
+                        audit(&cert, status);
+                        if tx
+                            .send(Ok(this.respond(&cert, status, has_csr).into()))
+                            .await
+                            .is_err()
+                        {
+                            break;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "watch re-check failed; retrying"),
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
     /// Reports to `metrics` (requests, issuance latency by CA, CA failures, served
     /// certificates).
     pub fn with_metrics(mut self, metrics: Metrics) -> Self {
@@ -252,24 +305,24 @@ impl GrpcBroker {
             .check_satisfiable(&req)
             .await
             .map_err(|e| to_status(&e))?;
-        let what = policy::describe(&req.identifiers);
         let has_csr = req.csr_der.is_some();
+        // Kept for the audit line of a first hand-out.
+        let identifiers = req.identifiers.clone();
         let (cert, cache_status) = self
             .broker
             .get_certificate(req)
             .await
             .map_err(|e| self.broker_error(&e))?;
         let response = self.respond(&cert, cache_status, has_csr);
-        tracing::info!(
-            target: "audit",
-            action = "get_certificate",
-            caller = %caller.label(),
-            identifiers = %what,
-            ca = %cert.issuer_ca,
-            serial = %cert.serial_hex,
-            cache_status = cache_label(response.cache_status()),
-            key_returned = !has_csr,
-            "certificate delivered"
+        self.audit.delivered(
+            Delivery {
+                action: "get_certificate",
+                caller: &caller,
+                cert: &cert,
+                cache_status: status_label(cache_status),
+                key_returned: !has_csr,
+            },
+            || policy::describe(&identifiers),
         );
         if let Some(m) = &self.metrics {
             if cache_status == CacheStatus::Issued {
@@ -360,6 +413,8 @@ pub struct ServeOptions {
     pub metrics: Option<Metrics>,
     /// Public STI-CR base; answers carry `x5u` under it.
     pub x5u_base: Option<url::Url>,
+    /// How often the [`audit`] trail writes its repeat counts.
+    pub audit_interval: Duration,
 }
 
 impl ServeOptions {
@@ -376,6 +431,7 @@ impl ServeOptions {
             observer: None,
             metrics: None,
             x5u_base: None,
+            audit_interval: audit::DEFAULT_INTERVAL,
         }
     }
 
@@ -453,6 +509,8 @@ pub async fn serve(
 
     let observer = options.observer.clone();
     let stack = tower::ServiceBuilder::new()
+        // The gRPC status of every answer (rejections included) on the `rpc` span.
+        .layer(layers::RpcStatusLayer)
         // Who is calling: certificate names or peer IP, for the limits and the policy.
         .map_request(layers::identify)
         // Per-caller token bucket; a flood from one caller does not starve the others.
@@ -469,7 +527,12 @@ pub async fn serve(
         // No request runs longer than the server allows.
         .layer(TimeoutLayer::new(options.request_timeout, observer))
         .into_inner();
-    let mut grpc_broker = GrpcBroker::new(broker, policy).with_x5u_base(options.x5u_base.clone());
+    // Repeat hand-outs are counted and summarized by a background task, off the request path.
+    let audit = Audit::new(options.audit_interval);
+    let audit_summaries = audit.spawn();
+    let mut grpc_broker = GrpcBroker::new(broker, policy)
+        .with_x5u_base(options.x5u_base.clone())
+        .with_audit(audit.clone());
     if let Some(m) = options.metrics.clone() {
         grpc_broker = grpc_broker.with_metrics(m);
     }
@@ -503,6 +566,9 @@ pub async fn serve(
         }
     };
     store_health.abort();
+    audit_summaries.abort();
+    // The counts of the last, partial interval.
+    audit.flush();
     served?;
     Ok(())
 }

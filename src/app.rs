@@ -39,6 +39,9 @@ impl App {
         // The same store caches SPC tokens fleet-wide (sealed with the keyring in Redis).
         let pool = CaPool::from_settings(&settings.ca, &settings.pool, Some(store.clone()))?;
         let pool = Arc::new(pool);
+        let metrics = Metrics::new()?;
+        metrics.set_ca_breaker_source(pool.clone());
+        pool.set_metrics(&metrics);
         // In the background and in parallel: the listener opens at once; readiness
         // (`/readyz`, the `certbroker.ca` health service) says what is known meanwhile.
         pool.spawn_warm_up();
@@ -56,13 +59,12 @@ impl App {
                 use_ari: r.ari,
             });
         }
-        let metrics = Metrics::new()?;
-        metrics.set_ca_breaker_source(pool.clone());
         let mut serve_options =
             api::ServeOptions::from_settings(&settings.server, &settings.policy);
         serve_options.observer = Some(Arc::new(metrics.clone()));
         serve_options.metrics = Some(metrics.clone());
         serve_options.x5u_base = settings.publish.base_url.clone();
+        serve_options.audit_interval = Duration::from_secs(settings.telemetry.audit_interval_secs);
         Ok(Self {
             broker,
             pool,

@@ -12,7 +12,7 @@ mod singleflight;
 
 pub use error::{BrokerError, FailureKind, IssueError};
 pub use fleet::BrokerStats;
-pub use renewal::{RenewalOptions, RenewalStatus, unix_to_rfc3339};
+pub use renewal::{RenewalOptions, RenewalStatus, WatchGuard, unix_to_rfc3339};
 pub use request::{CaReadiness, CertRequest, Identifiers, ReadyState, RevokeRequest};
 pub use service::{Broker, BrokerOptions, CacheStatus, Revoked};
 

@@ -46,7 +46,7 @@ enum Command {
 pub fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         match cli.command {
             Command::Serve(args) => serve::run(args).await,
             Command::Devca(args) => devca::run(args).await,
@@ -58,7 +58,10 @@ pub fn main() -> anyhow::Result<()> {
             Command::Account(args) => account::run(args).await,
             Command::Bench(args) => bench::run(*args).await,
         }
-    })
+    });
+    // Log lines still queued for the writer thread (telemetry) are written before exit.
+    crate::telemetry::drain_logs();
+    result
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -1,6 +1,11 @@
 //! One typed configuration: a TOML file, overridden by `CERTBROKER_<SECTION>__<KEY>`
 //! environment variables (for example `CERTBROKER_SERVER__LISTEN=0.0.0.0:50051`).
 //!
+//! Not every `CERTBROKER_*` variable is an override: a pod also carries the CLI's own
+//! variables, the secrets the file names through `*_env` keys, and the kubelet's service
+//! links for a Service called `certbroker`. [`classify_env`] sorts them; the rule is in the
+//! README's configuration reference.
+//!
 //! Every key is documented in the README's configuration reference. Loading validates
 //! everything up front and names the offending key, so a bad value stops start-up instead
 //! of surfacing on the first request.
@@ -181,7 +186,8 @@ pub struct RenewalSettings {
     pub enabled: bool,
     /// How often tracked certificates are checked.
     pub check_interval_secs: u64,
-    /// Certificates nobody requested or watched for this long are no longer renewed.
+    /// Certificates nobody requested for this long, and no open watch holds, are no longer
+    /// renewed.
     pub idle_horizon_secs: u64,
     /// Renew when this fraction of the lifetime is left.
     pub renew_fraction: f64,
@@ -242,10 +248,15 @@ pub struct TelemetrySettings {
     /// absent: none.
     pub admin_listen: Option<SocketAddr>,
     /// OTLP/gRPC collector (e.g. `http://otel-collector:4317`) receiving tracing spans;
-    /// absent: no export.
+    /// absent: no export unless `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` is set, which also win over this.
     pub otlp_endpoint: Option<String>,
-    /// `service.name` resource attribute of exported spans.
+    /// `service.name` resource attribute of exported spans; `OTEL_SERVICE_NAME` (or
+    /// `service.name` in `OTEL_RESOURCE_ATTRIBUTES`) wins.
     pub service_name: String,
+    /// Seconds between the audit trail's summary lines: the first hand-out of a serial to
+    /// a caller is logged at once, repeats are counted and written once per interval.
+    pub audit_interval_secs: u64,
 }
 
 /// One `[[ca]]` upstream.
@@ -469,6 +480,139 @@ pub struct StiPaSettings {
     pub trust_roots: Option<PathBuf>,
 }
 
+/// Prefix of the environment variables that override configuration keys.
+pub const ENV_PREFIX: &str = "CERTBROKER_";
+
+/// `CERTBROKER_*` variables the command line reads itself (`--config`, and the client's
+/// `--addr`, `--ca-cert`, `--cert`, `--key`); never configuration overrides.
+pub const CLI_ENV: &[&str] = &[
+    "CERTBROKER_CONFIG",
+    "CERTBROKER_ADDR",
+    "CERTBROKER_CA_CERT",
+    "CERTBROKER_CLIENT_CERT",
+    "CERTBROKER_CLIENT_KEY",
+];
+
+/// The top-level keys of [`Settings`]: a variable whose name starts with one of them followed
+/// by a single `_` is taken for a misspelt override.
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "server",
+    "store",
+    "broker",
+    "telemetry",
+    "renewal",
+    "publish",
+    "ca",
+    "pool",
+    "policy",
+];
+
+/// What a variable in the process environment is to the configuration loader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnvRole {
+    /// Does not start with `CERTBROKER_` (case-insensitively, as figment matches it).
+    NotOurs,
+    /// Starts with `CERTBROKER_` but is no override: one of [`CLI_ENV`], a name some `*_env`
+    /// key of the file refers to, a Kubernetes service-link variable, or any other name
+    /// without `__` whose first segment is not a top-level key.
+    NotConfig,
+    /// `CERTBROKER_<KEY>__<KEY>...` (or a bare top-level key): loaded, and an unknown key or
+    /// a bad value stops start-up naming it.
+    Override,
+    /// A top-level key and a single `_` (`CERTBROKER_SERVER_LISTEN`): most likely an override
+    /// with the wrong separator, so start-up stops rather than ignoring it.
+    Misspelt,
+}
+
+/// Sorts one environment variable name; `referenced` holds the names the configuration file
+/// gives in `*_env` keys (e.g. `ca.sti_pa.password_env`).
+///
+/// The order matters: CLI names and referenced secrets first, then anything with `__` is an
+/// override (so a real override always wins), then the kubelet's service links, then the
+/// typo check.
+pub fn classify_env(name: &str, referenced: &BTreeSet<String>) -> EnvRole {
+    let prefix_len = ENV_PREFIX.len();
+    if name.len() < prefix_len
+        || !name.is_char_boundary(prefix_len)
+        || !name[..prefix_len].eq_ignore_ascii_case(ENV_PREFIX)
+    {
+        return EnvRole::NotOurs;
+    }
+    if CLI_ENV.iter().any(|c| c.eq_ignore_ascii_case(name)) || referenced.contains(name) {
+        return EnvRole::NotConfig;
+    }
+    let rest = &name[prefix_len..];
+    if rest.contains("__") {
+        return EnvRole::Override;
+    }
+    if is_service_link(name) {
+        return EnvRole::NotConfig;
+    }
+    let first = rest.split('_').next().unwrap_or_default();
+    match TOP_LEVEL_KEYS
+        .iter()
+        .find(|k| k.eq_ignore_ascii_case(first))
+    {
+        Some(_) if first.len() == rest.len() => EnvRole::Override,
+        Some(_) => EnvRole::Misspelt,
+        None => EnvRole::NotConfig,
+    }
+}
+
+/// The variables the kubelet sets for every Service with a cluster IP in the pod's namespace
+/// (`<NAME>_SERVICE_HOST`, `<NAME>_SERVICE_PORT[_<PORT NAME>]`, `<NAME>_PORT`,
+/// `<NAME>_PORT_<N>_<PROTO>[_PROTO|_PORT|_ADDR]`, the name upper-cased with `-` as `_`).
+fn is_service_link(name: &str) -> bool {
+    if name.ends_with("_SERVICE_HOST")
+        || name.ends_with("_SERVICE_PORT")
+        || name.contains("_SERVICE_PORT_")
+        || name.ends_with("_PORT")
+    {
+        return true;
+    }
+    // ..._PORT_<digits>_<TCP|UDP|SCTP>[_PROTO|_PORT|_ADDR]
+    name.match_indices("_PORT_").any(|(i, m)| {
+        let tail = &name[i + m.len()..];
+        let mut parts = tail.split('_');
+        let number = parts.next().unwrap_or_default();
+        let proto = parts.next().unwrap_or_default();
+        let field = parts.next();
+        !number.is_empty()
+            && number.bytes().all(|b| b.is_ascii_digit())
+            && matches!(proto, "TCP" | "UDP" | "SCTP")
+            && matches!(field, None | Some("PROTO" | "PORT" | "ADDR"))
+            && parts.next().is_none()
+    })
+}
+
+/// Values of every `*_env` key in a TOML file (any depth, in tables and arrays of tables):
+/// the environment variables the file names for its secrets. An unreadable file gives none
+/// (loading it reports the error).
+fn env_names_referenced_by(file: &std::path::Path) -> BTreeSet<String> {
+    fn walk(value: &figment::value::Value, out: &mut BTreeSet<String>) {
+        use figment::value::Value;
+        match value {
+            Value::Dict(_, dict) => {
+                for (k, v) in dict {
+                    match v {
+                        Value::String(_, s) if k.ends_with("_env") => {
+                            out.insert(s.clone());
+                        }
+                        _ => walk(v, out),
+                    }
+                }
+            }
+            Value::Array(_, items) => items.iter().for_each(|v| walk(v, out)),
+            _ => {}
+        }
+    }
+    let mut out = BTreeSet::new();
+    if let Ok(value) = Figment::from(Toml::file(file)).extract::<figment::value::Value>() {
+        walk(&value, &mut out);
+    }
+    out
+}
+
 /// A configuration that cannot be used, naming the key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -500,7 +644,31 @@ impl Settings {
             }
             figment = figment.merge(Toml::file(file));
         }
-        figment = figment.merge(Env::prefixed("CERTBROKER_").split("__"));
+        let referenced = file.map(env_names_referenced_by).unwrap_or_default();
+        let mut overrides = BTreeSet::new();
+        for (name, _) in std::env::vars_os() {
+            let Some(name) = name.to_str() else { continue };
+            match classify_env(name, &referenced) {
+                EnvRole::Override => {
+                    overrides.insert(name[ENV_PREFIX.len()..].to_ascii_lowercase());
+                }
+                EnvRole::Misspelt => {
+                    return Err(ConfigError::Invalid {
+                        key: name.to_owned(),
+                        reason: format!(
+                            "looks like a configuration override, but sections and keys are \
+                             separated by `__` (e.g. {ENV_PREFIX}SERVER__LISTEN)"
+                        ),
+                    });
+                }
+                EnvRole::NotOurs | EnvRole::NotConfig => {}
+            }
+        }
+        figment = figment.merge(
+            Env::prefixed(ENV_PREFIX)
+                .filter(move |k| overrides.contains(&k.as_str().to_ascii_lowercase()))
+                .split("__"),
+        );
         Self::from_figment(figment)
     }
 
@@ -714,6 +882,12 @@ impl Settings {
             key,
             reason: reason.to_owned(),
         };
+        if self.telemetry.audit_interval_secs == 0 {
+            return Err(invalid(
+                "telemetry.audit_interval_secs".into(),
+                "must be at least 1",
+            ));
+        }
         let s = &self.server;
         if s.request_timeout_secs == 0 {
             return Err(invalid(
@@ -855,6 +1029,7 @@ impl Default for TelemetrySettings {
             admin_listen: None,
             otlp_endpoint: None,
             service_name: "certbroker".into(),
+            audit_interval_secs: 60,
         }
     }
 }
@@ -1037,6 +1212,10 @@ mod tests {
                 "server.max_concurrent_requests",
             ),
             (
+                "[telemetry]\naudit_interval_secs = 0".into(),
+                "telemetry.audit_interval_secs",
+            ),
+            (
                 "[server]\nrate_limit_burst = 0".into(),
                 "server.rate_limit_burst",
             ),
@@ -1119,6 +1298,95 @@ mod env_tests {
             );
             Ok(())
         });
+    }
+
+    /// A pod's environment: the CLI's own variables, the Secret the file names through
+    /// `password_env`, and the kubelet's service links for a Service `certbroker` (and one
+    /// `certbroker-store`, whose links begin with a top-level key) are no overrides.
+    #[test]
+    fn a_pods_environment_is_not_taken_for_overrides() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "c.toml",
+                "[[ca]]\nname = \"a\"\ndirectory = \"https://x\"\naccount_key = \"k\"\n\
+                 [ca.sti_pa]\nbase_url = \"https://pa\"\nuser_id = \"u\"\n\
+                 password_env = \"CERTBROKER_STI_PA_PASSWORD\"\n\
+                 [ca.eab]\nkey_id = \"kid\"\nhmac_key_env = \"CERTBROKER_EAB\"\n",
+            )?;
+            for (k, v) in [
+                ("CERTBROKER_STI_PA_PASSWORD", "secret"),
+                ("CERTBROKER_EAB", "hmac"),
+                ("CERTBROKER_CONFIG", "c.toml"),
+                ("CERTBROKER_ADDR", "http://127.0.0.1:1"),
+                ("CERTBROKER_CA_CERT", "/ca.pem"),
+                ("CERTBROKER_SERVICE_HOST", "10.0.0.7"),
+                ("CERTBROKER_SERVICE_PORT", "50051"),
+                ("CERTBROKER_SERVICE_PORT_GRPC", "50051"),
+                ("CERTBROKER_PORT", "tcp://10.0.0.7:50051"),
+                ("CERTBROKER_PORT_50051_TCP", "tcp://10.0.0.7:50051"),
+                ("CERTBROKER_PORT_50051_TCP_PROTO", "tcp"),
+                ("CERTBROKER_PORT_50051_TCP_PORT", "50051"),
+                ("CERTBROKER_PORT_50051_TCP_ADDR", "10.0.0.7"),
+                ("CERTBROKER_STORE_SERVICE_HOST", "10.0.0.8"),
+                ("CERTBROKER_STORE_PORT_6379_TCP_ADDR", "10.0.0.8"),
+                ("CERTBROKER_REDIS_SERVICE_PORT_REDIS", "6379"),
+                ("CERTBROKER_SOMETHING_ELSE", "x"),
+                ("CERTBROKER_BROKER__CACHE_CAPACITY", "7"),
+            ] {
+                jail.set_env(k, v);
+            }
+            let s =
+                Settings::load(Some(std::path::Path::new("c.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(
+                s.broker.cache_capacity, 7,
+                "the real override still applies"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn misspelt_overrides_still_stop_start_up() {
+        for (name, expect) in [
+            ("CERTBROKER_SERVR__LISTEN", "servr"),
+            ("CERTBROKER_SERVER__LISTN", "listn"),
+            ("CERTBROKER_SERVER_LISTEN", "separated by `__`"),
+        ] {
+            figment::Jail::expect_with(|jail| {
+                jail.create_file("c.toml", "")?;
+                jail.set_env(name, "127.0.0.1:1");
+                let err = Settings::load(Some(std::path::Path::new("c.toml")))
+                    .unwrap_err()
+                    .to_string();
+                assert!(err.contains(expect), "{name}: {err}");
+                Ok(())
+            });
+        }
+    }
+
+    #[test]
+    fn classification_of_names() {
+        let referenced: BTreeSet<String> = ["CERTBROKER_PA".to_owned()].into();
+        for (name, role) in [
+            ("PATH", EnvRole::NotOurs),
+            ("CERTBROKE", EnvRole::NotOurs),
+            ("CERTBROKER_PA", EnvRole::NotConfig),
+            ("CERTBROKER_CONFIG", EnvRole::NotConfig),
+            ("CERTBROKER_CLIENT_KEY", EnvRole::NotConfig),
+            ("CERTBROKER_PORT_50051_TCP", EnvRole::NotConfig),
+            ("CERTBROKER_PORT_9090_UDP_ADDR", EnvRole::NotConfig),
+            ("CERTBROKER_SERVER_SERVICE_PORT_ADMIN", EnvRole::NotConfig),
+            ("CERTBROKER_PORT_50051_TCP_OTHER", EnvRole::NotConfig),
+            ("CERTBROKER_SERVER__LISTEN", EnvRole::Override),
+            ("certbroker_server__listen", EnvRole::Override),
+            ("CERTBROKER_STORE__KEYRING__KEYS__K1", EnvRole::Override),
+            ("CERTBROKER_RENEWAL", EnvRole::Override),
+            ("CERTBROKER_RENEWAL_ARI", EnvRole::Misspelt),
+            ("CERTBROKER_CA_DIRECTORY", EnvRole::Misspelt),
+            ("CERTBROKER_STORE_PORT_6379_TCPX", EnvRole::Misspelt),
+        ] {
+            assert_eq!(classify_env(name, &referenced), role, "{name}");
+        }
     }
 
     #[test]

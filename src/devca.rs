@@ -8,7 +8,13 @@
 //!   is at `/download/v1/root-crl`);
 //! - an RFC 8555 ACME server under `/acme/` that validates `tkauth-01` (RFC 9447/9448)
 //!   strictly: token signature, `x5u`, `exp`, `jti` replay, `tktype`, `tkvalue` (compared
-//!   after DER decoding), `fingerprint` and `ca`; and checks the CSR at finalize.
+//!   after DER decoding), `fingerprint` and `ca`; and checks the CSR at finalize;
+//! - `GET /devca/stats`: its counters as JSON ([`DevCaHandle::stats_url`]).
+//!
+//! Every event (account, order, authorization, challenge, certificate, revocation, SPC
+//! token, injected fault) is logged at info level with target `devca`. The [`Behaviour`]
+//! knobs make it misbehave per ACME [`Step`]: latency, hangs, error documents, `badNonce`,
+//! a slow STI-PA; `certbroker devca` exposes them as flags.
 //!
 //! PKI: a self-signed **TLS root** issues the HTTPS server certificate
 //! ([`DevCaHandle::trust_root_pem`]). A separate **SHAKEN root** issues the SHAKEN
@@ -37,6 +43,7 @@ mod jws;
 mod order;
 mod pki;
 mod state;
+mod stats;
 mod stipa;
 
 use std::{
@@ -50,7 +57,7 @@ use secrecy::SecretString;
 use url::Url;
 
 pub use ari::{DevRenewalInfo, Replacement, ReplacesOutcome};
-pub use behaviour::{Behaviour, Stats, TokenFault};
+pub use behaviour::{Behaviour, InjectedError, Stats, Step, TokenFault};
 pub use defect::ProfileDefect;
 
 /// Which challenge-response field the STI-CA reads the SPC token from (shaken-acme.md §0.1).
@@ -314,7 +321,9 @@ impl DevCa {
             nonces: Mutex::new(state::Nonces::default()),
             access_tokens: Mutex::new(Default::default()),
         });
-        let app = acme::router(inner.clone()).merge(stipa::router(inner.clone()));
+        let app = acme::router(inner.clone())
+            .merge(stipa::router(inner.clone()))
+            .merge(stats::router(inner.clone()));
         let server = axum_server::Handle::new();
         let srv = axum_server::from_tcp_rustls(listener, tls)
             .map_err(io("starting the server".into()))?
@@ -343,6 +352,12 @@ impl DevCaHandle {
     /// The STI-PA API base URL, `https://ADDR` (the same server as the ACME API).
     pub fn sti_pa_url(&self) -> Url {
         self.inner.base.clone()
+    }
+
+    /// The counters endpoint, `https://ADDR/devca/stats` (JSON; see the README's devca
+    /// section).
+    pub fn stats_url(&self) -> Url {
+        self.inner.url(stats::STATS_PATH)
     }
 
     /// The PEM file of the TLS trust root of the HTTPS endpoints.

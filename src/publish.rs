@@ -12,6 +12,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
+use time::OffsetDateTime;
 use url::Url;
 
 use crate::broker::Broker;
@@ -54,9 +55,8 @@ async fn chain(State(broker): State<Broker>, Path(name): Path<String>) -> Respon
         return StatusCode::NOT_FOUND.into_response();
     }
     match broker.chain_by_fingerprint(fp).await {
-        Some((pem, remaining_secs)) => {
-            // Verifiers cache for 24 h when told less; never promise past notAfter.
-            let max_age = remaining_secs.clamp(0, 86_400);
+        Some((pem, not_after)) => {
+            let max_age = max_age_secs(not_after, OffsetDateTime::now_utc());
             (
                 StatusCode::OK,
                 [
@@ -71,5 +71,54 @@ async fn chain(State(broker): State<Broker>, Path(name): Path<String>) -> Respon
                 .into_response()
         }
         None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+/// The `max-age` for a chain whose leaf expires at `not_after` (Unix seconds), asked for at
+/// `now`: the whole seconds left, rounded down, so a cache never keeps the chain past
+/// notAfter; 0 once expired; at most a day (verifiers cache for 24 h when told less).
+fn max_age_secs(not_after: i64, now: OffsetDateTime) -> i64 {
+    let Ok(expiry) = OffsetDateTime::from_unix_timestamp(not_after) else {
+        return 0;
+    };
+    // `whole_seconds` truncates toward zero: down for time left, 0 just past expiry.
+    (expiry - now).whole_seconds().clamp(0, 86_400)
+}
+
+#[cfg(test)]
+mod tests {
+    use time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn max_age_rounds_down_never_past_not_after() {
+        let not_after = 1_700_000_100;
+        let second = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        // 0.9 s into a second: 99.1 s are left, so 99, not the 100 a truncated clock says.
+        for (now, want) in [
+            (second + Duration::milliseconds(900), 99),
+            (second + Duration::milliseconds(1), 99),
+            (second, 100),
+            (second - Duration::milliseconds(1), 100),
+        ] {
+            let max_age = max_age_secs(not_after, now);
+            assert_eq!(max_age, want, "at {now}");
+            assert!(
+                now + Duration::seconds(max_age)
+                    <= OffsetDateTime::from_unix_timestamp(not_after).unwrap()
+            );
+        }
+        // Just before and after expiry, and far from it.
+        let expiry = OffsetDateTime::from_unix_timestamp(not_after).unwrap();
+        assert_eq!(
+            max_age_secs(not_after, expiry - Duration::milliseconds(999)),
+            0
+        );
+        assert_eq!(
+            max_age_secs(not_after, expiry + Duration::milliseconds(500)),
+            0
+        );
+        assert_eq!(max_age_secs(not_after, expiry - Duration::days(3)), 86_400);
     }
 }

@@ -24,6 +24,7 @@ fn every_scenario_runs_and_reports() {
         ("redis-benchmark", "redis-tools"),
         ("pebble", "pebble"),
         ("lego", "lego"),
+        ("h2load", "nghttp2-client"),
     ] {
         require(binary, package);
     }
@@ -41,7 +42,7 @@ fn every_scenario_runs_and_reports() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    for scenario in ["l1", "l2", "fanin", "cold", "scale"] {
+    for scenario in ["l1", "l2", "fanin", "cold", "scale", "external"] {
         assert!(
             stdout.contains(&format!("== {scenario} (quick")),
             "no {scenario} table:\n{stdout}"

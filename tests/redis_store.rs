@@ -211,7 +211,8 @@ async fn stored_values_hold_no_plaintext_key_and_expire_at_not_after() {
     let mut keys: Vec<String> = conn.keys("certbroker:*").await.unwrap();
     // The health probe's own key holds a timestamp.
     keys.retain(|k| k != "certbroker:health");
-    assert_eq!(keys.len(), 4, "{keys:?}");
+    // cert:<serial>, current, entry, and the serial and fingerprint indexes.
+    assert_eq!(keys.len(), 5, "{keys:?}");
     for k in &keys {
         let value: Vec<u8> = conn.get(k).await.unwrap();
         assert!(
@@ -238,6 +239,75 @@ async fn stored_values_hold_no_plaintext_key_and_expire_at_not_after() {
         );
     }
     assert_eq!(store.current("ck-raw").await.unwrap(), Some(rec));
+}
+
+/// Redis's own count of calls per command since the last `CONFIG RESETSTAT`.
+async fn command_calls(conn: &mut redis::aio::MultiplexedConnection) -> BTreeMap<String, u64> {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .unwrap();
+    info.lines()
+        .filter_map(|l| {
+            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = rest
+                .strip_prefix("calls=")?
+                .split(',')
+                .next()?
+                .parse()
+                .ok()?;
+            Some((name.to_owned(), calls))
+        })
+        .filter(|(name, _)| name != "info" && !name.starts_with("config"))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_hit_is_one_round_trip_and_older_layouts_still_read() {
+    let server = RedisServer::start();
+    let store = connect(&settings(&server.url())).await.unwrap();
+    let mut conn = raw(&server.url()).await;
+    let old = record("ck-one", "01", Some(pkcs8()));
+    let new = record("ck-one", "02", Some(pkcs8()));
+    store.put(&old).await.unwrap();
+    store.put(&new).await.unwrap();
+
+    // What Redis executed for one lookup: a single MGET.
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(store.current("ck-one").await.unwrap(), Some(new.clone()));
+    let calls = command_calls(&mut conn).await;
+    assert_eq!(calls, BTreeMap::from([("mget".to_owned(), 1)]), "{calls:?}");
+
+    // A stale copy (the entry names another serial than `current`, as after a put by a
+    // broker that writes no entries) is not served: the record is read by serial.
+    let stale: Vec<u8> = conn.get("certbroker:{ck-one}:cert:01").await.unwrap();
+    let _: () = conn.set("certbroker:{ck-one}:entry", stale).await.unwrap();
+    assert_eq!(store.current("ck-one").await.unwrap(), Some(new.clone()));
+    // The layout before entries existed: only `current` and `cert:<serial>`.
+    let _: () = conn.del("certbroker:{ck-one}:entry").await.unwrap();
+    assert_eq!(store.current("ck-one").await.unwrap(), Some(new.clone()));
+
+    // Evicting the current certificate removes its entry; evicting an older one does not.
+    store.put(&new).await.unwrap();
+    store.evict(&old).await.unwrap();
+    assert!(
+        conn.exists::<_, bool>("certbroker:{ck-one}:entry")
+            .await
+            .unwrap()
+    );
+    store.evict(&new).await.unwrap();
+    assert!(
+        !conn
+            .exists::<_, bool>("certbroker:{ck-one}:entry")
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.current("ck-one").await.unwrap(), None);
 }
 
 #[tokio::test]

@@ -14,6 +14,8 @@ use tracing_subscriber::{filter::Targets, prelude::*};
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CALLER_SPAN: &str = "00f067aa0ba902b7";
+/// The exported name of the `rpc` span (`{rpc.service}/{rpc.method}`, the RPC conventions).
+const RPC: &str = "certbroker.v1.CertificateBrokerService/GetCertificate";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_miss_yields_the_span_tree_under_the_callers_trace() {
@@ -45,7 +47,7 @@ async fn one_miss_yields_the_span_tree_under_the_callers_trace() {
     let mut spans = vec![];
     for _ in 0..100 {
         spans = exporter.get_finished_spans().unwrap();
-        if spans.iter().any(|s| s.name == "rpc") {
+        if spans.iter().any(|s| s.name == RPC) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -67,10 +69,11 @@ async fn one_miss_yields_the_span_tree_under_the_callers_trace() {
     };
     let names: Vec<_> = spans.iter().map(|s| s.name.to_string()).collect();
 
-    let rpc = named("rpc");
+    let rpc = named(RPC);
     assert_eq!(rpc.len(), 1, "{names:?}");
     let rpc = rpc[0];
     assert_eq!(rpc.span_context.trace_id().to_string(), TRACE_ID);
+    assert_eq!(rpc.span_kind, opentelemetry::trace::SpanKind::Server);
     assert_eq!(
         rpc.parent_span_id.to_string(),
         CALLER_SPAN,
@@ -83,10 +86,7 @@ async fn one_miss_yields_the_span_tree_under_the_callers_trace() {
 
     let attempt = named("ca.attempt");
     assert_eq!(attempt.len(), 1, "{names:?}");
-    assert_eq!(
-        ancestors(attempt[0])[..2],
-        ["broker.get_certificate", "rpc"]
-    );
+    assert_eq!(ancestors(attempt[0])[..2], ["broker.get_certificate", RPC]);
 
     let token = named("challenge.token");
     assert_eq!(token.len(), 1, "{names:?}");

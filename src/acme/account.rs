@@ -7,7 +7,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use crate::acme::{
-    client::{Client, Payload, revocation_payload},
+    client::{Client, Endpoint, Payload, revocation_payload},
     error::AcmeError,
     jws::{self, Signer},
     key::AccountKey,
@@ -55,7 +55,9 @@ impl Account {
         let payload = serde_json::to_value(req)
             .map_err(|e| AcmeError::Protocol(format!("serializing newOrder: {e}")))?;
         let url = &self.client.directory().new_order;
-        let resp = self.post(url, Payload::Json(&payload), None).await?;
+        let resp = self
+            .post(Endpoint::NewOrder, url, Payload::Json(&payload), None)
+            .await?;
         Ok(Order {
             url: resp.location()?,
             state: resp.json()?,
@@ -64,7 +66,7 @@ impl Account {
 
     /// Fetches an order (POST-as-GET).
     pub async fn order(&self, url: &str) -> Result<Order, AcmeError> {
-        let state: OrderState = self.get(url).await?.json()?;
+        let state: OrderState = self.get(Endpoint::Order, url).await?.json()?;
         Ok(Order {
             url: url.to_owned(),
             state,
@@ -74,12 +76,12 @@ impl Account {
     /// Fetches an authorization (POST-as-GET,
     /// [§7.5](https://www.rfc-editor.org/rfc/rfc8555#section-7.5)).
     pub async fn authorization(&self, url: &str) -> Result<Authorization, AcmeError> {
-        self.get(url).await?.json()
+        self.get(Endpoint::Authz, url).await?.json()
     }
 
     /// Fetches a challenge (POST-as-GET).
     pub async fn challenge(&self, url: &str) -> Result<Challenge, AcmeError> {
-        self.get(url).await?.json()
+        self.get(Endpoint::Challenge, url).await?.json()
     }
 
     /// Tells the server a challenge is ready to validate
@@ -91,9 +93,14 @@ impl Account {
         challenge_url: &str,
         payload: &Value,
     ) -> Result<Challenge, AcmeError> {
-        self.post(challenge_url, Payload::Json(payload), None)
-            .await?
-            .json()
+        self.post(
+            Endpoint::Challenge,
+            challenge_url,
+            Payload::Json(payload),
+            None,
+        )
+        .await?
+        .json()
     }
 
     /// Polls an authorization until it leaves `pending`.
@@ -108,7 +115,7 @@ impl Account {
         policy: &RetryPolicy,
     ) -> Result<Authorization, AcmeError> {
         let authz: Authorization = self
-            .poll(url, policy, |a: &Authorization| {
+            .poll(Endpoint::Authz, url, policy, |a: &Authorization| {
                 a.status != AuthorizationStatus::Pending
             })
             .await?;
@@ -132,7 +139,12 @@ impl Account {
     pub async fn finalize(&self, order: &Order, csr_der: &[u8]) -> Result<Order, AcmeError> {
         let payload = json!({"csr": jws::b64(csr_der)});
         let resp = self
-            .post(&order.state.finalize, Payload::Json(&payload), None)
+            .post(
+                Endpoint::Finalize,
+                &order.state.finalize,
+                Payload::Json(&payload),
+                None,
+            )
             .await?;
         Ok(Order {
             url: order.url.clone(),
@@ -152,7 +164,7 @@ impl Account {
         policy: &RetryPolicy,
     ) -> Result<Order, AcmeError> {
         let state: OrderState = self
-            .poll(order_url, policy, |o: &OrderState| {
+            .poll(Endpoint::Order, order_url, policy, |o: &OrderState| {
                 !matches!(o.status, OrderStatus::Pending | OrderStatus::Processing)
             })
             .await?;
@@ -177,6 +189,7 @@ impl Account {
     pub async fn certificate_chain(&self, cert_url: &str) -> Result<CertificateChain, AcmeError> {
         let resp = self
             .post(
+                Endpoint::Certificate,
                 cert_url,
                 Payload::Empty,
                 Some("application/pem-certificate-chain"),
@@ -202,7 +215,8 @@ impl Account {
     pub async fn revoke(&self, cert_der: &[u8], reason: Option<u8>) -> Result<(), AcmeError> {
         let payload = revocation_payload(cert_der, reason);
         let url = &self.client.directory().revoke_cert;
-        self.post(url, Payload::Json(&payload), None).await?;
+        self.post(Endpoint::RevokeCert, url, Payload::Json(&payload), None)
+            .await?;
         Ok(())
     }
 
@@ -216,7 +230,8 @@ impl Account {
         let url = &self.client.directory().key_change;
         let inner_payload = json!({"account": self.url, "oldKey": self.key.public_jwk()});
         let inner = jws::sign_json(&new_key, Signer::Jwk, None, url, &inner_payload)?;
-        self.post(url, Payload::Json(&inner), None).await?;
+        self.post(Endpoint::KeyChange, url, Payload::Json(&inner), None)
+            .await?;
         Ok(Self::from_parts(
             self.client.clone(),
             new_key,
@@ -228,7 +243,12 @@ impl Account {
     /// [§7.3.3](https://www.rfc-editor.org/rfc/rfc8555#section-7.3.3)).
     pub async fn state(&self) -> Result<AccountState, AcmeError> {
         let resp = self
-            .post(&self.url, Payload::Json(&json!({})), None)
+            .post(
+                Endpoint::Account,
+                &self.url,
+                Payload::Json(&json!({})),
+                None,
+            )
             .await?;
         resp.json()
     }
@@ -237,29 +257,39 @@ impl Account {
     /// Irreversible: later requests with this account fail with `unauthorized`.
     pub async fn deactivate(&self) -> Result<(), AcmeError> {
         let payload = json!({"status": "deactivated"});
-        self.post(&self.url, Payload::Json(&payload), None).await?;
+        self.post(Endpoint::Account, &self.url, Payload::Json(&payload), None)
+            .await?;
         Ok(())
     }
 
     async fn post(
         &self,
+        endpoint: Endpoint,
         url: &str,
         payload: Payload<'_>,
         accept: Option<&str>,
     ) -> Result<Response, AcmeError> {
         self.client
-            .post(url, &self.key, Signer::Kid(&self.url), payload, accept)
+            .post(
+                endpoint,
+                url,
+                &self.key,
+                Signer::Kid(&self.url),
+                payload,
+                accept,
+            )
             .await
     }
 
-    async fn get(&self, url: &str) -> Result<Response, AcmeError> {
-        self.post(url, Payload::Empty, None).await
+    async fn get(&self, endpoint: Endpoint, url: &str) -> Result<Response, AcmeError> {
+        self.post(endpoint, url, Payload::Empty, None).await
     }
 
     /// POST-as-GETs `url` until `settled` holds, sleeping per `policy` (server
     /// `Retry-After` first) and never past its deadline.
     async fn poll<T: DeserializeOwned>(
         &self,
+        endpoint: Endpoint,
         url: &str,
         policy: &RetryPolicy,
         settled: impl Fn(&T) -> bool,
@@ -267,7 +297,7 @@ impl Account {
         let start = Instant::now();
         let mut delay = policy.initial_delay;
         loop {
-            let resp = self.get(url).await?;
+            let resp = self.get(endpoint, url).await?;
             let object: T = resp.json()?;
             if settled(&object) {
                 return Ok(object);

@@ -36,6 +36,92 @@ pub struct ClientSettings {
     /// How often one request is re-signed and re-sent after a `badNonce` rejection
     /// ([§6.5](https://www.rfc-editor.org/rfc/rfc8555#section-6.5)).
     pub max_bad_nonce_retries: u32,
+    /// Told about every HTTP exchange (endpoint, status, duration), e.g. for metrics.
+    pub observer: Option<Arc<dyn RequestObserver>>,
+}
+
+/// The ACME resource a request is for: the `endpoint` label of request metrics. Server
+/// URLs (orders, authorizations, ...) are not bounded; these names are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    /// The directory (GET).
+    Directory,
+    /// `newNonce` (HEAD).
+    NewNonce,
+    /// `newAccount`, also to find an existing account.
+    NewAccount,
+    /// The account URL: state, deactivation.
+    Account,
+    /// `newOrder`.
+    NewOrder,
+    /// An authorization URL.
+    Authz,
+    /// A challenge URL.
+    Challenge,
+    /// An order's `finalize` URL.
+    Finalize,
+    /// An order URL.
+    Order,
+    /// A certificate URL (download).
+    Certificate,
+    /// `revokeCert`.
+    RevokeCert,
+    /// `renewalInfo` (RFC 9773).
+    RenewalInfo,
+    /// `keyChange`.
+    KeyChange,
+}
+
+impl Endpoint {
+    /// Every endpoint, in protocol order.
+    pub const ALL: [Endpoint; 13] = [
+        Endpoint::Directory,
+        Endpoint::NewNonce,
+        Endpoint::NewAccount,
+        Endpoint::Account,
+        Endpoint::NewOrder,
+        Endpoint::Authz,
+        Endpoint::Challenge,
+        Endpoint::Finalize,
+        Endpoint::Order,
+        Endpoint::Certificate,
+        Endpoint::RevokeCert,
+        Endpoint::RenewalInfo,
+        Endpoint::KeyChange,
+    ];
+
+    /// The name RFC 8555 uses (directory keys; resources by their kind).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Endpoint::Directory => "directory",
+            Endpoint::NewNonce => "newNonce",
+            Endpoint::NewAccount => "newAccount",
+            Endpoint::Account => "account",
+            Endpoint::NewOrder => "newOrder",
+            Endpoint::Authz => "authz",
+            Endpoint::Challenge => "challenge",
+            Endpoint::Finalize => "finalize",
+            Endpoint::Order => "order",
+            Endpoint::Certificate => "certificate",
+            Endpoint::RevokeCert => "revokeCert",
+            Endpoint::RenewalInfo => "renewalInfo",
+            Endpoint::KeyChange => "keyChange",
+        }
+    }
+}
+
+/// Told about every HTTP exchange a [`Client`] makes, once the answer's body is read or
+/// the exchange failed. Knows nothing of who listens: the caller implements it.
+pub trait RequestObserver: Send + Sync + std::fmt::Debug {
+    /// One exchange: `method` is the HTTP method, `status` the HTTP status (`None`: no
+    /// answer, e.g. connection refused or timeout), `took` the time to the whole body.
+    fn observe(
+        &self,
+        endpoint: Endpoint,
+        method: &'static str,
+        status: Option<u16>,
+        took: Duration,
+    );
 }
 
 impl ClientSettings {
@@ -48,6 +134,7 @@ impl ClientSettings {
             request_timeout: Duration::from_secs(30),
             retry: RetryPolicy::new(),
             max_bad_nonce_retries: 5,
+            observer: None,
         }
     }
 }
@@ -65,6 +152,7 @@ struct ClientInner {
     nonces: Mutex<Vec<String>>,
     retry: RetryPolicy,
     max_bad_nonce_retries: u32,
+    observer: Option<Arc<dyn RequestObserver>>,
 }
 
 /// What a signed POST carries.
@@ -82,7 +170,14 @@ impl Client {
             crate::tls::http_client(settings.trust_roots.as_deref(), settings.request_timeout)
                 .map_err(AcmeError::Tls)?;
         let directory_url = settings.directory_url.to_string();
-        let resp = send(&directory_url, "GET", http.get(&directory_url)).await?;
+        let observer = settings.observer.clone();
+        let resp = observed(
+            observer.as_deref(),
+            Endpoint::Directory,
+            "GET",
+            send(&directory_url, "GET", http.get(&directory_url)),
+        )
+        .await?;
         if !resp.status.is_success() {
             return Err(resp.into_error());
         }
@@ -95,6 +190,7 @@ impl Client {
                 nonces: Mutex::new(Vec::new()),
                 retry: settings.retry,
                 max_bad_nonce_retries: settings.max_bad_nonce_retries,
+                observer,
             }),
         })
     }
@@ -139,7 +235,14 @@ impl Client {
             None => {}
         }
         let resp = self
-            .post(url, &key, Signer::Jwk, Payload::Json(&payload), None)
+            .post(
+                Endpoint::NewAccount,
+                url,
+                &key,
+                Signer::Jwk,
+                Payload::Json(&payload),
+                None,
+            )
             .await?;
         let account_url = resp.location()?;
         Ok(Account::from_parts(self.clone(), key, account_url))
@@ -152,7 +255,14 @@ impl Client {
         let url = &self.directory().new_account;
         let payload = json!({"onlyReturnExisting": true});
         let resp = self
-            .post(url, &key, Signer::Jwk, Payload::Json(&payload), None)
+            .post(
+                Endpoint::NewAccount,
+                url,
+                &key,
+                Signer::Jwk,
+                Payload::Json(&payload),
+                None,
+            )
             .await?;
         let account_url = resp.location()?;
         Ok(Account::from_parts(self.clone(), key, account_url))
@@ -170,8 +280,15 @@ impl Client {
         let key = CertificateKey::from_pkcs8_der(cert_key_pkcs8_der)?;
         let payload = revocation_payload(cert_der, reason);
         let url = &self.directory().revoke_cert;
-        self.post(url, &key, Signer::Jwk, Payload::Json(&payload), None)
-            .await?;
+        self.post(
+            Endpoint::RevokeCert,
+            url,
+            &key,
+            Signer::Jwk,
+            Payload::Json(&payload),
+            None,
+        )
+        .await?;
         Ok(())
     }
 
@@ -185,7 +302,13 @@ impl Client {
             return Ok(None);
         };
         let url = renewal_info_url(base, id);
-        let resp = send(&url, "GET", self.inner.http.get(&url)).await?;
+        let resp = self
+            .observe(
+                Endpoint::RenewalInfo,
+                "GET",
+                send(&url, "GET", self.inner.http.get(&url)),
+            )
+            .await?;
         if !resp.status.is_success() {
             return Err(resp.into_error());
         }
@@ -197,6 +320,7 @@ impl Client {
     /// configured bound. Any other non-2xx answer becomes an error.
     pub(crate) async fn post(
         &self,
+        endpoint: Endpoint,
         url: &str,
         key: &dyn SigningKey,
         signer: Signer<'_>,
@@ -223,7 +347,9 @@ impl Client {
             if let Some(accept) = accept {
                 req = req.header(header::ACCEPT, accept);
             }
-            let resp = send(url, "POST", req).await?;
+            let resp = self
+                .observe(endpoint, "POST", send(url, "POST", req))
+                .await?;
             self.keep_nonce(&resp);
             if resp.status.is_success() {
                 return Ok(resp);
@@ -246,7 +372,13 @@ impl Client {
             return Ok(nonce);
         }
         let url = &self.directory().new_nonce;
-        let resp = send(url, "HEAD", self.inner.http.head(url)).await?;
+        let resp = self
+            .observe(
+                Endpoint::NewNonce,
+                "HEAD",
+                send(url, "HEAD", self.inner.http.head(url)),
+            )
+            .await?;
         if !resp.status.is_success() {
             return Err(resp.into_error());
         }
@@ -264,6 +396,15 @@ impl Client {
             }
             pool.push(nonce);
         }
+    }
+
+    async fn observe(
+        &self,
+        endpoint: Endpoint,
+        method: &'static str,
+        exchange: impl Future<Output = Result<Response, AcmeError>>,
+    ) -> Result<Response, AcmeError> {
+        observed(self.inner.observer.as_deref(), endpoint, method, exchange).await
     }
 
     fn nonces(&self) -> std::sync::MutexGuard<'_, Vec<String>> {
@@ -293,17 +434,42 @@ pub(crate) fn revocation_payload(cert_der: &[u8], reason: Option<u8>) -> Value {
     payload
 }
 
-/// Sends one request and reads the whole body, inside a span that records the status.
+/// Sends one request and reads the whole body, inside an `acme.request` span: a CLIENT
+/// span after the OpenTelemetry HTTP conventions (`http.request.method`, `url.full` without
+/// credentials, `http.response.status_code`; error status and `error.type` for a transport
+/// failure or a status of 400 and above, as the conventions ask of HTTP clients).
 async fn send(
     url: &str,
     method: &str,
     req: reqwest::RequestBuilder,
 ) -> Result<Response, AcmeError> {
-    let span = tracing::debug_span!("acme.request", method, url, status = tracing::field::Empty);
+    let span = tracing::debug_span!(
+        "acme.request",
+        otel.kind = "client",
+        http.request.method = method,
+        url.full = %redacted_url(url),
+        http.response.status_code = tracing::field::Empty,
+        error.type = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
     async {
-        let resp = req.send().await.map_err(AcmeError::Http)?;
+        let resp = match req.send().await {
+            Ok(resp) => resp,
+            Err(e) => {
+                let span = tracing::Span::current();
+                span.record("error.type", "transport");
+                span.record("otel.status_code", "ERROR");
+                return Err(AcmeError::Http(e));
+            }
+        };
         let status = resp.status();
-        tracing::Span::current().record("status", status.as_u16());
+        let span = tracing::Span::current();
+        // An i64: tracing-opentelemetry exports unsigned values as strings.
+        span.record("http.response.status_code", i64::from(status.as_u16()));
+        if status.as_u16() >= 400 {
+            span.record("error.type", status.as_str());
+            span.record("otel.status_code", "ERROR");
+        }
         tracing::debug!(status = status.as_u16(), "acme response");
         let headers = resp.headers().clone();
         let body = resp.bytes().await.map_err(AcmeError::Http)?;
@@ -316,6 +482,62 @@ async fn send(
     }
     .instrument(span)
     .await
+}
+
+/// Runs one exchange and tells `observer` its endpoint, status and duration.
+async fn observed(
+    observer: Option<&dyn RequestObserver>,
+    endpoint: Endpoint,
+    method: &'static str,
+    exchange: impl Future<Output = Result<Response, AcmeError>>,
+) -> Result<Response, AcmeError> {
+    let started = std::time::Instant::now();
+    let result = exchange.await;
+    if let Some(observer) = observer {
+        let status = result.as_ref().ok().map(|r| r.status.as_u16());
+        observer.observe(endpoint, method, status, started.elapsed());
+    }
+    result
+}
+
+/// `url` as the `url.full` attribute: user name and password replaced by `REDACTED`, and the
+/// values of query parameters that commonly carry signatures or tokens too.
+fn redacted_url(url: &str) -> String {
+    const SECRET_PARAMS: &[&str] = &[
+        "awsaccesskeyid",
+        "signature",
+        "sig",
+        "x-goog-signature",
+        "token",
+        "access_token",
+        "key",
+        "password",
+    ];
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        return "(unparsable)".to_owned();
+    };
+    if !parsed.username().is_empty() {
+        let _ = parsed.set_username("REDACTED");
+    }
+    if parsed.password().is_some() {
+        let _ = parsed.set_password(Some("REDACTED"));
+    }
+    if parsed.query().is_some() {
+        let pairs: Vec<(String, String)> = parsed
+            .query_pairs()
+            .map(|(k, v)| {
+                let secret = SECRET_PARAMS.contains(&k.to_ascii_lowercase().as_str());
+                let v = if secret {
+                    "REDACTED".into()
+                } else {
+                    v.into_owned()
+                };
+                (k.into_owned(), v)
+            })
+            .collect();
+        parsed.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    parsed.into()
 }
 
 fn replay_nonce(resp: &Response) -> Option<String> {
@@ -340,6 +562,19 @@ mod tests {
             revocation_payload(&[0x30, 0x82], None),
             json!({"certificate": "MII"})
         );
+    }
+
+    #[test]
+    fn url_full_has_no_credentials() {
+        assert_eq!(
+            redacted_url("https://ca.test/acme/order/1"),
+            "https://ca.test/acme/order/1"
+        );
+        assert_eq!(
+            redacted_url("https://user:pw@ca.test/dir?token=abc&x=1&Signature=s"),
+            "https://REDACTED:REDACTED@ca.test/dir?token=REDACTED&x=1&Signature=REDACTED"
+        );
+        assert_eq!(redacted_url("not a url"), "(unparsable)");
     }
 
     #[test]

@@ -111,6 +111,20 @@ impl AcmeError {
         self.problem().is_some_and(|p| p.is_acme("alreadyReplaced"))
     }
 
+    /// The ACME problem type (`urn:ietf:params:acme:error:…`) of this failure: the problem
+    /// document's, or `externalAccountRequired` when the directory's `meta` said an external
+    /// account binding is required and none was configured (decided without asking the
+    /// server, but the same refusal as the server's own).
+    pub fn problem_type(&self) -> Option<String> {
+        match self {
+            Self::ExternalAccountRequired => Some(format!(
+                "{}externalAccountRequired",
+                crate::acme::types::ACME_ERROR_PREFIX
+            )),
+            _ => self.problem().and_then(|p| p.r#type.clone()),
+        }
+    }
+
     /// The problem document, if this error carries one.
     pub fn problem(&self) -> Option<&Problem> {
         match self {

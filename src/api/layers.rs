@@ -1,6 +1,7 @@
 //! The tower stack in front of the gRPC services, outermost first:
 //!
 //! 1. `rpc` span with W3C trace context ([`rpc_span`], installed as tonic's `trace_fn`),
+//!    and its gRPC status ([`RpcStatusLayer`]),
 //! 2. caller identity ([`identify`]): the client certificate's names, or the peer IP,
 //! 3. per-caller rate limit ([`RateLimitLayer`]) → `RESOURCE_EXHAUSTED` with `RetryInfo`,
 //! 4. concurrency limit with load shedding ([`ShedLayer`]) → `UNAVAILABLE`,
@@ -22,6 +23,7 @@ use futures::future::BoxFuture;
 use tokio::sync::Semaphore;
 use tonic::body::Body;
 use tower::{Layer, Service};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::{policy::Caller, status};
 
@@ -41,69 +43,179 @@ pub trait RejectionObserver: Send + Sync + std::fmt::Debug {
     fn rejected(&self, method: &str, reason: &'static str);
 }
 
-// === trace context ===
+// === rpc span ===
 
-/// A W3C `traceparent` (https://www.w3.org/TR/trace-context/#traceparent-header).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TraceParent {
-    /// 16-byte trace id, not all zero.
-    pub trace_id: [u8; 16],
-    /// 8-byte id of the caller's span, not all zero.
-    pub parent_id: [u8; 8],
-    /// Trace flags; bit 0 is "sampled".
-    pub flags: u8,
+/// The `rpc` span of one request (tonic's `trace_fn`), a SERVER span after the
+/// OpenTelemetry RPC conventions: named `{rpc.service}/{rpc.method}` when exported, with
+/// `rpc.system`, `rpc.service`, `rpc.method` and (by [`RpcStatusLayer`])
+/// `rpc.grpc.status_code`; the caller's identity; and the caller's W3C trace context
+/// (`traceparent`, `tracestate`, read by OpenTelemetry's propagator) as its parent.
+pub fn rpc_span(req: &http::Request<()>) -> tracing::Span {
+    let caller = Caller::from_extensions(req.extensions());
+    let path = req.uri().path();
+    // `/package.Service/Method`; anything else is reported whole as the method.
+    let (service, method) = path
+        .strip_prefix('/')
+        .and_then(|p| p.split_once('/'))
+        .unwrap_or(("", path));
+    let span = tracing::info_span!(
+        "rpc",
+        otel.name = %path.trim_start_matches('/'),
+        otel.kind = "server",
+        rpc.method = %method,
+        caller = %caller.label(),
+        trace_id = tracing::field::Empty,
+    );
+    // Attributes only the exporter needs, kept out of every log line.
+    span.set_attribute("rpc.system", "grpc");
+    span.set_attribute("rpc.service", service.to_owned());
+    if let Some(trace_id) = crate::telemetry::set_remote_parent(&span, req.headers()) {
+        span.record("trace_id", trace_id);
+    }
+    span
 }
 
-impl TraceParent {
-    /// Parses a version-00 header (later versions: the first four fields, as the spec asks).
-    pub fn parse(value: &str) -> Option<Self> {
-        let mut parts = value.trim().split('-');
-        let version = parts.next()?;
-        let (trace, parent, flags) = (parts.next()?, parts.next()?, parts.next()?);
-        if version.len() != 2 || version == "ff" || (version == "00" && parts.next().is_some()) {
-            return None;
-        }
-        let lower_hex = |s: &str| s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-        if ![version, trace, parent, flags].iter().all(|s| lower_hex(s)) {
-            return None;
-        }
-        let mut trace_id = [0u8; 16];
-        let mut parent_id = [0u8; 8];
-        let mut flag = [0u8; 1];
-        hex::decode_to_slice(trace, &mut trace_id).ok()?;
-        hex::decode_to_slice(parent, &mut parent_id).ok()?;
-        hex::decode_to_slice(flags, &mut flag).ok()?;
-        if trace_id == [0; 16] || parent_id == [0; 8] {
-            return None;
-        }
-        Some(Self {
-            trace_id,
-            parent_id,
-            flags: flag[0],
+/// Records the gRPC status of each response on the current `rpc` span: the numeric
+/// `rpc.grpc.status_code`, and, for the codes the OpenTelemetry conventions count as
+/// server errors (`UNKNOWN`, `DEADLINE_EXCEEDED`, `UNIMPLEMENTED`, `INTERNAL`,
+/// `UNAVAILABLE`, `DATA_LOSS`), an error status with the `grpc-message`. The status is in
+/// the response headers (trailers-only responses: every error tonic or a layer answers)
+/// or in the trailers at the end of the body; the span stays open until then, so it
+/// covers the whole exchange, streaming responses included. Install it outermost, under
+/// the span.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RpcStatusLayer;
+
+impl<S> Layer<S> for RpcStatusLayer {
+    type Service = RpcStatus<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        RpcStatus { inner }
+    }
+}
+
+/// See [`RpcStatusLayer`].
+#[derive(Debug, Clone)]
+pub struct RpcStatus<S> {
+    inner: S,
+}
+
+impl<S> Service<HttpRequest> for RpcStatus<S>
+where
+    S: Service<HttpRequest, Response = HttpResponse> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = HttpResponse;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<HttpResponse, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: HttpRequest) -> Self::Future {
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move {
+            // tonic enters the `rpc` span while polling this future (not during `call`).
+            let span = tracing::Span::current();
+            let res = inner.call(req).await?;
+            if record_grpc_status(&span, res.headers()) {
+                return Ok(res);
+            }
+            Ok(res.map(|body| {
+                Body::new(StatusBody {
+                    inner: body,
+                    span: Some(span),
+                })
+            }))
         })
     }
 }
 
-/// The `rpc` span of one request (tonic's `trace_fn`): method, caller, and the caller's
-/// W3C trace context, which becomes the span's parent when spans are exported.
-pub fn rpc_span(req: &http::Request<()>) -> tracing::Span {
-    let caller = Caller::from_extensions(req.extensions());
-    let parent = req
-        .headers()
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .and_then(TraceParent::parse);
-    let span = tracing::info_span!(
-        "rpc",
-        rpc.method = %req.uri().path(),
-        caller = %caller.label(),
-        trace_id = tracing::field::Empty,
-    );
-    if let Some(parent) = parent {
-        span.record("trace_id", hex::encode(parent.trace_id));
-        crate::telemetry::set_remote_parent(&span, &parent);
+/// Records `grpc-status` (and `grpc-message`) from `headers` on `span`; false if absent.
+fn record_grpc_status(span: &tracing::Span, headers: &http::HeaderMap) -> bool {
+    let Some(code) = headers.get("grpc-status") else {
+        return false;
+    };
+    let code = tonic::Code::from_bytes(code.as_bytes());
+    span.set_attribute("rpc.grpc.status_code", i64::from(code as i32));
+    use tonic::Code::{DataLoss, DeadlineExceeded, Internal, Unavailable, Unimplemented, Unknown};
+    if matches!(
+        code,
+        Unknown | DeadlineExceeded | Unimplemented | Internal | Unavailable | DataLoss
+    ) {
+        // grpc-message is percent-encoded on the wire.
+        let message = headers
+            .get("grpc-message")
+            .and_then(|v| v.to_str().ok())
+            .map(percent_decode)
+            .unwrap_or_default();
+        let description = if message.is_empty() {
+            code.description().to_owned()
+        } else {
+            message
+        };
+        span.set_status(opentelemetry::trace::Status::error(description));
     }
-    span
+    true
+}
+
+/// Undoes gRPC's percent-encoding of `grpc-message` (invalid escapes are kept as they are).
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+            if let Some(b) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A response body that records the status from its trailers on the `rpc` span, and
+/// holds the span open until the body is done.
+struct StatusBody {
+    inner: Body,
+    span: Option<tracing::Span>,
+}
+
+impl http_body::Body for StatusBody {
+    type Data = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(trailers), Some(span)) = (frame.trailers_ref(), &self.span) {
+                    record_grpc_status(span, trailers);
+                    self.span = None;
+                }
+            }
+            Poll::Ready(None | Some(Err(_))) => self.span = None,
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 // === caller identity ===
@@ -430,29 +542,11 @@ mod tests {
     }
 
     #[test]
-    fn traceparent_parsing() {
-        let ok =
-            TraceParent::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
-        assert_eq!(hex::encode(ok.trace_id), "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert_eq!(hex::encode(ok.parent_id), "00f067aa0ba902b7");
-        assert_eq!(ok.flags, 1);
-        for bad in [
-            "",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
-            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
-            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
-        ] {
-            assert_eq!(TraceParent::parse(bad), None, "{bad:?}");
-        }
-        // A future version may append fields.
-        assert!(
-            TraceParent::parse("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-xyz")
-                .is_some()
-        );
+    fn grpc_message_percent_decoding() {
+        assert_eq!(percent_decode("no%20CA%3A%20down"), "no CA: down");
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+        assert_eq!(percent_decode("caf%C3%A9"), "café");
     }
 
     #[test]

@@ -35,7 +35,7 @@ use crate::store::CertRecord;
 pub struct RenewalOptions {
     /// How often tracked certificates are checked.
     pub check_interval: Duration,
-    /// Certificates nobody asked for (or watched) this long are no longer renewed.
+    /// Certificates nobody asked for this long, and no open watch holds, are no longer renewed.
     pub idle_horizon: Duration,
     /// Renew when this fraction of the lifetime is left (1/3 by default).
     pub renew_fraction: f64,
@@ -62,7 +62,11 @@ pub struct RenewalStatus {
     pub last_error: Option<String>,
     /// Consecutive failures.
     pub failures: u32,
-    /// The CA that issued the current certificate.
+    /// The pool the certificate is requested from.
+    pub pool: String,
+    /// What the certificate is for.
+    pub identifiers: super::Identifiers,
+    /// The CA that issued the current certificate, if one is known.
     pub issuer_ca: Option<String>,
     /// What the strict review of the current certificate's chain finds
     /// ([`crate::shaken::profile_findings`]); empty when it conforms.
@@ -74,6 +78,9 @@ struct Tracked {
     request: IssueRequest,
     /// Milliseconds since [`EPOCH`]; atomic so the hot path needs only a read lock.
     last_requested: AtomicU64,
+    /// Open WatchCertificate streams on it: a watched certificate is in use however long
+    /// ago it was last asked for, so it is never dropped as idle.
+    watchers: usize,
     retry_at: Option<Instant>,
     failures: u32,
     last_error: Option<String>,
@@ -117,18 +124,71 @@ impl Tracker {
         }
         self.lock()
             .entry(key.to_owned())
-            .or_insert_with(|| Tracked {
-                request: request(),
-                last_requested: AtomicU64::new(now),
-                retry_at: None,
-                failures: 0,
-                last_error: None,
-                ari: None,
-            });
+            .or_insert_with(|| Tracked::new(request(), now));
+    }
+
+    /// Marks `key` watched until the guard is dropped (see [`Broker::watching`]).
+    fn watch(&self, key: &str, request: impl FnOnce() -> IssueRequest) {
+        let now = since_epoch();
+        let mut keys = self.lock();
+        let t = keys
+            .entry(key.to_owned())
+            .or_insert_with(|| Tracked::new(request(), now));
+        t.watchers += 1;
+        t.last_requested.store(now, Ordering::Relaxed);
+    }
+
+    /// Ends one watch of `key`; the idle horizon counts from now.
+    fn unwatch(&self, key: &str) {
+        if let Some(t) = self.lock().get_mut(key) {
+            t.watchers = t.watchers.saturating_sub(1);
+            t.last_requested.store(since_epoch(), Ordering::Relaxed);
+        }
+    }
+}
+
+impl Tracked {
+    fn new(request: IssueRequest, now: u64) -> Self {
+        Self {
+            request,
+            last_requested: AtomicU64::new(now),
+            watchers: 0,
+            retry_at: None,
+            failures: 0,
+            last_error: None,
+            ari: None,
+        }
+    }
+}
+
+/// Keeps a certificate on the renewal schedule while a WatchCertificate stream is open on
+/// it, whatever `renewal.idle_horizon_secs` says; from [`Broker::watching`].
+#[derive(Debug)]
+pub struct WatchGuard {
+    broker: Broker,
+    key: String,
+}
+
+impl Drop for WatchGuard {
+    fn drop(&mut self) {
+        self.broker.inner().tracker.unwatch(&self.key);
     }
 }
 
 impl Broker {
+    /// Marks the certificate of `req` as in use until the guard is dropped: an open watch
+    /// keeps it renewed even when nobody asks for it within the idle horizon.
+    pub fn watching(&self, req: &super::CertRequest) -> WatchGuard {
+        let key = req.cache_key();
+        self.inner()
+            .tracker
+            .watch(&key, || IssueRequest::template(req, &key));
+        WatchGuard {
+            broker: self.clone(),
+            key,
+        }
+    }
+
     /// Starts the renewal loop; it stops when the broker is dropped.
     pub fn spawn_renewal(&self, opts: RenewalOptions) {
         self.inner().tracker.set_fraction(opts.renew_fraction);
@@ -149,23 +209,42 @@ impl Broker {
     /// Renewal state of every tracked certificate, for `certbroker status`.
     pub async fn renewal_status(&self) -> Vec<RenewalStatus> {
         let renew_fraction = self.inner().tracker.fraction();
-        let snapshot: Vec<(String, Option<String>, u32, Option<AriPlan>)> = self
+        type Row = (
+            String,
+            Option<String>,
+            u32,
+            Option<AriPlan>,
+            String,
+            super::Identifiers,
+        );
+        let snapshot: Vec<Row> = self
             .inner()
             .tracker
             .read()
             .iter()
-            .map(|(k, t)| (k.clone(), t.last_error.clone(), t.failures, t.ari.clone()))
+            .map(|(k, t)| {
+                (
+                    k.clone(),
+                    t.last_error.clone(),
+                    t.failures,
+                    t.ari.clone(),
+                    t.request.pool.clone(),
+                    t.request.identifiers.clone(),
+                )
+            })
             .collect();
         let mut out = vec![];
-        for (key, last_error, failures, plan) in snapshot {
+        for (key, last_error, failures, plan, pool, identifiers) in snapshot {
             let current = self.current(&key).await;
             out.push(RenewalStatus {
+                pool,
+                identifiers,
+                issuer_ca: current.as_ref().map(|c| c.issuer_ca.clone()),
                 serial_hex: current.as_ref().map(|c| c.serial_hex.clone()),
                 not_after: current.as_ref().map(|c| c.not_after),
                 next_renewal: current
                     .as_ref()
                     .map(|c| schedule::due_at(c, renew_fraction, plan.as_ref())),
-                issuer_ca: current.as_ref().map(|c| c.issuer_ca.clone()),
                 profile_findings: current
                     .as_ref()
                     .map(|c| {
@@ -203,7 +282,8 @@ impl Broker {
             let horizon = opts.idle_horizon.as_millis() as u64;
             let now = since_epoch();
             keys.retain(|_, t| {
-                now.saturating_sub(t.last_requested.load(Ordering::Relaxed)) < horizon
+                t.watchers > 0
+                    || now.saturating_sub(t.last_requested.load(Ordering::Relaxed)) < horizon
             });
             keys.values()
                 .filter(|t| t.retry_at.is_none_or(|at| at <= Instant::now()))

@@ -109,7 +109,7 @@ impl Broker {
     }
 
     /// The PEM chain of a certificate the fleet issued, by leaf fingerprint, with its
-    /// seconds of validity left; for STI-CR publication.
+    /// notAfter (Unix seconds), while it is valid; for STI-CR publication.
     pub async fn chain_by_fingerprint(&self, fingerprint_hex: &str) -> Option<(String, i64)> {
         let record = self
             .inner
@@ -117,8 +117,7 @@ impl Broker {
             .find(&CertSelector::Fingerprint(fingerprint_hex.to_owned()))
             .await
             .ok()??;
-        let remaining = record.remaining_secs(now());
-        (remaining > 0).then_some((record.chain_pem, remaining))
+        (record.remaining_secs(now()) > 0).then_some((record.chain_pem, record.not_after))
     }
 
     /// Cache keys whose certificate changed, as they change: renewed on this replica or on
@@ -187,16 +186,7 @@ impl Broker {
             ));
         }
         let key = req.cache_key();
-        let template = || IssueRequest {
-            pool: req.pool.clone(),
-            identifiers: req.identifiers.clone(),
-            csr_der: req.csr_der.clone(),
-            ca: req.ca,
-            cache_key: key.clone(),
-            resume: None,
-            progress: None,
-            replaces: None,
-        };
+        let template = || IssueRequest::template(&req, &key);
         inner.tracker.touch_with(&key, template);
         let min_remaining = req
             .min_remaining
@@ -325,6 +315,22 @@ impl Broker {
             issuer_ca: record.issuer_ca,
             revoked_at: OffsetDateTime::now_utc(),
         })
+    }
+}
+
+impl IssueRequest {
+    /// The issuance a request for `key` (its cache key) asks for; renewals reuse it.
+    pub(super) fn template(req: &CertRequest, key: &str) -> Self {
+        Self {
+            pool: req.pool.clone(),
+            identifiers: req.identifiers.clone(),
+            csr_der: req.csr_der.clone(),
+            ca: req.ca,
+            cache_key: key.to_owned(),
+            resume: None,
+            progress: None,
+            replaces: None,
+        }
     }
 }
 

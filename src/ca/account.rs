@@ -9,6 +9,7 @@
 
 use std::{
     path::{Path, PathBuf},
+    sync::{Arc, OnceLock},
     time::{Duration, SystemTime},
 };
 
@@ -36,6 +37,8 @@ pub struct AccountSource {
     accept_terms_of_service: bool,
     request_timeout: Duration,
     attempt_timeout: Duration,
+    /// Where the clients report their ACME requests, once the metrics exist.
+    metrics: Arc<OnceLock<crate::telemetry::Metrics>>,
 }
 
 /// Identifies one version of the key file: replacing it (a rename) or rewriting it changes
@@ -84,7 +87,15 @@ impl AccountSource {
             accept_terms_of_service: s.accept_terms_of_service,
             request_timeout: Duration::from_secs(s.request_timeout_secs),
             attempt_timeout: Duration::from_secs(s.attempt_timeout_secs),
+            metrics: Arc::default(),
         })
+    }
+
+    /// Clients made from now on (and made before, if they have not sent a request yet:
+    /// the sink is looked up per request) count their ACME requests in `metrics`, as `ca`
+    /// = this CA's name. Only the first call counts.
+    pub fn set_metrics(&self, metrics: crate::telemetry::Metrics) {
+        let _ = self.metrics.set(metrics);
     }
 
     /// The trust roots for the CA's HTTPS (`None`: the system's).
@@ -107,6 +118,10 @@ impl AccountSource {
             // Bounded, and enough that a CA rejecting half its nonces still works
             // (a POST then fails with probability 0.5^21).
             max_bad_nonce_retries: 20,
+            observer: Some(Arc::new(super::metrics::AcmeRequests {
+                ca: self.name.clone(),
+                sink: self.metrics.clone(),
+            })),
         })
         .await?)
     }

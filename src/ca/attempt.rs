@@ -59,7 +59,7 @@ impl AttemptError {
         let (kind, problem_type, detail, retry_after) = match self {
             Self::Acme(e) => {
                 let problem = e.problem();
-                let ptype = problem.and_then(|p| p.r#type.clone());
+                let ptype = e.problem_type();
                 let detail = problem
                     .and_then(|p| p.detail.clone())
                     .unwrap_or_else(|| e.to_string());

@@ -118,6 +118,29 @@ impl Metrics {
     }
 }
 
+/// Reports one CA's ACME requests to the broker's metrics (the `ca` label is the CA's
+/// configured name), so the acme module needs no metrics library.
+#[derive(Debug)]
+pub(crate) struct AcmeRequests {
+    pub(crate) ca: String,
+    /// Empty until the metrics exist; requests before that are not counted.
+    pub(crate) sink: std::sync::Arc<std::sync::OnceLock<crate::telemetry::Metrics>>,
+}
+
+impl crate::acme::RequestObserver for AcmeRequests {
+    fn observe(
+        &self,
+        endpoint: crate::acme::Endpoint,
+        method: &'static str,
+        status: Option<u16>,
+        took: Duration,
+    ) {
+        if let Some(m) = self.sink.get() {
+            m.acme_request(&self.ca, endpoint.as_str(), method, status, took);
+        }
+    }
+}
+
 fn failure_label(err: &IssueError) -> String {
     if let Some(t) = &err.problem_type {
         return t.clone();

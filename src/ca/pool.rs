@@ -119,6 +119,14 @@ impl CaPool {
         Self { members, pools }
     }
 
+    /// Every CA's ACME requests are counted in `metrics` from now on (call before the
+    /// warm-up to count its requests too).
+    pub fn set_metrics(&self, metrics: &crate::telemetry::Metrics) {
+        for m in &self.members {
+            m.upstream.set_metrics(metrics.clone());
+        }
+    }
+
     /// The upstreams serving `pool`, by priority (the order of the `priority` policy).
     pub fn members(&self, pool: &str) -> impl Iterator<Item = &Arc<Upstream>> {
         self.members_of(pool).map(|m| &m.upstream)

@@ -163,7 +163,12 @@ impl Upstream {
         })
     }
 
-    /// Configured name.
+    /// Its ACME requests are counted in `metrics` (see [`AccountSource::set_metrics`]).
+    pub fn set_metrics(&self, metrics: crate::telemetry::Metrics) {
+        self.source.set_metrics(metrics);
+    }
+
+    /// The configured name.
     pub fn name(&self) -> &str {
         &self.name
     }

@@ -5,6 +5,7 @@
 //! See docs/benchmarks.md for the method and the latest figures.
 
 mod cold;
+mod external;
 mod fixture;
 mod load;
 mod plot;
@@ -52,9 +53,16 @@ pub(crate) struct BenchArgs {
     /// Scale: cache sizes [default: 10000,100000; --quick 1000].
     #[arg(long, value_delimiter = ',')]
     scale_sizes: Vec<usize>,
+    /// External: alternating rounds of each side [default: 3, --quick 1].
+    #[arg(long)]
+    external_rounds: Option<usize>,
     /// Directory for the JSON and SVG files.
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
+    /// Serve the bare tonic baseline answering the GetCertificateResponse (protobuf) in this
+    /// file, print its address, run until SIGTERM (the `external` scenario starts it).
+    #[arg(long, hide = true)]
+    serve_baseline: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -71,6 +79,9 @@ enum Scenario {
     Cold,
     /// 5. 10k/100k cached keys: memory and hit latency.
     Scale,
+    /// 6. L1 hit of the release binary as a separate process, loaded by h2load, vs a bare
+    ///    tonic service process.
+    External,
 }
 
 /// Resolved settings shared by the scenarios.
@@ -84,6 +95,7 @@ struct Config {
     fanin_callers: usize,
     cold_runs: usize,
     scale_sizes: Vec<usize>,
+    external_rounds: usize,
     out: PathBuf,
 }
 
@@ -110,6 +122,7 @@ impl Config {
             } else {
                 a.scale_sizes
             },
+            external_rounds: a.external_rounds.unwrap_or(if q { 1 } else { 3 }),
             out: a.out,
         })
     }
@@ -144,6 +157,9 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
             .with_writer(std::io::stderr)
             .try_init();
     }
+    if let Some(file) = &args.serve_baseline {
+        return external::serve_baseline(file).await;
+    }
     let scenario = args.scenario;
     let cfg = Config::from_args(args)?;
     let wanted = |s: Scenario| scenario == Scenario::All || scenario == s;
@@ -162,6 +178,9 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if wanted(Scenario::Scale) {
         reports.push(scale::scale(&cfg).await?);
+    }
+    if wanted(Scenario::External) {
+        reports.push(external::external(&cfg).await?);
     }
     println!("== targets ==");
     for r in &reports {

@@ -3,6 +3,7 @@
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use anyhow::Context;
@@ -11,7 +12,10 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::{
     config::{CaSettings, CsrSettings, StiPaSettings},
-    devca::{DevCa, DevCaHandle, DevCaSettings, DevProfile, DevRenewalInfo},
+    devca::{
+        Behaviour, DevCa, DevCaHandle, DevCaSettings, DevProfile, DevRenewalInfo, InjectedError,
+        Step,
+    },
     telemetry,
 };
 
@@ -48,6 +52,11 @@ pub(crate) struct DevcaArgs {
     /// would; by default only one SPC (ATIS-1000080 v005), others are `rejectedIdentifier`.
     #[arg(long)]
     allow_tn_lists: bool,
+    /// Lifetime of issued certificates (e.g. 90s, 10m, 24h), to rehearse renewals.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "24h")]
+    cert_lifetime: Duration,
+    #[command(flatten)]
+    faults: FaultArgs,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -58,6 +67,165 @@ enum ProfileArg {
     /// US SHAKEN CP 1.4.
     #[value(name = "cp1.4")]
     Cp1_4,
+}
+
+/// Fault injection: how the devca misbehaves, to rehearse a CA outage against a fleet. ACME
+/// steps: directory, nonce, account, new-order, order, authz, challenge, finalize,
+/// certificate (also `download`), revoke, renewal-info, or `all`.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Fault injection")]
+pub(crate) struct FaultArgs {
+    /// Delay every answer of an ACME step: STEP=DURATION (e.g. new-order=2s,
+    /// finalize=500ms, all=100ms). Repeatable; delays of `all` and of a step add up.
+    #[arg(long, value_name = "STEP=DURATION", value_parser = parse_step_latency)]
+    latency: Vec<StepLatency>,
+    /// Answer this share (percent, 0-100) of ACME requests with an error problem document
+    /// (see --error-status, --error-type, --error-steps, --retry-after).
+    #[arg(long, value_name = "PERCENT", default_value_t = 0,
+          value_parser = clap::value_parser!(u8).range(0..=100))]
+    error_rate: u8,
+    /// HTTP status of injected errors.
+    #[arg(long, value_name = "STATUS", default_value_t = 503,
+          value_parser = clap::value_parser!(u16).range(400..=599))]
+    error_status: u16,
+    /// Problem type of injected errors: an ACME error name (serverInternal, rateLimited,
+    /// badNonce, unauthorized, ...; sent as urn:ietf:params:acme:error:NAME) or a full URN.
+    #[arg(long, value_name = "TYPE", default_value = "serverInternal", value_parser = parse_problem_type)]
+    error_type: String,
+    /// The ACME steps injected errors hit (comma-separated); default: every step.
+    #[arg(long, value_name = "STEPS", value_delimiter = ',', value_parser = parse_steps)]
+    error_steps: Vec<Steps>,
+    /// Send `Retry-After: SECONDS` with injected errors.
+    #[arg(long, value_name = "SECONDS")]
+    retry_after: Option<u64>,
+    /// Answer this share (percent, 0-100) of otherwise valid signed ACME requests with
+    /// badNonce (clients should retry with the fresh nonce).
+    #[arg(long, value_name = "PERCENT", default_value_t = 0,
+          value_parser = clap::value_parser!(u8).range(0..=100))]
+    bad_nonce_rate: u8,
+    /// Never answer requests of these ACME steps (comma-separated, repeatable): a CA that
+    /// accepts the connection and hangs.
+    #[arg(long, value_name = "STEPS", value_delimiter = ',', value_parser = parse_steps)]
+    hang: Vec<Steps>,
+    /// Delay every STI-PA API answer (login, token) by DURATION: a slow STI-PA.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    sti_pa_latency: Option<Duration>,
+}
+
+impl FaultArgs {
+    /// Sets the knobs; returns one line per active fault, for the start-up banner.
+    fn apply(&self, b: &Behaviour) -> Vec<String> {
+        let mut active = vec![];
+        for StepLatency(Steps(steps), delay) in &self.latency {
+            for step in steps {
+                let total = b.delay_for(Some(*step)) + *delay;
+                b.set_step_delay(*step, total);
+            }
+            active.push(format!("latency {} +{delay:?}", names(steps)));
+        }
+        if self.error_rate > 0 {
+            let steps: Vec<Step> = self.error_steps.iter().flat_map(|s| s.0.clone()).collect();
+            let e = InjectedError {
+                percent: self.error_rate,
+                status: self.error_status,
+                problem_type: self.error_type.clone(),
+                retry_after: self.retry_after,
+                steps: steps.clone(),
+            };
+            active.push(format!(
+                "errors: {}% of {} answered {} {}{}",
+                e.percent,
+                if steps.is_empty() {
+                    "all steps".to_owned()
+                } else {
+                    names(&steps)
+                },
+                e.status,
+                e.type_urn(),
+                e.retry_after
+                    .map(|s| format!(", Retry-After {s}"))
+                    .unwrap_or_default()
+            ));
+            b.set_injected_error(Some(e));
+        }
+        if self.bad_nonce_rate > 0 {
+            b.set_nonce_reject_percent(self.bad_nonce_rate);
+            active.push(format!(
+                "badNonce: {}% of signed requests",
+                self.bad_nonce_rate
+            ));
+        }
+        let hung: Vec<Step> = self.hang.iter().flat_map(|s| s.0.clone()).collect();
+        if !hung.is_empty() {
+            for step in &hung {
+                b.set_hang(*step, true);
+            }
+            active.push(format!("hang: {}", names(&hung)));
+        }
+        if let Some(d) = self.sti_pa_latency {
+            b.set_sti_pa_delay(d);
+            active.push(format!("STI-PA latency +{d:?}"));
+        }
+        active
+    }
+}
+
+fn names(steps: &[Step]) -> String {
+    steps.iter().map(|s| s.name()).collect::<Vec<_>>().join(",")
+}
+
+/// `250ms`, `2s`, `1.5s`, `10m`, `24h`; a bare number is seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (e.g. 250ms, 2s, 10m, 24h)"))?;
+    let scale = match unit.trim() {
+        "ms" => 0.001,
+        "" | "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        other => return Err(format!("unknown duration unit {other:?} (ms, s, m, h)")),
+    };
+    Duration::try_from_secs_f64(value * scale).map_err(|e| format!("{s:?}: {e}"))
+}
+
+/// The steps one flag value names: one step, or `all`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Steps(Vec<Step>);
+
+/// `STEP=DURATION`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StepLatency(Steps, Duration);
+
+fn parse_steps(s: &str) -> Result<Steps, String> {
+    if s.trim().eq_ignore_ascii_case("all") {
+        Ok(Steps(Step::ALL.to_vec()))
+    } else {
+        Ok(Steps(vec![s.trim().parse()?]))
+    }
+}
+
+fn parse_step_latency(s: &str) -> Result<StepLatency, String> {
+    let (step, delay) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected STEP=DURATION, e.g. new-order=2s"))?;
+    Ok(StepLatency(parse_steps(step)?, parse_duration(delay)?))
+}
+
+fn parse_problem_type(s: &str) -> Result<String, String> {
+    let name_ok = !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric());
+    if name_ok || (s.starts_with("urn:") && !s.contains(char::is_whitespace)) {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "{s:?}: an ACME error name (e.g. serverInternal) or a URN"
+        ))
+    }
 }
 
 pub(crate) async fn run(args: DevcaArgs) -> anyhow::Result<()> {
@@ -88,6 +256,7 @@ pub(crate) async fn run(args: DevcaArgs) -> anyhow::Result<()> {
         port,
         state_dir: Some(state_dir.clone()),
         renewal_info: args.ari.then(DevRenewalInfo::default),
+        cert_lifetime: args.cert_lifetime,
         http01_port: args.http01_port,
         sti_pa_password,
         profile: match args.profile {
@@ -99,6 +268,7 @@ pub(crate) async fn run(args: DevcaArgs) -> anyhow::Result<()> {
     })
     .await
     .context("starting devca")?;
+    let faults = args.faults.apply(handle.behaviour());
     let (user, password) = handle.sti_pa_credentials();
     crate::ca::write_private(&password_file, password.expose_secret().as_bytes())
         .with_context(|| format!("writing {}", password_file.display()))?;
@@ -112,6 +282,8 @@ pub(crate) async fn run(args: DevcaArgs) -> anyhow::Result<()> {
          ACME directory: {dir}\n\
          STI-PA API:     {pa}  (user {user:?}, password in {pw})\n\
          trust root:     {root}\n\
+         counters:       {stats}  (JSON; every event is also logged, target \"devca\")\n\
+         faults:         {faults}\n\
          \n\
          try:\n  \
            export STI_PA_PASSWORD=$(cat {pw})\n  \
@@ -121,6 +293,12 @@ pub(crate) async fn run(args: DevcaArgs) -> anyhow::Result<()> {
         pa = handle.sti_pa_url(),
         pw = password_file.display(),
         root = handle.trust_root_path().display(),
+        stats = handle.stats_url(),
+        faults = if faults.is_empty() {
+            "none".to_owned()
+        } else {
+            faults.join("; ")
+        },
     );
     if let Some(file) = &args.write_config {
         std::fs::write(file, broker_config_toml(&handle, &state_dir))
@@ -229,6 +407,37 @@ password = "{password}"
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
+        assert!(parse_duration("2 weeks").is_err());
+        assert!(parse_duration("ms").is_err());
+    }
+
+    #[test]
+    fn step_latency_and_problem_types() {
+        assert_eq!(
+            parse_step_latency("new-order=2s"),
+            Ok(StepLatency(
+                Steps(vec![Step::NewOrder]),
+                Duration::from_secs(2)
+            ))
+        );
+        assert_eq!(
+            parse_step_latency("all=1s").unwrap().0,
+            Steps(Step::ALL.to_vec())
+        );
+        assert!(parse_step_latency("new-order").is_err());
+        assert!(parse_step_latency("bogus=1s").is_err());
+        assert!(parse_problem_type("serverInternal").is_ok());
+        assert!(parse_problem_type("urn:example:outage").is_ok());
+        assert!(parse_problem_type("server internal").is_err());
+    }
 
     /// The written configuration parses, and the broker's http-01 responder listens where
     /// the devca validates.

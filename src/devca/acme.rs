@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 
 use super::{
     ari,
-    behaviour::Counter,
+    behaviour::{Counter, InjectedError, Step},
     jws::{self, Flattened, KeyRef, Problem, thumbprint, verify_request},
     order,
     state::{Account, Inner, account_json, random_id},
@@ -44,15 +44,24 @@ pub(crate) fn router(inner: Arc<Inner>) -> Router {
         .with_state(inner)
 }
 
-/// Applies the delay and outage knobs, refuses a POST that is not `application/jose+json`
-/// (RFC 8555 §6.2: 415), turns a GET on a POST-only resource into a problem document
-/// (§6.3: 405), and gives every response a fresh `Replay-Nonce` (§6.5),
+/// Applies the delay, hang and error knobs (per [`Step`]), refuses a POST that is not
+/// `application/jose+json` (RFC 8555 §6.2: 415), turns a GET on a POST-only resource into a
+/// problem document (§6.3: 405), and gives every response a fresh `Replay-Nonce` (§6.5),
 /// `Cache-Control: no-store` and the directory `Link` (§7.1).
 async fn acme_layer(State(inner): State<Arc<Inner>>, req: Request, next: Next) -> Response {
     inner.behaviour.count(Counter::AcmeRequest);
-    let delay = inner.behaviour.delay();
+    let step = Step::of_path(req.uri().path());
+    let step_name = step.map_or("other", Step::name);
+    let delay = inner.behaviour.delay_for(step);
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
+    }
+    if inner.behaviour.hangs(step) {
+        inner.behaviour.count(Counter::Hung);
+        tracing::info!(target: "devca", step = step_name, "fault: request left hanging");
+        // Until the client gives up (or the devca stops), like a CA that accepted the
+        // connection and never answers.
+        std::future::pending::<()>().await;
     }
     let mut resp = if inner.behaviour.take_unavailable() {
         let mut resp = Problem::new(
@@ -66,6 +75,16 @@ async fn acme_layer(State(inner): State<Arc<Inner>>, req: Request, next: Next) -
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         resp
+    } else if let Some(e) = inner.behaviour.roll_injected_error(step) {
+        inner.behaviour.count(Counter::InjectedError);
+        tracing::info!(
+            target: "devca",
+            step = step_name,
+            status = e.status,
+            problem_type = %e.type_urn(),
+            "fault: injected error"
+        );
+        injected_error_response(&e)
     } else if req.method() == Method::POST && !is_jose_json(req.headers()) {
         Problem::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -100,6 +119,26 @@ async fn acme_layer(State(inner): State<Arc<Inner>>, req: Request, next: Next) -
     if let Ok(v) = HeaderValue::from_str(&link) {
         // Appended: a challenge response also links "up" to its authorization.
         h.append(header::LINK, v);
+    }
+    resp
+}
+
+/// The problem document of an [`InjectedError`], with its `Retry-After`.
+fn injected_error_response(e: &InjectedError) -> Response {
+    let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+    let body = json!({
+        "type": e.type_urn(),
+        "detail": "error injected by the devca (--error-rate)",
+        "status": status.as_u16(),
+    });
+    let mut resp = (status, body.to_string()).into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    if let Some(secs) = e.retry_after {
+        h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
     resp
 }
@@ -186,6 +225,7 @@ async fn new_account(
         deactivated: false,
     };
     let body = account_json(&acct, &id, &inner);
+    tracing::info!(target: "devca", account = %id, "account created");
     let mut state = inner.lock_state();
     state.accounts.insert(id.clone(), acct);
     state.account_by_key.insert(key, id.clone());

@@ -1,5 +1,6 @@
 //! Misbehaviour knobs and counters of the embedded CA, settable while it runs, so tests
-//! can drive a client down its error paths.
+//! can drive a client down its error paths and platform teams can rehearse CA outages
+//! (`certbroker devca --latency … --error-rate … --hang …`).
 
 use std::{
     sync::{
@@ -22,10 +23,162 @@ pub enum TokenFault {
     WrongTkValue,
 }
 
+/// One step of the ACME flow, as the devca's per-step faults name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Step {
+    /// `GET /acme/directory`.
+    Directory,
+    /// newNonce (`HEAD`/`GET /acme/new-nonce`).
+    Nonce,
+    /// newAccount, account updates and key rollover.
+    Account,
+    /// newOrder.
+    NewOrder,
+    /// Order POST-as-GET (polling).
+    Order,
+    /// Authorization POST-as-GET.
+    Authz,
+    /// Challenge response and polling.
+    Challenge,
+    /// finalize.
+    Finalize,
+    /// Certificate download.
+    Certificate,
+    /// revokeCert.
+    Revoke,
+    /// renewalInfo (RFC 9773).
+    RenewalInfo,
+}
+
+impl Step {
+    /// Every step, in flow order.
+    pub const ALL: [Self; 11] = [
+        Self::Directory,
+        Self::Nonce,
+        Self::Account,
+        Self::NewOrder,
+        Self::Order,
+        Self::Authz,
+        Self::Challenge,
+        Self::Finalize,
+        Self::Certificate,
+        Self::Revoke,
+        Self::RenewalInfo,
+    ];
+
+    /// The name `certbroker devca` flags use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Directory => "directory",
+            Self::Nonce => "nonce",
+            Self::Account => "account",
+            Self::NewOrder => "new-order",
+            Self::Order => "order",
+            Self::Authz => "authz",
+            Self::Challenge => "challenge",
+            Self::Finalize => "finalize",
+            Self::Certificate => "certificate",
+            Self::Revoke => "revoke",
+            Self::RenewalInfo => "renewal-info",
+        }
+    }
+
+    /// The step a request path of the ACME API belongs to.
+    pub(crate) fn of_path(path: &str) -> Option<Self> {
+        let segment = path.strip_prefix("/acme/")?.split('/').next()?;
+        Some(match segment {
+            "directory" => Self::Directory,
+            "new-nonce" => Self::Nonce,
+            "new-account" | "acct" | "key-change" => Self::Account,
+            "new-order" => Self::NewOrder,
+            "order" => Self::Order,
+            "authz" => Self::Authz,
+            "chall" => Self::Challenge,
+            "finalize" => Self::Finalize,
+            "cert" => Self::Certificate,
+            "revoke-cert" => Self::Revoke,
+            "renewal-info" => Self::RenewalInfo,
+            _ => return None,
+        })
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl std::str::FromStr for Step {
+    type Err = String;
+
+    /// A step by its [`Step::name`]; also `newOrder`, `download` (the certificate) and the
+    /// other RFC 8555 resource names.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let normalized = s.to_ascii_lowercase().replace(['-', '_'], "");
+        Ok(match normalized.as_str() {
+            "directory" => Self::Directory,
+            "nonce" | "newnonce" => Self::Nonce,
+            "account" | "newaccount" | "keychange" => Self::Account,
+            "neworder" => Self::NewOrder,
+            "order" => Self::Order,
+            "authz" | "authorization" => Self::Authz,
+            "challenge" => Self::Challenge,
+            "finalize" => Self::Finalize,
+            "certificate" | "cert" | "download" => Self::Certificate,
+            "revoke" | "revokecert" => Self::Revoke,
+            "renewalinfo" => Self::RenewalInfo,
+            _ => {
+                let names: Vec<&str> = Self::ALL.iter().map(|s| s.name()).collect();
+                return Err(format!(
+                    "unknown ACME step {s:?}; one of {}",
+                    names.join(", ")
+                ));
+            }
+        })
+    }
+}
+
+/// An error problem document the devca answers a share of requests with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InjectedError {
+    /// Share of matching requests answered with it, 0 to 100.
+    pub percent: u8,
+    /// The HTTP status.
+    pub status: u16,
+    /// The problem type: an ACME error name (`serverInternal`, `rateLimited`, …), sent as
+    /// `urn:ietf:params:acme:error:NAME`, or a full URN, sent as is.
+    pub problem_type: String,
+    /// `Retry-After` seconds sent with it.
+    pub retry_after: Option<u64>,
+    /// The steps it applies to; empty: every step.
+    pub steps: Vec<Step>,
+}
+
+impl InjectedError {
+    /// The problem type as sent.
+    pub fn type_urn(&self) -> String {
+        if self.problem_type.starts_with("urn:") {
+            self.problem_type.clone()
+        } else {
+            format!("urn:ietf:params:acme:error:{}", self.problem_type)
+        }
+    }
+
+    fn applies_to(&self, step: Step) -> bool {
+        self.steps.is_empty() || self.steps.contains(&step)
+    }
+}
+
 /// Runtime-settable misbehaviour. Every knob is off by default.
 #[derive(Debug, Default)]
 pub struct Behaviour {
     nonce_reject_percent: AtomicU32,
+    /// Extra delay per [`Step`], milliseconds.
+    step_delay_ms: [AtomicU64; Step::ALL.len()],
+    /// Bit `1 << step` set: requests of that step are never answered.
+    hung_steps: AtomicU32,
+    injected_error: Mutex<Option<InjectedError>>,
+    /// Delay of every STI-PA API answer, milliseconds.
+    sti_pa_delay_ms: AtomicU64,
     /// 0: off; `u32::MAX`: always; n: the next n ACME requests.
     unavailable: AtomicU32,
     /// Retry-After seconds of those 503 answers; 0: none.
@@ -47,6 +200,14 @@ pub struct Behaviour {
 pub struct Stats {
     /// Orders created.
     pub new_orders: u64,
+    /// Authorizations created (one per identifier of each order).
+    pub authorizations: u64,
+    /// tkauth-01 challenges that failed validation.
+    pub challenges_invalid: u64,
+    /// Requests answered with an [`InjectedError`].
+    pub injected_errors: u64,
+    /// Requests left hanging ([`Behaviour::set_hang`]).
+    pub hung_requests: u64,
     /// Finalize requests whose CSR was accepted.
     pub finalizes: u64,
     /// tkauth-01 challenges that validated.
@@ -72,6 +233,10 @@ pub struct Stats {
 #[derive(Debug, Default)]
 struct Counters {
     new_orders: AtomicU64,
+    authorizations: AtomicU64,
+    challenges_invalid: AtomicU64,
+    injected_errors: AtomicU64,
+    hung_requests: AtomicU64,
     finalizes: AtomicU64,
     challenges_validated: AtomicU64,
     certificates_issued: AtomicU64,
@@ -89,10 +254,14 @@ struct Counters {
 pub(crate) enum Counter {
     AcmeRequest,
     AlreadyReplaced,
+    Authorization,
     BadNonce,
     CertificateIssued,
+    ChallengeInvalid,
     ChallengeValidated,
     Finalize,
+    Hung,
+    InjectedError,
     NewOrder,
     RateLimited,
     RenewalInfo,
@@ -140,6 +309,65 @@ impl Behaviour {
     pub fn set_delay(&self, delay: Duration) {
         let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
         self.delay_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Sleeps this long (on top of [`Behaviour::set_delay`]) before answering each request
+    /// of `step`.
+    pub fn set_step_delay(&self, step: Step, delay: Duration) {
+        let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.step_delay_ms[step.index()].store(ms, Ordering::Relaxed);
+    }
+
+    /// How long requests of `step` are held before they are answered.
+    pub(crate) fn delay_for(&self, step: Option<Step>) -> Duration {
+        let extra = step.map_or(0, |s| self.step_delay_ms[s.index()].load(Ordering::Relaxed));
+        self.delay() + Duration::from_millis(extra)
+    }
+
+    /// While `on`, never answers requests of `step` (the connection stays open until the
+    /// client gives up): a hung CA.
+    pub fn set_hang(&self, step: Step, on: bool) {
+        let bit = 1u32 << step.index();
+        if on {
+            self.hung_steps.fetch_or(bit, Ordering::Relaxed);
+        } else {
+            self.hung_steps.fetch_and(!bit, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn hangs(&self, step: Option<Step>) -> bool {
+        step.is_some_and(|s| self.hung_steps.load(Ordering::Relaxed) & (1u32 << s.index()) != 0)
+    }
+
+    /// Answers a share of the requests of its steps with this problem document; `None`
+    /// turns it off.
+    pub fn set_injected_error(&self, error: Option<InjectedError>) {
+        *self
+            .injected_error
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = error;
+    }
+
+    /// The error this request of `step` gets, if the dice say so.
+    pub(crate) fn roll_injected_error(&self, step: Option<Step>) -> Option<InjectedError> {
+        let step = step?;
+        let guard = self
+            .injected_error
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let e = guard.as_ref().filter(|e| e.applies_to(step))?;
+        (e.percent > 0 && rand::random_range(0..100u8) < e.percent).then(|| e.clone())
+    }
+
+    /// Sleeps this long before answering each STI-PA API request (login, logout, token): a
+    /// slow STI-PA.
+    pub fn set_sti_pa_delay(&self, delay: Duration) {
+        let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.sti_pa_delay_ms.store(ms, Ordering::Relaxed);
+    }
+
+    pub(crate) fn sti_pa_delay(&self) -> Duration {
+        Duration::from_millis(self.sti_pa_delay_ms.load(Ordering::Relaxed))
     }
 
     /// While `on`, answers every newOrder whose `replaces` names a certificate of this CA
@@ -223,10 +451,14 @@ impl Behaviour {
         let atomic = match counter {
             Counter::AcmeRequest => &c.acme_requests,
             Counter::AlreadyReplaced => &c.already_replaced,
+            Counter::Authorization => &c.authorizations,
             Counter::BadNonce => &c.bad_nonces,
             Counter::CertificateIssued => &c.certificates_issued,
+            Counter::ChallengeInvalid => &c.challenges_invalid,
             Counter::ChallengeValidated => &c.challenges_validated,
             Counter::Finalize => &c.finalizes,
+            Counter::Hung => &c.hung_requests,
+            Counter::InjectedError => &c.injected_errors,
             Counter::NewOrder => &c.new_orders,
             Counter::RateLimited => &c.rate_limited,
             Counter::RenewalInfo => &c.renewal_info_requests,
@@ -257,6 +489,10 @@ impl Behaviour {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         Stats {
             new_orders: get(&c.new_orders),
+            authorizations: get(&c.authorizations),
+            challenges_invalid: get(&c.challenges_invalid),
+            injected_errors: get(&c.injected_errors),
+            hung_requests: get(&c.hung_requests),
             finalizes: get(&c.finalizes),
             challenges_validated: get(&c.challenges_validated),
             certificates_issued: get(&c.certificates_issued),
@@ -289,6 +525,46 @@ mod tests {
         }
         b.set_unavailable(false);
         assert!(!b.take_unavailable());
+    }
+
+    #[test]
+    fn steps_by_path_and_name() {
+        assert_eq!(Step::of_path("/acme/directory"), Some(Step::Directory));
+        assert_eq!(Step::of_path("/acme/new-order"), Some(Step::NewOrder));
+        assert_eq!(Step::of_path("/acme/chall/abc"), Some(Step::Challenge));
+        assert_eq!(Step::of_path("/acme/cert/abc"), Some(Step::Certificate));
+        assert_eq!(Step::of_path("/api/v1/auth/login"), None);
+        for step in Step::ALL {
+            assert_eq!(step.name().parse::<Step>(), Ok(step));
+        }
+        assert_eq!("newOrder".parse::<Step>(), Ok(Step::NewOrder));
+        assert_eq!("download".parse::<Step>(), Ok(Step::Certificate));
+        assert!("frobnicate".parse::<Step>().is_err());
+    }
+
+    #[test]
+    fn per_step_faults() {
+        let b = Behaviour::default();
+        b.set_step_delay(Step::Finalize, Duration::from_millis(300));
+        assert_eq!(
+            b.delay_for(Some(Step::Finalize)),
+            Duration::from_millis(300)
+        );
+        assert_eq!(b.delay_for(Some(Step::NewOrder)), Duration::ZERO);
+        b.set_hang(Step::NewOrder, true);
+        assert!(b.hangs(Some(Step::NewOrder)) && !b.hangs(Some(Step::Order)));
+        b.set_hang(Step::NewOrder, false);
+        assert!(!b.hangs(Some(Step::NewOrder)));
+        b.set_injected_error(Some(InjectedError {
+            percent: 100,
+            status: 503,
+            problem_type: "serverInternal".into(),
+            retry_after: Some(7),
+            steps: vec![Step::Finalize],
+        }));
+        assert!(b.roll_injected_error(Some(Step::NewOrder)).is_none());
+        let e = b.roll_injected_error(Some(Step::Finalize)).unwrap();
+        assert_eq!(e.type_urn(), "urn:ietf:params:acme:error:serverInternal");
     }
 
     #[test]

@@ -23,7 +23,7 @@ use super::{
     pki::IssueRequest,
     state::{
         AcmeState, Authz, Challenge, Identifier, Inner, IssuedCert, Order, Status, authz_json,
-        challenge_json, order_json, random_id,
+        challenge_json, identifier_names, order_json, random_id,
     },
     stipa,
 };
@@ -49,6 +49,7 @@ pub(crate) async fn new_order(
         );
         p.retry_after = Some(secs);
         inner.behaviour.count(Counter::RateLimited);
+        tracing::info!(target: "devca", %account, retry_after = secs, "newOrder rate-limited");
         return Err(p);
     }
     let payload = req
@@ -127,6 +128,14 @@ pub(crate) async fn new_order(
                 token_ca: None,
             },
         );
+        tracing::info!(
+            target: "devca",
+            authz = %authz_id,
+            order = %order_id,
+            identifier = %identifier_names(std::slice::from_ref(identifier)),
+            "authorization created"
+        );
+        inner.behaviour.count(Counter::Authorization);
         authz_ids.push(authz_id);
     }
     let order = Order {
@@ -141,6 +150,14 @@ pub(crate) async fn new_order(
         replaces: replaces.map(str::to_owned),
     };
     let body = order_json(&order, &order_id, &inner);
+    tracing::info!(
+        target: "devca",
+        order = %order_id,
+        account = %order.account,
+        identifiers = %identifier_names(&order.identifiers),
+        replaces = order.replaces.as_deref().unwrap_or(""),
+        "order created"
+    );
     state.orders.insert(order_id.clone(), order);
     if let Some(cert) = replaced.and_then(|key| state.certs.get_mut(&key)) {
         cert.replaced_by = Some(order_id.clone());
@@ -521,6 +538,7 @@ fn settle(
         // Deactivated while the validation ran.
         return;
     }
+    let identifier = identifier_names(std::slice::from_ref(&authz.identifier));
     match result {
         Ok(token_ca) => {
             authz.status = Status::Valid;
@@ -528,9 +546,25 @@ fn settle(
             authz.challenge.validated = Some(OffsetDateTime::now_utc());
             authz.token_ca = token_ca;
             inner.behaviour.count(Counter::ChallengeValidated);
+            tracing::info!(
+                target: "devca",
+                authz = %authz_id,
+                kind = authz.challenge.kind,
+                %identifier,
+                "challenge valid"
+            );
         }
         Err(problem) => {
-            tracing::debug!(kind = authz.challenge.kind, detail = %problem.detail, "challenge invalid");
+            inner.behaviour.count(Counter::ChallengeInvalid);
+            tracing::info!(
+                target: "devca",
+                authz = %authz_id,
+                kind = authz.challenge.kind,
+                %identifier,
+                problem_type = problem.kind,
+                detail = %problem.detail,
+                "challenge invalid"
+            );
             authz.status = Status::Invalid;
             authz.challenge.status = Status::Invalid;
             authz.challenge.error = Some(problem.to_json());
@@ -690,6 +724,7 @@ pub(crate) async fn finalize(
     let body = state.orders.get(&id).map(|o| order_json(o, &id, &inner));
     drop(state);
     inner.behaviour.count(Counter::Finalize);
+    tracing::info!(target: "devca", order = %id, "order finalized; issuing");
     let inner2 = inner.clone();
     let order_id = id.clone();
     tokio::spawn(async move { issue_for(&inner2, &order_id, &account, &issue) });
@@ -722,6 +757,14 @@ fn issue_for(inner: &Inner, order_id: &str, account: &str, req: &IssueRequest) {
                 .get(order_id)
                 .map(|o| o.identifiers.clone())
                 .unwrap_or_default();
+            tracing::info!(
+                target: "devca",
+                order = %order_id,
+                serial = %issued.serial_hex,
+                identifiers = %identifier_names(&identifiers),
+                not_after = %super::state::rfc3339(req.not_after),
+                "certificate issued"
+            );
             state.certs.insert(
                 cert_id.clone(),
                 IssuedCert {
@@ -745,6 +788,7 @@ fn issue_for(inner: &Inner, order_id: &str, account: &str, req: &IssueRequest) {
             inner.behaviour.count(Counter::CertificateIssued);
         }
         Err(e) => {
+            tracing::info!(target: "devca", order = %order_id, error = %e, "issuance failed");
             if let Some(order) = state.orders.get_mut(order_id) {
                 order.status = Status::Invalid;
                 order.error = Some(
@@ -830,6 +874,13 @@ pub(crate) async fn revoke(
     }
     cert.revoked = Some(u8::try_from(reason).unwrap_or(0));
     cert.revoked_at = Some(OffsetDateTime::now_utc());
+    tracing::info!(
+        target: "devca",
+        serial = %cert.serial_hex,
+        identifiers = %identifier_names(&cert.identifiers),
+        reason,
+        "certificate revoked"
+    );
     drop(state);
     inner.behaviour.count(Counter::Revocation);
     Ok((StatusCode::OK, Json(json!({}))).into_response())

@@ -158,6 +158,32 @@ pub(crate) struct Identifier {
     pub(crate) tn_auth_list: Option<TnAuthList>,
 }
 
+impl Identifier {
+    /// How the devca's counters and logs name it: `spc:<SPC>` for each SPC a TNAuthList
+    /// names, else `<type>:<value>`.
+    pub(crate) fn names(&self) -> Vec<String> {
+        let spcs: Vec<String> = self
+            .tn_auth_list
+            .iter()
+            .flat_map(|l| l.spcs().map(|spc| format!("spc:{spc}")))
+            .collect();
+        if spcs.is_empty() {
+            vec![format!("{}:{}", self.kind, self.value)]
+        } else {
+            spcs
+        }
+    }
+}
+
+/// The names of all `identifiers`, comma-separated, for a log line.
+pub(crate) fn identifier_names(identifiers: &[Identifier]) -> String {
+    identifiers
+        .iter()
+        .flat_map(Identifier::names)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 pub(crate) struct Order {
     pub(crate) account: String,
     pub(crate) status: Status,

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use axum::{
     Json, Router,
     body::Bytes,
-    extract::{Path, State},
+    extract::{Path, Request, State},
     http::{HeaderMap, StatusCode, header},
+    middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
@@ -34,10 +35,21 @@ pub(crate) fn router(inner: Arc<Inner>) -> Router {
         .route("/api/v1/auth/logout", post(logout))
         .route("/api/v1/account/{ocn}/token/", post(token))
         .route("/api/v1/account/{ocn}/token", post(token))
+        .route_layer(middleware::from_fn_with_state(inner.clone(), api_delay))
         .route(X5U_PATH, get(certificate))
         .route(super::pki::CRL_PATH, get(crl))
         .route(super::pki::ROOT_CRL_PATH, get(root_crl))
         .with_state(inner)
+}
+
+/// A slow STI-PA ([`super::Behaviour::set_sti_pa_delay`]): holds every API answer (login,
+/// logout, token; not the certificate and CRL downloads).
+async fn api_delay(State(inner): State<Arc<Inner>>, req: Request, next: Next) -> Response {
+    let delay = inner.behaviour.sti_pa_delay();
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    next.run(req).await
 }
 
 fn error(status: StatusCode, message: &str) -> Response {
@@ -126,6 +138,7 @@ async fn token(
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e),
     };
     inner.behaviour.count(Counter::TokenIssued);
+    tracing::info!(target: "devca", spc = %ocn, ca, "STI-PA SPC token issued");
     inner.behaviour.record_token(fingerprint);
     Json(json!({
         "status": "success",
@@ -158,7 +171,8 @@ async fn certificate(State(inner): State<Arc<Inner>>, headers: HeaderMap) -> Res
     }
 }
 
-/// Serves the CRL (`application/pkix-crl`) listing every certificate revoked so far.
+/// Serves the CRL (`application/pkix-crl`) listing every certificate revoked so far, with
+/// the reason each was revoked for.
 async fn crl(State(inner): State<Arc<Inner>>) -> Response {
     let revoked: Vec<RevokedEntry> = inner
         .lock_state()

@@ -7,6 +7,7 @@
 //! |---|---|---|
 //! | `prefix:{ck}:current` | serial of the current certificate | its notAfter |
 //! | `prefix:{ck}:cert:<serial>` | the record (JSON, private key sealed) | its notAfter |
+//! | `prefix:{ck}:entry` | a copy of the current record, so an L2 hit is one `MGET` of `current` and `entry` | its notAfter |
 //! | `prefix:serial:<serial>` | `{"cache_key","serial"}` | notAfter |
 //! | `prefix:fp:<sha256>` | `{"cache_key","serial"}` | notAfter |
 //! | `prefix:{key}:lock` | random owner token | lock TTL |
@@ -403,14 +404,27 @@ impl RedisStore {
 
 #[async_trait::async_trait]
 impl Store for RedisStore {
+    /// One round trip: `MGET current entry` (one hash tag, so one Cluster slot). The entry
+    /// counts only if it is the record `current` names; otherwise (written by a broker
+    /// without entries, or a stale copy) the record is read by serial.
     async fn current(&self, cache_key: &str) -> Result<Option<CertRecord>, StoreError> {
-        let serial: Option<String> = self
-            .query(redis::cmd("GET").arg(self.tagged(cache_key, "current")))
+        let (serial, entry): (Option<String>, Option<Vec<u8>>) = self
+            .query(
+                redis::cmd("MGET")
+                    .arg(self.tagged(cache_key, "current"))
+                    .arg(self.tagged(cache_key, "entry")),
+            )
             .await?;
-        match serial {
-            Some(serial) => self.load(cache_key, &serial).await,
-            None => Ok(None),
+        let Some(serial) = serial else {
+            return Ok(None);
+        };
+        if let Some(entry) = entry {
+            let record = codec::decode(&entry, self.inner.keyring.as_ref())?;
+            if record.serial_hex == serial && record.cache_key == cache_key {
+                return Ok(Some(record));
+            }
         }
+        self.load(cache_key, &serial).await
     }
 
     /// Records that expired already are not written (and `Ok` is returned).
@@ -423,6 +437,7 @@ impl Store for RedisStore {
         let mut put = self.inner.scripts.put.prepare_invoke();
         put.key(self.tagged(ck, &format!("cert:{}", record.serial_hex)))
             .key(self.tagged(ck, "current"))
+            .key(self.tagged(ck, "entry"))
             .arg(body)
             .arg(&record.serial_hex)
             .arg(record.not_after);
@@ -464,6 +479,7 @@ impl Store for RedisStore {
         evict
             .key(self.tagged(ck, "current"))
             .key(self.tagged(ck, &format!("cert:{}", record.serial_hex)))
+            .key(self.tagged(ck, "entry"))
             .arg(&record.serial_hex);
         self.script::<i64>(evict).await?;
         for key in [

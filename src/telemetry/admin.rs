@@ -52,6 +52,9 @@ pub async fn serve_admin(
 
 async fn render(State(s): State<AdminState>) -> impl IntoResponse {
     let stats = s.broker.stats();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    s.metrics
+        .set_certificates(&s.broker.renewal_status().await, now);
     let text = s
         .metrics
         .render(stats.store_fallbacks(), stats.renewal_failures());

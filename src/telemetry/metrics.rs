@@ -3,7 +3,8 @@
 //!
 //! | metric | type | labels |
 //! |---|---|---|
-//! | `certbroker_requests_total` | counter | `method`, `code`, `cache_status` |
+//! | `certbroker_build_info` | gauge (1) | `version`, `rustc`, `git` |
+//! | `certbroker_requests_total` | counter | `method`, `code` (as grpc-prometheus writes it: `OK`, `InvalidArgument`, ...), `cache_status` |
 //! | `certbroker_request_duration_seconds` | histogram | `method` |
 //! | `certbroker_requests_rejected_total` | counter | `method`, `reason` (`rate_limited`, `overloaded`, `timeout`) |
 //! | `certbroker_issuance_duration_seconds` | histogram | `ca` |
@@ -14,6 +15,14 @@
 //! | `certbroker_certificate_min_expiry_seconds` | gauge | |
 //! | `certbroker_ca_breaker_state` | gauge | `ca` (0 closed, 1 half-open, 2 open); only with a [`CaBreakerSource`] |
 //! | `certbroker_ca_profile_findings_total` | counter | `ca`, `finding` (a code of `shaken::FINDING_CODES`); only with a [`CaBreakerSource`] |
+//! | `certbroker_certificate_expiration_timestamp_seconds` | gauge | `key`, `identifiers`, `pool`, `ca`: notAfter, Unix seconds |
+//! | `certbroker_certificate_renewal_timestamp_seconds` | gauge | same: next planned renewal, Unix seconds |
+//! | `certbroker_certificate_ready_status` | gauge | same and `condition` (`True`, `False`): 1 for the condition that holds |
+//! | `certbroker_acme_client_requests_total` | counter | `ca`, `endpoint`, `method`, `status` (HTTP status, `none` without an answer) |
+//! | `certbroker_acme_client_request_duration_seconds` | histogram | same |
+//!
+//! The per-certificate families come from the renewal tracker at each scrape
+//! ([`Metrics::set_certificates`]): a certificate the tracker forgets loses its series.
 
 use std::{
     collections::HashMap,
@@ -64,6 +73,11 @@ struct Inner {
     min_expiry: IntGauge,
     ca_breaker: IntGaugeVec,
     ca_findings: IntCounterVec,
+    cert_expiration: IntGaugeVec,
+    cert_renewal: IntGaugeVec,
+    cert_ready: IntGaugeVec,
+    acme_requests: IntCounterVec,
+    acme_duration: HistogramVec,
     /// Certificates this replica has handed out and not seen revoked: serial → notAfter.
     served: Mutex<HashMap<String, i64>>,
     ca_source: Mutex<Option<Arc<dyn CaBreakerSource>>>,
@@ -164,6 +178,60 @@ impl Metrics {
             ),
             &["ca", "finding"],
         )?;
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "certbroker_build_info",
+                "The running build: always 1, the labels say which",
+            ),
+            &["version", "rustc", "git"],
+        )?;
+        build_info
+            .with_label_values(&[
+                env!("CARGO_PKG_VERSION"),
+                env!("CERTBROKER_BUILD_RUSTC"),
+                env!("CERTBROKER_BUILD_GIT"),
+            ])
+            .set(1);
+        let cert_labels = ["key", "identifiers", "pool", "ca"];
+        let cert_expiration = IntGaugeVec::new(
+            Opts::new(
+                "certbroker_certificate_expiration_timestamp_seconds",
+                "notAfter of the current certificate of each tracked request, Unix seconds",
+            ),
+            &cert_labels,
+        )?;
+        let cert_renewal = IntGaugeVec::new(
+            Opts::new(
+                "certbroker_certificate_renewal_timestamp_seconds",
+                "When the current certificate is next due for renewal, Unix seconds",
+            ),
+            &cert_labels,
+        )?;
+        let cert_ready = IntGaugeVec::new(
+            Opts::new(
+                "certbroker_certificate_ready_status",
+                "1 for the condition that holds: True (a current, unexpired certificate) or False",
+            ),
+            &["key", "identifiers", "pool", "ca", "condition"],
+        )?;
+        let acme_labels = ["ca", "endpoint", "method", "status"];
+        let acme_requests = IntCounterVec::new(
+            Opts::new(
+                "certbroker_acme_client_requests_total",
+                "HTTP requests to upstream ACME servers, by CA, endpoint and HTTP status",
+            ),
+            &acme_labels,
+        )?;
+        let acme_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "certbroker_acme_client_request_duration_seconds",
+                "Time of one HTTP request to an upstream ACME server, to the whole body",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+            &acme_labels,
+        )?;
         // Series alerts divide by exist from the start, at zero.
         for method in ["GetCertificate", "Revoke"] {
             for reason in ["rate_limited", "overloaded", "timeout"] {
@@ -182,6 +250,12 @@ impl Metrics {
         registry.register(Box::new(min_expiry.clone()))?;
         registry.register(Box::new(ca_breaker.clone()))?;
         registry.register(Box::new(ca_findings.clone()))?;
+        registry.register(Box::new(build_info))?;
+        registry.register(Box::new(cert_expiration.clone()))?;
+        registry.register(Box::new(cert_renewal.clone()))?;
+        registry.register(Box::new(cert_ready.clone()))?;
+        registry.register(Box::new(acme_requests.clone()))?;
+        registry.register(Box::new(acme_duration.clone()))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 registry,
@@ -197,6 +271,11 @@ impl Metrics {
                 min_expiry,
                 ca_breaker,
                 ca_findings,
+                cert_expiration,
+                cert_renewal,
+                cert_ready,
+                acme_requests,
+                acme_duration,
                 served: Mutex::new(HashMap::new()),
                 ca_source: Mutex::new(None),
             }),
@@ -216,15 +295,63 @@ impl Metrics {
         cache_status: Option<&str>,
         took: Duration,
     ) {
-        let code = format!("{code:?}");
+        let code = grpc_code_name(code);
         self.inner
             .requests
-            .with_label_values(&[method, &code, cache_status.unwrap_or("")])
+            .with_label_values(&[method, code, cache_status.unwrap_or("")])
             .inc();
         self.inner
             .request_duration
             .with_label_values(&[method])
             .observe(took.as_secs_f64());
+    }
+
+    /// One HTTP exchange with the ACME server of `ca`; `status` `None`: no answer.
+    pub fn acme_request(
+        &self,
+        ca: &str,
+        endpoint: &str,
+        method: &str,
+        status: Option<u16>,
+        took: Duration,
+    ) {
+        let status = status.map_or_else(|| "none".to_owned(), |s| s.to_string());
+        let labels = [ca, endpoint, method, status.as_str()];
+        self.inner.acme_requests.with_label_values(&labels).inc();
+        self.inner
+            .acme_duration
+            .with_label_values(&labels)
+            .observe(took.as_secs_f64());
+    }
+
+    /// Replaces the per-certificate series with one set per tracked certificate: those
+    /// no longer tracked disappear. `now`: Unix seconds, for the ready condition.
+    pub fn set_certificates(&self, certs: &[crate::broker::RenewalStatus], now: i64) {
+        let inner = &self.inner;
+        inner.cert_expiration.reset();
+        inner.cert_renewal.reset();
+        inner.cert_ready.reset();
+        for c in certs {
+            let identifiers = identifiers_label(&c.identifiers);
+            let ca = c.issuer_ca.as_deref().unwrap_or("");
+            let labels = [c.cache_key.as_str(), &identifiers, &c.pool, ca];
+            if let Some(not_after) = c.not_after {
+                inner
+                    .cert_expiration
+                    .with_label_values(&labels)
+                    .set(not_after);
+            }
+            if let Some(at) = c.next_renewal {
+                inner.cert_renewal.with_label_values(&labels).set(at);
+            }
+            let ready = c.not_after.is_some_and(|na| na > now);
+            for (condition, holds) in [("True", ready), ("False", !ready)] {
+                inner
+                    .cert_ready
+                    .with_label_values(&[labels[0], labels[1], labels[2], labels[3], condition])
+                    .set(i64::from(holds));
+            }
+        }
     }
 
     /// A request that issued a new certificate at `ca`.
@@ -245,7 +372,11 @@ impl Metrics {
 
     /// A certificate was handed out.
     pub fn certificate_served(&self, serial_hex: &str, not_after_unix: i64) {
-        lock(&self.inner.served).insert(serial_hex.to_owned(), not_after_unix);
+        let mut served = lock(&self.inner.served);
+        // A hit on a known certificate (the common case) allocates nothing.
+        if served.get(serial_hex) != Some(&not_after_unix) {
+            served.insert(serial_hex.to_owned(), not_after_unix);
+        }
     }
 
     /// A certificate was revoked; it no longer counts.
@@ -325,6 +456,65 @@ impl RejectionObserver for Metrics {
     }
 }
 
+/// The gRPC code as grpc-prometheus (grpc-go's `codes.Code.String`) writes it.
+pub(crate) fn grpc_code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code;
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "Canceled",
+        Code::Unknown => "Unknown",
+        Code::InvalidArgument => "InvalidArgument",
+        Code::DeadlineExceeded => "DeadlineExceeded",
+        Code::NotFound => "NotFound",
+        Code::AlreadyExists => "AlreadyExists",
+        Code::PermissionDenied => "PermissionDenied",
+        Code::ResourceExhausted => "ResourceExhausted",
+        Code::FailedPrecondition => "FailedPrecondition",
+        Code::Aborted => "Aborted",
+        Code::OutOfRange => "OutOfRange",
+        Code::Unimplemented => "Unimplemented",
+        Code::Internal => "Internal",
+        Code::Unavailable => "Unavailable",
+        Code::DataLoss => "DataLoss",
+        Code::Unauthenticated => "Unauthenticated",
+    }
+}
+
+/// Longest `identifiers` label value; longer lists are cut and say how many more.
+const IDENTIFIERS_LABEL_MAX: usize = 64;
+
+/// The identifiers in words (`spc 1234`, `tn 12025550100`, ...), bounded in length.
+fn identifiers_label(ids: &crate::broker::Identifiers) -> String {
+    let full = crate::api::policy::describe(ids);
+    if full.len() <= IDENTIFIERS_LABEL_MAX {
+        return full;
+    }
+    let parts: Vec<&str> = full.split(", ").collect();
+    let mut out = String::new();
+    let mut used = 0;
+    for p in &parts {
+        let sep = if used == 0 { 0 } else { 2 };
+        if out.len() + sep + p.len() > IDENTIFIERS_LABEL_MAX - 12 {
+            break;
+        }
+        if used > 0 {
+            out.push_str(", ");
+        }
+        out.push_str(p);
+        used += 1;
+    }
+    if used == 0 {
+        // One identifier longer than the bound: cut it at a character boundary.
+        let mut end = IDENTIFIERS_LABEL_MAX - 12;
+        while !full.is_char_boundary(end) {
+            end -= 1;
+        }
+        out.push_str(&full[..end]);
+        used = 1;
+    }
+    format!("{out} +{} more", parts.len() - used)
+}
+
 /// `/pkg.Service/Method` → `Method`.
 pub(crate) fn method_name(path: &str) -> &str {
     path.rsplit('/').next().unwrap_or(path)
@@ -351,6 +541,75 @@ mod tests {
     }
 
     #[test]
+    fn grpc_codes_are_written_as_grpc_prometheus_does() {
+        assert_eq!(grpc_code_name(tonic::Code::Ok), "OK");
+        assert_eq!(grpc_code_name(tonic::Code::Cancelled), "Canceled");
+        assert_eq!(
+            grpc_code_name(tonic::Code::InvalidArgument),
+            "InvalidArgument"
+        );
+        assert_eq!(
+            grpc_code_name(tonic::Code::Unauthenticated),
+            "Unauthenticated"
+        );
+    }
+
+    #[test]
+    fn identifiers_label_is_bounded() {
+        use crate::broker::Identifiers;
+        let dns = |n: usize| Identifiers::Dns((0..n).map(|i| format!("host{i}.example")).collect());
+        assert_eq!(identifiers_label(&dns(1)), "dns host0.example");
+        let long = identifiers_label(&dns(40));
+        assert!(long.len() <= IDENTIFIERS_LABEL_MAX, "{long}");
+        assert!(long.ends_with(" more"), "{long}");
+        let one = identifiers_label(&Identifiers::Dns(vec!["x".repeat(200)]));
+        assert!(one.len() <= IDENTIFIERS_LABEL_MAX, "{one}");
+    }
+
+    #[test]
+    fn certificate_series_follow_the_tracker() {
+        use crate::broker::{Identifiers, RenewalStatus};
+        let m = Metrics::new().unwrap();
+        let status = |key: &str, not_after: Option<i64>| RenewalStatus {
+            cache_key: key.into(),
+            serial_hex: Some("01".into()),
+            not_after,
+            next_renewal: not_after.map(|na| na - 100),
+            last_error: None,
+            failures: 0,
+            pool: "default".into(),
+            identifiers: Identifiers::Dns(vec!["a.example".into()]),
+            issuer_ca: Some("primary".into()),
+            profile_findings: vec![],
+        };
+        m.set_certificates(&[status("k1", Some(2_000)), status("k2", Some(500))], 1_000);
+        let text = m.render(0, 0);
+        let labels = |k: &str| {
+            format!("ca=\"primary\",identifiers=\"dns a.example\",key=\"{k}\",pool=\"default\"")
+        };
+        for line in [
+            format!(
+                "certbroker_certificate_expiration_timestamp_seconds{{{}}} 2000",
+                labels("k1")
+            ),
+            format!(
+                "certbroker_certificate_renewal_timestamp_seconds{{{}}} 1900",
+                labels("k1")
+            ),
+            "certbroker_certificate_ready_status{ca=\"primary\",condition=\"True\",identifiers=\"dns a.example\",key=\"k1\",pool=\"default\"} 1".to_owned(),
+            // k2 is expired: not ready.
+            "certbroker_certificate_ready_status{ca=\"primary\",condition=\"False\",identifiers=\"dns a.example\",key=\"k2\",pool=\"default\"} 1".to_owned(),
+        ] {
+            assert!(text.contains(&line), "missing {line}:\n{text}");
+        }
+        // k1 forgotten: its series go.
+        m.set_certificates(&[status("k2", Some(500))], 1_000);
+        let text = m.render(0, 0);
+        assert!(!text.contains("key=\"k1\""), "{text}");
+        assert!(text.contains("key=\"k2\""), "{text}");
+    }
+
+    #[test]
     fn exposition_has_every_family_with_conventional_names() {
         let m = Metrics::new().unwrap();
         m.request(
@@ -372,7 +631,7 @@ mod tests {
         m.set_ca_breaker_source(Arc::new(Breakers));
         let text = m.render(3, 2);
         for line in [
-            "certbroker_requests_total{cache_status=\"ISSUED\",code=\"Ok\",method=\"GetCertificate\"} 1",
+            "certbroker_requests_total{cache_status=\"ISSUED\",code=\"OK\",method=\"GetCertificate\"} 1",
             "certbroker_request_duration_seconds_count{method=\"GetCertificate\"} 1",
             "certbroker_issuance_duration_seconds_count{ca=\"primary\"} 1",
             "certbroker_issuance_failures_total{ca=\"secondary\",kind=\"unavailable\"} 1",

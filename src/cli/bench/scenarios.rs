@@ -185,6 +185,20 @@ pub(super) async fn l2(cfg: &Config) -> anyhow::Result<Report> {
         0.5,
         true,
     );
+    // Issue 14: one gRPC round trip plus one Redis GET of the entry, each at the rate this
+    // run measured for it alone: 1 / (1/tonic + 1/redis).
+    let composed = 1.0 / (1.0 / base.throughput() + 1.0 / rb.rps);
+    let vs_composed = combined.throughput() / composed;
+    report.metrics.insert("composed_limit_rps".into(), composed);
+    report
+        .metrics
+        .insert("l2_vs_composed_limit_ratio".into(), vs_composed);
+    report.target(
+        "L2 throughput >= 0.9 x composed limit (tonic + GET)",
+        vs_composed,
+        0.9,
+        true,
+    );
     report.finish(&cfg.out)
 }
 

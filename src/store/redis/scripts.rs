@@ -5,11 +5,11 @@ use redis::Script;
 
 /// Compiled scripts (their SHA1 is computed once).
 pub(super) struct Scripts {
-    /// KEYS: cert body, current pointer. ARGV: body, serial, notAfter (Unix seconds).
-    /// Writes both, expiring at notAfter.
+    /// KEYS: cert body, current pointer, current entry. ARGV: body, serial, notAfter (Unix
+    /// seconds). Writes all three, expiring at notAfter.
     pub(super) put: Script,
-    /// KEYS: current pointer, cert body. ARGV: serial. Deletes the body, and the pointer
-    /// only if it names this serial.
+    /// KEYS: current pointer, cert body, current entry. ARGV: serial. Deletes the body, and
+    /// the pointer and the entry only if the pointer names this serial.
     pub(super) evict: Script,
     /// KEYS: lock. ARGV: token, ttl ms. Extends the lock if the token holds it; 1 or 0.
     pub(super) renew: Script,
@@ -26,10 +26,13 @@ impl Scripts {
             put: Script::new(
                 r"redis.call('SET', KEYS[1], ARGV[1], 'EXAT', ARGV[3])
                   redis.call('SET', KEYS[2], ARGV[2], 'EXAT', ARGV[3])
+                  redis.call('SET', KEYS[3], ARGV[1], 'EXAT', ARGV[3])
                   return 1",
             ),
             evict: Script::new(
-                r"if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+                r"if redis.call('GET', KEYS[1]) == ARGV[1] then
+                    redis.call('DEL', KEYS[1], KEYS[3])
+                  end
                   redis.call('DEL', KEYS[2])
                   return 1",
             ),
