@@ -98,7 +98,10 @@ fn issue_over_http01() {
         let out = work.path().join("out");
         let ok = issue(&out, true);
         assert_success(&ok, &a2c);
-        let chain = std::fs::read_to_string(out.join("cert.pem")).unwrap();
+        // certbot's file set: cert.pem the leaf alone, fullchain.pem leaf + chain.
+        let leaf_only = std::fs::read_to_string(out.join("cert.pem")).unwrap();
+        assert_eq!(certbroker::shaken::parse_pem_chain(&leaf_only).unwrap().len(), 1);
+        let chain = std::fs::read_to_string(out.join("fullchain.pem")).unwrap();
         let der = certbroker::shaken::parse_pem_chain(&chain).unwrap();
         assert_eq!(der.len(), 2, "leaf and acme2certifier's issuing CA");
         let leaf = certbroker::shaken::CertInfo::parse(&der[0]).unwrap();
@@ -209,7 +212,7 @@ fn issue_over_tkauth01() {
         // certificate for SPC 1234.
         let (o, out) = issue(&passthrough, "passthrough", &[]);
         assert_success(&o, &passthrough);
-        let chain = std::fs::read_to_string(out.join("cert.pem")).unwrap();
+        let chain = std::fs::read_to_string(out.join("fullchain.pem")).unwrap();
         let der = certbroker::shaken::parse_pem_chain(&chain).unwrap();
         let leaf = certbroker::shaken::CertInfo::parse(&der[0]).unwrap();
         assert_eq!(
