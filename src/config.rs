@@ -140,6 +140,10 @@ pub struct StoreSettings {
     pub url: Option<String>,
     /// Seed nodes (`redis://host:port`) for `backend = "redis-cluster"`.
     pub cluster_nodes: Vec<String>,
+    /// PEM file of the CA certificates that sign the Redis servers' TLS certificates
+    /// (`rediss://` URLs), replacing the system roots; relative to the config file.
+    /// Default: unset (the system roots).
+    pub trust_roots: Option<PathBuf>,
     /// Prefix of every Redis key and channel; no `{` or `}`.
     pub prefix: String,
     /// Bound on connecting and on each Redis command, in milliseconds.
@@ -639,6 +643,12 @@ impl Settings {
                 fix(p, value.find_ref("client_ca"));
             }
         }
+        if let (Some(p), Ok(value)) = (
+            self.store.trust_roots.as_mut(),
+            figment.find_value("store.trust_roots"),
+        ) {
+            fix(p, Some(&value));
+        }
         let cas = match figment.find_value("ca") {
             Ok(Value::Array(_, cas)) => cas,
             _ => Vec::new(),
@@ -897,6 +907,7 @@ impl Default for StoreSettings {
             backend: StoreBackend::Memory,
             url: None,
             cluster_nodes: vec![],
+            trust_roots: None,
             prefix: redis.prefix,
             timeout_ms: redis.timeout_ms,
             keyring: None,
@@ -916,6 +927,7 @@ impl StoreSettings {
             } else {
                 vec![]
             },
+            trust_roots: self.trust_roots.clone(),
             prefix: self.prefix.clone(),
             keyring: self.keyring.clone(),
             timeout_ms: self.timeout_ms,

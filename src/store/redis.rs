@@ -29,9 +29,9 @@ mod conn;
 mod pubsub;
 mod scripts;
 
-use std::{fmt, sync::Arc, time::Duration};
+use std::{fmt, path::PathBuf, sync::Arc, time::Duration};
 
-use redis::{Client, ErrorKind, FromRedisValue, RedisResult, ServerErrorKind};
+use redis::{ErrorKind, FromRedisValue, RedisResult, ServerErrorKind};
 use secrecy::zeroize::Zeroizing;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
@@ -58,6 +58,10 @@ pub struct RedisSettings {
     /// Redis Cluster seed nodes, each a `redis://` or `rediss://` URL; non-empty selects
     /// cluster mode (then `url` must be unset). Default: empty.
     pub cluster_nodes: Vec<String>,
+    /// PEM file of the CA certificates trusted for `rediss://` servers instead of the
+    /// system roots (a private CA, as managed and self-hosted Redis with TLS use). Every
+    /// URL must then be `rediss://`. Default: unset (the system roots).
+    pub trust_roots: Option<PathBuf>,
     /// Prefix of every key and channel, so several deployments can share one Redis.
     /// Must not contain `{` or `}`. Default: `certbroker`.
     pub prefix: String,
@@ -73,6 +77,7 @@ impl Default for RedisSettings {
         Self {
             url: None,
             cluster_nodes: Vec::new(),
+            trust_roots: None,
             prefix: "certbroker".into(),
             keyring: None,
             timeout_ms: 1000,
@@ -92,6 +97,7 @@ impl fmt::Debug for RedisSettings {
                     .map(|n| redact_url(n))
                     .collect::<Vec<_>>(),
             )
+            .field("trust_roots", &self.trust_roots)
             .field("prefix", &self.prefix)
             .field("keyring", &self.keyring)
             .field("timeout_ms", &self.timeout_ms)
@@ -113,14 +119,15 @@ pub async fn connect(settings: &RedisSettings) -> Result<RedisStore, StoreError>
         )));
     }
     let keyring = settings.keyring.as_ref().map(Keyring::new).transpose()?;
+    let tls = conn::trust_roots(settings)?;
     let (conn, sub_urls, mode) = match (&settings.url, settings.cluster_nodes.as_slice()) {
         (Some(url), []) => (
-            Conn::standalone(url, timeout)?,
+            Conn::standalone(conn::client(url, tls.as_ref())?, timeout)?,
             vec![url.clone()],
             redact_url(url),
         ),
         (None, nodes) if !nodes.is_empty() => (
-            Conn::cluster(nodes, timeout)?,
+            Conn::cluster(nodes, tls.as_ref(), timeout)?,
             nodes.to_vec(),
             format!("cluster of {} seed nodes", nodes.len()),
         ),
@@ -137,9 +144,8 @@ pub async fn connect(settings: &RedisSettings) -> Result<RedisStore, StoreError>
     };
     let clients = sub_urls
         .iter()
-        .map(|u| Client::open(u.as_str()))
-        .collect::<RedisResult<Vec<_>>>()
-        .map_err(|e| StoreError::Config(format!("invalid Redis address: {e}")))?;
+        .map(|u| conn::client(u, tls.as_ref()))
+        .collect::<Result<Vec<_>, _>>()?;
     let prefix = settings.prefix.clone();
     let routes = Routes {
         ready_channel: format!("{prefix}:ready"),

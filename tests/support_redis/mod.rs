@@ -15,6 +15,8 @@ pub struct RedisServer {
     port: u16,
     dir: tempfile::TempDir,
     extra: Vec<String>,
+    /// TLS only (`--port 0 --tls-port <port>`), trusting this CA for the readiness PING.
+    tls_ca: Option<std::path::PathBuf>,
 }
 
 impl RedisServer {
@@ -25,6 +27,33 @@ impl RedisServer {
 
     /// Starts a server with extra arguments; `{dir}` in them becomes its working directory.
     pub fn start_with(extra: &[&str]) -> Self {
+        Self::start_inner(extra, None)
+    }
+
+    /// Starts a TLS-only server (no plaintext port) with this certificate and key (PEM
+    /// files), `ca` being the CA that signed it; `rediss://127.0.0.1:<port>` reaches it.
+    pub fn start_tls(cert: &Path, key: &Path, ca: &Path) -> Self {
+        let (cert, key, ca_s) = (
+            cert.display().to_string(),
+            key.display().to_string(),
+            ca.display().to_string(),
+        );
+        Self::start_inner(
+            &[
+                "--tls-cert-file",
+                &cert,
+                "--tls-key-file",
+                &key,
+                "--tls-ca-cert-file",
+                &ca_s,
+                "--tls-auth-clients",
+                "no",
+            ],
+            Some(ca.to_path_buf()),
+        )
+    }
+
+    fn start_inner(extra: &[&str], tls_ca: Option<std::path::PathBuf>) -> Self {
         require_binary("redis-server");
         let dir = tempfile::tempdir().expect("tempdir");
         let extra: Vec<String> = extra
@@ -34,13 +63,14 @@ impl RedisServer {
         let mut last = String::new();
         for _ in 0..5 {
             let port = free_port();
-            match spawn(port, dir.path(), &extra) {
+            match spawn(port, dir.path(), &extra, tls_ca.as_deref()) {
                 Ok(child) => {
                     return Self {
                         child: Some(child),
                         port,
                         dir,
                         extra,
+                        tls_ca,
                     };
                 }
                 Err(e) => last = e,
@@ -57,6 +87,7 @@ impl RedisServer {
             port: free_port(),
             dir: tempfile::tempdir().expect("tempdir"),
             extra: Vec::new(),
+            tls_ca: None,
         }
     }
 
@@ -105,7 +136,12 @@ impl RedisServer {
         self.kill();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            match spawn(self.port, self.dir.path(), &self.extra) {
+            match spawn(
+                self.port,
+                self.dir.path(),
+                &self.extra,
+                self.tls_ca.as_deref(),
+            ) {
                 Ok(child) => {
                     self.child = Some(child);
                     return;
@@ -204,10 +240,25 @@ fn free_port() -> u16 {
     listener.local_addr().expect("local addr").port()
 }
 
-/// Spawns redis-server on `port` and waits until it answers PING.
-fn spawn(port: u16, dir: &Path, extra: &[String]) -> Result<Child, String> {
+/// Spawns redis-server on `port` (TLS only when `tls_ca` is given) and waits until it
+/// answers PING.
+fn spawn(port: u16, dir: &Path, extra: &[String], tls_ca: Option<&Path>) -> Result<Child, String> {
+    let ports = match tls_ca {
+        Some(_) => [
+            "--port".to_owned(),
+            "0".to_owned(),
+            "--tls-port".to_owned(),
+            port.to_string(),
+        ],
+        None => [
+            "--port".to_owned(),
+            port.to_string(),
+            String::new(),
+            String::new(),
+        ],
+    };
     let mut child = Command::new("redis-server")
-        .args(["--port", &port.to_string()])
+        .args(ports.iter().filter(|a| !a.is_empty()))
         .args(["--bind", "127.0.0.1"])
         .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
         .arg("--dir")
@@ -219,7 +270,11 @@ fn spawn(port: u16, dir: &Path, extra: &[String]) -> Result<Child, String> {
         .map_err(|e| format!("spawn redis-server: {e}"))?;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        if let Ok(reply) = raw(port, "PING") {
+        let reply = match tls_ca {
+            Some(ca) => tls_ping(port, ca),
+            None => raw(port, "PING"),
+        };
+        if let Ok(reply) = reply {
             if reply.starts_with("+PONG") || reply.starts_with("-NOAUTH") {
                 return Ok(child);
             }
@@ -243,4 +298,15 @@ fn raw(port: u16, command: &str) -> std::io::Result<String> {
     let mut buf = vec![0u8; 64 * 1024];
     let n = stream.read(&mut buf)?;
     Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+/// PING over TLS with `redis-cli --tls`, verifying the server against `ca`.
+fn tls_ping(port: u16, ca: &Path) -> std::io::Result<String> {
+    let out = Command::new("redis-cli")
+        .args(["--tls", "--cacert"])
+        .arg(ca)
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "PING"])
+        .output()?;
+    // redis-cli prints the simple string without its `+`.
+    Ok(format!("+{}", String::from_utf8_lossy(&out.stdout).trim()))
 }

@@ -4,13 +4,67 @@
 use std::time::Duration;
 
 use redis::{
-    Client, Cmd, Pipeline, RedisFuture, Value,
+    Client, Cmd, Pipeline, RedisFuture, TlsCertificates, Value,
     aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig},
     cluster::{ClusterClientBuilder, ClusterConfig},
     cluster_async::ClusterConnection,
 };
 
-use super::super::StoreError;
+use super::{super::StoreError, RedisSettings};
+
+/// The CA certificates of `settings.trust_roots`, read once; `None` when unset (the
+/// system roots). Every URL must then be `rediss://`: a private CA for a plaintext
+/// connection is a configuration mistake worth stopping for.
+pub(super) fn trust_roots(settings: &RedisSettings) -> Result<Option<TlsCertificates>, StoreError> {
+    let Some(path) = &settings.trust_roots else {
+        return Ok(None);
+    };
+    let pem = std::fs::read(path).map_err(|e| {
+        StoreError::Config(format!(
+            "store.trust_roots {}: cannot read: {e}",
+            path.display()
+        ))
+    })?;
+    use rustls_pki_types::{CertificateDer, pem::PemObject};
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| {
+            StoreError::Config(format!(
+                "store.trust_roots {}: not PEM: {e}",
+                path.display()
+            ))
+        })?;
+    if certs.is_empty() {
+        return Err(StoreError::Config(format!(
+            "store.trust_roots {}: no CERTIFICATE in it",
+            path.display()
+        )));
+    }
+    let plain = settings
+        .url
+        .iter()
+        .chain(&settings.cluster_nodes)
+        .find(|u| !u.starts_with("rediss://"));
+    if let Some(plain) = plain {
+        return Err(StoreError::Config(format!(
+            "store.trust_roots is set but {} is not a rediss:// URL",
+            redact_url(plain)
+        )));
+    }
+    Ok(Some(TlsCertificates {
+        client_tls: None,
+        root_cert: Some(pem),
+    }))
+}
+
+/// A client for `url`, trusting `tls`'s roots when given.
+pub(super) fn client(url: &str, tls: Option<&TlsCertificates>) -> Result<Client, StoreError> {
+    match tls {
+        Some(tls) => Client::build_with_tls(url, tls.clone()),
+        None => Client::open(url),
+    }
+    .map_err(|e| StoreError::Config(format!("invalid Redis address {}: {e}", redact_url(url))))
+}
 
 /// A cheap-to-clone command connection.
 #[derive(Clone)]
@@ -22,10 +76,9 @@ pub(super) enum Conn {
 }
 
 impl Conn {
-    /// A standalone connection to `url`; connects on first use and reconnects by itself.
-    pub(super) fn standalone(url: &str, timeout: Duration) -> Result<Self, StoreError> {
-        let client = Client::open(url)
-            .map_err(|e| StoreError::Config(format!("store.redis.url is invalid: {e}")))?;
+    /// A standalone connection through `client`; connects on first use and reconnects by
+    /// itself.
+    pub(super) fn standalone(client: Client, timeout: Duration) -> Result<Self, StoreError> {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout))
@@ -39,15 +92,21 @@ impl Conn {
     }
 
     /// A cluster connection seeded with `nodes`; discovers the topology on first use.
-    pub(super) fn cluster(nodes: &[String], timeout: Duration) -> Result<Self, StoreError> {
-        let client = ClusterClientBuilder::new(nodes.to_vec())
+    pub(super) fn cluster(
+        nodes: &[String],
+        tls: Option<&TlsCertificates>,
+        timeout: Duration,
+    ) -> Result<Self, StoreError> {
+        let mut builder = ClusterClientBuilder::new(nodes.to_vec())
             .connection_timeout(timeout)
             .response_timeout(timeout)
-            .retries(2)
-            .build()
-            .map_err(|e| {
-                StoreError::Config(format!("store.redis.cluster_nodes is invalid: {e}"))
-            })?;
+            .retries(2);
+        if let Some(tls) = tls {
+            builder = builder.certs(tls.clone());
+        }
+        let client = builder.build().map_err(|e| {
+            StoreError::Config(format!("store.redis.cluster_nodes is invalid: {e}"))
+        })?;
         let config = ClusterConfig::new()
             .set_connection_timeout(timeout)
             .set_response_timeout(timeout);

