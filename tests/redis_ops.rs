@@ -173,3 +173,121 @@ async fn tls_with_a_private_ca_fleet_shares_one_order() {
     let (a, _b) = one_order_across_two(&env, &s, "4101").await;
     wait_store_health(&a, "Serving", 10).await;
 }
+
+/// The ACL lines of the README's "ACL user" paragraph, `PASSWORD` replaced.
+fn documented_acl(password: &str) -> Vec<Vec<String>> {
+    let readme = include_str!("../README.md");
+    let lines: Vec<Vec<String>> = readme
+        .lines()
+        .filter(|l| l.starts_with("user certbroker on ") || *l == "user default off")
+        .map(|l| {
+            l.split_whitespace()
+                .skip(1)
+                .map(|w| w.replace("PASSWORD", password))
+                .collect()
+        })
+        .collect();
+    assert_eq!(
+        lines.len(),
+        2,
+        "the README documents the certbroker and default users"
+    );
+    lines
+}
+
+/// `redis-cli` as the test's admin user.
+fn admin(port: u16, args: &[&str]) -> String {
+    let out = std::process::Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(["--user", "admin", "--pass", "adminpw", "--no-auth-warning"])
+        .args(args)
+        .output()
+        .expect("run redis-cli");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acl_user_with_exactly_the_documented_commands_and_a_wrong_password() {
+    let mut args: Vec<String> = vec![];
+    for user in documented_acl("s3cret-pw") {
+        args.push("--user".into());
+        args.extend(user);
+    }
+    // An admin for the checks below (the broker never uses it).
+    args.extend(
+        ["--user", "admin", "on", ">adminpw", "~*", "&*", "+@all"]
+            .iter()
+            .map(|s| (*s).to_owned()),
+    );
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let redis = RedisServer::start_with(&argv);
+    assert!(
+        redis.raw("PING").starts_with("-NOAUTH"),
+        "the default user is disabled"
+    );
+
+    let env = DevEnv::start().await;
+    let url = format!("redis://certbroker:s3cret-pw@127.0.0.1:{}", redis.port());
+    let s = settings(&env, &format!("backend = \"redis\"\nurl = \"{url}\""));
+    let (a, b) = one_order_across_two(&env, &s, "4201").await;
+    // Revocation evicts and publishes an invalidation: more of the store's commands.
+    let mut c = a.client().await;
+    let r = c
+        .get_certificate(spc_request("4201"))
+        .await
+        .unwrap()
+        .into_inner();
+    c.revoke(certbroker::pb::RevokeRequest {
+        target: Some(certbroker::pb::revoke_request::Target::SerialHex(
+            r.serial_hex.clone(),
+        )),
+        reason: certbroker::pb::RevocationReason::Superseded as i32,
+    })
+    .await
+    .expect("revoke");
+    wait_store_health(&a, "Serving", 10).await;
+    wait_store_health(&b, "Serving", 10).await;
+    let log = admin(redis.port(), &["ACL", "LOG"]);
+    assert!(log.trim().is_empty(), "a command was refused: {log}");
+    let clients = admin(redis.port(), &["CLIENT", "LIST"]);
+    assert!(
+        clients
+            .lines()
+            .any(|l| l.contains("user=certbroker") && l.contains("sub=2")),
+        "a subscription as certbroker to both channels: {clients}"
+    );
+    drop((a, b));
+
+    // A wrong password: start-up goes on, the store says why it is unusable.
+    let wrong = RedisSettings {
+        url: Some(format!(
+            "redis://certbroker:wrong@127.0.0.1:{}",
+            redis.port()
+        )),
+        timeout_ms: 500,
+        ..RedisSettings::default()
+    };
+    match connect(&wrong).await.unwrap().health().await {
+        StoreHealth::Degraded(reason) => {
+            assert!(reason.contains("redis refused the credentials"), "{reason}")
+        }
+        StoreHealth::Ok => panic!("a wrong password was accepted"),
+    }
+    let s = settings(
+        &env,
+        &format!(
+            "backend = \"redis\"\nurl = \"redis://certbroker:wrong@127.0.0.1:{}\"",
+            redis.port()
+        ),
+    );
+    let broker = TestBroker::start_settings(s).await;
+    wait_store_health(&broker, "NotServing", 10).await;
+    let r = broker
+        .client()
+        .await
+        .get_certificate(spc_request("4202"))
+        .await
+        .expect("served without the store")
+        .into_inner();
+    assert_eq!(r.cache_status(), CacheStatus::Issued);
+}

@@ -180,7 +180,10 @@ pub async fn connect(settings: &RedisSettings) -> Result<RedisStore, StoreError>
         }),
     };
     if let StoreHealth::Degraded(reason) = store.health().await {
-        tracing::warn!(%reason, "redis not reachable at start-up; running degraded until it is");
+        tracing::warn!(
+            %reason,
+            "redis unusable at start-up; running degraded until it answers"
+        );
     }
     Ok(store)
 }
@@ -262,6 +265,13 @@ impl RedisStore {
     ) -> Result<T, (String, bool)> {
         match tokio::time::timeout(self.inner.timeout, fut).await {
             Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) if e.kind() == ErrorKind::AuthenticationFailed => Err((
+                format!(
+                    "redis refused the credentials in the store URL (wrong user or password, \
+                     or the ACL user is disabled): {e}"
+                ),
+                breaker::is_outage(&e),
+            )),
             Ok(Err(e)) => Err((format!("redis: {e}"), breaker::is_outage(&e))),
             Err(_) => Err((
                 format!("redis did not answer within {:?}", self.inner.timeout),
