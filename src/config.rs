@@ -140,6 +140,9 @@ pub struct StoreSettings {
     pub url: Option<String>,
     /// Seed nodes (`redis://host:port`) for `backend = "redis-cluster"`.
     pub cluster_nodes: Vec<String>,
+    /// Redis Sentinel for `backend = "redis"` instead of `url`: `{ master_name, nodes =
+    /// ["redis://sentinel:26379", ...], username, password }` (the last two for the master).
+    pub sentinel: Option<crate::store::SentinelSettings>,
     /// PEM file of the CA certificates that sign the Redis servers' TLS certificates
     /// (`rediss://` URLs), replacing the system roots; relative to the config file.
     /// Default: unset (the system roots).
@@ -680,10 +683,16 @@ impl Settings {
             reason: reason.to_owned(),
         };
         match self.store.backend {
-            StoreBackend::Redis if self.store.url.is_none() => {
+            StoreBackend::Redis if self.store.url.is_none() && self.store.sentinel.is_none() => {
                 return Err(invalid(
                     "store.url".into(),
-                    "required when store.backend = \"redis\"",
+                    "required when store.backend = \"redis\" (or store.sentinel)",
+                ));
+            }
+            StoreBackend::Redis if self.store.url.is_some() && self.store.sentinel.is_some() => {
+                return Err(invalid(
+                    "store.sentinel".into(),
+                    "excludes store.url: the sentinels name the master",
                 ));
             }
             StoreBackend::RedisCluster if self.store.cluster_nodes.is_empty() => {
@@ -907,6 +916,7 @@ impl Default for StoreSettings {
             backend: StoreBackend::Memory,
             url: None,
             cluster_nodes: vec![],
+            sentinel: None,
             trust_roots: None,
             prefix: redis.prefix,
             timeout_ms: redis.timeout_ms,
@@ -927,6 +937,9 @@ impl StoreSettings {
             } else {
                 vec![]
             },
+            sentinel: (self.backend == StoreBackend::Redis)
+                .then(|| self.sentinel.clone())
+                .flatten(),
             trust_roots: self.trust_roots.clone(),
             prefix: self.prefix.clone(),
             keyring: self.keyring.clone(),

@@ -17,7 +17,7 @@ use certbroker::{
 };
 use common::{DevEnv, TestBroker, spc_request};
 use support_pki::TestCa;
-use support_redis::RedisServer;
+use support_redis::{RedisServer, Sentinel};
 
 const KEY1: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="; // 32 bytes
 
@@ -290,4 +290,117 @@ async fn acl_user_with_exactly_the_documented_commands_and_a_wrong_password() {
         .expect("served without the store")
         .into_inner();
     assert_eq!(r.cache_status(), CacheStatus::Issued);
+}
+
+/// Polls `f` (blocking) until it is true, at most `secs` seconds.
+fn poll(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Polls the store health until it reads `want`; how long that took.
+async fn time_until_store_health(broker: &TestBroker, want: &str, secs: u64) -> Duration {
+    let start = Instant::now();
+    wait_store_health(broker, want, secs).await;
+    start.elapsed()
+}
+
+/// Two GetCertificate calls for a new `spc`, one per broker: one order in all.
+async fn coordinated(env: &DevEnv, a: &TestBroker, b: &TestBroker, spc: &str) -> CacheStatus {
+    let before = env.ca.stats().new_orders;
+    let issued = a
+        .client()
+        .await
+        .get_certificate(spc_request(spc))
+        .await
+        .expect("served")
+        .into_inner();
+    let second = b
+        .client()
+        .await
+        .get_certificate(spc_request(spc))
+        .await
+        .expect("served")
+        .into_inner();
+    assert_eq!(
+        second.serial_hex, issued.serial_hex,
+        "{spc}: one certificate"
+    );
+    assert_eq!(env.ca.stats().new_orders, before + 1, "{spc}: one order");
+    second.cache_status()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sentinel_failover_keeps_serving_and_coordination_resumes() {
+    let mut master = RedisServer::start();
+    let replica =
+        RedisServer::start_with(&["--replicaof", "127.0.0.1", &master.port().to_string()]);
+    poll(15, "the replica in sync", || {
+        replica
+            .raw("INFO replication")
+            .contains("master_link_status:up")
+    });
+    let sentinels: Vec<Sentinel> = (0..3)
+        .map(|_| Sentinel::start("certbroker-main", master.port()))
+        .collect();
+    poll(
+        30,
+        "the sentinels to know the replica and each other",
+        || {
+            sentinels.iter().all(|s| {
+                s.raw("INFO sentinel")
+                    .contains("status=ok,address=127.0.0.1:")
+                    && s.raw("INFO sentinel").contains("slaves=1,sentinels=3")
+            })
+        },
+    );
+
+    let env = DevEnv::start().await;
+    let nodes: Vec<String> = sentinels
+        .iter()
+        .map(|s| format!("\"{}\"", s.url()))
+        .collect();
+    let s = settings(
+        &env,
+        &format!(
+            "backend = \"redis\"\nsentinel = {{ master_name = \"certbroker-main\", nodes = [{}] }}",
+            nodes.join(", ")
+        ),
+    );
+    let (a, b) = one_order_across_two(&env, &s, "4301").await;
+
+    let killed = Instant::now();
+    master.kill();
+    let gap_seen = time_until_store_health(&a, "NotServing", 15).await;
+    // Still serving while the gap lasts (directly from the CA).
+    let during = a
+        .client()
+        .await
+        .get_certificate(spc_request("4302"))
+        .await
+        .expect("served during the failover")
+        .into_inner();
+    assert!(matches!(
+        during.cache_status(),
+        CacheStatus::Issued | CacheStatus::HitShared | CacheStatus::Joined
+    ));
+    poll(30, "the sentinels to promote the replica", || {
+        replica.raw("INFO replication").contains("role:master")
+    });
+    let promoted = killed.elapsed();
+    time_until_store_health(&a, "Serving", 20).await;
+    time_until_store_health(&b, "Serving", 20).await;
+    let healthy = killed.elapsed();
+    // Coordination resumed without a restart: a new SPC, one order across both brokers.
+    let status = coordinated(&env, &a, &b, "4303").await;
+    assert!(
+        matches!(status, CacheStatus::HitShared | CacheStatus::Joined),
+        "{status:?}"
+    );
+    eprintln!(
+        "sentinel failover: NOT_SERVING after {gap_seen:?}, replica promoted after {promoted:?}, SERVING again after {healthy:?}"
+    );
 }

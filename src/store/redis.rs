@@ -40,7 +40,7 @@ use self::{
     breaker::{Breaker, Prober},
     codec::IndexEntry,
     conn::{Conn, redact_url},
-    pubsub::{Routes, Subscriber},
+    pubsub::{Routes, Source, Subscriber},
     scripts::Scripts,
 };
 use super::{
@@ -58,6 +58,10 @@ pub struct RedisSettings {
     /// Redis Cluster seed nodes, each a `redis://` or `rediss://` URL; non-empty selects
     /// cluster mode (then `url` must be unset). Default: empty.
     pub cluster_nodes: Vec<String>,
+    /// Redis Sentinel: the master is whichever node the sentinels name, re-asked after
+    /// every connection failure (so a failover needs no restart). Exclusive with `url`
+    /// and `cluster_nodes`. Default: unset.
+    pub sentinel: Option<SentinelSettings>,
     /// PEM file of the CA certificates trusted for `rediss://` servers instead of the
     /// system roots (a private CA, as managed and self-hosted Redis with TLS use). Every
     /// URL must then be `rediss://`. Default: unset (the system roots).
@@ -72,11 +76,43 @@ pub struct RedisSettings {
     pub timeout_ms: u64,
 }
 
+/// `[store.sentinel]`: a master found through Redis Sentinel.
+#[derive(Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SentinelSettings {
+    /// The name the sentinels monitor the master under (`sentinel monitor <name> ...`).
+    pub master_name: String,
+    /// The sentinels, each `redis://[user:password@]host:port` (their own credentials, if
+    /// any), or `rediss://` for TLS to the sentinels and to the data nodes.
+    pub nodes: Vec<String>,
+    /// ACL user on the master (the data nodes). Default: none (the default user).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Password on the master (the data nodes). Default: none.
+    #[serde(default)]
+    pub password: Option<String>,
+}
+
+impl fmt::Debug for SentinelSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SentinelSettings")
+            .field("master_name", &self.master_name)
+            .field(
+                "nodes",
+                &self.nodes.iter().map(|n| redact_url(n)).collect::<Vec<_>>(),
+            )
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
 impl Default for RedisSettings {
     fn default() -> Self {
         Self {
             url: None,
             cluster_nodes: Vec::new(),
+            sentinel: None,
             trust_roots: None,
             prefix: "certbroker".into(),
             keyring: None,
@@ -97,6 +133,7 @@ impl fmt::Debug for RedisSettings {
                     .map(|n| redact_url(n))
                     .collect::<Vec<_>>(),
             )
+            .field("sentinel", &self.sentinel)
             .field("trust_roots", &self.trust_roots)
             .field("prefix", &self.prefix)
             .field("keyring", &self.keyring)
@@ -120,20 +157,46 @@ pub async fn connect(settings: &RedisSettings) -> Result<RedisStore, StoreError>
     }
     let keyring = settings.keyring.as_ref().map(Keyring::new).transpose()?;
     let tls = conn::trust_roots(settings)?;
-    let (conn, sub_urls, mode) = match (&settings.url, settings.cluster_nodes.as_slice()) {
+    let (conn, sources, mode) = match (&settings.url, settings.cluster_nodes.as_slice()) {
+        (None, []) if settings.sentinel.is_some() => {
+            let sentinel = settings.sentinel.as_ref().expect("checked");
+            if tls.is_some() {
+                return Err(StoreError::Config(
+                    "store.trust_roots is not supported with store.sentinel yet".into(),
+                ));
+            }
+            let client = conn::sentinel_client(sentinel)?;
+            (
+                Conn::sentinel(client.clone(), timeout),
+                vec![Source::Sentinel(client)],
+                format!(
+                    "sentinel master {:?} via {} sentinels",
+                    sentinel.master_name,
+                    sentinel.nodes.len()
+                ),
+            )
+        }
+        _ if settings.sentinel.is_some() => {
+            return Err(StoreError::Config(
+                "store.sentinel excludes store.url and store.cluster_nodes".into(),
+            ));
+        }
         (Some(url), []) => (
             Conn::standalone(conn::client(url, tls.as_ref())?, timeout)?,
-            vec![url.clone()],
+            vec![Source::Fixed(conn::client(url, tls.as_ref())?)],
             redact_url(url),
         ),
         (None, nodes) if !nodes.is_empty() => (
             Conn::cluster(nodes, tls.as_ref(), timeout)?,
-            nodes.to_vec(),
+            nodes
+                .iter()
+                .map(|u| conn::client(u, tls.as_ref()).map(Source::Fixed))
+                .collect::<Result<Vec<_>, _>>()?,
             format!("cluster of {} seed nodes", nodes.len()),
         ),
         (None, _) => {
             return Err(StoreError::Config(
-                "set store.redis.url or store.redis.cluster_nodes".into(),
+                "set store.redis.url, store.redis.cluster_nodes or store.redis.sentinel".into(),
             ));
         }
         (Some(_), _) => {
@@ -142,10 +205,6 @@ pub async fn connect(settings: &RedisSettings) -> Result<RedisStore, StoreError>
             ));
         }
     };
-    let clients = sub_urls
-        .iter()
-        .map(|u| conn::client(u, tls.as_ref()))
-        .collect::<Result<Vec<_>, _>>()?;
     let prefix = settings.prefix.clone();
     let routes = Routes {
         ready_channel: format!("{prefix}:ready"),
@@ -171,7 +230,7 @@ pub async fn connect(settings: &RedisSettings) -> Result<RedisStore, StoreError>
                 keyring,
                 timeout,
                 cluster,
-                _subscriber: Subscriber::spawn(clients, routes.clone(), timeout),
+                _subscriber: Subscriber::spawn(sources, routes.clone(), timeout),
                 routes,
                 scripts: Scripts::new(),
                 breaker,

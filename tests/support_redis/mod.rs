@@ -310,3 +310,86 @@ fn tls_ping(port: u16, ca: &Path) -> std::io::Result<String> {
     // redis-cli prints the simple string without its `+`.
     Ok(format!("+{}", String::from_utf8_lossy(&out.stdout).trim()))
 }
+
+/// One `redis-sentinel` (`redis-server <conf> --sentinel`) on a free port, watching
+/// `master_name` at `master_port` with `down-after-milliseconds` 1000.
+pub struct Sentinel {
+    child: Option<Child>,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Sentinel {
+    pub fn start(master_name: &str, master_port: u16) -> Self {
+        require_binary("redis-server");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conf = dir.path().join("sentinel.conf");
+        // Sentinel rewrites its config file: it must be writable, one per sentinel.
+        std::fs::write(
+            &conf,
+            format!(
+                "sentinel monitor {master_name} 127.0.0.1 {master_port} 2\n\
+                 sentinel down-after-milliseconds {master_name} 1000\n\
+                 sentinel failover-timeout {master_name} 10000\n\
+                 sentinel parallel-syncs {master_name} 1\n"
+            ),
+        )
+        .expect("write sentinel.conf");
+        let mut last = String::new();
+        for _ in 0..5 {
+            let port = free_port();
+            let mut child = Command::new("redis-server")
+                .arg(&conf)
+                .arg("--sentinel")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--daemonize", "no"])
+                .arg("--dir")
+                .arg(dir.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn redis-server --sentinel");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if raw(port, "PING").is_ok_and(|r| r.starts_with("+PONG")) {
+                    return Self {
+                        child: Some(child),
+                        port,
+                        _dir: dir,
+                    };
+                }
+                if let Ok(Some(status)) = child.try_wait() {
+                    last = format!("sentinel on {port} exited: {status}");
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    last = format!("sentinel on {port} never answered PING");
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        panic!("redis sentinel did not start: {last}");
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Sends one command (inline protocol) and returns the raw reply.
+    pub fn raw(&self, command: &str) -> String {
+        raw(self.port, command).unwrap_or_default()
+    }
+}
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

@@ -1,16 +1,18 @@
 //! One handle over a standalone Redis (auto-reconnecting `ConnectionManager`) or a Redis
 //! Cluster (`cluster_async`), both created lazily so a broker starts while Redis is down.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use redis::{
-    Client, Cmd, Pipeline, RedisFuture, TlsCertificates, Value,
-    aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig},
+    AsyncConnectionConfig, Client, Cmd, Pipeline, RedisConnectionInfo, RedisFuture, RedisResult,
+    TlsCertificates, TlsMode, Value,
+    aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection},
     cluster::{ClusterClientBuilder, ClusterConfig},
     cluster_async::ClusterConnection,
+    sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType},
 };
 
-use super::{super::StoreError, RedisSettings};
+use super::{super::StoreError, RedisSettings, SentinelSettings};
 
 /// The CA certificates of `settings.trust_roots`, read once; `None` when unset (the
 /// system roots). Every URL must then be `rediss://`: a private CA for a plaintext
@@ -73,6 +75,70 @@ pub(super) enum Conn {
     Cluster(ClusterConnection),
     /// A single Redis server (or a proxy in front of several).
     Standalone(ConnectionManager),
+    /// The master Redis Sentinel names, re-resolved after a connection failure.
+    Sentinel(SentinelConn),
+}
+
+/// A connection to the current Sentinel-named master, dropped on every failure that
+/// means the node is gone or demoted (`READONLY`), so the next command asks the sentinels
+/// again: a failover costs no restart.
+#[derive(Clone)]
+pub(super) struct SentinelConn {
+    client: Arc<tokio::sync::Mutex<SentinelClient>>,
+    current: Arc<std::sync::Mutex<Option<MultiplexedConnection>>>,
+    config: AsyncConnectionConfig,
+}
+
+impl SentinelConn {
+    async fn connection(&self) -> RedisResult<MultiplexedConnection> {
+        if let Some(c) = self.current.lock().expect("not poisoned").clone() {
+            return Ok(c);
+        }
+        let client = self.client.lock().await.async_get_client().await?;
+        let conn = client
+            .get_multiplexed_async_connection_with_config(&self.config)
+            .await?;
+        *self.current.lock().expect("not poisoned") = Some(conn.clone());
+        Ok(conn)
+    }
+
+    fn forget_on<T>(&self, result: &RedisResult<T>) {
+        if let Err(e) = result {
+            if super::breaker::is_outage(e) {
+                *self.current.lock().expect("not poisoned") = None;
+            }
+        }
+    }
+}
+
+/// A Sentinel client for the master `settings` name.
+pub(super) fn sentinel_client(
+    settings: &SentinelSettings,
+) -> Result<Arc<tokio::sync::Mutex<SentinelClient>>, StoreError> {
+    if settings.nodes.is_empty() || settings.master_name.is_empty() {
+        return Err(StoreError::Config(
+            "store.sentinel needs master_name and at least one node".into(),
+        ));
+    }
+    let mut redis = RedisConnectionInfo::default();
+    if let Some(u) = &settings.username {
+        redis = redis.set_username(u);
+    }
+    if let Some(p) = &settings.password {
+        redis = redis.set_password(p);
+    }
+    let mut node = SentinelNodeConnectionInfo::default().set_redis_connection_info(redis);
+    if settings.nodes.iter().all(|n| n.starts_with("rediss://")) {
+        node = node.set_tls_mode(TlsMode::Secure);
+    }
+    let client = SentinelClient::build(
+        settings.nodes.clone(),
+        settings.master_name.clone(),
+        Some(node),
+        SentinelServerType::Master,
+    )
+    .map_err(|e| StoreError::Config(format!("store.sentinel is invalid: {e}")))?;
+    Ok(Arc::new(tokio::sync::Mutex::new(client)))
 }
 
 impl Conn {
@@ -89,6 +155,20 @@ impl Conn {
         let manager = ConnectionManager::new_lazy_with_config(client, config)
             .map_err(|e| StoreError::Config(format!("cannot set up the Redis connection: {e}")))?;
         Ok(Self::Standalone(manager))
+    }
+
+    /// The master `client` names, connected on first use and re-resolved after failures.
+    pub(super) fn sentinel(
+        client: Arc<tokio::sync::Mutex<SentinelClient>>,
+        timeout: Duration,
+    ) -> Self {
+        Self::Sentinel(SentinelConn {
+            client,
+            current: Arc::default(),
+            config: AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(timeout))
+                .set_response_timeout(Some(timeout)),
+        })
     }
 
     /// A cluster connection seeded with `nodes`; discovers the topology on first use.
@@ -121,6 +201,12 @@ impl ConnectionLike for Conn {
         match self {
             Self::Cluster(c) => c.req_packed_command(cmd),
             Self::Standalone(c) => c.req_packed_command(cmd),
+            Self::Sentinel(s) => Box::pin(async move {
+                let mut conn = s.connection().await?;
+                let result = conn.req_packed_command(cmd).await;
+                s.forget_on(&result);
+                result
+            }),
         }
     }
 
@@ -133,6 +219,12 @@ impl ConnectionLike for Conn {
         match self {
             Self::Cluster(c) => c.req_packed_commands(cmd, offset, count),
             Self::Standalone(c) => c.req_packed_commands(cmd, offset, count),
+            Self::Sentinel(s) => Box::pin(async move {
+                let mut conn = s.connection().await?;
+                let result = conn.req_packed_commands(cmd, offset, count).await;
+                s.forget_on(&result);
+                result
+            }),
         }
     }
 
@@ -140,6 +232,7 @@ impl ConnectionLike for Conn {
         match self {
             Self::Cluster(c) => c.get_db(),
             Self::Standalone(c) => c.get_db(),
+            Self::Sentinel(_) => 0,
         }
     }
 }
