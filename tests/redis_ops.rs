@@ -17,7 +17,7 @@ use certbroker::{
 };
 use common::{DevEnv, TestBroker, spc_request};
 use support_pki::TestCa;
-use support_redis::{RedisServer, Sentinel};
+use support_redis::{RedisCluster, RedisServer, Sentinel};
 
 const KEY1: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="; // 32 bytes
 
@@ -402,5 +402,72 @@ async fn sentinel_failover_keeps_serving_and_coordination_resumes() {
     );
     eprintln!(
         "sentinel failover: NOT_SERVING after {gap_seen:?}, replica promoted after {promoted:?}, SERVING again after {healthy:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cluster_primary_killed_replica_promoted_coordination_resumes() {
+    let mut cluster = tokio::task::spawn_blocking(RedisCluster::start_with_replicas)
+        .await
+        .unwrap();
+    let env = DevEnv::start().await;
+    let seeds: Vec<String> = cluster.urls().iter().map(|u| format!("\"{u}\"")).collect();
+    let s = settings(
+        &env,
+        &format!(
+            "backend = \"redis-cluster\"\ncluster_nodes = [{}]",
+            seeds.join(", ")
+        ),
+    );
+    let (a, b) = one_order_across_two(&env, &s, "4401").await;
+
+    let victim = cluster.a_primary();
+    let killed = Instant::now();
+    cluster.nodes[victim].kill();
+    let gap_seen = time_until_store_health(&a, "NotServing", 15).await;
+    let during = a
+        .client()
+        .await
+        .get_certificate(spc_request("4402"))
+        .await
+        .expect("served during the failover")
+        .into_inner();
+    assert!(matches!(
+        during.cache_status(),
+        CacheStatus::Issued | CacheStatus::HitShared | CacheStatus::Joined
+    ));
+    let survivors: Vec<usize> = (0..cluster.nodes.len()).filter(|i| *i != victim).collect();
+    let nodes = &cluster.nodes;
+    poll(30, "a replica promoted and every slot served", || {
+        survivors
+            .iter()
+            .all(|i| nodes[*i].raw("CLUSTER INFO").contains("cluster_state:ok"))
+    });
+    let promoted = killed.elapsed();
+    time_until_store_health(&a, "Serving", 20).await;
+    time_until_store_health(&b, "Serving", 20).await;
+    let healthy = killed.elapsed();
+    // Every SPC asked for before the kill is still found (its data was replicated), and a
+    // new SPC is ordered once across both brokers.
+    let again = b
+        .client()
+        .await
+        .get_certificate(spc_request("4401"))
+        .await
+        .expect("served")
+        .into_inner();
+    assert!(matches!(
+        again.cache_status(),
+        CacheStatus::HitLocal | CacheStatus::HitShared
+    ));
+    for spc in ["4403", "4404", "4405"] {
+        let status = coordinated(&env, &a, &b, spc).await;
+        assert!(
+            matches!(status, CacheStatus::HitShared | CacheStatus::Joined),
+            "{spc}: {status:?}"
+        );
+    }
+    eprintln!(
+        "cluster failover: NOT_SERVING after {gap_seen:?}, cluster_state:ok again after {promoted:?}, SERVING again after {healthy:?}"
     );
 }

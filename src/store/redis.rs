@@ -183,14 +183,14 @@ pub async fn connect(settings: &RedisSettings) -> Result<RedisStore, StoreError>
         }
         (Some(url), []) => (
             Conn::standalone(conn::client(url, tls.as_ref())?, timeout)?,
-            vec![Source::Fixed(conn::client(url, tls.as_ref())?)],
+            vec![Source::Fixed(Box::new(conn::client(url, tls.as_ref())?))],
             redact_url(url),
         ),
         (None, nodes) if !nodes.is_empty() => (
             Conn::cluster(nodes, tls.as_ref(), timeout)?,
             nodes
                 .iter()
-                .map(|u| conn::client(u, tls.as_ref()).map(Source::Fixed))
+                .map(|u| conn::client(u, tls.as_ref()).map(|c| Source::Fixed(Box::new(c))))
                 .collect::<Result<Vec<_>, _>>()?,
             format!("cluster of {} seed nodes", nodes.len()),
         ),

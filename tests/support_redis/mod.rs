@@ -172,8 +172,40 @@ pub struct RedisCluster {
 impl RedisCluster {
     /// Starts three cluster-enabled servers and joins them with `redis-cli --cluster create`.
     pub fn start() -> Self {
+        Self::start_inner(0, "2000")
+    }
+
+    /// Three primaries with one replica each (`cluster-node-timeout` 1000 ms), every
+    /// replica in sync: killing a primary promotes its replica.
+    pub fn start_with_replicas() -> Self {
+        let cluster = Self::start_inner(1, "1000");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for node in &cluster.nodes {
+            loop {
+                let info = node.raw("INFO replication");
+                if info.contains("role:master") && info.contains("connected_slaves:1")
+                    || info.contains("role:slave") && info.contains("master_link_status:up")
+                {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "replicas never synced: {info}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        cluster
+    }
+
+    /// Index of a node that is a primary now.
+    pub fn a_primary(&self) -> usize {
+        self.nodes
+            .iter()
+            .position(|n| n.child.is_some() && n.raw("INFO replication").contains("role:master"))
+            .expect("a primary")
+    }
+
+    fn start_inner(replicas: usize, node_timeout: &str) -> Self {
         require_binary("redis-cli");
-        let nodes: Vec<RedisServer> = (0..3)
+        let nodes: Vec<RedisServer> = (0..3 * (1 + replicas))
             .map(|_| {
                 RedisServer::start_with(&[
                     "--cluster-enabled",
@@ -181,7 +213,7 @@ impl RedisCluster {
                     "--cluster-config-file",
                     "{dir}/nodes.conf",
                     "--cluster-node-timeout",
-                    "2000",
+                    node_timeout,
                 ])
             })
             .collect();
@@ -193,7 +225,7 @@ impl RedisCluster {
             .arg("--cluster")
             .arg("create")
             .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .output()
             .expect("run redis-cli");
         assert!(

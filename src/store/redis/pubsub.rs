@@ -17,7 +17,7 @@ use tokio::{sync::broadcast, task::JoinHandle};
 #[derive(Clone)]
 pub(super) enum Source {
     /// One server (or one Cluster seed node).
-    Fixed(Client),
+    Fixed(Box<Client>),
     /// Whichever master the sentinels name now.
     Sentinel(Arc<tokio::sync::Mutex<SentinelClient>>),
 }
@@ -25,7 +25,7 @@ pub(super) enum Source {
 impl Source {
     async fn client(&self) -> redis::RedisResult<Client> {
         match self {
-            Self::Fixed(c) => Ok(c.clone()),
+            Self::Fixed(c) => Ok((**c).clone()),
             Self::Sentinel(s) => s.lock().await.async_get_client().await,
         }
     }
