@@ -1284,6 +1284,42 @@ mod env_tests {
     }
 
     #[test]
+    fn redis_sentinel_and_trust_roots_settings() {
+        let keyring = "[store.keyring]\nactive = \"k1\"\n[store.keyring.keys]\nk1 = \"MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\"\n";
+        let sentinel = "sentinel = { master_name = \"m\", nodes = [\"redis://s1:26379\"], username = \"u\", password = \"hunter2\" }";
+        let s = Settings::from_toml(&format!(
+            "[store]\nbackend = \"redis\"\n{sentinel}\n{keyring}"
+        ))
+        .expect("sentinel instead of url");
+        let redis = s.store.redis();
+        assert_eq!(redis.url, None);
+        let got = redis.sentinel.as_ref().expect("sentinel");
+        assert_eq!((got.master_name.as_str(), got.nodes.len()), ("m", 1));
+        assert!(!format!("{redis:?}").contains("hunter2"), "{redis:?}");
+        let err = Settings::from_toml(&format!(
+            "[store]\nbackend = \"redis\"\nurl = \"redis://x\"\n{sentinel}\n{keyring}"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("store.sentinel"), "{err}");
+
+        figment::Jail::expect_with(|jail| {
+            jail.create_dir("conf")?;
+            jail.create_file(
+                "conf/c.toml",
+                &format!("[store]\nbackend = \"redis\"\nurl = \"rediss://r:6380\"\ntrust_roots = \"redis-ca.pem\"\n{keyring}"),
+            )?;
+            let s = Settings::load(Some(std::path::Path::new("conf/c.toml")))
+                .map_err(|e| e.to_string())?;
+            assert_eq!(
+                s.store.redis().trust_roots,
+                Some(jail.directory().join("conf").join("redis-ca.pem"))
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
     fn renewal_information_is_on_unless_turned_off() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("c.toml", "[renewal]\ncheck_interval_secs = 2\n")?;
