@@ -141,7 +141,8 @@ pub struct StoreSettings {
     /// Seed nodes (`redis://host:port`) for `backend = "redis-cluster"`.
     pub cluster_nodes: Vec<String>,
     /// Redis Sentinel for `backend = "redis"` instead of `url`: `{ master_name, nodes =
-    /// ["redis://sentinel:26379", ...], username, password }` (the last two for the master).
+    /// ["redis://sentinel:26379", ...], username, password }` (the last two for the master;
+    /// `rediss://` nodes mean TLS everywhere, trusting `trust_roots` when set).
     pub sentinel: Option<crate::store::SentinelSettings>,
     /// PEM file of the CA certificates that sign the Redis servers' TLS certificates
     /// (`rediss://` URLs), replacing the system roots; relative to the config file.

@@ -471,3 +471,66 @@ async fn cluster_primary_killed_replica_promoted_coordination_resumes() {
         "cluster failover: NOT_SERVING after {gap_seen:?}, cluster_state:ok again after {promoted:?}, SERVING again after {healthy:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sentinel_over_tls_with_a_private_ca() {
+    let files = TlsFiles::new();
+    let master = files.server();
+    let sentinels: Vec<Sentinel> = (0..3)
+        .map(|_| {
+            Sentinel::start_tls(
+                "certbroker-tls",
+                master.port(),
+                &files.path("redis.pem"),
+                &files.path("redis.key"),
+                &files.path("ca.pem"),
+            )
+        })
+        .collect();
+    let nodes: Vec<String> = sentinels
+        .iter()
+        .map(|s| format!("rediss://127.0.0.1:{}", s.port()))
+        .collect();
+    let store_settings = RedisSettings {
+        sentinel: Some(certbroker::store::SentinelSettings {
+            master_name: "certbroker-tls".into(),
+            nodes: nodes.clone(),
+            username: None,
+            password: None,
+        }),
+        trust_roots: Some(files.path("ca.pem")),
+        timeout_ms: 1000,
+        ..RedisSettings::default()
+    };
+    let store = connect(&store_settings).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match store.health().await {
+            StoreHealth::Ok => break,
+            StoreHealth::Degraded(reason) => {
+                assert!(Instant::now() < deadline, "never healthy: {reason}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    // Without the private CA the sentinels' certificates are refused.
+    let untrusted = connect(&RedisSettings {
+        trust_roots: None,
+        ..store_settings.clone()
+    })
+    .await
+    .unwrap();
+    assert!(matches!(untrusted.health().await, StoreHealth::Degraded(_)));
+
+    let env = DevEnv::start().await;
+    let quoted: Vec<String> = nodes.iter().map(|n| format!("\"{n}\"")).collect();
+    let s = settings(
+        &env,
+        &format!(
+            "backend = \"redis\"\ntrust_roots = \"{}\"\nsentinel = {{ master_name = \"certbroker-tls\", nodes = [{}] }}",
+            files.path("ca.pem").display(),
+            quoted.join(", ")
+        ),
+    );
+    one_order_across_two(&env, &s, "4501").await;
+}

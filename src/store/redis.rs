@@ -160,12 +160,7 @@ pub async fn connect(settings: &RedisSettings) -> Result<RedisStore, StoreError>
     let (conn, sources, mode) = match (&settings.url, settings.cluster_nodes.as_slice()) {
         (None, []) if settings.sentinel.is_some() => {
             let sentinel = settings.sentinel.as_ref().expect("checked");
-            if tls.is_some() {
-                return Err(StoreError::Config(
-                    "store.trust_roots is not supported with store.sentinel yet".into(),
-                ));
-            }
-            let client = conn::sentinel_client(sentinel)?;
+            let client = conn::sentinel_client(sentinel, tls.as_ref())?;
             (
                 Conn::sentinel(client.clone(), timeout),
                 vec![Source::Sentinel(client)],

@@ -353,6 +353,26 @@ pub struct Sentinel {
 
 impl Sentinel {
     pub fn start(master_name: &str, master_port: u16) -> Self {
+        Self::start_inner(master_name, master_port, None)
+    }
+
+    /// A TLS-only sentinel (no plaintext port) that also reaches the master over TLS;
+    /// `cert`/`key` its certificate, `ca` the CA of it and of the master.
+    pub fn start_tls(
+        master_name: &str,
+        master_port: u16,
+        cert: &Path,
+        key: &Path,
+        ca: &Path,
+    ) -> Self {
+        Self::start_inner(master_name, master_port, Some((cert, key, ca)))
+    }
+
+    fn start_inner(
+        master_name: &str,
+        master_port: u16,
+        tls: Option<(&Path, &Path, &Path)>,
+    ) -> Self {
         require_binary("redis-server");
         let dir = tempfile::tempdir().expect("tempdir");
         let conf = dir.path().join("sentinel.conf");
@@ -370,10 +390,33 @@ impl Sentinel {
         let mut last = String::new();
         for _ in 0..5 {
             let port = free_port();
+            let ports: Vec<String> = match tls {
+                None => vec!["--port".into(), port.to_string()],
+                Some((cert, key, ca)) => [
+                    "--port",
+                    "0",
+                    "--tls-port",
+                    &port.to_string(),
+                    "--tls-cert-file",
+                    &cert.display().to_string(),
+                    "--tls-key-file",
+                    &key.display().to_string(),
+                    "--tls-ca-cert-file",
+                    &ca.display().to_string(),
+                    "--tls-auth-clients",
+                    "no",
+                    "--tls-replication",
+                    "yes",
+                ]
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+            };
             let mut child = Command::new("redis-server")
                 .arg(&conf)
                 .arg("--sentinel")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(&ports)
+                .args(["--bind", "127.0.0.1"])
                 .args(["--daemonize", "no"])
                 .arg("--dir")
                 .arg(dir.path())
@@ -383,7 +426,11 @@ impl Sentinel {
                 .expect("spawn redis-server --sentinel");
             let deadline = Instant::now() + Duration::from_secs(10);
             loop {
-                if raw(port, "PING").is_ok_and(|r| r.starts_with("+PONG")) {
+                let pong = match tls {
+                    None => raw(port, "PING"),
+                    Some((_, _, ca)) => tls_ping(port, ca),
+                };
+                if pong.is_ok_and(|r| r.starts_with("+PONG")) {
                     return Self {
                         child: Some(child),
                         port,
@@ -409,6 +456,11 @@ impl Sentinel {
     /// `redis://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// Sends one command (inline protocol) and returns the raw reply.

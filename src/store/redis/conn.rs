@@ -4,12 +4,12 @@
 use std::{sync::Arc, time::Duration};
 
 use redis::{
-    AsyncConnectionConfig, Client, Cmd, Pipeline, RedisConnectionInfo, RedisFuture, RedisResult,
-    TlsCertificates, TlsMode, Value,
+    AsyncConnectionConfig, Client, Cmd, ConnectionInfo, IntoConnectionInfo, Pipeline, RedisFuture,
+    RedisResult, TlsCertificates, TlsMode, Value,
     aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection},
     cluster::{ClusterClientBuilder, ClusterConfig},
     cluster_async::ClusterConnection,
-    sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType},
+    sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType},
 };
 
 use super::{super::StoreError, RedisSettings, SentinelSettings};
@@ -46,6 +46,7 @@ pub(super) fn trust_roots(settings: &RedisSettings) -> Result<Option<TlsCertific
         .url
         .iter()
         .chain(&settings.cluster_nodes)
+        .chain(settings.sentinel.iter().flat_map(|s| &s.nodes))
         .find(|u| !u.starts_with("rediss://"));
     if let Some(plain) = plain {
         return Err(StoreError::Config(format!(
@@ -111,33 +112,65 @@ impl SentinelConn {
     }
 }
 
-/// A Sentinel client for the master `settings` name.
+/// A Sentinel client for the master `settings` name; `tls` replaces the system roots for
+/// the sentinels and the data nodes (all `rediss://`).
 pub(super) fn sentinel_client(
     settings: &SentinelSettings,
+    tls: Option<&TlsCertificates>,
 ) -> Result<Arc<tokio::sync::Mutex<SentinelClient>>, StoreError> {
+    let invalid = |e: &dyn std::fmt::Display| StoreError::Config(format!("store.sentinel: {e}"));
     if settings.nodes.is_empty() || settings.master_name.is_empty() {
-        return Err(StoreError::Config(
-            "store.sentinel needs master_name and at least one node".into(),
+        return Err(invalid(&"needs master_name and at least one node"));
+    }
+    let infos = settings
+        .nodes
+        .iter()
+        .map(|n| n.as_str().into_connection_info())
+        .collect::<RedisResult<Vec<ConnectionInfo>>>()
+        .map_err(|e| invalid(&e))?;
+    let secure = settings.nodes.iter().all(|n| n.starts_with("rediss://"));
+    if !secure && settings.nodes.iter().any(|n| n.starts_with("rediss://")) {
+        return Err(invalid(&"nodes must be all redis:// or all rediss://"));
+    }
+    let creds = |i: &ConnectionInfo| {
+        (
+            i.redis_settings().username().map(str::to_owned),
+            i.redis_settings().password().map(str::to_owned),
+        )
+    };
+    if infos.iter().any(|i| creds(i) != creds(&infos[0])) {
+        return Err(invalid(
+            &"every sentinel URL must carry the same credentials",
         ));
     }
-    let mut redis = RedisConnectionInfo::default();
-    if let Some(u) = &settings.username {
-        redis = redis.set_username(u);
-    }
-    if let Some(p) = &settings.password {
-        redis = redis.set_password(p);
-    }
-    let mut node = SentinelNodeConnectionInfo::default().set_redis_connection_info(redis);
-    if settings.nodes.iter().all(|n| n.starts_with("rediss://")) {
-        node = node.set_tls_mode(TlsMode::Secure);
-    }
-    let client = SentinelClient::build(
-        settings.nodes.clone(),
+    let mut builder = SentinelClientBuilder::new(
+        infos.iter().map(|i| i.addr().clone()),
         settings.master_name.clone(),
-        Some(node),
         SentinelServerType::Master,
     )
-    .map_err(|e| StoreError::Config(format!("store.sentinel is invalid: {e}")))?;
+    .map_err(|e| invalid(&e))?;
+    let (user, password) = creds(&infos[0]);
+    if let Some(u) = user {
+        builder = builder.set_client_to_sentinel_username(u);
+    }
+    if let Some(p) = password {
+        builder = builder.set_client_to_sentinel_password(p);
+    }
+    if let Some(u) = &settings.username {
+        builder = builder.set_client_to_redis_username(u.clone());
+    }
+    if let Some(p) = &settings.password {
+        builder = builder.set_client_to_redis_password(p.clone());
+    }
+    if secure {
+        builder = builder.set_client_to_redis_tls_mode(TlsMode::Secure);
+        if let Some(tls) = tls {
+            builder = builder
+                .set_client_to_sentinel_certificates(tls.clone())
+                .set_client_to_redis_certificates(tls.clone());
+        }
+    }
+    let client = builder.build().map_err(|e| invalid(&e))?;
     Ok(Arc::new(tokio::sync::Mutex::new(client)))
 }
 
