@@ -75,7 +75,8 @@ impl TlsFiles {
     fn new() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let ca = TestCa::new("redis test CA");
-        let leaf = ca.server();
+        // Both roles: cluster nodes and replicas also connect to each other with it.
+        let leaf = ca.server_and_client();
         std::fs::write(dir.path().join("ca.pem"), &ca.pem).unwrap();
         std::fs::write(dir.path().join("redis.pem"), &leaf.cert_pem).unwrap();
         std::fs::write(dir.path().join("redis.key"), &leaf.key_pem).unwrap();
@@ -533,4 +534,43 @@ async fn sentinel_over_tls_with_a_private_ca() {
         ),
     );
     one_order_across_two(&env, &s, "4501").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cluster_over_tls_with_a_private_ca() {
+    let files = TlsFiles::new();
+    let (cert, key, ca) = (
+        files.path("redis.pem"),
+        files.path("redis.key"),
+        files.path("ca.pem"),
+    );
+    let cluster = tokio::task::spawn_blocking(move || RedisCluster::start_tls(&cert, &key, &ca))
+        .await
+        .unwrap();
+    let seeds: Vec<String> = cluster
+        .nodes
+        .iter()
+        .map(|n| format!("rediss://127.0.0.1:{}", n.port()))
+        .collect();
+    let untrusted = connect(&RedisSettings {
+        cluster_nodes: seeds.clone(),
+        timeout_ms: 1000,
+        ..RedisSettings::default()
+    })
+    .await
+    .unwrap();
+    assert!(matches!(untrusted.health().await, StoreHealth::Degraded(_)));
+
+    let env = DevEnv::start().await;
+    let quoted: Vec<String> = seeds.iter().map(|n| format!("\"{n}\"")).collect();
+    let s = settings(
+        &env,
+        &format!(
+            "backend = \"redis-cluster\"\ntrust_roots = \"{}\"\ncluster_nodes = [{}]",
+            files.path("ca.pem").display(),
+            quoted.join(", ")
+        ),
+    );
+    let (a, _b) = one_order_across_two(&env, &s, "4601").await;
+    wait_store_health(&a, "Serving", 10).await;
 }

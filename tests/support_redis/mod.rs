@@ -156,6 +156,20 @@ impl RedisServer {
     pub fn raw(&self, command: &str) -> String {
         raw(self.port, command).expect("raw command")
     }
+
+    /// One command through `redis-cli` (over TLS for a TLS server); its output, empty
+    /// when the server does not answer.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let mut cli = Command::new("redis-cli");
+        if let Some(ca) = &self.tls_ca {
+            cli.args(["--tls", "--cacert"]).arg(ca);
+        }
+        cli.args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    }
 }
 
 impl Drop for RedisServer {
@@ -203,25 +217,64 @@ impl RedisCluster {
             .expect("a primary")
     }
 
+    /// Three TLS-only primaries (client, cluster bus and replication over TLS) with this
+    /// certificate and key, signed by `ca`; reached with `rediss://`.
+    pub fn start_tls(cert: &Path, key: &Path, ca: &Path) -> Self {
+        let (cert, key) = (cert.display().to_string(), key.display().to_string());
+        let tls = [
+            "--tls-cert-file",
+            &cert,
+            "--tls-key-file",
+            &key,
+            "--tls-ca-cert-file",
+            &ca.display().to_string(),
+            "--tls-auth-clients",
+            "no",
+            "--tls-cluster",
+            "yes",
+            "--tls-replication",
+            "yes",
+        ]
+        .map(str::to_owned);
+        Self::start_nodes(0, "2000", &tls, Some(ca))
+    }
+
     fn start_inner(replicas: usize, node_timeout: &str) -> Self {
+        Self::start_nodes(replicas, node_timeout, &[], None)
+    }
+
+    fn start_nodes(
+        replicas: usize,
+        node_timeout: &str,
+        extra: &[String],
+        tls_ca: Option<&Path>,
+    ) -> Self {
         require_binary("redis-cli");
         let nodes: Vec<RedisServer> = (0..3 * (1 + replicas))
             .map(|_| {
-                RedisServer::start_with(&[
+                let mut args = vec![
                     "--cluster-enabled",
                     "yes",
                     "--cluster-config-file",
                     "{dir}/nodes.conf",
                     "--cluster-node-timeout",
                     node_timeout,
-                ])
+                ];
+                args.extend(extra.iter().map(String::as_str));
+                RedisServer::start_inner(&args, tls_ca.map(Path::to_path_buf))
             })
             .collect();
         let addrs: Vec<String> = nodes
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port()))
             .collect();
-        let out = Command::new("redis-cli")
+        // `--cluster create` waits for the nodes to join with no deadline of its own.
+        let mut cli = Command::new("timeout");
+        cli.args(["60", "redis-cli"]);
+        if let Some(ca) = tls_ca {
+            cli.args(["--tls", "--cacert"]).arg(ca);
+        }
+        let out = cli
             .arg("--cluster")
             .arg("create")
             .args(&addrs)
@@ -236,7 +289,7 @@ impl RedisCluster {
         );
         let deadline = Instant::now() + Duration::from_secs(20);
         for node in &nodes {
-            while !node.raw("CLUSTER INFO").contains("cluster_state:ok") {
+            while !node.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok") {
                 assert!(
                     Instant::now() < deadline,
                     "cluster never reached cluster_state:ok"
