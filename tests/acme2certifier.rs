@@ -39,8 +39,7 @@ use std::{
 };
 
 use certbroker::pb::{
-    CacheStatus, GetCertificateRequest,
-    certificate_broker_service_client::CertificateBrokerServiceClient,
+    CacheStatus, GetCertificateRequest, certificate_broker_service_client::CertificateBrokerServiceClient,
 };
 use common::DevEnv;
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
@@ -368,10 +367,9 @@ password_env = "STI_PA_PASSWORD"
         let serve = Serve::start(&config, secrecy::ExposeSecret::expose_secret(&password));
 
         rt.block_on(async {
-            let mut client =
-                CertificateBrokerServiceClient::connect(format!("http://{}", serve.addr))
-                    .await
-                    .expect("connects to certbroker serve");
+            let mut client = CertificateBrokerServiceClient::connect(format!("http://{}", serve.addr))
+                .await
+                .expect("connects to certbroker serve");
 
             // http-01 through the broker's responder, validated by acme2certifier.
             let got = client

@@ -192,8 +192,7 @@ async fn undecodable_messages_are_invalid_argument_on_every_method() {
     // A length-delimited field 1 claiming 5 bytes where there is 1: truncated.
     let truncated = vec![0x0a, 0x05, 0x01];
     let path = |m: &str| {
-        http::uri::PathAndQuery::try_from(format!("/certbroker.v1.CertificateBrokerService/{m}"))
-            .unwrap()
+        http::uri::PathAndQuery::try_from(format!("/certbroker.v1.CertificateBrokerService/{m}")).unwrap()
     };
     let mut outcomes = vec![];
     for (method, body) in [
