@@ -140,6 +140,14 @@ pub struct StoreSettings {
     pub url: Option<String>,
     /// Seed nodes (`redis://host:port`) for `backend = "redis-cluster"`.
     pub cluster_nodes: Vec<String>,
+    /// Redis Sentinel for `backend = "redis"` instead of `url`: `{ master_name, nodes =
+    /// ["redis://sentinel:26379", ...], username, password }` (the last two for the master;
+    /// `rediss://` nodes mean TLS everywhere, trusting `trust_roots` when set).
+    pub sentinel: Option<crate::store::SentinelSettings>,
+    /// PEM file of the CA certificates that sign the Redis servers' TLS certificates
+    /// (`rediss://` URLs), replacing the system roots; relative to the config file.
+    /// Default: unset (the system roots).
+    pub trust_roots: Option<PathBuf>,
     /// Prefix of every Redis key and channel; no `{` or `}`.
     pub prefix: String,
     /// Bound on connecting and on each Redis command, in milliseconds.
@@ -709,6 +717,12 @@ impl Settings {
                 fix(p, value.find_ref("client_ca"));
             }
         }
+        if let (Some(p), Ok(value)) = (
+            self.store.trust_roots.as_mut(),
+            figment.find_value("store.trust_roots"),
+        ) {
+            fix(p, Some(&value));
+        }
         let cas = match figment.find_value("ca") {
             Ok(Value::Array(_, cas)) => cas,
             _ => Vec::new(),
@@ -740,10 +754,16 @@ impl Settings {
             reason: reason.to_owned(),
         };
         match self.store.backend {
-            StoreBackend::Redis if self.store.url.is_none() => {
+            StoreBackend::Redis if self.store.url.is_none() && self.store.sentinel.is_none() => {
                 return Err(invalid(
                     "store.url".into(),
-                    "required when store.backend = \"redis\"",
+                    "required when store.backend = \"redis\" (or store.sentinel)",
+                ));
+            }
+            StoreBackend::Redis if self.store.url.is_some() && self.store.sentinel.is_some() => {
+                return Err(invalid(
+                    "store.sentinel".into(),
+                    "excludes store.url: the sentinels name the master",
                 ));
             }
             StoreBackend::RedisCluster if self.store.cluster_nodes.is_empty() => {
@@ -983,6 +1003,8 @@ impl Default for StoreSettings {
             backend: StoreBackend::Memory,
             url: None,
             cluster_nodes: vec![],
+            sentinel: None,
+            trust_roots: None,
             prefix: redis.prefix,
             timeout_ms: redis.timeout_ms,
             keyring: None,
@@ -1002,6 +1024,10 @@ impl StoreSettings {
             } else {
                 vec![]
             },
+            sentinel: (self.backend == StoreBackend::Redis)
+                .then(|| self.sentinel.clone())
+                .flatten(),
+            trust_roots: self.trust_roots.clone(),
             prefix: self.prefix.clone(),
             keyring: self.keyring.clone(),
             timeout_ms: self.timeout_ms,
@@ -1387,6 +1413,42 @@ mod env_tests {
         ] {
             assert_eq!(classify_env(name, &referenced), role, "{name}");
         }
+    }
+
+    #[test]
+    fn redis_sentinel_and_trust_roots_settings() {
+        let keyring = "[store.keyring]\nactive = \"k1\"\n[store.keyring.keys]\nk1 = \"MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\"\n";
+        let sentinel = "sentinel = { master_name = \"m\", nodes = [\"redis://s1:26379\"], username = \"u\", password = \"hunter2\" }";
+        let s = Settings::from_toml(&format!(
+            "[store]\nbackend = \"redis\"\n{sentinel}\n{keyring}"
+        ))
+        .expect("sentinel instead of url");
+        let redis = s.store.redis();
+        assert_eq!(redis.url, None);
+        let got = redis.sentinel.as_ref().expect("sentinel");
+        assert_eq!((got.master_name.as_str(), got.nodes.len()), ("m", 1));
+        assert!(!format!("{redis:?}").contains("hunter2"), "{redis:?}");
+        let err = Settings::from_toml(&format!(
+            "[store]\nbackend = \"redis\"\nurl = \"redis://x\"\n{sentinel}\n{keyring}"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("store.sentinel"), "{err}");
+
+        figment::Jail::expect_with(|jail| {
+            jail.create_dir("conf")?;
+            jail.create_file(
+                "conf/c.toml",
+                &format!("[store]\nbackend = \"redis\"\nurl = \"rediss://r:6380\"\ntrust_roots = \"redis-ca.pem\"\n{keyring}"),
+            )?;
+            let s = Settings::load(Some(std::path::Path::new("conf/c.toml")))
+                .map_err(|e| e.to_string())?;
+            assert_eq!(
+                s.store.redis().trust_roots,
+                Some(jail.directory().join("conf").join("redis-ca.pem"))
+            );
+            Ok(())
+        });
     }
 
     #[test]

@@ -17,7 +17,7 @@ use secrecy::zeroize::Zeroizing;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
-pub use self::redis::{RedisSettings, RedisStore, connect};
+pub use self::redis::{RedisSettings, RedisStore, SentinelSettings, connect};
 pub use crypto::{Keyring, KeyringSettings};
 pub use memory::MemoryStore;
 

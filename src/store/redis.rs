@@ -30,9 +30,9 @@ mod conn;
 mod pubsub;
 mod scripts;
 
-use std::{fmt, sync::Arc, time::Duration};
+use std::{fmt, path::PathBuf, sync::Arc, time::Duration};
 
-use redis::{Client, ErrorKind, FromRedisValue, RedisResult, ServerErrorKind};
+use redis::{ErrorKind, FromRedisValue, RedisResult, ServerErrorKind};
 use secrecy::zeroize::Zeroizing;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
@@ -41,7 +41,7 @@ use self::{
     breaker::{Breaker, Prober},
     codec::IndexEntry,
     conn::{Conn, redact_url},
-    pubsub::{Routes, Subscriber},
+    pubsub::{Routes, Source, Subscriber},
     scripts::Scripts,
 };
 use super::{
@@ -59,6 +59,14 @@ pub struct RedisSettings {
     /// Redis Cluster seed nodes, each a `redis://` or `rediss://` URL; non-empty selects
     /// cluster mode (then `url` must be unset). Default: empty.
     pub cluster_nodes: Vec<String>,
+    /// Redis Sentinel: the master is whichever node the sentinels name, re-asked after
+    /// every connection failure (so a failover needs no restart). Exclusive with `url`
+    /// and `cluster_nodes`. Default: unset.
+    pub sentinel: Option<SentinelSettings>,
+    /// PEM file of the CA certificates trusted for `rediss://` servers instead of the
+    /// system roots (a private CA, as managed and self-hosted Redis with TLS use). Every
+    /// URL must then be `rediss://`. Default: unset (the system roots).
+    pub trust_roots: Option<PathBuf>,
     /// Prefix of every key and channel, so several deployments can share one Redis.
     /// Must not contain `{` or `}`. Default: `certbroker`.
     pub prefix: String,
@@ -69,11 +77,44 @@ pub struct RedisSettings {
     pub timeout_ms: u64,
 }
 
+/// `[store.sentinel]`: a master found through Redis Sentinel.
+#[derive(Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SentinelSettings {
+    /// The name the sentinels monitor the master under (`sentinel monitor <name> ...`).
+    pub master_name: String,
+    /// The sentinels, each `redis://[user:password@]host:port` (their own credentials, if
+    /// any), or `rediss://` for TLS to the sentinels and to the data nodes.
+    pub nodes: Vec<String>,
+    /// ACL user on the master (the data nodes). Default: none (the default user).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Password on the master (the data nodes). Default: none.
+    #[serde(default)]
+    pub password: Option<String>,
+}
+
+impl fmt::Debug for SentinelSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SentinelSettings")
+            .field("master_name", &self.master_name)
+            .field(
+                "nodes",
+                &self.nodes.iter().map(|n| redact_url(n)).collect::<Vec<_>>(),
+            )
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
 impl Default for RedisSettings {
     fn default() -> Self {
         Self {
             url: None,
             cluster_nodes: Vec::new(),
+            sentinel: None,
+            trust_roots: None,
             prefix: "certbroker".into(),
             keyring: None,
             timeout_ms: 1000,
@@ -93,6 +134,8 @@ impl fmt::Debug for RedisSettings {
                     .map(|n| redact_url(n))
                     .collect::<Vec<_>>(),
             )
+            .field("sentinel", &self.sentinel)
+            .field("trust_roots", &self.trust_roots)
             .field("prefix", &self.prefix)
             .field("keyring", &self.keyring)
             .field("timeout_ms", &self.timeout_ms)
@@ -114,20 +157,42 @@ pub async fn connect(settings: &RedisSettings) -> Result<RedisStore, StoreError>
         )));
     }
     let keyring = settings.keyring.as_ref().map(Keyring::new).transpose()?;
-    let (conn, sub_urls, mode) = match (&settings.url, settings.cluster_nodes.as_slice()) {
+    let tls = conn::trust_roots(settings)?;
+    let (conn, sources, mode) = match (&settings.url, settings.cluster_nodes.as_slice()) {
+        (None, []) if settings.sentinel.is_some() => {
+            let sentinel = settings.sentinel.as_ref().expect("checked");
+            let client = conn::sentinel_client(sentinel, tls.as_ref())?;
+            (
+                Conn::sentinel(client.clone(), timeout),
+                vec![Source::Sentinel(client)],
+                format!(
+                    "sentinel master {:?} via {} sentinels",
+                    sentinel.master_name,
+                    sentinel.nodes.len()
+                ),
+            )
+        }
+        _ if settings.sentinel.is_some() => {
+            return Err(StoreError::Config(
+                "store.sentinel excludes store.url and store.cluster_nodes".into(),
+            ));
+        }
         (Some(url), []) => (
-            Conn::standalone(url, timeout)?,
-            vec![url.clone()],
+            Conn::standalone(conn::client(url, tls.as_ref())?, timeout)?,
+            vec![Source::Fixed(Box::new(conn::client(url, tls.as_ref())?))],
             redact_url(url),
         ),
         (None, nodes) if !nodes.is_empty() => (
-            Conn::cluster(nodes, timeout)?,
-            nodes.to_vec(),
+            Conn::cluster(nodes, tls.as_ref(), timeout)?,
+            nodes
+                .iter()
+                .map(|u| conn::client(u, tls.as_ref()).map(|c| Source::Fixed(Box::new(c))))
+                .collect::<Result<Vec<_>, _>>()?,
             format!("cluster of {} seed nodes", nodes.len()),
         ),
         (None, _) => {
             return Err(StoreError::Config(
-                "set store.redis.url or store.redis.cluster_nodes".into(),
+                "set store.redis.url, store.redis.cluster_nodes or store.redis.sentinel".into(),
             ));
         }
         (Some(_), _) => {
@@ -136,11 +201,6 @@ pub async fn connect(settings: &RedisSettings) -> Result<RedisStore, StoreError>
             ));
         }
     };
-    let clients = sub_urls
-        .iter()
-        .map(|u| Client::open(u.as_str()))
-        .collect::<RedisResult<Vec<_>>>()
-        .map_err(|e| StoreError::Config(format!("invalid Redis address: {e}")))?;
     let prefix = settings.prefix.clone();
     let routes = Routes {
         ready_channel: format!("{prefix}:ready"),
@@ -166,7 +226,7 @@ pub async fn connect(settings: &RedisSettings) -> Result<RedisStore, StoreError>
                 keyring,
                 timeout,
                 cluster,
-                _subscriber: Subscriber::spawn(clients, routes.clone(), timeout),
+                _subscriber: Subscriber::spawn(sources, routes.clone(), timeout),
                 routes,
                 scripts: Scripts::new(),
                 breaker,
@@ -175,7 +235,10 @@ pub async fn connect(settings: &RedisSettings) -> Result<RedisStore, StoreError>
         }),
     };
     if let StoreHealth::Degraded(reason) = store.health().await {
-        tracing::warn!(%reason, "redis not reachable at start-up; running degraded until it is");
+        tracing::warn!(
+            %reason,
+            "redis unusable at start-up; running degraded until it answers"
+        );
     }
     Ok(store)
 }
@@ -257,6 +320,13 @@ impl RedisStore {
     ) -> Result<T, (String, bool)> {
         match tokio::time::timeout(self.inner.timeout, fut).await {
             Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) if e.kind() == ErrorKind::AuthenticationFailed => Err((
+                format!(
+                    "redis refused the credentials in the store URL (wrong user or password, \
+                     or the ACL user is disabled): {e}"
+                ),
+                breaker::is_outage(&e),
+            )),
             Ok(Err(e)) => Err((format!("redis: {e}"), breaker::is_outage(&e))),
             Err(_) => Err((
                 format!("redis did not answer within {:?}", self.inner.timeout),

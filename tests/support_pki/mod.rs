@@ -52,6 +52,20 @@ impl TestCa {
         self.sign(params)
     }
 
+    /// A certificate for `localhost` / 127.0.0.1 good for both TLS roles, as Redis Cluster
+    /// nodes need (they present it on the cluster bus as clients).
+    pub fn server_and_client(&self) -> Leaf {
+        let mut params = CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
+        params
+            .subject_alt_names
+            .push(SanType::IpAddress([127, 0, 0, 1].into()));
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        self.sign(params)
+    }
+
     /// A client certificate with these SAN DNS names (and `cn` as subject CN).
     pub fn client(&self, cn: &str, dns: &[&str]) -> Leaf {
         let mut params =

@@ -8,8 +8,28 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use redis::{Client, Value};
+use std::sync::Arc;
+
+use redis::{Client, Value, sentinel::SentinelClient};
 use tokio::{sync::broadcast, task::JoinHandle};
+
+/// Where a subscription connects.
+#[derive(Clone)]
+pub(super) enum Source {
+    /// One server (or one Cluster seed node).
+    Fixed(Box<Client>),
+    /// Whichever master the sentinels name now.
+    Sentinel(Arc<tokio::sync::Mutex<SentinelClient>>),
+}
+
+impl Source {
+    async fn client(&self) -> redis::RedisResult<Client> {
+        match self {
+            Self::Fixed(c) => Ok((**c).clone()),
+            Self::Sentinel(s) => s.lock().await.async_get_client().await,
+        }
+    }
+}
 
 /// Channel names and the local fan-out they feed.
 #[derive(Debug, Clone)]
@@ -38,14 +58,14 @@ impl Drop for Subscriber {
 
 impl Subscriber {
     /// Starts subscribing through `clients` (tried in turn) and keeps at it until dropped.
-    pub(super) fn spawn(clients: Vec<Client>, routes: Routes, timeout: Duration) -> Self {
+    pub(super) fn spawn(clients: Vec<Source>, routes: Routes, timeout: Duration) -> Self {
         Self {
             task: tokio::spawn(run(clients, routes, timeout)),
         }
     }
 }
 
-async fn run(clients: Vec<Client>, routes: Routes, timeout: Duration) {
+async fn run(clients: Vec<Source>, routes: Routes, timeout: Duration) {
     let mut backoff = MIN_BACKOFF;
     for client in clients.iter().cycle() {
         match session(client, &routes, timeout).await {
@@ -62,10 +82,11 @@ async fn run(clients: Vec<Client>, routes: Routes, timeout: Duration) {
 
 /// One subscription from connect to disconnect. `Ok` once it was established and then lost.
 async fn session(
-    client: &Client,
+    source: &Source,
     routes: &Routes,
     timeout: Duration,
 ) -> Result<(), redis::RedisError> {
+    let client = bounded(timeout, source.client()).await?;
     let pubsub = bounded(timeout, client.get_async_pubsub()).await?;
     let (mut sink, mut stream) = pubsub.split();
     bounded(
