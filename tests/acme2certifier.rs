@@ -100,7 +100,12 @@ fn issue_over_http01() {
         assert_success(&ok, &a2c);
         // certbot's file set: cert.pem the leaf alone, fullchain.pem leaf + chain.
         let leaf_only = std::fs::read_to_string(out.join("cert.pem")).unwrap();
-        assert_eq!(certbroker::shaken::parse_pem_chain(&leaf_only).unwrap().len(), 1);
+        assert_eq!(
+            certbroker::shaken::parse_pem_chain(&leaf_only)
+                .unwrap()
+                .len(),
+            1
+        );
         let chain = std::fs::read_to_string(out.join("fullchain.pem")).unwrap();
         let der = certbroker::shaken::parse_pem_chain(&chain).unwrap();
         assert_eq!(der.len(), 2, "leaf and acme2certifier's issuing CA");
