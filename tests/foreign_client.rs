@@ -3,46 +3,12 @@
 
 mod common;
 
-use std::{
-    io::{BufRead, BufReader},
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+use std::{process::Command, time::Duration};
 
-struct Server {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn serve_dev() -> Server {
-    let mut child = Command::new(common::bin())
-        .args(["serve", "--dev", "--listen", "127.0.0.1:0"])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("certbroker starts");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let addr = loop {
-        let line = lines
-            .next()
-            .expect("serve --dev prints its address before exiting")
-            .expect("readable stdout");
-        if let Some(rest) = line.strip_prefix("certbroker (dev mode) listening on ") {
-            break rest.trim().to_owned();
-        }
-    };
-    // Keep draining stdout so the server never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    Server { child, addr }
+fn serve_dev() -> common::DevServer {
+    common::serve_dev(|c| {
+        c.env("RUST_LOG", "warn");
+    })
 }
 
 #[test]

@@ -1,7 +1,14 @@
 //! Shared test harness: a real devca over HTTPS and a real broker on port 0.
 #![allow(dead_code, unreachable_pub)]
 
-use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::Duration,
+};
 
 use certbroker::{
     app::App,
@@ -175,7 +182,7 @@ pub fn openssl_verify(chain_pem: &str, root_pem: &str) -> Result<String, String>
     std::fs::write(&leaf, certs[0]).unwrap();
     std::fs::write(&untrusted, certs[1..].join("\n")).unwrap();
     std::fs::write(&root, root_pem).unwrap();
-    let mut cmd = std::process::Command::new("openssl");
+    let mut cmd = Command::new("openssl");
     cmd.arg("verify").arg("-CAfile").arg(&root);
     if certs.len() > 1 {
         cmd.arg("-untrusted").arg(&untrusted);
@@ -218,6 +225,45 @@ pub fn spc_request(spc: &str) -> certbroker::pb::GetCertificateRequest {
 /// Path of the built `certbroker` binary.
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_certbroker"))
+}
+
+/// A `certbroker serve --dev` process on a free loopback port; killed when dropped.
+pub struct DevServer {
+    pub child: Child,
+    /// `host:port` the server printed it listens on.
+    pub addr: String,
+}
+
+impl Drop for DevServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the binary as `certbroker serve --dev --listen 127.0.0.1:0`, with `configure`
+/// applied to the command first (environment, stderr), and waits for the address line it
+/// prints on stdout. Stdout is drained afterwards so the server never blocks on a full pipe.
+pub fn serve_dev(configure: impl FnOnce(&mut Command)) -> DevServer {
+    let mut cmd = Command::new(bin());
+    cmd.args(["serve", "--dev", "--listen", "127.0.0.1:0"]);
+    configure(&mut cmd);
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("certbroker starts");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let addr = loop {
+        let line = lines
+            .next()
+            .expect("serve --dev prints its address before exiting")
+            .expect("readable stdout");
+        if let Some(rest) = line.strip_prefix("certbroker (dev mode) listening on ") {
+            break rest.trim().to_owned();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    DevServer { child, addr }
 }
 
 pub type Shared<T> = Arc<T>;
