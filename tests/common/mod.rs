@@ -6,7 +6,7 @@ use std::{
     net::SocketAddr,
     path::PathBuf,
     process::{Child, Command, Stdio},
-    sync::Arc,
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -264,6 +264,107 @@ pub fn serve_dev(configure: impl FnOnce(&mut Command)) -> DevServer {
     };
     std::thread::spawn(move || for _ in lines {});
     DevServer { child, addr }
+}
+
+/// A `certbroker devca` process on a free loopback port with its own state directory, and
+/// what its banner printed; killed when dropped.
+pub struct DevcaProcess {
+    pub child: Child,
+    /// The banner's lines, up to and including "press Ctrl-C".
+    pub banner: Vec<String>,
+    /// ACME directory URL.
+    pub directory: String,
+    /// STI-PA API base URL.
+    pub sti_pa: String,
+    /// File holding the STI-PA password.
+    pub password_file: String,
+    /// PEM file of the TLS trust root.
+    pub trust_root: String,
+    /// stderr lines so far, when started with `capture_stderr`; else always empty.
+    pub log: Arc<Mutex<Vec<String>>>,
+    pub state_dir: tempfile::TempDir,
+}
+
+impl Drop for DevcaProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl DevcaProcess {
+    /// Starts `certbroker devca --listen 127.0.0.1:0 --state-dir <tmp> <flags>`, with
+    /// `configure` applied to the command first (environment), and reads its banner. With
+    /// `capture_stderr`, stderr is collected into `log` from the start; otherwise inherited.
+    /// Stdout is drained after the banner so the devca never blocks on a full pipe.
+    pub fn start(
+        flags: &[&str],
+        capture_stderr: bool,
+        configure: impl FnOnce(&mut Command),
+    ) -> Self {
+        let state_dir = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new(bin());
+        cmd.args(["devca", "--listen", "127.0.0.1:0", "--state-dir"])
+            .arg(state_dir.path())
+            .args(flags);
+        configure(&mut cmd);
+        cmd.stdout(Stdio::piped());
+        if capture_stderr {
+            cmd.stderr(Stdio::piped());
+        }
+        let mut child = cmd.spawn().expect("certbroker devca starts");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        if capture_stderr {
+            let stderr = BufReader::new(child.stderr.take().unwrap());
+            let sink = log.clone();
+            std::thread::spawn(move || {
+                for line in stderr.lines().map_while(Result::ok) {
+                    sink.lock().unwrap().push(line);
+                }
+            });
+        }
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut banner = vec![];
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            let stop = line.starts_with("press Ctrl-C");
+            banner.push(line);
+            if stop {
+                break;
+            }
+        }
+        std::thread::spawn(move || for _ in lines {});
+        let field = |prefix: &str| banner_field(&banner, prefix);
+        let pa = field("STI-PA API:");
+        Self {
+            directory: field("ACME directory:"),
+            sti_pa: pa.split_whitespace().next().unwrap().to_owned(),
+            password_file: pa
+                .split("password in ")
+                .nth(1)
+                .unwrap()
+                .trim_end_matches(')')
+                .to_owned(),
+            trust_root: field("trust root:"),
+            banner,
+            child,
+            log,
+            state_dir,
+        }
+    }
+
+    /// The banner's value after `prefix`, trimmed; panics when the banner has no such line.
+    pub fn field(&self, prefix: &str) -> String {
+        banner_field(&self.banner, prefix)
+    }
+}
+
+fn banner_field(banner: &[String], prefix: &str) -> String {
+    banner
+        .iter()
+        .find_map(|l| l.strip_prefix(prefix))
+        .map(|v| v.trim().to_owned())
+        .unwrap_or_else(|| panic!("{prefix} not printed: {banner:#?}"))
 }
 
 pub type Shared<T> = Arc<T>;
