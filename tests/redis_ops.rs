@@ -331,6 +331,12 @@ async fn both_serving_again(a: &TestBroker, b: &TestBroker) {
     time_until_store_health(b, "Serving", 20).await;
 }
 
+/// `items` as the inside of a TOML array of strings: `"a", "b"`.
+fn toml_strings(items: &[String]) -> String {
+    let quoted: Vec<String> = items.iter().map(|n| format!("\"{n}\"")).collect();
+    quoted.join(", ")
+}
+
 /// Two GetCertificate calls for a new `spc`, one per broker: one order in all.
 async fn coordinated(env: &DevEnv, a: &TestBroker, b: &TestBroker, spc: &str) -> CacheStatus {
     let before = env.ca.stats().new_orders;
@@ -423,12 +429,11 @@ async fn cluster_primary_killed_replica_promoted_coordination_resumes() {
         .await
         .unwrap();
     let env = DevEnv::start().await;
-    let seeds: Vec<String> = cluster.urls().iter().map(|u| format!("\"{u}\"")).collect();
     let s = settings(
         &env,
         &format!(
             "backend = \"redis-cluster\"\ncluster_nodes = [{}]",
-            seeds.join(", ")
+            toml_strings(&cluster.urls())
         ),
     );
     let (a, b) = one_order_across_two(&env, &s, "4401").await;
@@ -524,13 +529,12 @@ async fn sentinel_over_tls_with_a_private_ca() {
     assert!(matches!(untrusted.health().await, StoreHealth::Degraded(_)));
 
     let env = DevEnv::start().await;
-    let quoted: Vec<String> = nodes.iter().map(|n| format!("\"{n}\"")).collect();
     let s = settings(
         &env,
         &format!(
             "backend = \"redis\"\ntrust_roots = \"{}\"\nsentinel = {{ master_name = \"certbroker-tls\", nodes = [{}] }}",
             files.path("ca.pem").display(),
-            quoted.join(", ")
+            toml_strings(&nodes)
         ),
     );
     one_order_across_two(&env, &s, "4501").await;
@@ -562,13 +566,12 @@ async fn cluster_over_tls_with_a_private_ca() {
     assert!(matches!(untrusted.health().await, StoreHealth::Degraded(_)));
 
     let env = DevEnv::start().await;
-    let quoted: Vec<String> = seeds.iter().map(|n| format!("\"{n}\"")).collect();
     let s = settings(
         &env,
         &format!(
             "backend = \"redis-cluster\"\ntrust_roots = \"{}\"\ncluster_nodes = [{}]",
             files.path("ca.pem").display(),
-            quoted.join(", ")
+            toml_strings(&seeds)
         ),
     );
     let (a, _b) = one_order_across_two(&env, &s, "4601").await;
