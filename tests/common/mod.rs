@@ -162,6 +162,16 @@ impl TestBroker {
             .expect("connects");
         CertificateBrokerServiceClient::new(channel)
     }
+
+    /// The renewal state, from the ListRenewals RPC.
+    pub async fn renewals(&self) -> certbroker::pb::ListRenewalsResponse {
+        self.client()
+            .await
+            .list_renewals(certbroker::pb::ListRenewalsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+    }
 }
 
 impl Drop for TestBroker {
