@@ -101,12 +101,7 @@ impl TlsFiles {
 /// Polls the broker's `certbroker.store` gRPC health until it reads `want` ("Serving",
 /// "NotServing"), at most `secs` seconds.
 async fn wait_store_health(broker: &TestBroker, want: &str, secs: u64) {
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", broker.addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let mut health = broker.health_client().await;
     let mut last = String::new();
     let deadline = Instant::now() + Duration::from_secs(secs);
     while Instant::now() < deadline {

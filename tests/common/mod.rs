@@ -163,6 +163,16 @@ impl TestBroker {
         CertificateBrokerServiceClient::new(channel)
     }
 
+    /// A client of the broker's standard gRPC health service.
+    pub async fn health_client(&self) -> tonic_health::pb::health_client::HealthClient<Channel> {
+        let channel = Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        tonic_health::pb::health_client::HealthClient::new(channel)
+    }
+
     /// The renewal state, from the ListRenewals RPC.
     pub async fn renewals(&self) -> certbroker::pb::ListRenewalsResponse {
         self.client()
