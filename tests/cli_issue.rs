@@ -19,9 +19,11 @@ fn start_devca() -> Devca {
 }
 
 fn start_devca_with(extra: &[&str]) -> Devca {
-    Devca::start(extra, false, |c| {
+    let ca = Devca::start(extra, false, |c| {
         c.env("RUST_LOG", "warn");
-    })
+    });
+    assert!(!ca.directory.is_empty() && !ca.sti_pa.is_empty() && !ca.trust_root.is_empty());
+    ca
 }
 
 fn run(cmd: &mut Command) -> String {
