@@ -78,3 +78,23 @@ pub(crate) fn is_p256_spki(spki_der: &[u8]) -> bool {
         && spki_der.starts_with(P256_SPKI_PREFIX)
         && spki_der[P256_SPKI_PREFIX.len()] == 0x04
 }
+
+/// One DER TLV with a one-byte `tag` around `content` (definite length, short or long form).
+/// Public so the fuzz crate's seed builders and the tests encode DER the same way.
+pub fn der_tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    let len = content.len();
+    if len < 0x80 {
+        out.push(len as u8);
+    } else {
+        let bytes: Vec<u8> = len
+            .to_be_bytes()
+            .into_iter()
+            .skip_while(|b| *b == 0)
+            .collect();
+        out.push(0x80 | bytes.len() as u8);
+        out.extend(bytes);
+    }
+    out.extend_from_slice(content);
+    out
+}

@@ -6,7 +6,7 @@ mod common;
 
 use std::{
     io::{BufRead, BufReader},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     sync::mpsc,
     time::{Duration, Instant},
 };
@@ -16,47 +16,24 @@ use common::spc_request;
 use serde_json::Value;
 
 struct Server {
-    child: Child,
-    addr: String,
+    dev: common::DevServer,
     /// stderr, one JSON log line at a time; closed when the process exits.
     lines: mpsc::Receiver<String>,
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn serve_dev(audit_interval_secs: u64) -> Server {
-    let mut child = Command::new(common::bin())
-        .args(["serve", "--dev", "--listen", "127.0.0.1:0"])
+    let mut dev = common::serve_dev(|c| {
         // The default log filter, as users run it.
-        .env_remove("RUST_LOG")
-        .env("CERTBROKER_TELEMETRY__JSON", "true")
-        .env(
-            "CERTBROKER_TELEMETRY__AUDIT_INTERVAL_SECS",
-            audit_interval_secs.to_string(),
-        )
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("certbroker starts");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut out = BufReader::new(stdout).lines();
-    let addr = loop {
-        let line = out
-            .next()
-            .expect("serve --dev prints its address before exiting")
-            .expect("readable stdout");
-        if let Some(rest) = line.strip_prefix("certbroker (dev mode) listening on ") {
-            break rest.trim().to_owned();
-        }
-    };
-    std::thread::spawn(move || for _ in out {});
+        c.env_remove("RUST_LOG")
+            .env("CERTBROKER_TELEMETRY__JSON", "true")
+            .env(
+                "CERTBROKER_TELEMETRY__AUDIT_INTERVAL_SECS",
+                audit_interval_secs.to_string(),
+            )
+            .stderr(Stdio::piped());
+    });
     let (tx, lines) = mpsc::channel();
-    let stderr = child.stderr.take().expect("stderr");
+    let stderr = dev.child.stderr.take().expect("stderr");
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if tx.send(line).is_err() {
@@ -64,7 +41,7 @@ fn serve_dev(audit_interval_secs: u64) -> Server {
             }
         }
     });
-    Server { child, addr, lines }
+    Server { dev, lines }
 }
 
 /// The `audit` lines among `lines`, as their `fields` objects.
@@ -116,8 +93,8 @@ async fn get_n(addr: &str, spc: &str, n: usize) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_hand_out_is_a_line_and_repeats_are_counted_per_interval() {
     let server = serve_dev(1);
-    let serial = get_n(&server.addr, "1234", 4).await;
-    let other = get_n(&server.addr, "5678", 1).await;
+    let serial = get_n(&server.dev.addr, "1234", 4).await;
+    let other = get_n(&server.dev.addr, "5678", 1).await;
     assert_ne!(serial, other);
 
     // Poll stderr until the summaries account for the three repeats (they may be split
@@ -164,15 +141,15 @@ async fn first_hand_out_is_a_line_and_repeats_are_counted_per_interval() {
 async fn pending_counts_are_written_at_shutdown() {
     // An interval far beyond the test: only the shutdown flush can write the summary.
     let mut server = serve_dev(3600);
-    let serial = get_n(&server.addr, "1234", 3).await;
+    let serial = get_n(&server.dev.addr, "1234", 3).await;
     let status = Command::new("kill")
-        .args(["-TERM", &server.child.id().to_string()])
+        .args(["-TERM", &server.dev.child.id().to_string()])
         .status()
         .expect("kill runs");
     assert!(status.success());
     let deadline = Instant::now() + Duration::from_secs(20);
     let exited = loop {
-        if let Some(s) = server.child.try_wait().expect("wait") {
+        if let Some(s) = server.dev.child.try_wait().expect("wait") {
             break s;
         }
         assert!(Instant::now() < deadline, "no exit after SIGTERM");

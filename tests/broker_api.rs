@@ -273,12 +273,7 @@ async fn caller_csr_keeps_its_key() {
 async fn health_reports_serving() {
     let env = DevEnv::start().await;
     let broker = TestBroker::start(vec![env.ca_settings("devca")]).await;
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", broker.addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let mut health = broker.health_client().await;
     for service in ["", "certbroker.v1.CertificateBrokerService"] {
         let resp = health
             .check(tonic_health::pb::HealthCheckRequest {

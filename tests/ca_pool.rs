@@ -445,12 +445,7 @@ async fn a_hung_ca_delays_neither_start_up_nor_requests_beyond_its_attempt_timeo
     ];
     let t0 = Instant::now();
     let b = TestBroker::start_unwarmed(settings).await;
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", b.addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let mut health = b.health_client().await;
     let serving = health
         .check(tonic_health::pb::HealthCheckRequest {
             service: String::new(),

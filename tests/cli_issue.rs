@@ -7,73 +7,23 @@ mod support;
 
 use std::{
     io::{BufRead, BufReader},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
 };
 
 use support::{Pebble, PebbleOptions};
 
-struct Devca {
-    child: Child,
-    directory: String,
-    sti_pa: String,
-    trust_root: String,
-    password_file: String,
-    state_dir: tempfile::TempDir,
-}
-
-impl Drop for Devca {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::DevcaProcess as Devca;
 
 fn start_devca() -> Devca {
     start_devca_with(&[])
 }
 
 fn start_devca_with(extra: &[&str]) -> Devca {
-    let state_dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(common::bin())
-        .args(["devca", "--listen", "127.0.0.1:0", "--state-dir"])
-        .arg(state_dir.path())
-        .args(extra)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("certbroker devca starts");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let (mut directory, mut sti_pa, mut trust_root, mut password_file) =
-        (String::new(), String::new(), String::new(), String::new());
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        let value = |prefix: &str| line.strip_prefix(prefix).map(|v| v.trim().to_owned());
-        if let Some(v) = value("ACME directory:") {
-            directory = v;
-        } else if let Some(v) = value("STI-PA API:") {
-            sti_pa = v.split_whitespace().next().unwrap().to_owned();
-            password_file = v
-                .split("password in ")
-                .nth(1)
-                .unwrap()
-                .trim_end_matches(')')
-                .to_owned();
-        } else if let Some(v) = value("trust root:") {
-            trust_root = v;
-        } else if line.starts_with("press Ctrl-C") {
-            break;
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
-    assert!(!directory.is_empty() && !sti_pa.is_empty() && !trust_root.is_empty());
-    Devca {
-        child,
-        directory,
-        sti_pa,
-        trust_root,
-        password_file,
-        state_dir,
-    }
+    let ca = Devca::start(extra, false, |c| {
+        c.env("RUST_LOG", "warn");
+    });
+    assert!(!ca.directory.is_empty() && !ca.sti_pa.is_empty() && !ca.trust_root.is_empty());
+    ca
 }
 
 fn run(cmd: &mut Command) -> String {

@@ -6,9 +6,7 @@
 mod common;
 
 use std::{
-    io::{BufRead, BufReader},
-    process::{Child, Command, Output, Stdio},
-    sync::{Arc, Mutex},
+    process::{Command, Output},
     time::{Duration, Instant},
 };
 
@@ -16,84 +14,29 @@ use serde_json::Value;
 
 /// A running `certbroker devca`, with what its banner printed and its log so far.
 struct Devca {
-    child: Child,
-    directory: String,
-    sti_pa: String,
-    trust_root: String,
-    password_file: String,
+    dev: common::DevcaProcess,
     stats: String,
-    banner: Vec<String>,
-    log: Arc<Mutex<Vec<String>>>,
-    _state_dir: tempfile::TempDir,
 }
 
-impl Drop for Devca {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+impl std::ops::Deref for Devca {
+    type Target = common::DevcaProcess;
+    fn deref(&self) -> &common::DevcaProcess {
+        &self.dev
     }
 }
 
 impl Devca {
     fn start(flags: &[&str]) -> Self {
-        let state_dir = tempfile::tempdir().unwrap();
-        let mut child = Command::new(common::bin())
-            .args(["devca", "--listen", "127.0.0.1:0", "--state-dir"])
-            .arg(state_dir.path())
-            .args(flags)
-            .env("RUST_LOG", "devca=info,warn")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("certbroker devca starts");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let stderr = BufReader::new(child.stderr.take().unwrap());
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in stderr.lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
+        let dev = common::DevcaProcess::start(flags, true, |c| {
+            c.env("RUST_LOG", "devca=info,warn").env("NO_COLOR", "1");
         });
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut banner = vec![];
-        for line in lines.by_ref() {
-            let line = line.unwrap();
-            let stop = line.starts_with("press Ctrl-C");
-            banner.push(line);
-            if stop {
-                break;
-            }
-        }
-        std::thread::spawn(move || for _ in lines {});
-        let field = |prefix: &str| {
-            banner
-                .iter()
-                .find_map(|l| l.strip_prefix(prefix))
-                .map(|v| v.trim().to_owned())
-                .unwrap_or_else(|| panic!("{prefix} not printed: {banner:#?}"))
-        };
-        let pa = field("STI-PA API:");
-        Self {
-            directory: field("ACME directory:"),
-            sti_pa: pa.split_whitespace().next().unwrap().to_owned(),
-            password_file: pa
-                .split("password in ")
-                .nth(1)
-                .unwrap()
-                .trim_end_matches(')')
-                .to_owned(),
-            trust_root: field("trust root:"),
-            stats: field("counters:")
-                .split_whitespace()
-                .next()
-                .unwrap()
-                .to_owned(),
-            banner,
-            child,
-            log,
-            _state_dir: state_dir,
-        }
+        let stats = dev
+            .field("counters:")
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_owned();
+        Self { dev, stats }
     }
 
     fn http(&self, timeout: Duration) -> reqwest::Client {

@@ -199,12 +199,7 @@ async fn redis_down_degrades_then_recovers_without_restart() {
 }
 
 async fn store_health(broker: &TestBroker) -> String {
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", broker.addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let mut health = broker.health_client().await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(6);
     let mut last = String::new();
     // The status is refreshed every two seconds; wait for it to settle.

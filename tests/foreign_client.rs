@@ -3,57 +3,22 @@
 
 mod common;
 
-use std::{
-    io::{BufRead, BufReader},
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+use std::{process::Command, time::Duration};
 
-struct Server {
-    child: Child,
-    addr: String,
+fn serve_dev() -> common::DevServer {
+    common::serve_dev(|c| {
+        c.env("RUST_LOG", "warn");
+    })
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn serve_dev() -> Server {
-    let mut child = Command::new(common::bin())
-        .args(["serve", "--dev", "--listen", "127.0.0.1:0"])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("certbroker starts");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let addr = loop {
-        let line = lines
-            .next()
-            .expect("serve --dev prints its address before exiting")
-            .expect("readable stdout");
-        if let Some(rest) = line.strip_prefix("certbroker (dev mode) listening on ") {
-            break rest.trim().to_owned();
-        }
-    };
-    // Keep draining stdout so the server never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    Server { child, addr }
-}
-
-#[test]
-fn python_grpcio_via_reflection_gets_a_shaken_chain() {
-    let server = serve_dev();
+/// Runs `tests/python/<script>` with `args`; its stdout and the JSON object on each line.
+fn python_client(script: &str, args: &[&str]) -> (String, Vec<serde_json::Value>) {
     let out = Command::new("python3")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/python/reflect_client.py"
+        .arg(format!(
+            "{}/tests/python/{script}",
+            env!("CARGO_MANIFEST_DIR")
         ))
-        .args([&server.addr, "1234"])
+        .args(args)
         .output()
         .expect("python3 runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -66,6 +31,13 @@ fn python_grpcio_via_reflection_gets_a_shaken_chain() {
         .lines()
         .map(|l| serde_json::from_str(l).expect("json line"))
         .collect();
+    (stdout.into_owned(), calls)
+}
+
+#[test]
+fn python_grpcio_via_reflection_gets_a_shaken_chain() {
+    let server = serve_dev();
+    let (_, calls) = python_client("reflect_client.py", &[&server.addr, "1234"]);
     assert_eq!(calls[0]["cache_status"], "CACHE_STATUS_ISSUED");
     assert_eq!(calls[1]["cache_status"], "CACHE_STATUS_HIT_LOCAL");
     assert_eq!(calls[0]["serial_hex"], calls[1]["serial_hex"]);
@@ -185,24 +157,7 @@ fn cli_get_writes_chain_and_matching_key_then_sigterm_stops_the_server() {
 #[test]
 fn python_grpcio_hostile_input_is_invalid_argument() {
     let server = serve_dev();
-    let out = Command::new("python3")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/python/hostile_client.py"
-        ))
-        .arg(&server.addr)
-        .output()
-        .expect("python3 runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "python client failed (scripts/test installs grpcio):\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let calls: Vec<serde_json::Value> = stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("json line"))
-        .collect();
+    let (stdout, calls) = python_client("hostile_client.py", &[&server.addr]);
     assert_eq!(calls.len(), 9, "{stdout}");
     for call in &calls {
         assert_eq!(call["code"], "INVALID_ARGUMENT", "{call}");

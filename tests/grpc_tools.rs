@@ -6,46 +6,17 @@
 mod common;
 
 use std::{
-    io::{BufRead, BufReader},
     path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
+    process::{Command, Output, Stdio},
 };
 
 /// The address the README's commands use; the test substitutes the server's real one.
 const README_ADDR: &str = "127.0.0.1:50051";
 
-struct Server {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn serve_dev() -> Server {
-    let mut child = Command::new(common::bin())
-        .args(["serve", "--dev", "--listen", "127.0.0.1:0"])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("certbroker starts");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let addr = loop {
-        let line = lines
-            .next()
-            .expect("serve --dev prints its address before exiting")
-            .expect("readable stdout");
-        if let Some(rest) = line.strip_prefix("certbroker (dev mode) listening on ") {
-            break rest.trim().to_owned();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    Server { child, addr }
+fn serve_dev() -> common::DevServer {
+    common::serve_dev(|c| {
+        c.env("RUST_LOG", "warn");
+    })
 }
 
 fn repo() -> &'static Path {

@@ -154,13 +154,7 @@ async fn fleet_renews_ahead_of_expiry_and_watchers_follow() {
     }
 
     // The renewal state is visible.
-    let renewals = fleet[0]
-        .client()
-        .await
-        .list_renewals(pb::ListRenewalsRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let renewals = fleet[0].renewals().await;
     assert_eq!(renewals.entries.len(), 1);
     let e = &renewals.entries[0];
     assert!(

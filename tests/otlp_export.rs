@@ -8,8 +8,7 @@ mod common;
 
 use std::{
     collections::HashMap,
-    io::{BufRead, BufReader},
-    process::{Child, Command, Stdio},
+    process::Stdio,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -115,48 +114,21 @@ fn int_attr(span: &Span, key: &str) -> Option<i64> {
     }
 }
 
-struct Broker {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn serve_dev(collector: &str) -> Broker {
-    let mut child = Command::new(common::bin())
-        .args(["serve", "--dev", "--listen", "127.0.0.1:0"])
+fn serve_dev(collector: &str) -> common::DevServer {
+    common::serve_dev(|c| {
         // The default log filter: what is exported must not depend on RUST_LOG.
-        .env_remove("RUST_LOG")
-        .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-        .env_remove("OTEL_RESOURCE_ATTRIBUTES")
-        .env_remove("OTEL_SDK_DISABLED")
-        .env_remove("OTEL_TRACES_EXPORTER")
-        .env_remove("OTEL_TRACES_SAMPLER")
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", collector)
-        .env("OTEL_SERVICE_NAME", SERVICE_NAME)
-        // Export every 100 ms instead of every 5 s.
-        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("certbroker starts");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let addr = loop {
-        let line = lines
-            .next()
-            .expect("serve --dev prints its address before exiting")
-            .expect("readable stdout");
-        if let Some(rest) = line.strip_prefix("certbroker (dev mode) listening on ") {
-            break rest.trim().to_owned();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    Broker { child, addr }
+        c.env_remove("RUST_LOG")
+            .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            .env_remove("OTEL_RESOURCE_ATTRIBUTES")
+            .env_remove("OTEL_SDK_DISABLED")
+            .env_remove("OTEL_TRACES_EXPORTER")
+            .env_remove("OTEL_TRACES_SAMPLER")
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", collector)
+            .env("OTEL_SERVICE_NAME", SERVICE_NAME)
+            // Export every 100 ms instead of every 5 s.
+            .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+            .stderr(Stdio::null());
+    })
 }
 
 fn with_trace<T>(msg: T, trace_id: &str, state: Option<&str>) -> tonic::Request<T> {

@@ -101,12 +101,7 @@ impl TlsFiles {
 /// Polls the broker's `certbroker.store` gRPC health until it reads `want` ("Serving",
 /// "NotServing"), at most `secs` seconds.
 async fn wait_store_health(broker: &TestBroker, want: &str, secs: u64) {
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", broker.addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let mut health = broker.health_client().await;
     let mut last = String::new();
     let deadline = Instant::now() + Duration::from_secs(secs);
     while Instant::now() < deadline {
@@ -309,6 +304,34 @@ async fn time_until_store_health(broker: &TestBroker, want: &str, secs: u64) -> 
     start.elapsed()
 }
 
+/// During a failover gap the broker still answers `spc` (from the CA directly, or from a
+/// shared entry that survived).
+async fn served_during_the_gap(broker: &TestBroker, spc: &str) {
+    let during = broker
+        .client()
+        .await
+        .get_certificate(spc_request(spc))
+        .await
+        .expect("served during the failover")
+        .into_inner();
+    assert!(matches!(
+        during.cache_status(),
+        CacheStatus::Issued | CacheStatus::HitShared | CacheStatus::Joined
+    ));
+}
+
+/// Both brokers report the store SERVING again, within 20 s each.
+async fn both_serving_again(a: &TestBroker, b: &TestBroker) {
+    time_until_store_health(a, "Serving", 20).await;
+    time_until_store_health(b, "Serving", 20).await;
+}
+
+/// `items` as the inside of a TOML array of strings: `"a", "b"`.
+fn toml_strings(items: &[String]) -> String {
+    let quoted: Vec<String> = items.iter().map(|n| format!("\"{n}\"")).collect();
+    quoted.join(", ")
+}
+
 /// Two GetCertificate calls for a new `spc`, one per broker: one order in all.
 async fn coordinated(env: &DevEnv, a: &TestBroker, b: &TestBroker, spc: &str) -> CacheStatus {
     let before = env.ca.stats().new_orders;
@@ -377,23 +400,12 @@ async fn sentinel_failover_keeps_serving_and_coordination_resumes() {
     master.kill();
     let gap_seen = time_until_store_health(&a, "NotServing", 15).await;
     // Still serving while the gap lasts (directly from the CA).
-    let during = a
-        .client()
-        .await
-        .get_certificate(spc_request("4302"))
-        .await
-        .expect("served during the failover")
-        .into_inner();
-    assert!(matches!(
-        during.cache_status(),
-        CacheStatus::Issued | CacheStatus::HitShared | CacheStatus::Joined
-    ));
+    served_during_the_gap(&a, "4302").await;
     poll(30, "the sentinels to promote the replica", || {
         replica.raw("INFO replication").contains("role:master")
     });
     let promoted = killed.elapsed();
-    time_until_store_health(&a, "Serving", 20).await;
-    time_until_store_health(&b, "Serving", 20).await;
+    both_serving_again(&a, &b).await;
     let healthy = killed.elapsed();
     // Coordination resumed without a restart: a new SPC, one order across both brokers.
     let status = coordinated(&env, &a, &b, "4303").await;
@@ -412,12 +424,11 @@ async fn cluster_primary_killed_replica_promoted_coordination_resumes() {
         .await
         .unwrap();
     let env = DevEnv::start().await;
-    let seeds: Vec<String> = cluster.urls().iter().map(|u| format!("\"{u}\"")).collect();
     let s = settings(
         &env,
         &format!(
             "backend = \"redis-cluster\"\ncluster_nodes = [{}]",
-            seeds.join(", ")
+            toml_strings(&cluster.urls())
         ),
     );
     let (a, b) = one_order_across_two(&env, &s, "4401").await;
@@ -426,17 +437,7 @@ async fn cluster_primary_killed_replica_promoted_coordination_resumes() {
     let killed = Instant::now();
     cluster.nodes[victim].kill();
     let gap_seen = time_until_store_health(&a, "NotServing", 15).await;
-    let during = a
-        .client()
-        .await
-        .get_certificate(spc_request("4402"))
-        .await
-        .expect("served during the failover")
-        .into_inner();
-    assert!(matches!(
-        during.cache_status(),
-        CacheStatus::Issued | CacheStatus::HitShared | CacheStatus::Joined
-    ));
+    served_during_the_gap(&a, "4402").await;
     let survivors: Vec<usize> = (0..cluster.nodes.len()).filter(|i| *i != victim).collect();
     let nodes = &cluster.nodes;
     poll(30, "a replica promoted and every slot served", || {
@@ -445,8 +446,7 @@ async fn cluster_primary_killed_replica_promoted_coordination_resumes() {
             .all(|i| nodes[*i].raw("CLUSTER INFO").contains("cluster_state:ok"))
     });
     let promoted = killed.elapsed();
-    time_until_store_health(&a, "Serving", 20).await;
-    time_until_store_health(&b, "Serving", 20).await;
+    both_serving_again(&a, &b).await;
     let healthy = killed.elapsed();
     // Every SPC asked for before the kill is still found (its data was replicated), and a
     // new SPC is ordered once across both brokers.
@@ -524,13 +524,12 @@ async fn sentinel_over_tls_with_a_private_ca() {
     assert!(matches!(untrusted.health().await, StoreHealth::Degraded(_)));
 
     let env = DevEnv::start().await;
-    let quoted: Vec<String> = nodes.iter().map(|n| format!("\"{n}\"")).collect();
     let s = settings(
         &env,
         &format!(
             "backend = \"redis\"\ntrust_roots = \"{}\"\nsentinel = {{ master_name = \"certbroker-tls\", nodes = [{}] }}",
             files.path("ca.pem").display(),
-            quoted.join(", ")
+            toml_strings(&nodes)
         ),
     );
     one_order_across_two(&env, &s, "4501").await;
@@ -562,13 +561,12 @@ async fn cluster_over_tls_with_a_private_ca() {
     assert!(matches!(untrusted.health().await, StoreHealth::Degraded(_)));
 
     let env = DevEnv::start().await;
-    let quoted: Vec<String> = seeds.iter().map(|n| format!("\"{n}\"")).collect();
     let s = settings(
         &env,
         &format!(
             "backend = \"redis-cluster\"\ntrust_roots = \"{}\"\ncluster_nodes = [{}]",
             files.path("ca.pem").display(),
-            quoted.join(", ")
+            toml_strings(&seeds)
         ),
     );
     let (a, _b) = one_order_across_two(&env, &s, "4601").await;

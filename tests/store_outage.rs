@@ -173,7 +173,7 @@ async fn redis_killed_mid_burst_one_order_per_replica_and_health_comes_back() {
     let deadline = restarted + Duration::from_secs(15);
     let mut health = vec![];
     for r in &fleet {
-        health.push(health_client(r).await);
+        health.push(r.health_client().await);
     }
     for (i, h) in health.iter_mut().enumerate() {
         while store_status(h).await != "Serving" {
@@ -260,17 +260,6 @@ async fn redis_killed_mid_burst_one_order_per_replica_and_health_comes_back() {
     assert_eq!(env.ca.stats().new_orders, before + 1);
 }
 
-async fn health_client(
-    broker: &TestBroker,
-) -> tonic_health::pb::health_client::HealthClient<Channel> {
-    let channel = Channel::from_shared(format!("http://{}", broker.addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    tonic_health::pb::health_client::HealthClient::new(channel)
-}
-
 /// The `certbroker.store` status, as the gRPC health service reports it now ("Unknown"
 /// before the server's first report).
 async fn store_status(
@@ -312,7 +301,7 @@ async fn failed_redis_cluster_is_reported_not_serving() {
             .clone()
             .serve_admin(admin, std::future::pending()),
     );
-    let mut health = health_client(&broker).await;
+    let mut health = broker.health_client().await;
     let mut client = broker.client().await;
 
     // Healthy cluster: SERVING, and the store is used.

@@ -156,13 +156,7 @@ async fn a_defective_certificate_is_handed_out_logged_counted_and_shown() {
     assert!(logged, "no warn line for the finding: {:?}", log_lines());
 
     // Shown by the status RPC and by `certbroker status`.
-    let status = b
-        .client()
-        .await
-        .list_renewals(pb::ListRenewalsRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let status = b.renewals().await;
     let entry = status
         .entries
         .iter()

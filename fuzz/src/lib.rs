@@ -78,24 +78,8 @@ pub fn test_key_jwk() -> Value {
     })
 }
 
-/// A DER TLV with a one-byte tag.
-pub fn der_tlv(tag: u8, content: &[u8]) -> Vec<u8> {
-    let mut out = vec![tag];
-    let len = content.len();
-    if len < 0x80 {
-        out.push(len as u8);
-    } else {
-        let bytes: Vec<u8> = len
-            .to_be_bytes()
-            .into_iter()
-            .skip_while(|b| *b == 0)
-            .collect();
-        out.push(0x80 | bytes.len() as u8);
-        out.extend(bytes);
-    }
-    out.extend_from_slice(content);
-    out
-}
+/// A DER TLV with a one-byte tag: the library's own encoder.
+pub use certbroker::shaken::der_tlv;
 
 /// The first TLV inside the SEQUENCE `der` (e.g. a CSR's CertificationRequestInfo).
 pub fn first_inner_tlv(der: &[u8]) -> Option<&[u8]> {

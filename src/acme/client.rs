@@ -234,38 +234,15 @@ impl Client {
             }
             None => {}
         }
-        let resp = self
-            .post(
-                Endpoint::NewAccount,
-                url,
-                &key,
-                Signer::Jwk,
-                Payload::Json(&payload),
-                None,
-            )
-            .await?;
-        let account_url = resp.location()?;
-        Ok(Account::from_parts(self.clone(), key, account_url))
+        self.post_new_account(key, &payload).await
     }
 
     /// Looks up the account for `key` without creating one (`onlyReturnExisting`,
     /// [§7.3.1](https://www.rfc-editor.org/rfc/rfc8555#section-7.3.1)). An unknown key yields
     /// [`AcmeError::Problem`] of type `accountDoesNotExist`.
     pub async fn find_account(&self, key: AccountKey) -> Result<Account, AcmeError> {
-        let url = &self.directory().new_account;
         let payload = json!({"onlyReturnExisting": true});
-        let resp = self
-            .post(
-                Endpoint::NewAccount,
-                url,
-                &key,
-                Signer::Jwk,
-                Payload::Json(&payload),
-                None,
-            )
-            .await?;
-        let account_url = resp.location()?;
-        Ok(Account::from_parts(self.clone(), key, account_url))
+        self.post_new_account(key, &payload).await
     }
 
     /// Revokes a certificate with a JWS signed by the certificate's own key (`jwk` header,
@@ -314,6 +291,28 @@ impl Client {
         }
         let body: RenewalInfoBody = resp.json()?;
         body.into_info(resp.retry_after()).map(Some)
+    }
+
+    /// POSTs `payload` to newAccount signed with the account key's JWK; the account is the
+    /// `Location` of the answer (RFC 8555 §7.3).
+    async fn post_new_account(
+        &self,
+        key: AccountKey,
+        payload: &Value,
+    ) -> Result<Account, AcmeError> {
+        let url = &self.directory().new_account;
+        let resp = self
+            .post(
+                Endpoint::NewAccount,
+                url,
+                &key,
+                Signer::Jwk,
+                Payload::Json(payload),
+                None,
+            )
+            .await?;
+        let account_url = resp.location()?;
+        Ok(Account::from_parts(self.clone(), key, account_url))
     }
 
     /// Sends a signed POST, re-signing with a fresh nonce after each `badNonce` up to the

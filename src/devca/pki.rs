@@ -30,7 +30,7 @@ use time::{Duration, OffsetDateTime};
 use url::Url;
 
 use super::{DevCaError, DevProfile};
-use crate::shaken::{Subject, TN_AUTH_LIST_OID, TnAuthList, generate_key};
+use crate::shaken::{Subject, TN_AUTH_LIST_OID, TnAuthList, der_tlv, generate_key};
 
 const CERTIFICATE_POLICIES_OID: &[u64] = &[2, 5, 29, 32];
 const CRL_DISTRIBUTION_POINTS_OID: &[u64] = &[2, 5, 29, 31];
@@ -51,9 +51,9 @@ impl DevProfile {
             Self::UsCp13 => 3,
             Self::UsCp14 => 4,
         };
-        let oid = tlv(0x06, &[SHAKEN_CP_PREFIX, &[last]].concat());
+        let oid = der_tlv(0x06, &[SHAKEN_CP_PREFIX, &[last]].concat());
         // CertificatePolicies ::= SEQUENCE OF PolicyInformation { policyIdentifier }
-        tlv(0x30, &tlv(0x30, &oid))
+        der_tlv(0x30, &der_tlv(0x30, &oid))
     }
 }
 
@@ -587,7 +587,7 @@ fn ee_params(
     // rcgen writes the SKI only for CA certificates; an end entity gets it here.
     p.custom_extensions.push(CustomExtension::from_oid_content(
         SUBJECT_KEY_IDENTIFIER_OID,
-        tlv(0x04, &key_id(key)),
+        der_tlv(0x04, &key_id(key)),
     ));
     p
 }
@@ -633,12 +633,15 @@ fn certificate_policies(profile: DevProfile) -> CustomExtension {
 /// GeneralName: uniformResourceIdentifier [6] IA5String, directoryName [4] Name (explicit)
 /// ```
 fn crl_distribution_point(uri: &str, crl_issuer: Option<&[u8]>) -> CustomExtension {
-    let full_name = tlv(0xa0, &tlv(0x86, uri.as_bytes()));
-    let mut point = tlv(0xa0, &full_name);
+    let full_name = der_tlv(0xa0, &der_tlv(0x86, uri.as_bytes()));
+    let mut point = der_tlv(0xa0, &full_name);
     if let Some(name) = crl_issuer {
-        point.extend(tlv(0xa2, &tlv(0xa4, name)));
+        point.extend(der_tlv(0xa2, &der_tlv(0xa4, name)));
     }
-    CustomExtension::from_oid_content(CRL_DISTRIBUTION_POINTS_OID, tlv(0x30, &tlv(0x30, &point)))
+    CustomExtension::from_oid_content(
+        CRL_DISTRIBUTION_POINTS_OID,
+        der_tlv(0x30, &der_tlv(0x30, &point)),
+    )
 }
 
 /// The DER of a certificate's subject Name.
@@ -646,25 +649,6 @@ fn subject_der(cert_der: &[u8]) -> Result<Vec<u8>, DevCaError> {
     x509_parser::parse_x509_certificate(cert_der)
         .map(|(_, c)| c.subject().as_raw().to_vec())
         .map_err(|e| DevCaError::Pki(format!("reading back a generated certificate: {e}")))
-}
-
-/// One DER TLV (definite length, short or long form).
-fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
-    let mut out = vec![tag];
-    let len = content.len();
-    if len < 0x80 {
-        out.push(len as u8);
-    } else {
-        let bytes: Vec<u8> = len
-            .to_be_bytes()
-            .into_iter()
-            .skip_while(|b| *b == 0)
-            .collect();
-        out.push(0x80 | bytes.len() as u8);
-        out.extend(bytes);
-    }
-    out.extend_from_slice(content);
-    out
 }
 
 #[cfg(test)]

@@ -314,20 +314,31 @@ mod tests {
         )
     }
 
+    /// A CSR for `subject` with the TNAuthList `list`, the SANs `dns` and the CA flag `ca`.
+    fn csr_der(
+        key: &KeyPair,
+        subject: &Subject,
+        list: &TnAuthList,
+        dns: &[String],
+        ca: bool,
+    ) -> Vec<u8> {
+        build_csr(
+            key,
+            &CsrSpec {
+                subject,
+                tn_auth_list: Some(list),
+                dns_names: dns,
+                ca,
+            },
+        )
+        .unwrap()
+    }
+
     #[test]
     fn roundtrip_keeps_tnauthlist_sans_key_subject() {
         let key = generate_key().unwrap();
         let (subject, list, dns) = spec_parts();
-        let der = build_csr(
-            &key,
-            &CsrSpec {
-                subject: &subject,
-                tn_auth_list: Some(&list),
-                dns_names: &dns,
-                ca: false,
-            },
-        )
-        .unwrap();
+        let der = csr_der(&key, &subject, &list, &dns, false);
         let parsed = parse_csr(&der).unwrap();
         assert_eq!(parsed.tn_auth_list.as_ref(), Some(&list));
         assert!(!parsed.tn_auth_list_critical);
@@ -345,16 +356,7 @@ mod tests {
         let key = generate_key().unwrap();
         let (subject, list, _) = spec_parts();
         let subject = subject.with_serial_number("1234-0A1B");
-        let der = build_csr(
-            &key,
-            &CsrSpec {
-                subject: &subject,
-                tn_auth_list: Some(&list),
-                dns_names: &[],
-                ca: false,
-            },
-        )
-        .unwrap();
+        let der = csr_der(&key, &subject, &list, &[], false);
         // AttributeTypeAndValue { 2.5.4.6, PrintableString "US" }, { 2.5.4.5, PrintableString }
         let country = hex::decode("0603550406130255 53".replace(' ', "")).unwrap();
         let serial = [
@@ -412,16 +414,7 @@ mod tests {
     fn ca_flag_roundtrips() {
         let key = generate_key().unwrap();
         let (subject, list, _) = spec_parts();
-        let der = build_csr(
-            &key,
-            &CsrSpec {
-                subject: &subject,
-                tn_auth_list: Some(&list),
-                dns_names: &[],
-                ca: true,
-            },
-        )
-        .unwrap();
+        let der = csr_der(&key, &subject, &list, &[], true);
         let parsed = parse_csr(&der).unwrap();
         assert!(parsed.ca);
         assert!(parsed.dns_names.is_empty());
@@ -431,16 +424,7 @@ mod tests {
     fn tnauthlist_extension_is_present_and_non_critical_in_der() {
         let key = generate_key().unwrap();
         let (subject, list, _) = spec_parts();
-        let der = build_csr(
-            &key,
-            &CsrSpec {
-                subject: &subject,
-                tn_auth_list: Some(&list),
-                dns_names: &[],
-                ca: false,
-            },
-        )
-        .unwrap();
+        let der = csr_der(&key, &subject, &list, &[], false);
         // Extension ::= SEQUENCE { OID 1.3.6.1.5.5.7.1.26, OCTET STRING { TNAuthList } }
         // with no `critical` BOOLEAN between the OID and the OCTET STRING.
         let mut needle = hex::decode("06082b0601050507011a040a").unwrap();
@@ -452,16 +436,7 @@ mod tests {
     fn tampered_signature_is_a_signature_error() {
         let key = generate_key().unwrap();
         let (subject, list, dns) = spec_parts();
-        let mut der = build_csr(
-            &key,
-            &CsrSpec {
-                subject: &subject,
-                tn_auth_list: Some(&list),
-                dns_names: &dns,
-                ca: false,
-            },
-        )
-        .unwrap();
+        let mut der = csr_der(&key, &subject, &list, &dns, false);
         // The last byte is inside the signature's BIT STRING (the ECDSA `s` INTEGER).
         let last = der.len() - 1;
         der[last] ^= 0x01;

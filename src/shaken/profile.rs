@@ -694,6 +694,7 @@ mod tests {
     //! Every finding on a certificate built here, one defect at a time, from a clean leaf
     //! (no finding) signed by a clean CA. Nothing depends on the devca's certificates.
 
+    use crate::shaken::der_tlv;
     use der::asn1::{Any, GeneralizedTime, Ia5String};
     use rcgen::{
         BasicConstraints as RcBasicConstraints, CertificateParams, CrlDistributionPoint,
@@ -837,24 +838,6 @@ mod tests {
             .retain(|e| e.oid_components().ne(oid.iter().copied()));
     }
 
-    fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
-        let mut out = vec![tag];
-        let len = content.len();
-        if len < 0x80 {
-            out.push(len as u8);
-        } else {
-            let bytes: Vec<u8> = len
-                .to_be_bytes()
-                .into_iter()
-                .skip_while(|b| *b == 0)
-                .collect();
-            out.push(0x80 | bytes.len() as u8);
-            out.extend(bytes);
-        }
-        out.extend_from_slice(content);
-        out
-    }
-
     /// Re-assembles a certificate by hand, writing `version` as given and the extension
     /// `explicit_false` with `critical FALSE` spelled out: DER a `der` encoder never writes.
     fn hand_encoded(cert: &Certificate, version: &[u8], explicit_false: Option<Oid>) -> Vec<u8> {
@@ -876,16 +859,16 @@ mod tests {
                 let mut c = e.extn_id.to_der().unwrap();
                 c.extend_from_slice(&[0x01, 0x01, 0x00]);
                 c.extend(e.extn_value.to_der().unwrap());
-                exts.extend(tlv(0x30, &c));
+                exts.extend(der_tlv(0x30, &c));
             } else {
                 exts.extend(e.to_der().unwrap());
             }
         }
-        tbs.extend(tlv(0xa3, &tlv(0x30, &exts)));
-        let mut c = tlv(0x30, &tbs);
+        tbs.extend(der_tlv(0xa3, &der_tlv(0x30, &exts)));
+        let mut c = der_tlv(0x30, &tbs);
         c.extend(cert.signature_algorithm.to_der().unwrap());
         c.extend(cert.signature.to_der().unwrap());
-        tlv(0x30, &c)
+        der_tlv(0x30, &c)
     }
 
     #[test]
@@ -1004,10 +987,10 @@ mod tests {
         assert_eq!(codes_of(&[plain]), Vec::<&str>::new());
         let mut t = vec![0xa0, 0x03, 0x02, 0x01, 0x00];
         t.extend(tbs_content(&bare.to_der().unwrap()).unwrap());
-        let mut c = tlv(0x30, &t);
+        let mut c = der_tlv(0x30, &t);
         c.extend(bare.signature_algorithm.to_der().unwrap());
         c.extend(bare.signature.to_der().unwrap());
-        assert_eq!(codes_of(&[tlv(0x30, &c)]), vec!["der_encoded_default"]);
+        assert_eq!(codes_of(&[der_tlv(0x30, &c)]), vec!["der_encoded_default"]);
     }
 
     #[test]
@@ -1232,7 +1215,7 @@ mod tests {
             let inner = &CP_1_3[2..];
             let mut c = inner.to_vec();
             c.extend_from_slice(inner);
-            tlv(0x30, &c)
+            der_tlv(0x30, &c)
         };
         assert_eq!(
             leaf_codes(|p| {

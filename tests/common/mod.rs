@@ -1,7 +1,14 @@
 //! Shared test harness: a real devca over HTTPS and a real broker on port 0.
 #![allow(dead_code, unreachable_pub)]
 
-use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use certbroker::{
     app::App,
@@ -155,6 +162,26 @@ impl TestBroker {
             .expect("connects");
         CertificateBrokerServiceClient::new(channel)
     }
+
+    /// A client of the broker's standard gRPC health service.
+    pub async fn health_client(&self) -> tonic_health::pb::health_client::HealthClient<Channel> {
+        let channel = Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        tonic_health::pb::health_client::HealthClient::new(channel)
+    }
+
+    /// The renewal state, from the ListRenewals RPC.
+    pub async fn renewals(&self) -> certbroker::pb::ListRenewalsResponse {
+        self.client()
+            .await
+            .list_renewals(certbroker::pb::ListRenewalsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+    }
 }
 
 impl Drop for TestBroker {
@@ -175,7 +202,7 @@ pub fn openssl_verify(chain_pem: &str, root_pem: &str) -> Result<String, String>
     std::fs::write(&leaf, certs[0]).unwrap();
     std::fs::write(&untrusted, certs[1..].join("\n")).unwrap();
     std::fs::write(&root, root_pem).unwrap();
-    let mut cmd = std::process::Command::new("openssl");
+    let mut cmd = Command::new("openssl");
     cmd.arg("verify").arg("-CAfile").arg(&root);
     if certs.len() > 1 {
         cmd.arg("-untrusted").arg(&untrusted);
@@ -218,6 +245,146 @@ pub fn spc_request(spc: &str) -> certbroker::pb::GetCertificateRequest {
 /// Path of the built `certbroker` binary.
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_certbroker"))
+}
+
+/// A `certbroker serve --dev` process on a free loopback port; killed when dropped.
+pub struct DevServer {
+    pub child: Child,
+    /// `host:port` the server printed it listens on.
+    pub addr: String,
+}
+
+impl Drop for DevServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the binary as `certbroker serve --dev --listen 127.0.0.1:0`, with `configure`
+/// applied to the command first (environment, stderr), and waits for the address line it
+/// prints on stdout. Stdout is drained afterwards so the server never blocks on a full pipe.
+pub fn serve_dev(configure: impl FnOnce(&mut Command)) -> DevServer {
+    let mut cmd = Command::new(bin());
+    cmd.args(["serve", "--dev", "--listen", "127.0.0.1:0"]);
+    configure(&mut cmd);
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("certbroker starts");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let addr = loop {
+        let line = lines
+            .next()
+            .expect("serve --dev prints its address before exiting")
+            .expect("readable stdout");
+        if let Some(rest) = line.strip_prefix("certbroker (dev mode) listening on ") {
+            break rest.trim().to_owned();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    DevServer { child, addr }
+}
+
+/// A `certbroker devca` process on a free loopback port with its own state directory, and
+/// what its banner printed; killed when dropped.
+pub struct DevcaProcess {
+    pub child: Child,
+    /// The banner's lines, up to and including "press Ctrl-C".
+    pub banner: Vec<String>,
+    /// ACME directory URL.
+    pub directory: String,
+    /// STI-PA API base URL.
+    pub sti_pa: String,
+    /// File holding the STI-PA password.
+    pub password_file: String,
+    /// PEM file of the TLS trust root.
+    pub trust_root: String,
+    /// stderr lines so far, when started with `capture_stderr`; else always empty.
+    pub log: Arc<Mutex<Vec<String>>>,
+    pub state_dir: tempfile::TempDir,
+}
+
+impl Drop for DevcaProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl DevcaProcess {
+    /// Starts `certbroker devca --listen 127.0.0.1:0 --state-dir <tmp> <flags>`, with
+    /// `configure` applied to the command first (environment), and reads its banner. With
+    /// `capture_stderr`, stderr is collected into `log` from the start; otherwise inherited.
+    /// Stdout is drained after the banner so the devca never blocks on a full pipe.
+    pub fn start(
+        flags: &[&str],
+        capture_stderr: bool,
+        configure: impl FnOnce(&mut Command),
+    ) -> Self {
+        let state_dir = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new(bin());
+        cmd.args(["devca", "--listen", "127.0.0.1:0", "--state-dir"])
+            .arg(state_dir.path())
+            .args(flags);
+        configure(&mut cmd);
+        cmd.stdout(Stdio::piped());
+        if capture_stderr {
+            cmd.stderr(Stdio::piped());
+        }
+        let mut child = cmd.spawn().expect("certbroker devca starts");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        if capture_stderr {
+            let stderr = BufReader::new(child.stderr.take().unwrap());
+            let sink = log.clone();
+            std::thread::spawn(move || {
+                for line in stderr.lines().map_while(Result::ok) {
+                    sink.lock().unwrap().push(line);
+                }
+            });
+        }
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut banner = vec![];
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            let stop = line.starts_with("press Ctrl-C");
+            banner.push(line);
+            if stop {
+                break;
+            }
+        }
+        std::thread::spawn(move || for _ in lines {});
+        let field = |prefix: &str| banner_field(&banner, prefix);
+        let pa = field("STI-PA API:");
+        Self {
+            directory: field("ACME directory:"),
+            sti_pa: pa.split_whitespace().next().unwrap().to_owned(),
+            password_file: pa
+                .split("password in ")
+                .nth(1)
+                .unwrap()
+                .trim_end_matches(')')
+                .to_owned(),
+            trust_root: field("trust root:"),
+            banner,
+            child,
+            log,
+            state_dir,
+        }
+    }
+
+    /// The banner's value after `prefix`, trimmed; panics when the banner has no such line.
+    pub fn field(&self, prefix: &str) -> String {
+        banner_field(&self.banner, prefix)
+    }
+}
+
+fn banner_field(banner: &[String], prefix: &str) -> String {
+    banner
+        .iter()
+        .find_map(|l| l.strip_prefix(prefix))
+        .map(|v| v.trim().to_owned())
+        .unwrap_or_else(|| panic!("{prefix} not printed: {banner:#?}"))
 }
 
 pub type Shared<T> = Arc<T>;

@@ -45,6 +45,16 @@ def check(name, ok, why=""):
     return bool(ok)
 
 
+def no_account(acme_client, name, if_found):
+    """Check `name`: newAccount with onlyReturnExisting for `acme_client`'s key is refused with
+    accountDoesNotExist (RFC 8555 §7.3.1); `if_found` is the failure reason otherwise."""
+    try:
+        acme_client.new_account(messages.NewRegistration(only_return_existing=True))
+        check(name, False, if_found)
+    except messages.Error as e:
+        check(name, e.code == "accountDoesNotExist", str(e))
+
+
 def section(name, fn, *args):
     """Runs a group of checks; an exception is one failed check, not the end of the run."""
     try:
@@ -247,12 +257,8 @@ class Run:
         check("onlyReturnExisting with a known key returns that account (§7.3.1)",
               queried.uri == acct_url, queried.uri)
         stranger = self.client(new_key())
-        try:
-            stranger.new_account(messages.NewRegistration(only_return_existing=True))
-            check("onlyReturnExisting with an unknown key: accountDoesNotExist", False, "accepted")
-        except messages.Error as e:
-            check("onlyReturnExisting with an unknown key: accountDoesNotExist",
-                  e.code == "accountDoesNotExist", str(e))
+        no_account(stranger, "onlyReturnExisting with an unknown key: accountDoesNotExist",
+                   "accepted")
         updated = acme.update_registration(regr, regr.body.update(
             contact=("mailto:noc@example.test",)))
         check("account update replaces the contact (§7.3.2)",
@@ -569,12 +575,7 @@ class Run:
         found = fresh.query_registration(regr)
         check("after keyChange the new key finds the account", found.uri == regr.uri, found.uri)
         stale = self.client(old_key)
-        try:
-            stale.new_account(messages.NewRegistration(only_return_existing=True))
-            check("after keyChange the old key has no account", False, "old key still known")
-        except messages.Error as e:
-            check("after keyChange the old key has no account",
-                  e.code == "accountDoesNotExist", str(e))
+        no_account(stale, "after keyChange the old key has no account", "old key still known")
         # Rolling over to a key already in use: 409 with the other account's Location.
         key3 = new_key()
         _, third = self.register(key3)

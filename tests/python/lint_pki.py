@@ -137,6 +137,17 @@ def names_are_printable(name, where, report):
             )
 
 
+def signed_by(cert, issuer, issuer_kind, report):
+    """A check that `issuer` (when known) signed `cert`."""
+    if issuer is None:
+        return
+    try:
+        cert.verify_directly_issued_by(issuer)
+        report.checks += 1
+    except Exception as e:  # noqa: BLE001
+        report.errors.append(f"not signed by {issuer_kind}: {e}")
+
+
 def ext(cert, oid):
     try:
         return cert.extensions.get_extension_for_oid(oid)
@@ -207,12 +218,7 @@ def check_certificate(item, manifest, by_kind, report):
             "SKI is the SHA-1 of the subjectPublicKey (RFC 5280 §4.2.1.2 method 1)",
         )
         issuer = by_kind.get(item.get("issuer"))
-        if issuer is not None:
-            try:
-                cert.verify_directly_issued_by(issuer)
-                report.checks += 1
-            except Exception as e:  # noqa: BLE001
-                report.errors.append(f"not signed by {item['issuer']}: {e}")
+        signed_by(cert, issuer, item['issuer'], report)
         return cert
 
     # SHAKEN certificate profile: ATIS-1000080 v005 §6.4.1 and the US SHAKEN CP.
@@ -254,12 +260,7 @@ def check_certificate(item, manifest, by_kind, report):
             and aki.value.key_identifier == issuer_ski.value.digest,
             "AKI is the issuer's SKI",
         )
-        if issuer is not None:
-            try:
-                cert.verify_directly_issued_by(issuer)
-                report.checks += 1
-            except Exception as e:  # noqa: BLE001
-                report.errors.append(f"not signed by {item['issuer']}: {e}")
+        signed_by(cert, issuer, item['issuer'], report)
 
     if role == "root":
         report.check(self_signed, "root is self-signed")
