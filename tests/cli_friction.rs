@@ -119,7 +119,13 @@ fn logs_carry_no_colour_codes_when_stderr_is_not_a_terminal() {
             .any(|l| l.starts_with("certbroker (dev mode) listening on ")),
         "serve --dev starts"
     );
-    child.kill().unwrap();
+    // SIGTERM, not SIGKILL: log lines are written by a writer thread, which the binary
+    // drains on a graceful exit; a killed process may not have written them yet.
+    let term = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
     child.wait().unwrap();
     let mut stderr = String::new();
     child
