@@ -38,7 +38,9 @@
 mod acme;
 mod ari;
 mod behaviour;
+mod challenge;
 mod defect;
+mod issue;
 mod jws;
 mod order;
 mod pki;

@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 use super::{
     ari,
     behaviour::{Counter, InjectedError, Step},
+    challenge, issue,
     jws::{self, Flattened, KeyRef, Problem, thumbprint, verify_request},
     order,
     state::{Account, Inner, account_json, random_id},
@@ -35,10 +36,10 @@ pub(crate) fn router(inner: Arc<Inner>) -> Router {
         .route("/acme/new-order", post(order::new_order))
         .route("/acme/order/{id}", post(order::order))
         .route("/acme/authz/{id}", post(order::authz))
-        .route("/acme/chall/{id}", post(order::challenge))
-        .route("/acme/finalize/{id}", post(order::finalize))
-        .route("/acme/cert/{id}", post(order::certificate))
-        .route("/acme/revoke-cert", post(order::revoke))
+        .route("/acme/chall/{id}", post(challenge::challenge))
+        .route("/acme/finalize/{id}", post(issue::finalize))
+        .route("/acme/cert/{id}", post(issue::certificate))
+        .route("/acme/revoke-cert", post(issue::revoke))
         .route("/acme/renewal-info/{id}", get(ari::renewal_info))
         .layer(middleware::from_fn_with_state(inner.clone(), acme_layer))
         .with_state(inner)
