@@ -44,6 +44,7 @@ mod issue;
 mod jws;
 mod order;
 mod pki;
+mod star;
 mod state;
 mod stats;
 mod stipa;
@@ -112,7 +113,48 @@ pub enum DevProfile {
     UsCp14,
 }
 
-/// Settings of the embedded CA.
+/// The default [`DevCaSettings::caa_identities`].
+pub const DEFAULT_CAA_IDENTITY: &str = "devca.certbroker.test";
+
+/// The STAR limits the devca announces in `meta.auto-renewal` (RFC 8739 §3.1.1) and
+/// enforces at newOrder. A request outside them is refused with a 400 `malformed` problem
+/// naming the field and the limit; the devca never adjusts the values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DevStar {
+    /// The shortest `lifetime` accepted; 1 s by default, so tests can run on seconds.
+    pub min_lifetime: Duration,
+    /// The longest `end-date` − `start-date` accepted; 365 days by default.
+    pub max_duration: Duration,
+    /// Whether orders may negotiate `allow-certificate-get` (unauthenticated GET of the
+    /// star-certificate URL); on by default.
+    pub allow_certificate_get: bool,
+}
+
+impl Default for DevStar {
+    fn default() -> Self {
+        Self {
+            min_lifetime: Duration::from_secs(1),
+            max_duration: Duration::from_secs(365 * 24 * 3600),
+            allow_certificate_get: true,
+        }
+    }
+}
+
+/// What the devca did for one STAR order ([`DevCaHandle::star_orders`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DevStarOrder {
+    /// The order URL.
+    pub order_url: String,
+    /// The order's status (`processing`, `valid`, `canceled`).
+    pub status: String,
+    /// Short-term certificates issued for it so far.
+    pub certificates: u64,
+    /// Successful fetches of its star-certificate URL (POST-as-GET, GET; not HEAD).
+    pub fetches: u64,
+    /// Serials (lowercase hex) of its certificates, oldest first.
+    pub serials: Vec<String>,
+}
+
 #[derive(Clone)]
 pub struct DevCaSettings {
     /// Address to listen on; 127.0.0.1 by default.
@@ -158,6 +200,15 @@ pub struct DevCaSettings {
     /// would. Off by default: ATIS-1000080 v005 allows exactly one SPC, and the devca refuses
     /// other lists at newOrder (`rejectedIdentifier`).
     pub allow_tn_lists: bool,
+    /// STAR (RFC 8739): when set (the default), the directory's `meta` offers
+    /// `auto-renewal` and newOrder takes an `auto-renewal` object; `None` makes a CA without
+    /// STAR, whose newOrder refuses `auto-renewal` as `malformed`.
+    pub star: Option<DevStar>,
+    /// Offer `newAuthz` (pre-authorization, RFC 8555 §7.4.1); on by default.
+    pub new_authz: bool,
+    /// The directory's `meta.caaIdentities` (RFC 8555 §7.1.1, RFC 8657): the CAA issuer
+    /// domains of this CA; `["devca.certbroker.test"]` by default.
+    pub caa_identities: Vec<String>,
     /// STI-PA user id.
     pub sti_pa_user: String,
     /// STI-PA password.
@@ -182,6 +233,9 @@ impl Default for DevCaSettings {
             http01_address: Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
             profile: DevProfile::default(),
             allow_tn_lists: false,
+            star: Some(DevStar::default()),
+            new_authz: true,
+            caa_identities: vec![DEFAULT_CAA_IDENTITY.to_owned()],
             sti_pa_user: "dev".to_owned(),
             sti_pa_password: SecretString::from(state::random_id()),
         }
@@ -212,6 +266,9 @@ impl std::fmt::Debug for DevCaSettings {
             .field("http01_address", &self.http01_address)
             .field("profile", &self.profile)
             .field("allow_tn_lists", &self.allow_tn_lists)
+            .field("star", &self.star)
+            .field("new_authz", &self.new_authz)
+            .field("caa_identities", &self.caa_identities)
             .field("sti_pa_user", &self.sti_pa_user)
             .field("sti_pa_password", &"[REDACTED]")
             .finish()
@@ -422,6 +479,11 @@ impl DevCaHandle {
             }
         }
         counts
+    }
+
+    /// Every STAR order, with its certificate and fetch counts.
+    pub fn star_orders(&self) -> Vec<DevStarOrder> {
+        star::report(&self.inner)
     }
 
     /// Whether the certificate with this serial (lowercase hex, no leading zero byte) was

@@ -18,7 +18,7 @@ use super::{
     behaviour::Counter,
     jws::{KeyRef, Problem, spki_der, verify_request},
     pki::IssueRequest,
-    state::{Inner, IssuedCert, Status, identifier_names, order_json, random_id},
+    state::{Inner, IssuedCert, Order, Status, identifier_names, order_json, random_id},
 };
 use crate::shaken::{CertInfo, parse_csr};
 
@@ -136,9 +136,11 @@ pub(crate) async fn finalize(
         tn_auth_list: csr.tn_auth_list,
         dns_names: csr.dns_names,
         ca: csr.ca,
+        not_before: None,
         not_after: order.not_after.map_or(max_after, |na| na.min(max_after)),
     };
     let account = order.account.clone();
+    let is_star = order.star.is_some();
     if let Some(order) = state.orders.get_mut(&id) {
         order.status = Status::Processing;
     }
@@ -148,7 +150,12 @@ pub(crate) async fn finalize(
     tracing::info!(target: "devca", order = %id, "order finalized; issuing");
     let inner2 = inner.clone();
     let order_id = id.clone();
-    tokio::spawn(async move { issue_for(&inner2, &order_id, &account, &issue) });
+    if is_star {
+        // RFC 8739 §3.2: the CA issues each short-term certificate on its own schedule.
+        tokio::spawn(super::star::run(inner2, order_id, account, issue));
+    } else {
+        tokio::spawn(async move { issue_for(&inner2, &order_id, &account, &issue) });
+    }
     let mut resp = Json(body.unwrap_or_default()).into_response();
     resp.headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -159,70 +166,92 @@ pub(crate) async fn finalize(
 }
 
 fn issue_for(inner: &Inner, order_id: &str, account: &str, req: &IssueRequest) {
+    let result = issue_and_record(inner, order_id, account, req, false);
+    let mut state = inner.lock_state();
+    let Some(order) = state.orders.get_mut(order_id) else {
+        return;
+    };
+    match result {
+        Ok(cert_id) => {
+            order.status = Status::Valid;
+            order.cert = Some(cert_id);
+        }
+        Err(e) => fail_order(order_id, order, &e),
+    }
+}
+
+/// Marks an order whose issuance failed `invalid` with a `serverInternal` problem.
+pub(crate) fn fail_order(order_id: &str, order: &mut Order, e: &str) {
+    tracing::info!(target: "devca", order = %order_id, error = %e, "issuance failed");
+    order.status = Status::Invalid;
+    order.error = Some(
+        Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "serverInternal",
+            e.to_owned(),
+        )
+        .to_json(),
+    );
+}
+
+/// Issues `req` (with the profile defect the behaviour asks for, if any) and records the
+/// certificate for `order_id`; returns the certificate's id. `star` marks a short-term
+/// certificate of a STAR order (RFC 8739), which revokeCert refuses.
+pub(crate) fn issue_and_record(
+    inner: &Inner,
+    order_id: &str,
+    account: &str,
+    req: &IssueRequest,
+    star: bool,
+) -> Result<String, String> {
     let result = inner.pki.issue(req).map_err(|e| e.to_string());
-    let result = match (result, inner.behaviour.profile_defect()) {
+    let issued = match (result, inner.behaviour.profile_defect()) {
         (Ok(issued), Some(defect)) if !req.ca => super::defect::apply(defect, issued, &inner.pki),
         (other, _) => other,
-    };
+    }?;
     let mut state = inner.lock_state();
     let cert_id = random_id();
-    match result {
-        Ok(issued) => {
-            let aki = CertInfo::parse(&issued.leaf_der)
-                .ok()
-                .and_then(|c| c.authority_key_id)
-                .unwrap_or_default();
-            let serial = hex::decode(&issued.serial_hex).unwrap_or_default();
-            let identifiers = state
-                .orders
-                .get(order_id)
-                .map(|o| o.identifiers.clone())
-                .unwrap_or_default();
-            tracing::info!(
-                target: "devca",
-                order = %order_id,
-                serial = %issued.serial_hex,
-                identifiers = %identifier_names(&identifiers),
-                not_after = %super::state::rfc3339(req.not_after),
-                "certificate issued"
-            );
-            state.certs.insert(
-                cert_id.clone(),
-                IssuedCert {
-                    account: account.to_owned(),
-                    chain_pem: issued.chain_pem,
-                    leaf_der: issued.leaf_der,
-                    revoked: None,
-                    revoked_at: None,
-                    cert_id: ari::cert_id(&aki, &serial),
-                    identifiers,
-                    issued_at: OffsetDateTime::now_utc(),
-                    not_after: req.not_after,
-                    replaced_by: None,
-                    serial_hex: issued.serial_hex,
-                },
-            );
-            if let Some(order) = state.orders.get_mut(order_id) {
-                order.status = Status::Valid;
-                order.cert = Some(cert_id);
-            }
-            inner.behaviour.count(Counter::CertificateIssued);
-        }
-        Err(e) => {
-            tracing::info!(target: "devca", order = %order_id, error = %e, "issuance failed");
-            if let Some(order) = state.orders.get_mut(order_id) {
-                order.status = Status::Invalid;
-                order.error = Some(
-                    Problem::new(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "serverInternal",
-                        e.to_string(),
-                    )
-                    .to_json(),
-                );
-            }
-        }
+    let aki = CertInfo::parse(&issued.leaf_der)
+        .ok()
+        .and_then(|c| c.authority_key_id)
+        .unwrap_or_default();
+    let serial = hex::decode(&issued.serial_hex).unwrap_or_default();
+    let identifiers = state
+        .orders
+        .get(order_id)
+        .map(|o| o.identifiers.clone())
+        .unwrap_or_default();
+    tracing::info!(
+        target: "devca",
+        order = %order_id,
+        serial = %issued.serial_hex,
+        identifiers = %identifier_names(&identifiers),
+        not_after = %super::state::rfc3339(req.not_after),
+        star,
+        "certificate issued"
+    );
+    state.certs.insert(
+        cert_id.clone(),
+        IssuedCert {
+            account: account.to_owned(),
+            chain_pem: issued.chain_pem,
+            leaf_der: issued.leaf_der,
+            revoked: None,
+            revoked_at: None,
+            cert_id: ari::cert_id(&aki, &serial),
+            identifiers,
+            issued_at: OffsetDateTime::now_utc(),
+            not_after: req.not_after,
+            replaced_by: None,
+            serial_hex: issued.serial_hex,
+            star_order: star.then(|| order_id.to_owned()),
+        },
+    );
+    inner.behaviour.count(Counter::CertificateIssued);
+    if star {
+        inner.behaviour.count(Counter::StarCertificate);
     }
+    Ok(cert_id)
 }
 
 /// Certificate download, POST-as-GET, `application/pem-certificate-chain` (RFC 8555 §7.4.2).
@@ -284,6 +313,19 @@ pub(crate) async fn revoke(
     if !allowed {
         return Err(Problem::unauthorized(
             "neither the issuing account nor the certificate key signed this request",
+        ));
+    }
+    if let Some(order) = &cert.star_order {
+        // RFC 8739 §3.1.2: STAR certificates are not revoked; the client cancels the order.
+        return Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "autoRenewalRevocationNotSupported",
+            format!(
+                "certificate {} is a short-term certificate of STAR order {}: cancel the \
+                 order instead of revoking",
+                cert.serial_hex,
+                inner.url(&format!("/acme/order/{order}"))
+            ),
         ));
     }
     if cert.revoked.is_some() {

@@ -19,6 +19,7 @@ use super::{
     ari,
     behaviour::Counter,
     jws::{KeyRef, Problem, verify_request},
+    star,
     state::{
         AcmeState, Authz, Challenge, Identifier, Inner, Order, Status, authz_json,
         identifier_names, order_json, random_id,
@@ -69,21 +70,12 @@ pub(crate) async fn new_order(
             "at most one TNAuthList identifier per order",
         ));
     }
-    if !inner.settings.allow_tn_lists {
-        if let Some(list) = identifiers.iter().find_map(|i| i.tn_auth_list.as_ref()) {
-            if list.entries().len() != 1 || list.spcs().count() != 1 {
-                return Err(Problem::new(
-                    StatusCode::BAD_REQUEST,
-                    "rejectedIdentifier",
-                    format!(
-                        "ATIS-1000080 v005: a TNAuthList holds exactly one SPC, not {list} \
-                         (the devca's allow_tn_lists is off)"
-                    ),
-                ));
-            }
-        }
+    for identifier in &identifiers {
+        check_tn_list(&inner, identifier)?;
     }
     let now = OffsetDateTime::now_utc();
+    // Before notAfter: with auto-renewal, notBefore/notAfter get STAR's own error.
+    let star = star::requested(&inner, &payload, now)?;
     let not_after = requested_not_after(&inner, &payload, now)?;
     let replaces = ari::requested_replaces(&payload, inner.settings.renewal_info.is_some())?;
     let order_id = random_id();
@@ -93,47 +85,35 @@ pub(crate) async fn new_order(
         .transpose()?;
     let mut authz_ids = Vec::new();
     for identifier in &identifiers {
-        let authz_id = random_id();
-        let chall_id = random_id();
-        // dns identifiers are validated over http-01 (RFC 8555 §8.3), TNAuthList over
-        // tkauth-01 (RFC 9447); both start pending (§7.1.6).
-        let is_dns = identifier.kind == "dns";
-        let status = Status::Pending;
-        state
-            .authz_by_challenge
-            .insert(chall_id.clone(), authz_id.clone());
-        state.authzs.insert(
-            authz_id.clone(),
-            Authz {
-                account: account.clone(),
-                order: order_id.clone(),
-                identifier: identifier.clone(),
-                status,
-                expires: now + Duration::days(7),
-                challenge: Challenge {
-                    id: chall_id,
-                    kind: if is_dns { "http-01" } else { "tkauth-01" },
-                    token: is_dns.then(random_id),
-                    status,
-                    validated: None,
-                    error: None,
-                },
-                token_ca: None,
-            },
+        if let Some(pre) = preauthorization(&state, &account, identifier, now) {
+            tracing::info!(
+                target: "devca",
+                authz = %pre,
+                order = %order_id,
+                identifier = %identifier_names(std::slice::from_ref(identifier)),
+                "pre-authorization reused"
+            );
+            authz_ids.push(pre);
+            continue;
+        }
+        let authz_id = create_authz(
+            &inner, &mut state, &account, &order_id, identifier, now, false,
         );
-        tracing::info!(
-            target: "devca",
-            authz = %authz_id,
-            order = %order_id,
-            identifier = %identifier_names(std::slice::from_ref(identifier)),
-            "authorization created"
-        );
-        inner.behaviour.count(Counter::Authorization);
         authz_ids.push(authz_id);
     }
+    let all_valid = authz_ids.iter().all(|a| {
+        state
+            .authzs
+            .get(a)
+            .is_some_and(|a| a.status == Status::Valid)
+    });
     let order = Order {
         account,
-        status: Status::Pending,
+        status: if all_valid {
+            Status::Ready
+        } else {
+            Status::Pending
+        },
         expires: now + Duration::days(7),
         identifiers,
         not_after,
@@ -141,6 +121,7 @@ pub(crate) async fn new_order(
         cert: None,
         error: None,
         replaces: replaces.map(str::to_owned),
+        star,
     };
     let body = order_json(&order, &order_id, &inner);
     tracing::info!(
@@ -160,6 +141,139 @@ pub(crate) async fn new_order(
     Ok(created(
         StatusCode::CREATED,
         inner.url(&format!("/acme/order/{order_id}")).as_str(),
+        body,
+    ))
+}
+
+/// ATIS-1000080 v005: unless `allow_tn_lists`, a TNAuthList holds exactly one SPC.
+fn check_tn_list(inner: &Inner, identifier: &Identifier) -> Result<(), Problem> {
+    if inner.settings.allow_tn_lists {
+        return Ok(());
+    }
+    match &identifier.tn_auth_list {
+        Some(list) if list.entries().len() != 1 || list.spcs().count() != 1 => Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "rejectedIdentifier",
+            format!(
+                "ATIS-1000080 v005: a TNAuthList holds exactly one SPC, not {list} \
+                     (the devca's allow_tn_lists is off)"
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// A pending authorization for `identifier` with its challenge: http-01 for `dns`
+/// (RFC 8555 §8.3), tkauth-01 for TNAuthList (RFC 9447). `order_id` is empty for a
+/// pre-authorization.
+fn create_authz(
+    inner: &Inner,
+    state: &mut AcmeState,
+    account: &str,
+    order_id: &str,
+    identifier: &Identifier,
+    now: OffsetDateTime,
+    preauthorized: bool,
+) -> String {
+    let authz_id = random_id();
+    let chall_id = random_id();
+    let is_dns = identifier.kind == "dns";
+    let status = Status::Pending;
+    state
+        .authz_by_challenge
+        .insert(chall_id.clone(), authz_id.clone());
+    state.authzs.insert(
+        authz_id.clone(),
+        Authz {
+            account: account.to_owned(),
+            order: order_id.to_owned(),
+            identifier: identifier.clone(),
+            status,
+            expires: now + Duration::days(7),
+            challenge: Challenge {
+                id: chall_id,
+                kind: if is_dns { "http-01" } else { "tkauth-01" },
+                token: is_dns.then(random_id),
+                status,
+                validated: None,
+                error: None,
+            },
+            token_ca: None,
+            preauthorized,
+        },
+    );
+    tracing::info!(
+        target: "devca",
+        authz = %authz_id,
+        order = %order_id,
+        preauthorized,
+        identifier = %identifier_names(std::slice::from_ref(identifier)),
+        "authorization created"
+    );
+    inner.behaviour.count(Counter::Authorization);
+    authz_id
+}
+
+/// A valid, unexpired pre-authorization (newAuthz) of `account` for `identifier`:
+/// TNAuthLists compared after DER decoding, other values case-insensitively.
+fn preauthorization(
+    state: &AcmeState,
+    account: &str,
+    identifier: &Identifier,
+    now: OffsetDateTime,
+) -> Option<String> {
+    state
+        .authzs
+        .iter()
+        .find(|(_, a)| {
+            a.preauthorized
+                && a.account == account
+                && a.status == Status::Valid
+                && a.expires > now
+                && a.identifier.kind == identifier.kind
+                && match (&a.identifier.tn_auth_list, &identifier.tn_auth_list) {
+                    (Some(x), Some(y)) => x == y,
+                    _ => a.identifier.value.eq_ignore_ascii_case(&identifier.value),
+                }
+        })
+        .map(|(id, _)| id.clone())
+}
+
+/// newAuthz (RFC 8555 §7.4.1): a pending authorization for one identifier, outside any
+/// order, answered like any other; once valid, the account's next orders for the
+/// identifier reuse it.
+pub(crate) async fn new_authz(
+    State(inner): State<Arc<Inner>>,
+    uri: Uri,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    if !inner.settings.new_authz {
+        return Err(Problem::not_found("resource (this CA offers no newAuthz)"));
+    }
+    let req = verify_request(&inner, uri.path(), &body, KeyRef::Kid)?;
+    let account = req.account_id()?.to_owned();
+    let payload = req
+        .json()?
+        .ok_or_else(|| Problem::malformed("newAuthz needs a payload"))?;
+    let id = payload
+        .get("identifier")
+        .filter(|v| v.is_object())
+        .ok_or_else(|| Problem::malformed("newAuthz needs an identifier object"))?;
+    let identifier = parse_identifier(id)?;
+    check_tn_list(&inner, &identifier)?;
+    let now = OffsetDateTime::now_utc();
+    let mut state = inner.lock_state();
+    let authz_id = create_authz(&inner, &mut state, &account, "", &identifier, now, true);
+    let body = state
+        .authzs
+        .get(&authz_id)
+        .map(|a| authz_json(a, &inner))
+        .unwrap_or_default();
+    drop(state);
+    inner.behaviour.count(Counter::NewAuthz);
+    Ok(created(
+        StatusCode::CREATED,
+        inner.url(&format!("/acme/authz/{authz_id}")).as_str(),
         body,
     ))
 }
@@ -245,7 +359,7 @@ fn parse_identifier(id: &Value) -> Result<Identifier, Problem> {
     })
 }
 
-/// Order POST-as-GET.
+/// Order POST-as-GET; `{"status": "canceled"}` cancels a STAR order (RFC 8739 §3.1.2).
 pub(crate) async fn order(
     State(inner): State<Arc<Inner>>,
     Path(id): Path<String>,
@@ -253,13 +367,17 @@ pub(crate) async fn order(
     body: Bytes,
 ) -> Result<Response, Problem> {
     let req = verify_request(&inner, uri.path(), &body, KeyRef::Kid)?;
-    let state = inner.lock_state();
+    let payload = req.json()?;
+    let mut state = inner.lock_state();
     let order = state
         .orders
         .get(&id)
         .ok_or_else(|| Problem::not_found("order"))?;
     if order.account != req.account_id()? {
         return Err(Problem::unauthorized("not your order"));
+    }
+    if let Some(status) = payload.as_ref().and_then(|p| p.get("status")) {
+        return star::cancel(&inner, &mut state, &id, status);
     }
     Ok(Json(order_json(order, &id, &inner)).into_response())
 }

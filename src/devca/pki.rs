@@ -92,6 +92,9 @@ pub(crate) struct IssueRequest {
     pub(crate) tn_auth_list: Option<TnAuthList>,
     pub(crate) dns_names: Vec<String>,
     pub(crate) ca: bool,
+    /// `None`: five minutes before issuance (the usual backdating); STAR certificates give
+    /// theirs (issuance minus `lifetime-adjust`, RFC 8739 §3.1.1).
+    pub(crate) not_before: Option<OffsetDateTime>,
     pub(crate) not_after: OffsetDateTime,
 }
 
@@ -334,6 +337,9 @@ impl Pki {
         } else {
             ee_params(&spki, now, req.not_after)
         };
+        if let Some(nb) = req.not_before {
+            params.not_before = nb;
+        }
         let mut subject = req.subject.clone();
         if subject.serial_number.is_none() && self.profile == DevProfile::UsCp13 {
             subject.serial_number = Some(serial_hex(&params).to_ascii_uppercase());
@@ -677,6 +683,7 @@ mod tests {
             tn_auth_list: Some(TnAuthList::from_spc("1234").unwrap()),
             dns_names: vec![],
             ca,
+            not_before: None,
             not_after: OffsetDateTime::now_utc() + Duration::days(1),
         };
         (req, key)

@@ -1,5 +1,6 @@
 //! `GET /devca/stats`: what the devca did, as JSON, so a CA-outage rehearsal or a test can
-//! count orders, authorizations, challenges, certificates and revocations at the CA itself.
+//! count orders, authorizations, challenges, certificates and revocations at the CA itself,
+//! and, per STAR order, the short-term certificates issued and the star-certificate fetches.
 //! Served next to the ACME API but outside its fault knobs: it always answers at once.
 
 use std::{collections::BTreeMap, sync::Arc};
@@ -76,6 +77,10 @@ fn report(inner: &Inner) -> Value {
         "hung_requests": s.hung_requests,
         "renewal_info_requests": s.renewal_info_requests,
         "already_replaced": s.already_replaced,
+        "new_authz": s.new_authz,
+        "star_certificates": s.star_certificates,
+        "star_fetches": s.star_fetches,
+        "star_orders": super::star::report_json(inner),
         "identifiers": identifiers,
     })
 }
