@@ -262,7 +262,7 @@ impl Account {
         Ok(())
     }
 
-    async fn post(
+    pub(crate) async fn post(
         &self,
         endpoint: Endpoint,
         url: &str,
@@ -281,7 +281,7 @@ impl Account {
             .await
     }
 
-    async fn get(&self, endpoint: Endpoint, url: &str) -> Result<Response, AcmeError> {
+    pub(crate) async fn get(&self, endpoint: Endpoint, url: &str) -> Result<Response, AcmeError> {
         self.post(endpoint, url, Payload::Empty, None).await
     }
 

@@ -70,11 +70,15 @@ pub enum Endpoint {
     RenewalInfo,
     /// `keyChange`.
     KeyChange,
+    /// `newAuthz` (pre-authorization).
+    NewAuthz,
+    /// A STAR order's `star-certificate` URL (RFC 8739).
+    StarCertificate,
 }
 
 impl Endpoint {
     /// Every endpoint, in protocol order.
-    pub const ALL: [Endpoint; 13] = [
+    pub const ALL: [Endpoint; 15] = [
         Endpoint::Directory,
         Endpoint::NewNonce,
         Endpoint::NewAccount,
@@ -88,6 +92,8 @@ impl Endpoint {
         Endpoint::RevokeCert,
         Endpoint::RenewalInfo,
         Endpoint::KeyChange,
+        Endpoint::NewAuthz,
+        Endpoint::StarCertificate,
     ];
 
     /// The name RFC 8555 uses (directory keys; resources by their kind).
@@ -106,6 +112,8 @@ impl Endpoint {
             Endpoint::RevokeCert => "revokeCert",
             Endpoint::RenewalInfo => "renewalInfo",
             Endpoint::KeyChange => "keyChange",
+            Endpoint::NewAuthz => "newAuthz",
+            Endpoint::StarCertificate => "starCertificate",
         }
     }
 }
@@ -203,6 +211,11 @@ impl Client {
     /// The directory URL this client was built for.
     pub fn directory_url(&self) -> &str {
         &self.inner.directory_url
+    }
+
+    /// The HTTP client, for unauthenticated requests.
+    pub(crate) fn http(&self) -> &reqwest::Client {
+        &self.inner.http
     }
 
     /// The default polling policy from [`ClientSettings::retry`].
@@ -397,7 +410,7 @@ impl Client {
         }
     }
 
-    async fn observe(
+    pub(crate) async fn observe(
         &self,
         endpoint: Endpoint,
         method: &'static str,
@@ -437,7 +450,7 @@ pub(crate) fn revocation_payload(cert_der: &[u8], reason: Option<u8>) -> Value {
 /// span after the OpenTelemetry HTTP conventions (`http.request.method`, `url.full` without
 /// credentials, `http.response.status_code`; error status and `error.type` for a transport
 /// failure or a status of 400 and above, as the conventions ask of HTTP clients).
-async fn send(
+pub(crate) async fn send(
     url: &str,
     method: &str,
     req: reqwest::RequestBuilder,

@@ -408,6 +408,7 @@ impl Upstream {
                 .map(|life| time::OffsetDateTime::now_utc() + life),
             replaces: ari::replaces_for(&self.name, offers_ari, predecessor)
                 .map(|id| id.to_string()),
+            auto_renewal: None,
         };
         let order = match account.new_order(&req).await {
             Err(e) if e.is_already_replaced() && req.replaces.is_some() => {
