@@ -631,7 +631,7 @@ async fn pre_authorization_makes_orders_need_no_challenge() {
             .await
             .unwrap();
         assert_eq!(order.state.status, OrderStatus::Ready, "{order:?}");
-        assert_eq!(order.state.authorizations, [authz_url.clone()]);
+        assert_eq!(order.state.authorizations, std::slice::from_ref(&authz_url));
         env.account
             .finalize(&order, &csr(&list, "4321"))
             .await
