@@ -348,6 +348,24 @@ pub struct CaSettings {
     /// logged at warn and counted in `certbroker_ca_profile_findings_total`.
     #[serde(default)]
     pub strict_profile: bool,
+    /// `[ca.star]`: order STAR certificates (RFC 8739) from this CA, when its directory
+    /// offers them (`meta.auto-renewal`); a CA without gets ordinary orders. Absent:
+    /// ordinary orders.
+    #[serde(default)]
+    pub star: Option<StarSettings>,
+}
+
+/// `[ca.star]`: short-term, automatically renewed certificates
+/// ([RFC 8739](https://www.rfc-editor.org/rfc/rfc8739)). The CA issues a new certificate
+/// of `lifetime_secs` before the current one expires, until `duration_secs` after the
+/// order; the broker fetches each one, and places the next order before the end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StarSettings {
+    /// Validity of each short-term certificate (the order's `auto-renewal.lifetime`).
+    pub lifetime_secs: u64,
+    /// How long one STAR order runs (its `end-date` minus now); at least `lifetime_secs`.
+    pub duration_secs: u64,
 }
 
 /// `[ca.breaker]`: the per-CA circuit breaker and `Retry-After` handling.
@@ -867,6 +885,17 @@ impl Settings {
             if ca.cert_lifetime_secs == Some(0) {
                 return Err(invalid(key("cert_lifetime_secs"), "must be at least 1"));
             }
+            if let Some(star) = &ca.star {
+                if star.lifetime_secs == 0 {
+                    return Err(invalid(key("star.lifetime_secs"), "must be at least 1"));
+                }
+                if star.duration_secs < star.lifetime_secs {
+                    return Err(invalid(
+                        key("star.duration_secs"),
+                        "must be at least star.lifetime_secs (one certificate)",
+                    ));
+                }
+            }
             if !ca.csr.common_name_template.contains("{spc}") {
                 return Err(invalid(
                     key("csr.common_name_template"),
@@ -1153,6 +1182,18 @@ mod tests {
             (
                 "[[ca]]\nname = \"a\"\ndirectory = \"https://x\"\naccount_key = \"k\"\n[ca.breaker]\nfailure_threshold = 0",
                 "ca[0].breaker.failure_threshold",
+            ),
+            (
+                "[[ca]]\nname = \"a\"\ndirectory = \"https://x\"\naccount_key = \"k\"\n[ca.star]\nlifetime_secs = 0\nduration_secs = 60",
+                "ca[0].star.lifetime_secs",
+            ),
+            (
+                "[[ca]]\nname = \"a\"\ndirectory = \"https://x\"\naccount_key = \"k\"\n[ca.star]\nlifetime_secs = 60\nduration_secs = 59",
+                "ca[0].star.duration_secs",
+            ),
+            (
+                "[[ca]]\nname = \"a\"\ndirectory = \"https://x\"\naccount_key = \"k\"\n[ca.star]\nlifetime_secs = 60",
+                "duration_secs",
             ),
             (
                 "[[ca]]\nname = \"a\"\ndirectory = \"https://x\"\naccount_key = \"k\"\n[[pool]]\nname = \"other\"",

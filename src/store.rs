@@ -48,6 +48,24 @@ pub struct CertRecord {
     /// since CAs backdate notBefore (the devca by five minutes, some CAs by an hour).
     #[serde(default)]
     pub issued_at: i64,
+    /// The STAR order (RFC 8739) this certificate came from, when it is a short-term one:
+    /// the broker fetches its successor there, and cancels it on revocation.
+    #[serde(default)]
+    pub star: Option<StarOrder>,
+}
+
+/// A running STAR order, as the certificate record keeps it (so every replica, and a
+/// restarted fleet, continues it instead of ordering anew).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StarOrder {
+    /// The order URL (cancellation goes there).
+    pub order_url: String,
+    /// Its `star-certificate` URL, which serves the current short-term certificate.
+    pub certificate_url: String,
+    /// The order's end-date, Unix seconds: no certificate is valid past it.
+    pub end_date: i64,
+    /// Validity of each short-term certificate, seconds.
+    pub lifetime_secs: u64,
 }
 
 impl fmt::Debug for CertRecord {

@@ -41,6 +41,8 @@ pub struct Issued {
     /// What the strict review of the chain found ([`shaken::profile_findings`]); empty when
     /// it conforms. Each was logged at warn.
     pub findings: Vec<shaken::Finding>,
+    /// The STAR order it came from, when it is a short-term certificate.
+    pub star: Option<crate::store::StarOrder>,
 }
 
 /// What one attempt carries beyond the request: crash takeover (an order to resume, where
@@ -82,6 +84,9 @@ pub struct Upstream {
     reuse_account_key: bool,
     cert_lifetime: Option<Duration>,
     strict_profile: bool,
+    /// `[ca.star]`, and whether "the CA offers no STAR" was logged already.
+    pub(super) star: Option<crate::config::StarSettings>,
+    pub(super) star_unoffered_logged: std::sync::atomic::AtomicBool,
 }
 
 impl Upstream {
@@ -160,6 +165,8 @@ impl Upstream {
             reuse_account_key: s.allow_account_key_reuse,
             cert_lifetime: s.cert_lifetime_secs.map(Duration::from_secs),
             strict_profile: s.strict_profile,
+            star: s.star,
+            star_unoffered_logged: Default::default(),
         })
     }
 
@@ -196,6 +203,11 @@ impl Upstream {
     /// The bound on one attempt (and on the start-up warm-up) at this CA.
     pub fn attempt_timeout(&self) -> Duration {
         self.attempt_timeout
+    }
+
+    /// Whether a certificate that does not conform is this CA's failure (`strict_profile`).
+    pub(super) fn strict_profile(&self) -> bool {
+        self.strict_profile
     }
 
     /// The configured `cert_lifetime_secs`: what the broker asks for in `notAfter`.
@@ -332,15 +344,8 @@ impl Upstream {
             order = account.finalize(&order, &csr).await?;
             order = account.poll_order(&order.url, &policy).await?;
         }
-        let cert_url = order.state.certificate.clone().ok_or_else(|| {
-            AttemptError::Acme(AcmeError::Protocol(format!(
-                "order {} is {:?} without a certificate URL",
-                order.url, order.state.status
-            )))
-        })?;
-        let chain = account.certificate_chain(&cert_url).await?;
-        info!(ca = %self.name, certificate = %cert_url, "acme: certificate downloaded");
-        let chain_der = shaken::parse_pem_chain(&chain.pem)?;
+        let (chain_pem, star) = self.download(account, &order).await?;
+        let chain_der = shaken::parse_pem_chain(&chain_pem)?;
         let (tn, dns): (Option<&TnAuthList>, &[String]) = match identifiers {
             Identifiers::TnAuthList(list) => (Some(list), &[]),
             Identifiers::Dns(names) => (None, names),
@@ -374,12 +379,13 @@ impl Upstream {
             });
         }
         Ok(Issued {
-            chain_pem: chain.pem,
+            chain_pem,
             chain_der,
             key_pkcs8,
             leaf,
             account_url: account.url().to_owned(),
             findings,
+            star,
         })
     }
 
@@ -400,15 +406,18 @@ impl Upstream {
             Identifiers::Dns(names) => names.iter().map(Identifier::dns).collect(),
         };
         let offers_ari = account.client().directory().renewal_info.is_some();
+        let auto_renewal = self.auto_renewal(account);
         let mut req = NewOrder {
             identifiers: acme_ids,
             not_before: None,
+            // A STAR order names lifetimes in auto-renewal, never notAfter (RFC 8739 §3.1.1).
             not_after: self
                 .cert_lifetime
+                .filter(|_| auto_renewal.is_none())
                 .map(|life| time::OffsetDateTime::now_utc() + life),
             replaces: ari::replaces_for(&self.name, offers_ari, predecessor)
                 .map(|id| id.to_string()),
-            auto_renewal: None,
+            auto_renewal,
         };
         let order = match account.new_order(&req).await {
             Err(e) if e.is_already_replaced() && req.replaces.is_some() => {

@@ -23,6 +23,8 @@ struct Stored {
     issuer_account: String,
     #[serde(default)]
     issued_at: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    star: Option<super::super::StarOrder>,
 }
 
 /// What the serial and fingerprint indexes point to.
@@ -65,6 +67,7 @@ pub(super) fn encode(
         issuer_ca: record.issuer_ca.clone(),
         issuer_account: record.issuer_account.clone(),
         issued_at: record.issued_at,
+        star: record.star.clone(),
     };
     serde_json::to_vec(&stored).map_err(|e| StoreError::Corrupt(format!("cannot encode: {e}")))
 }
@@ -108,6 +111,7 @@ pub(super) fn decode(bytes: &[u8], keyring: Option<&Keyring>) -> Result<CertReco
         issuer_ca: stored.issuer_ca,
         issuer_account: stored.issuer_account,
         issued_at: stored.issued_at,
+        star: stored.star,
     })
 }
 
@@ -160,6 +164,7 @@ mod tests {
             issuer_ca: "ca".into(),
             issuer_account: "acct".into(),
             issued_at: 0,
+            star: None,
         }
     }
 
