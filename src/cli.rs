@@ -9,6 +9,7 @@ mod devca;
 mod ids;
 mod issue;
 mod serve;
+mod star;
 
 use clap::{Parser, Subcommand};
 

@@ -68,6 +68,24 @@ pub struct StarOrder {
     pub lifetime_secs: u64,
 }
 
+impl StarOrder {
+    /// When to fetch the successor of the order's certificate that expires at `not_after`
+    /// (Unix seconds), or `None` when that is the order's last (the next needs a new order).
+    /// The CA issues the next certificate at the latest halfway through the current one's
+    /// lifetime; this is a margin after that (a second for the dates' truncation, and a
+    /// sixteenth of the lifetime, at least a second, for the CA's own delay), and always
+    /// before `not_after`.
+    pub fn successor_due(&self, not_after: i64) -> Option<i64> {
+        if not_after >= self.end_date || self.lifetime_secs == 0 {
+            return None;
+        }
+        let lifetime = i64::try_from(self.lifetime_secs).unwrap_or(i64::MAX / 4);
+        let halfway = not_after - lifetime + lifetime / 2 + lifetime % 2;
+        let margin = 1 + (lifetime / 16).max(1);
+        Some((halfway + margin).min(not_after - 1))
+    }
+}
+
 impl fmt::Debug for CertRecord {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CertRecord")

@@ -262,6 +262,116 @@ async fn a_restart_of_every_replica_continues_the_star_order() {
     );
     assert_eq!(order.fetches, seen.len() as u64, "{order:?}");
     assert_eq!(env.ca.stats().new_orders, 1, "the same order continues");
+
+    // `certbroker status` shows the STAR order.
+    let addr = fleet[0].addr.to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(common::bin())
+            .args(["status", "--addr", &addr])
+            .output()
+            .expect("certbroker status runs")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    let line = stdout
+        .lines()
+        .find(|l| l.contains("STAR order"))
+        .unwrap_or_else(|| panic!("a STAR line in\n{stdout}"));
+    assert!(line.contains(&order.order_url), "{line}");
+    assert!(line.contains(&format!("lifetime {LIFETIME}s")), "{line}");
+    assert!(line.contains("next certificate 20"), "{line}");
+    assert!(line.contains("end-date 20"), "{line}");
+}
+
+/// `certbroker issue --star-lifetime` writes each short-term certificate as the CA issues
+/// it, and on Ctrl-C (SIGINT) with `--cancel-on-exit` cancels the order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_issue_follows_a_star_order_and_cancels_on_exit() {
+    use std::io::{BufRead, BufReader};
+
+    let env = DevEnv::start().await;
+    let (user, password) = env.ca.sti_pa_credentials();
+    let out = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(common::bin())
+        .env_remove("RUST_LOG")
+        .args(["issue", "--directory", env.ca.directory_url().as_str()])
+        .arg("--trust-root")
+        .arg(env.ca.trust_root_path())
+        .args(["--spc", "9190", "--sti-pa", env.ca.sti_pa_url().as_str()])
+        .args([
+            "--sti-pa-user",
+            &user,
+            "--sti-pa-password-env",
+            "STI_PA_PASSWORD",
+        ])
+        .args([
+            "--star-lifetime",
+            "6",
+            "--star-duration",
+            "600",
+            "--cancel-on-exit",
+        ])
+        .arg("--out")
+        .arg(out.path())
+        .env(
+            "STI_PA_PASSWORD",
+            secrecy::ExposeSecret::expose_secret(&password),
+        )
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("certbroker issue starts");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let mut serials = vec![];
+    let mut lines = vec![];
+    while serials.len() < 2 {
+        let Ok(Some(line)) = tokio::time::timeout_at(deadline, rx.recv()).await else {
+            panic!("two certificates not written in time: {lines:#?}");
+        };
+        if let Some(serial) = line.strip_prefix("serial:") {
+            serials.push(serial.trim().to_owned());
+            // The files hold the certificate just announced.
+            let pem = std::fs::read_to_string(out.path().join("cert.pem")).unwrap();
+            let der = certbroker::shaken::parse_pem_chain(&pem).unwrap();
+            let info = certbroker::shaken::CertInfo::parse(&der[0]).unwrap();
+            assert_eq!(
+                info.serial_hex.trim_start_matches('0'),
+                serials.last().unwrap().trim_start_matches('0')
+            );
+        }
+        lines.push(line);
+    }
+    assert_ne!(serials[0], serials[1]);
+    assert!(out.path().join("key.pem").exists());
+    let order = the_star_order(&env);
+    assert_eq!(order.status, "valid");
+    assert_eq!(order.fetches, 2, "{order:?}");
+
+    let kill = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    while let Ok(Some(line)) = tokio::time::timeout_at(deadline, rx.recv()).await {
+        lines.push(line);
+    }
+    assert!(
+        lines.iter().any(|l| l.starts_with("canceled:")),
+        "{lines:#?}"
+    );
+    assert_eq!(the_star_order(&env).status, "canceled");
 }
 
 /// The last certificate of an order ends at its end-date; before that the fleet places

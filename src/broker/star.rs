@@ -28,21 +28,13 @@ pub(super) struct StarPlan {
 /// The plan for `cert`, `None` when it is not from a STAR order.
 pub(super) fn plan(cert: &CertRecord, fraction: f64) -> Option<StarPlan> {
     let star = cert.star.as_ref()?;
-    if cert.not_after >= star.end_date || star.lifetime_secs == 0 {
+    Some(match star.successor_due(cert.not_after) {
+        Some(due) => StarPlan { due, fetch: true },
         // The order's last certificate: the next one needs a new order.
-        return Some(StarPlan {
+        None => StarPlan {
             due: schedule::fraction_due(cert, fraction),
             fetch: false,
-        });
-    }
-    let lifetime = i64::try_from(star.lifetime_secs).unwrap_or(i64::MAX / 4);
-    // Issued at notAfter − lifetime (to the second); the successor is there by half-time.
-    // The margin covers the second the dates are truncated to, and the CA's own delay.
-    let halfway = cert.not_after - lifetime + lifetime / 2 + lifetime % 2;
-    let margin = 1 + (lifetime / 16).max(1);
-    Some(StarPlan {
-        due: (halfway + margin).min(cert.not_after - 1),
-        fetch: true,
+        },
     })
 }
 
