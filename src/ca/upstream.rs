@@ -445,7 +445,13 @@ impl Upstream {
         let csr = p.csr()?;
         let spki = shaken::parse_csr(&csr).ok()?.public_key_spki_der;
         match account.order(&p.order_url).await {
-            Ok(order) if order.state.status != acme::OrderStatus::Invalid => {
+            // A canceled STAR order issues nothing more: order anew.
+            Ok(order)
+                if !matches!(
+                    order.state.status,
+                    acme::OrderStatus::Invalid | acme::OrderStatus::Canceled
+                ) =>
+            {
                 info!(order = %order.url, status = ?order.state.status, "resuming recorded order");
                 Some((order, csr, p.key(), spki))
             }

@@ -179,6 +179,25 @@ mod tests {
     }
 
     #[test]
+    fn a_star_order_survives_the_round_trip_and_old_records_have_none() {
+        let r = CertRecord {
+            star: Some(crate::store::StarOrder {
+                order_url: "https://ca/order/7".into(),
+                certificate_url: "https://ca/star/7".into(),
+                end_date: 1_900_000_000,
+                lifetime_secs: 3600,
+            }),
+            ..record(Some(vec![1, 2, 3]))
+        };
+        let bytes = encode(&r, Some(&ring())).unwrap();
+        assert_eq!(decode(&bytes, Some(&ring())).unwrap(), r);
+        // A record written before STAR existed has no `star` field.
+        let plain = encode(&record(None), None).unwrap();
+        assert!(!String::from_utf8_lossy(&plain).contains("star"));
+        assert_eq!(decode(&plain, None).unwrap().star, None);
+    }
+
+    #[test]
     fn keys_need_a_keyring_both_ways() {
         let err = encode(&record(Some(vec![1])), None).unwrap_err();
         assert!(matches!(err, StoreError::Config(_)), "{err}");
