@@ -331,11 +331,23 @@ async fn a_token_the_ca_refused_is_not_offered_again_by_any_replica() {
         "the refused token was discarded"
     );
 
-    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
-    assert_eq!(
-        get(&b, "8888", false).await.cache_status(),
-        CacheStatus::Issued
-    );
+    // The refusal is remembered fleet-wide for negative_ttl_secs (1 s): b answers with it
+    // until it expires, then issues.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let issued = loop {
+        match b.client().await.get_certificate(spc_request("8888")).await {
+            Ok(resp) => break resp.into_inner(),
+            Err(e) => {
+                assert!(e.message().contains("remembered refusal"), "{e:?}");
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the refusal outlived negative_ttl_secs: {e:?}"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert_eq!(issued.cache_status(), CacheStatus::Issued);
     assert_eq!(env.ca.stats().tokens_issued, 2, "a fresh token");
 }
 
@@ -350,8 +362,18 @@ async fn an_issuance_in_flight_during_the_rollover_finishes_with_the_new_key() {
         .behaviour()
         .set_delay(std::time::Duration::from_millis(400));
     let mut client = broker.client().await;
+    let requests = env.ca.stats().acme_requests;
     let issuing = tokio::spawn(async move { client.get_certificate(spc_request("9191")).await });
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // The rollover starts once the order's first request is at the CA (held there by the
+    // delay), so it lands in the middle of the order.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while env.ca.stats().acme_requests == requests {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the issuance never reached the CA"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     let rolled = tokio::task::spawn_blocking({
         let config = config.clone();
         let env_dir = env.dir.path().to_owned();

@@ -169,10 +169,31 @@ async fn rate_limited_primary_gets_no_request_before_retry_after() {
 
     // After the instant it named, the primary is asked again.
     one.ca.behaviour().set_rate_limit(None);
-    tokio::time::sleep(
-        Duration::from_secs(3).saturating_sub(t0.elapsed()) + Duration::from_millis(200),
-    )
-    .await;
+    // Until then the solo pool answers RESOURCE_EXHAUSTED without asking it; after, it
+    // issues from the primary.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for n in 5000.. {
+        match issue(&b, &n.to_string(), "solo").await {
+            Ok(cert) => {
+                assert_eq!(cert.issuer_ca, "primary");
+                break;
+            }
+            Err(status) => {
+                assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                assert_eq!(
+                    one.ca.stats().acme_requests,
+                    seen,
+                    "asked inside the window"
+                );
+                assert!(Instant::now() < deadline, "the window never closed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    assert!(
+        t0.elapsed() >= Duration::from_secs(3),
+        "the primary was asked again only after the window"
+    );
     assert_eq!(issue(&b, "2004", "").await.unwrap().issuer_ca, "primary");
 }
 
@@ -205,7 +226,12 @@ async fn breaker_opens_after_failures_and_closes_after_a_probe() {
     assert_eq!(stats_of(&b, "primary").skipped, 1);
 
     one.ca.behaviour().set_unavailable(false);
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // cool_down_secs = 1 passes.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stats_of(&b, "primary").breaker == BreakerState::Open {
+        assert!(Instant::now() < deadline, "the breaker never cooled down");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(stats_of(&b, "primary").breaker, BreakerState::HalfOpen);
     assert_eq!(
         issue(&b, "3004", "").await.unwrap().issuer_ca,

@@ -167,10 +167,10 @@ async fn redis_down_degrades_then_recovers_without_restart() {
         fleet[1].app.broker().stats().store_fallbacks() > 0,
         "fallback counted"
     );
-    assert_eq!(store_health(&fleet[1]).await, "NotServing");
+    assert_eq!(store_health(&fleet[1], "NotServing").await, "NotServing");
 
     redis.restart();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_until_store_ok(&fleet).await;
     let issued = a
         .get_certificate(spc_request("1003"))
         .await
@@ -195,15 +195,15 @@ async fn redis_down_degrades_then_recovers_without_restart() {
     );
     assert_eq!(shared.serial_hex, issued.serial_hex, "Redis is used again");
     assert_eq!(env.ca.stats().new_orders, orders, "no second order");
-    assert_eq!(store_health(&fleet[1]).await, "Serving");
+    assert_eq!(store_health(&fleet[1], "Serving").await, "Serving");
 }
 
-async fn store_health(broker: &TestBroker) -> String {
+/// The broker's `certbroker.store` health once it reads `want`, or what it last read when
+/// 6 s (three of its two-second refreshes) have passed without.
+async fn store_health(broker: &TestBroker, want: &str) -> String {
     let mut health = broker.health_client().await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(6);
-    let mut last = String::new();
-    // The status is refreshed every two seconds; wait for it to settle.
-    while tokio::time::Instant::now() < deadline {
+    loop {
         let resp = health
             .check(tonic_health::pb::HealthCheckRequest {
                 service: certbroker::api::STORE_HEALTH_SERVICE.into(),
@@ -212,13 +212,26 @@ async fn store_health(broker: &TestBroker) -> String {
             .unwrap()
             .into_inner();
         let now = format!("{:?}", resp.status());
-        if now == last {
+        if now == want || tokio::time::Instant::now() >= deadline {
             return now;
         }
-        last = now;
-        tokio::time::sleep(Duration::from_millis(2100)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    last
+}
+
+/// Waits until every replica's store answers again (its breaker closed and a probe through
+/// its own connection answered), at most 10 s.
+async fn wait_until_store_ok(fleet: &[TestBroker]) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    for broker in fleet {
+        while !broker.app.broker().store_ok().await {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the store did not come back within 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -388,12 +401,20 @@ async fn revoke_on_one_replica_invalidates_the_others() {
     })
     .await
     .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let after = b
-        .get_certificate(spc_request("4001"))
-        .await
-        .unwrap()
-        .into_inner();
+    // Replica b hears of the revocation through the store's invalidation channel: until
+    // then its L1 still answers with the revoked certificate.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let after = loop {
+        let r = b
+            .get_certificate(spc_request("4001"))
+            .await
+            .unwrap()
+            .into_inner();
+        if r.serial_hex != first.serial_hex || tokio::time::Instant::now() >= deadline {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_ne!(
         after.serial_hex, first.serial_hex,
         "replica b dropped the revoked certificate"

@@ -138,7 +138,12 @@ async fn secrets(a: &RedisStore, b: &RedisStore) {
         b"jwt-one"
     );
     assert_eq!(b.secret("fp-1", "spc-c").await.unwrap(), None);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Its 100 ms TTL runs out.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while a.secret("fp-2", "gone").await.unwrap().is_some() {
+        assert!(Instant::now() < deadline, "the secret outlived its TTL");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(a.secret("fp-2", "gone").await.unwrap(), None);
 
     a.delete_secret("fp-2", "spc-a").await.unwrap();
@@ -183,9 +188,12 @@ async fn locks(a: &RedisStore, b: &RedisStore) {
     assert_ne!(tb.as_ref(), Some(&ta));
 
     // Expires by itself: a crashed holder blocks nobody for long.
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while a.try_lock("ck-lock", ttl).await.unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the lock outlived its TTL");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(!b.renew_lock("ck-lock", &tb.unwrap(), ttl).await.unwrap());
-    assert!(a.try_lock("ck-lock", ttl).await.unwrap().is_some());
 }
 
 #[tokio::test]
@@ -490,7 +498,12 @@ async fn progress_negative_and_invalidations() {
         b.negative("ck").await.unwrap().as_deref(),
         Some("{\"type\":\"rejectedIdentifier\"}")
     );
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Its 300 ms TTL runs out.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while b.negative("ck").await.unwrap().is_some() {
+        assert!(Instant::now() < deadline, "the refusal outlived its TTL");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(b.negative("ck").await.unwrap(), None);
 
     let mut rx = b.subscribe_invalidations().await.unwrap();
