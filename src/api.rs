@@ -19,17 +19,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use futures::Stream;
-use tokio::sync::broadcast;
-use tokio_stream::wrappers::ReceiverStream;
-
+use futures::{Stream, StreamExt};
 use tokio::net::TcpListener;
 use tonic::{Code, Request, Response, Status};
 
 use tonic_health::ServingStatus;
 
 use crate::{
-    broker::{Broker, BrokerError, CacheStatus},
+    broker::{Broker, BrokerError, CacheStatus, Watched},
     config::{PolicySettings, ServerSettings, ServerTlsSettings},
     pb::{
         self,
@@ -193,8 +190,7 @@ impl GrpcBroker {
         request: Request<pb::WatchCertificateRequest>,
     ) -> Result<Response<CertificateStream>, Status> {
         let caller = caller_of(&request);
-        let mut req =
-            convert::cert_request(request.into_inner().into()).map_err(|e| to_status(&e))?;
+        let req = convert::cert_request(request.into_inner().into()).map_err(|e| to_status(&e))?;
         self.authorize(
             &caller,
             Action::Get {
@@ -209,74 +205,32 @@ impl GrpcBroker {
             .map_err(|e| to_status(&e))?;
         let has_csr = req.csr_der.is_some();
         let identifiers = req.identifiers.clone();
-        let key = req.cache_key();
-        // Subscribe before the first answer so no renewal can slip between the two.
-        let mut updates = self.broker.watch();
-        let (first, status) = self
-            .broker
-            .get_certificate(req.clone())
+        let mut watch = Box::pin(self.broker.watch(req));
+        // The first answer is the RPC's status; the later ones go down the stream.
+        let first = watch
+            .next()
             .await
+            .unwrap_or_else(|| Err(BrokerError::Internal("watch ended unanswered".into())))
             .map_err(|e| to_status(&e))?;
-        req.force_renew = false;
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
         let this = self.clone();
-        // A watched certificate is in use: renewed while the stream is open, however long
-        // `renewal.idle_horizon_secs` is.
-        let watching = self.broker.watching(&req);
-        tokio::spawn(async move {
-            let _watching = watching;
-            let audit = |cert: &crate::store::CertRecord, status: CacheStatus| {
-                this.audit.delivered(
-                    Delivery {
-                        action: "watch_certificate",
-                        caller: &caller,
-                        cert,
-                        cache_status: status_label(status),
-                        key_returned: !has_csr,
-                    },
-                    || policy::describe(&identifiers),
-                );
-            };
-            let mut last = first.serial_hex.clone();
-            audit(&first, status);
-            if tx
-                .send(Ok(this.respond(&first, status, has_csr).into()))
-                .await
-                .is_err()
-            {
-                return;
-            }
-            // Re-checking now and then covers a missed notification.
-            let mut recheck = tokio::time::interval(WATCH_RECHECK);
-            recheck.tick().await;
-            loop {
-                tokio::select! {
-                    () = tx.closed() => break,
-                    msg = updates.recv() => match msg {
-                        Ok(k) if k != key => continue,
-                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                        Err(broadcast::error::RecvError::Closed) => break,
-                    },
-                    _ = recheck.tick() => {}
-                }
-                match this.broker.get_certificate(req.clone()).await {
-                    Ok((cert, status)) if cert.serial_hex != last => {
-                        last = cert.serial_hex.clone();
-                        audit(&cert, status);
-                        if tx
-                            .send(Ok(this.respond(&cert, status, has_csr).into()))
-                            .await
-                            .is_err()
-                        {
-                            break;
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "watch re-check failed; retrying"),
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let answer = move |(cert, status): Watched| {
+            this.audit.delivered(
+                Delivery {
+                    action: "watch_certificate",
+                    caller: &caller,
+                    cert: &cert,
+                    cache_status: status_label(status),
+                    key_returned: !has_csr,
+                },
+                || policy::describe(&identifiers),
+            );
+            pb::WatchCertificateResponse::from(this.respond(&cert, status, has_csr))
+        };
+        let first = answer(first);
+        let rest = watch.map(move |item| item.map(&answer).map_err(|e| to_status(&e)));
+        Ok(Response::new(Box::pin(
+            futures::stream::once(std::future::ready(Ok(first))).chain(rest),
+        )))
     }
 
     /// Reports to `metrics` (requests, issuance latency by CA, CA failures, served
@@ -572,9 +526,6 @@ pub async fn serve(
     served?;
     Ok(())
 }
-
-/// How often a watch re-checks its certificate without a notification.
-const WATCH_RECHECK: Duration = Duration::from_secs(30);
 
 /// Health-service name reporting whether the shared store answers.
 pub const STORE_HEALTH_SERVICE: &str = "certbroker.store";
