@@ -10,7 +10,7 @@ use std::time::Duration;
 use certbroker::{
     acme::{AcmeError, CertificateId, NewOrder},
     broker::{Identifiers, Replaces},
-    ca::{Tracking, Upstream},
+    ca::{CertKind, Tracking},
     config::Settings,
     devca::{DevCaSettings, DevRenewalInfo, ReplacesOutcome},
     pb,
@@ -241,8 +241,11 @@ async fn devca_renewal_info_and_replaces_rules() {
         ..Default::default()
     })
     .await;
-    let up = Upstream::from_settings(&env.ca_settings("devca")).unwrap();
-    let a = up.issue(&spc("1234"), None, false).await.unwrap();
+    let up = certbroker::app::build_upstream(&env.ca_settings("devca"), None).unwrap();
+    let a = up
+        .issue(&spc("1234"), None, CertKind::EndEntity)
+        .await
+        .unwrap();
     let a_leaf = a.chain_der[0].clone();
     let a_serial = a.leaf.serial_hex.trim_start_matches('0').to_owned();
 
@@ -269,10 +272,10 @@ async fn devca_renewal_info_and_replaces_rules() {
         replaces: Some(r),
         ..Tracking::default()
     };
-    up.issue_tracked(&spc("1234"), None, false, with(&replaces_a))
+    up.issue_tracked(&spc("1234"), None, CertKind::EndEntity, with(&replaces_a))
         .await
         .expect("first replacement");
-    up.issue_tracked(&spc("1234"), None, false, with(&replaces_a))
+    up.issue_tracked(&spc("1234"), None, CertKind::EndEntity, with(&replaces_a))
         .await
         .expect("second replacement, ordered again without replaces");
     let outcomes: Vec<_> = env.ca.replacements().iter().map(|r| r.outcome).collect();
@@ -286,7 +289,7 @@ async fn devca_renewal_info_and_replaces_rules() {
         issuer_ca: "another-ca".into(),
         leaf_der: a_leaf.clone(),
     };
-    up.issue_tracked(&spc("1234"), None, false, with(&elsewhere))
+    up.issue_tracked(&spc("1234"), None, CertKind::EndEntity, with(&elsewhere))
         .await
         .unwrap();
     assert_eq!(env.ca.replacements().len(), 2, "no replaces sent");
@@ -321,8 +324,11 @@ async fn devca_renewal_info_and_replaces_rules() {
 #[tokio::test]
 async fn no_renewal_info_no_replaces() {
     let env = DevEnv::start().await;
-    let up = Upstream::from_settings(&env.ca_settings("devca")).unwrap();
-    let a = up.issue(&spc("1234"), None, false).await.unwrap();
+    let up = certbroker::app::build_upstream(&env.ca_settings("devca"), None).unwrap();
+    let a = up
+        .issue(&spc("1234"), None, CertKind::EndEntity)
+        .await
+        .unwrap();
     assert_eq!(up.renewal_window(&a.chain_der[0]).await.unwrap(), None);
     let replaces = Replaces {
         issuer_ca: "devca".into(),
@@ -331,7 +337,7 @@ async fn no_renewal_info_no_replaces() {
     up.issue_tracked(
         &spc("1234"),
         None,
-        false,
+        CertKind::EndEntity,
         Tracking {
             replaces: Some(&replaces),
             ..Tracking::default()

@@ -6,7 +6,7 @@ use crate::support::common;
 use certbroker::{
     acme::AccountKey,
     broker::{FailureKind, Identifiers},
-    ca::Upstream,
+    ca::{CertKind, Upstream},
     config::CaSettings,
     devca::{DevCaSettings, DevKeyReuse},
     shaken::TnAuthList,
@@ -22,7 +22,7 @@ fn spc(s: &str) -> Identifiers {
 fn upstream(env: &DevEnv, tweak: impl FnOnce(&mut CaSettings)) -> Upstream {
     let mut settings = env.ca_settings("devca");
     tweak(&mut settings);
-    Upstream::from_settings(&settings).expect("upstream builds")
+    certbroker::app::build_upstream(&settings, None).expect("upstream builds")
 }
 
 fn account_spki(env: &DevEnv) -> Vec<u8> {
@@ -42,7 +42,7 @@ async fn account_key_reuse_for_a_ca_that_requires_it() {
 
     // Default (fresh key): the CA refuses, naming the problem.
     let err = upstream(&env, |_| {})
-        .issue(&spc("1234"), None, false)
+        .issue(&spc("1234"), None, CertKind::EndEntity)
         .await
         .expect_err("fresh key refused")
         .to_issue_error("devca");
@@ -51,7 +51,7 @@ async fn account_key_reuse_for_a_ca_that_requires_it() {
     assert!(err.detail.contains("does not match account"), "{err}");
 
     let issued = upstream(&env, |s| s.allow_account_key_reuse = true)
-        .issue(&spc("1234"), None, false)
+        .issue(&spc("1234"), None, CertKind::EndEntity)
         .await
         .expect("issued with the account key");
     assert_eq!(issued.leaf.public_key_spki_der, account_spki(&env));
@@ -67,13 +67,13 @@ async fn account_key_reuse_for_a_ca_that_requires_it() {
 async fn account_key_reuse_against_a_ca_that_forbids_it() {
     let env = DevEnv::start().await; // DevKeyReuse::Reject, like Boulder-style CAs.
     let err = upstream(&env, |s| s.allow_account_key_reuse = true)
-        .issue(&spc("1234"), None, false)
+        .issue(&spc("1234"), None, CertKind::EndEntity)
         .await
         .expect_err("account key refused")
         .to_issue_error("devca");
     assert_eq!(err.problem_type.as_deref(), Some(BAD_CSR), "{err}");
     let issued = upstream(&env, |_| {})
-        .issue(&spc("1234"), None, false)
+        .issue(&spc("1234"), None, CertKind::EndEntity)
         .await
         .expect("fresh key accepted");
     assert_ne!(issued.leaf.public_key_spki_der, account_spki(&env));
@@ -83,7 +83,7 @@ async fn account_key_reuse_against_a_ca_that_forbids_it() {
 async fn lifetime_is_asked_for_with_not_after() {
     let env = DevEnv::start().await; // devca default lifetime: 24 hours.
     let default = upstream(&env, |_| {})
-        .issue(&spc("1234"), None, false)
+        .issue(&spc("1234"), None, CertKind::EndEntity)
         .await
         .unwrap();
     let life = |i: &certbroker::ca::Issued| {
@@ -92,7 +92,7 @@ async fn lifetime_is_asked_for_with_not_after() {
     assert!(life(&default) > 23 * 3600, "{}", life(&default));
 
     let short = upstream(&env, |s| s.cert_lifetime_secs = Some(3600))
-        .issue(&spc("1234"), None, false)
+        .issue(&spc("1234"), None, CertKind::EndEntity)
         .await
         .unwrap();
     assert!((3500..=3600).contains(&life(&short)), "{}", life(&short));
@@ -102,7 +102,7 @@ async fn lifetime_is_asked_for_with_not_after() {
 async fn common_name_follows_the_template() {
     let env = DevEnv::start().await;
     let default = upstream(&env, |_| {})
-        .issue(&spc("818H"), None, false)
+        .issue(&spc("818H"), None, CertKind::EndEntity)
         .await
         .unwrap();
     assert_eq!(default.leaf.subject.common_name, "SHAKEN 818H");
@@ -110,7 +110,7 @@ async fn common_name_follows_the_template() {
         s.csr.common_name_template = "Example Carrier SHAKEN {spc}".into();
         s.csr.organization = "Example Carrier LLC".into();
     })
-    .issue(&spc("818H"), None, false)
+    .issue(&spc("818H"), None, CertKind::EndEntity)
     .await
     .unwrap();
     assert_eq!(

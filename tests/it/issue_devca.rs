@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use certbroker::{
     broker::{FailureKind, Identifiers, IssueError},
-    ca::Upstream,
+    ca::{CertKind, Upstream},
     challenge::{FingerprintAlgorithm, ResponseField},
     config::CaSettings,
     devca::{DevCaSettings, DevFingerprint, DevResponseField, TokenFault},
@@ -25,12 +25,12 @@ fn spc(s: &str) -> Identifiers {
 fn upstream(env: &DevEnv, tweak: impl FnOnce(&mut CaSettings)) -> Upstream {
     let mut settings = env.ca_settings("devca");
     tweak(&mut settings);
-    Upstream::from_settings(&settings).expect("upstream builds")
+    certbroker::app::build_upstream(&settings, None).expect("upstream builds")
 }
 
 async fn issue_err(up: &Upstream, ids: &Identifiers) -> IssueError {
     let err = up
-        .issue(ids, None, false)
+        .issue(ids, None, CertKind::EndEntity)
         .await
         .expect_err("issuance must fail");
     err.to_issue_error(up.name())
@@ -40,7 +40,10 @@ async fn issue_err(up: &Upstream, ids: &Identifiers) -> IssueError {
 async fn spc_1234_end_to_end() {
     let env = DevEnv::start().await;
     let up = upstream(&env, |_| {});
-    let issued = up.issue(&spc("1234"), None, false).await.expect("issued");
+    let issued = up
+        .issue(&spc("1234"), None, CertKind::EndEntity)
+        .await
+        .expect("issued");
 
     let leaf = &issued.leaf;
     assert_eq!(
@@ -67,7 +70,7 @@ async fn spc_1234_end_to_end() {
     );
 
     // The account is reused, and so is the SPC token (cached until shortly before exp).
-    up.issue(&spc("1234"), None, false)
+    up.issue(&spc("1234"), None, CertKind::EndEntity)
         .await
         .expect("second issuance");
     assert_eq!(env.ca.stats().tokens_issued, 1, "token served from cache");
@@ -90,7 +93,11 @@ async fn telephone_numbers_and_ranges() {
     ])
     .unwrap();
     let issued = up
-        .issue(&Identifiers::TnAuthList(list.clone()), None, false)
+        .issue(
+            &Identifiers::TnAuthList(list.clone()),
+            None,
+            CertKind::EndEntity,
+        )
         .await
         .expect("issued");
     assert_eq!(issued.leaf.tn_auth_list.as_ref(), Some(&list));
@@ -134,7 +141,7 @@ async fn badnonce_storm_is_absorbed() {
     env.ca.behaviour().set_nonce_reject_percent(50);
     let up = upstream(&env, |_| {});
     for spc_value in ["1234", "5678"] {
-        up.issue(&spc(spc_value), None, false)
+        up.issue(&spc(spc_value), None, CertKind::EndEntity)
             .await
             .expect("issued despite badNonce");
     }
@@ -201,7 +208,7 @@ async fn fingerprint_algorithm_mismatch_is_refused_by_the_ca() {
         s.challenge.fingerprint = FingerprintAlgorithm::SpkiSha256;
         s.account_key = s.account_key.with_file_name("spki-account.pem");
     });
-    up.issue(&spc("1234"), None, false)
+    up.issue(&spc("1234"), None, CertKind::EndEntity)
         .await
         .expect("spki fingerprint accepted");
 }
@@ -222,7 +229,7 @@ async fn response_field_follows_the_ca() {
     );
     assert!(err.detail.contains("lacks the token field"), "{err}");
     let up = upstream(&env, |s| s.challenge.response_field = ResponseField::Tkauth);
-    up.issue(&spc("1235"), None, false)
+    up.issue(&spc("1235"), None, CertKind::EndEntity)
         .await
         .expect("tkauth field accepted");
 }
@@ -235,8 +242,10 @@ async fn one_time_jti_needs_fresh_tokens() {
     })
     .await;
     let up = upstream(&env, |s| s.challenge.reuse_tokens = false);
-    up.issue(&spc("1234"), None, false).await.expect("first");
-    up.issue(&spc("1234"), None, false)
+    up.issue(&spc("1234"), None, CertKind::EndEntity)
+        .await
+        .expect("first");
+    up.issue(&spc("1234"), None, CertKind::EndEntity)
         .await
         .expect("second, with a new token");
     assert_eq!(env.ca.stats().tokens_issued, 2);
@@ -318,7 +327,7 @@ async fn leaf_profile_is_checked() {
     // the info it returns matches an independent parse.
     let env = DevEnv::start().await;
     let issued = upstream(&env, |_| {})
-        .issue(&spc("1234"), None, false)
+        .issue(&spc("1234"), None, CertKind::EndEntity)
         .await
         .unwrap();
     assert_eq!(CertInfo::parse(&issued.chain_der[0]).unwrap(), issued.leaf);
