@@ -9,75 +9,64 @@ use std::sync::{Arc, atomic::Ordering};
 use time::OffsetDateTime;
 use tracing::{info, warn};
 
-use super::{AttemptError, CaPool, Issued, Upstream, pool};
+use super::{AttemptError, CaPool, Issued, Upstream, order_flow::OrderSettings, pool};
 use crate::{
-    acme::{self, Account, AcmeError, AutoRenewal},
+    acme::{self, Account, AutoRenewal},
     broker::{FailureKind, IssueError, IssueRequest},
     shaken::{self, CertInfo, Expected},
     store::{CertRecord, StarOrder},
 };
 
+/// The `auto-renewal` to send in newOrder: with `[ca.star]` configured and the CA's
+/// directory offering STAR (`meta.auto-renewal`); otherwise `None` (an ordinary order),
+/// and a CA that offers none is logged once.
+pub(super) fn auto_renewal(settings: &OrderSettings, account: &Account) -> Option<AutoRenewal> {
+    let star = settings.star?;
+    if account.client().directory().meta.auto_renewal.is_none() {
+        if !settings.star_unoffered_logged.swap(true, Ordering::Relaxed) {
+            warn!(
+                ca = %settings.ca,
+                "ca.star is configured, but the CA's directory has no meta.auto-renewal \
+                 (it offers no STAR): placing ordinary orders"
+            );
+        }
+        return None;
+    }
+    let end = OffsetDateTime::now_utc() + std::time::Duration::from_secs(star.duration_secs);
+    Some(AutoRenewal::new(
+        end,
+        std::time::Duration::from_secs(star.lifetime_secs),
+    ))
+}
+
+/// The current short-term certificate of a `valid` STAR order, from its
+/// `star-certificate` URL, with what the record keeps of the order.
+pub(super) async fn download(
+    settings: &OrderSettings,
+    account: &Account,
+    order: &acme::Order,
+    star_url: &str,
+) -> Result<(String, Option<StarOrder>), AttemptError> {
+    let current = account.star_certificate(star_url).await?;
+    info!(ca = %settings.ca, order = %order.url, star_certificate = %star_url, "acme: STAR certificate downloaded");
+    let (end_date, lifetime_secs) = match (&order.state.auto_renewal, settings.star) {
+        (Some(ar), _) => (ar.end_date.unix_timestamp(), ar.lifetime),
+        (None, Some(s)) => (
+            OffsetDateTime::now_utc().unix_timestamp() + s.duration_secs as i64,
+            s.lifetime_secs,
+        ),
+        (None, None) => (i64::MAX, 0),
+    };
+    let star = StarOrder {
+        order_url: order.url.clone(),
+        certificate_url: star_url.to_owned(),
+        end_date,
+        lifetime_secs,
+    };
+    Ok((current.pem, Some(star)))
+}
+
 impl Upstream {
-    /// The `auto-renewal` to send in newOrder: with `[ca.star]` configured and the CA's
-    /// directory offering STAR (`meta.auto-renewal`); otherwise `None` (an ordinary
-    /// order), and a CA that offers none is logged once.
-    pub(super) fn auto_renewal(&self, account: &Account) -> Option<AutoRenewal> {
-        let star = self.star?;
-        if account.client().directory().meta.auto_renewal.is_none() {
-            if !self.star_unoffered_logged.swap(true, Ordering::Relaxed) {
-                warn!(
-                    ca = %self.name(),
-                    "ca.star is configured, but the CA's directory has no meta.auto-renewal \
-                     (it offers no STAR): placing ordinary orders"
-                );
-            }
-            return None;
-        }
-        let end = OffsetDateTime::now_utc() + std::time::Duration::from_secs(star.duration_secs);
-        Some(AutoRenewal::new(
-            end,
-            std::time::Duration::from_secs(star.lifetime_secs),
-        ))
-    }
-
-    /// The certificate of a `valid` order: for a STAR order its current short-term
-    /// certificate from the `star-certificate` URL (with what the record keeps of the
-    /// order), else the one at its `certificate` URL.
-    pub(super) async fn download(
-        &self,
-        account: &Account,
-        order: &acme::Order,
-    ) -> Result<(String, Option<StarOrder>), AttemptError> {
-        if let Some(star_url) = &order.state.star_certificate {
-            let current = account.star_certificate(star_url).await?;
-            info!(ca = %self.name(), order = %order.url, star_certificate = %star_url, "acme: STAR certificate downloaded");
-            let (end_date, lifetime_secs) = match (&order.state.auto_renewal, self.star) {
-                (Some(ar), _) => (ar.end_date.unix_timestamp(), ar.lifetime),
-                (None, Some(s)) => (
-                    OffsetDateTime::now_utc().unix_timestamp() + s.duration_secs as i64,
-                    s.lifetime_secs,
-                ),
-                (None, None) => (i64::MAX, 0),
-            };
-            let star = StarOrder {
-                order_url: order.url.clone(),
-                certificate_url: star_url.clone(),
-                end_date,
-                lifetime_secs,
-            };
-            return Ok((current.pem, Some(star)));
-        }
-        let cert_url = order.state.certificate.clone().ok_or_else(|| {
-            AttemptError::Acme(AcmeError::Protocol(format!(
-                "order {} is {:?} without a certificate URL",
-                order.url, order.state.status
-            )))
-        })?;
-        let chain = account.certificate_chain(&cert_url).await?;
-        info!(ca = %self.name(), certificate = %cert_url, "acme: certificate downloaded");
-        Ok((chain.pem, None))
-    }
-
     /// The STAR order's current certificate, checked like any issued one against its
     /// predecessor `prev` (same identifiers, same key). It may still be `prev` itself when
     /// the CA has not issued the next one yet.
@@ -106,7 +95,7 @@ impl Upstream {
         for f in &findings {
             warn!(ca = %self.name(), serial = %leaf.serial_hex, finding = f.code, cert = f.cert, detail = %f.detail, "STAR certificate from the CA does not conform");
         }
-        if self.strict_profile() && !findings.is_empty() {
+        if self.order_settings().strict_profile && !findings.is_empty() {
             return Err(AttemptError::NonConforming {
                 serial: leaf.serial_hex,
                 findings,
