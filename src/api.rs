@@ -82,7 +82,7 @@ impl GrpcBroker {
 
     fn respond(
         &self,
-        cert: &crate::store::CertRecord,
+        cert: &crate::cert::CertRecord,
         status: CacheStatus,
         has_csr: bool,
     ) -> pb::GetCertificateResponse {
@@ -225,7 +225,7 @@ impl GrpcBroker {
         let watching = self.broker.watching(&req);
         tokio::spawn(async move {
             let _watching = watching;
-            let audit = |cert: &crate::store::CertRecord, status: CacheStatus| {
+            let audit = |cert: &crate::cert::CertRecord, status: CacheStatus| {
                 this.audit.delivered(
                     Delivery {
                         action: "watch_certificate",

@@ -8,12 +8,12 @@ use tokio::net::TcpListener;
 
 use crate::{
     api,
-    broker::{Broker, RenewalOptions},
+    broker::{Broker, BrokerOptions, RenewalOptions},
     ca::CaPool,
     config::PublishSettings,
     config::{Settings, StoreBackend},
     publish,
-    store::{self, MemoryStore, Store},
+    store::{self, MemoryStore, RedisSettings, Store},
     telemetry::{self, Metrics},
 };
 
@@ -45,7 +45,7 @@ impl App {
         // In the background and in parallel: the listener opens at once; readiness
         // (`/readyz`, the `certbroker.ca` health service) says what is known meanwhile.
         pool.spawn_warm_up();
-        let broker = Broker::new(pool.clone(), store, settings.broker.options());
+        let broker = Broker::new(pool.clone(), store, BrokerOptions::from(&settings.broker));
         if let Err(e) = broker.listen_for_invalidations().await {
             tracing::warn!(error = %e, "no fleet invalidations until the store is back");
         }
@@ -149,7 +149,7 @@ pub async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
     Ok(match settings.store.backend {
         StoreBackend::Memory => Arc::new(MemoryStore::new()),
         StoreBackend::Redis | StoreBackend::RedisCluster => {
-            let redis = store::connect(&settings.store.redis())
+            let redis = store::connect(&RedisSettings::from(&settings.store))
                 .await
                 .context("store")?;
             redis.check_keyring().await.context("store.keyring")?;

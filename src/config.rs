@@ -20,9 +20,15 @@ use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use url::Url;
 
-use crate::{
-    challenge::TkAuthSettings,
-    store::{Keyring, KeyringSettings, RedisSettings},
+mod challenge;
+mod secs;
+mod store;
+
+pub use challenge::{FingerprintAlgorithm, ResponseField, TkAuthSettings};
+pub(crate) use store::redact_url;
+pub use store::{
+    DEFAULT_PREFIX, DEFAULT_TIMEOUT_MS, DecodedKey, KEYRING_KEY_LEN, KeyringSettings,
+    SentinelSettings, StoreBackend, StoreSettings,
 };
 
 /// The whole configuration.
@@ -129,46 +135,6 @@ pub struct PolicySettings {
     pub ca_certificates: bool,
 }
 
-/// `[store]`
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct StoreSettings {
-    /// `memory` (one process), `redis` (standalone) or `redis-cluster` (a fleet).
-    pub backend: StoreBackend,
-    /// Redis URL for `backend = "redis"`: `redis://[user:password@]host:port[/db]`, or
-    /// `rediss://` for TLS.
-    pub url: Option<String>,
-    /// Seed nodes (`redis://host:port`) for `backend = "redis-cluster"`.
-    pub cluster_nodes: Vec<String>,
-    /// Redis Sentinel for `backend = "redis"` instead of `url`: `{ master_name, nodes =
-    /// ["redis://sentinel:26379", ...], username, password }` (the last two for the master;
-    /// `rediss://` nodes mean TLS everywhere, trusting `trust_roots` when set).
-    pub sentinel: Option<crate::store::SentinelSettings>,
-    /// PEM file of the CA certificates that sign the Redis servers' TLS certificates
-    /// (`rediss://` URLs), replacing the system roots; relative to the config file.
-    /// Default: unset (the system roots).
-    pub trust_roots: Option<PathBuf>,
-    /// Prefix of every Redis key and channel; no `{` or `}`.
-    pub prefix: String,
-    /// Bound on connecting and on each Redis command, in milliseconds.
-    pub timeout_ms: u64,
-    /// AES-256-GCM keys that encrypt private keys at rest; required with Redis.
-    pub keyring: Option<KeyringSettings>,
-}
-
-/// Which store backend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum StoreBackend {
-    /// In-process only.
-    #[default]
-    Memory,
-    /// Shared standalone Redis (or Sentinel-fronted).
-    Redis,
-    /// Shared Redis Cluster.
-    RedisCluster,
-}
-
 /// `[broker]`
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -229,19 +195,6 @@ pub struct PublishSettings {
     pub base_url: Option<Url>,
     /// Where this replica serves the chains (plain HTTP; put TLS and a CDN in front).
     pub listen: Option<SocketAddr>,
-}
-
-impl BrokerSettings {
-    /// The broker's tunables these settings describe.
-    pub fn options(&self) -> crate::broker::BrokerOptions {
-        crate::broker::BrokerOptions {
-            cache_capacity: self.cache_capacity,
-            default_min_remaining: std::time::Duration::from_secs(self.default_min_remaining_secs),
-            issuance_timeout: std::time::Duration::from_secs(self.issuance_timeout_secs),
-            lock_ttl: std::time::Duration::from_secs(self.lock_ttl_secs),
-            negative_ttl: std::time::Duration::from_secs(self.negative_ttl_secs),
-        }
-    }
 }
 
 /// `[telemetry]`
@@ -781,7 +734,9 @@ impl Settings {
             _ => {}
         }
         if let Some(keyring) = &self.store.keyring {
-            Keyring::new(keyring).map_err(|e| invalid("store.keyring".into(), &e.to_string()))?;
+            keyring.decode_keys().map_err(|e| {
+                invalid("store.keyring".into(), &format!("store configuration: {e}"))
+            })?;
         }
         if !(0.0..1.0).contains(&self.renewal.renew_fraction) || self.renewal.renew_fraction == 0.0
         {
@@ -992,45 +947,6 @@ impl Default for ServerSettings {
             rate_limit_per_sec: 100,
             rate_limit_burst: 200,
             max_request_bytes: 64 * 1024,
-        }
-    }
-}
-
-impl Default for StoreSettings {
-    fn default() -> Self {
-        let redis = RedisSettings::default();
-        Self {
-            backend: StoreBackend::Memory,
-            url: None,
-            cluster_nodes: vec![],
-            sentinel: None,
-            trust_roots: None,
-            prefix: redis.prefix,
-            timeout_ms: redis.timeout_ms,
-            keyring: None,
-        }
-    }
-}
-
-impl StoreSettings {
-    /// The Redis connection settings these describe.
-    pub fn redis(&self) -> RedisSettings {
-        RedisSettings {
-            url: (self.backend == StoreBackend::Redis)
-                .then(|| self.url.clone())
-                .flatten(),
-            cluster_nodes: if self.backend == StoreBackend::RedisCluster {
-                self.cluster_nodes.clone()
-            } else {
-                vec![]
-            },
-            sentinel: (self.backend == StoreBackend::Redis)
-                .then(|| self.sentinel.clone())
-                .flatten(),
-            trust_roots: self.trust_roots.clone(),
-            prefix: self.prefix.clone(),
-            keyring: self.keyring.clone(),
-            timeout_ms: self.timeout_ms,
         }
     }
 }
@@ -1423,7 +1339,7 @@ mod env_tests {
             "[store]\nbackend = \"redis\"\n{sentinel}\n{keyring}"
         ))
         .expect("sentinel instead of url");
-        let redis = s.store.redis();
+        let redis = crate::store::RedisSettings::from(&s.store);
         assert_eq!(redis.url, None);
         let got = redis.sentinel.as_ref().expect("sentinel");
         assert_eq!((got.master_name.as_str(), got.nodes.len()), ("m", 1));
@@ -1444,7 +1360,7 @@ mod env_tests {
             let s = Settings::load(Some(std::path::Path::new("conf/c.toml")))
                 .map_err(|e| e.to_string())?;
             assert_eq!(
-                s.store.redis().trust_roots,
+                crate::store::RedisSettings::from(&s.store).trust_roots,
                 Some(jail.directory().join("conf").join("redis-ca.pem"))
             );
             Ok(())

@@ -14,81 +14,14 @@ mod redis;
 use std::{fmt, time::Duration};
 
 use secrecy::zeroize::Zeroizing;
-use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 pub use self::redis::{RedisSettings, RedisStore, SentinelSettings, connect};
 pub use crypto::{Keyring, KeyringSettings};
 pub use memory::MemoryStore;
 
-/// One issued certificate as the broker keeps it.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CertRecord {
-    /// The cache key this certificate answers.
-    pub cache_key: String,
-    /// PEM chain, leaf first.
-    pub chain_pem: String,
-    /// DER chain, leaf first.
-    pub chain_der: Vec<Vec<u8>>,
-    /// PKCS#8 DER of the leaf key when the broker generated it. Secret.
-    pub private_key_pkcs8: Option<Vec<u8>>,
-    /// Leaf notBefore, Unix seconds.
-    pub not_before: i64,
-    /// Leaf notAfter, Unix seconds.
-    pub not_after: i64,
-    /// Leaf serial, lowercase hex.
-    pub serial_hex: String,
-    /// SHA-256 of the leaf DER, lowercase hex.
-    pub fingerprint_hex: String,
-    /// Configured name of the CA that issued it.
-    pub issuer_ca: String,
-    /// The account at that CA that ordered it (needed to revoke).
-    pub issuer_account: String,
-    /// When the broker obtained it, Unix seconds. Renewal measures the lifetime from here,
-    /// since CAs backdate notBefore (the devca by five minutes, some CAs by an hour).
-    #[serde(default)]
-    pub issued_at: i64,
-}
-
-impl fmt::Debug for CertRecord {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CertRecord")
-            .field("cache_key", &self.cache_key)
-            .field("serial_hex", &self.serial_hex)
-            .field("not_after", &self.not_after)
-            .field("issuer_ca", &self.issuer_ca)
-            .field(
-                "private_key_pkcs8",
-                &self.private_key_pkcs8.as_ref().map(|_| "<redacted>"),
-            )
-            .finish_non_exhaustive()
-    }
-}
-
-impl CertRecord {
-    /// Seconds of validity left at `now` (Unix seconds); negative once expired.
-    pub fn remaining_secs(&self, now: i64) -> i64 {
-        self.not_after - now
-    }
-}
-
-/// How a caller names a certificate it wants revoked.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CertSelector {
-    /// Leaf serial, lowercase hex.
-    Serial(String),
-    /// SHA-256 of the leaf DER, lowercase hex.
-    Fingerprint(String),
-}
-
-impl fmt::Display for CertSelector {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Serial(s) => write!(f, "serial {s}"),
-            Self::Fingerprint(s) => write!(f, "fingerprint {s}"),
-        }
-    }
-}
+/// Re-exported from [`crate::cert`], where the shared domain lives.
+pub use crate::cert::{CertRecord, CertSelector};
 
 /// A store operation failed. Callers treat every variant except [`StoreError::Config`] as a
 /// miss and carry on.

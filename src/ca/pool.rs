@@ -23,8 +23,9 @@ use crate::{
     broker::{
         CaReadiness, FailureKind, IssueError, IssueRequest, Issuer, ReadyState, RenewalWindow,
     },
+    cert::CertRecord,
     config::{CaSettings, PoolPolicy, PoolSettings},
-    store::{CertRecord, Store},
+    store::Store,
 };
 
 /// RFC 5280 CRLReason `superseded`, for hedged losers that were issued anyway.

@@ -14,7 +14,8 @@ use super::{
 };
 use crate::{
     acme::{self, Account, AcmeError, Client, Identifier, NewOrder, RetryPolicy},
-    broker::{Identifiers, ProgressSink, Replaces},
+    broker::{ProgressSink, Replaces},
+    cert::Identifiers,
     challenge::{
         self, CachingTokenProvider, Http01Responder, SharedTokenProvider, StaticTokenProvider,
         StiPaClient, TkAuthSettings, TokenProvider, TokenRequest,

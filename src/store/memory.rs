@@ -10,7 +10,8 @@ use std::{
 use secrecy::zeroize::Zeroizing;
 use tokio::{sync::broadcast, time::Instant};
 
-use super::{CertRecord, CertSelector, LockToken, Store, StoreError, StoreHealth, wait_for_ready};
+use super::{LockToken, Store, StoreError, StoreHealth, wait_for_ready};
+use crate::cert::{CertRecord, CertSelector};
 
 /// Keeps records in a map; expired records are dropped on the next write. Cheap to clone:
 /// clones share the same maps.

@@ -44,10 +44,8 @@ use self::{
     pubsub::{Routes, Source, Subscriber},
     scripts::Scripts,
 };
-use super::{
-    CertRecord, CertSelector, Keyring, KeyringSettings, LockToken, Store, StoreError, StoreHealth,
-    wait_for_ready,
-};
+use super::{Keyring, KeyringSettings, LockToken, Store, StoreError, StoreHealth, wait_for_ready};
+use crate::cert::{CertRecord, CertSelector};
 
 /// `[store.redis]`: where the shared store lives.
 #[derive(Clone, Deserialize, Serialize)]
@@ -77,36 +75,7 @@ pub struct RedisSettings {
     pub timeout_ms: u64,
 }
 
-/// `[store.sentinel]`: a master found through Redis Sentinel.
-#[derive(Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct SentinelSettings {
-    /// The name the sentinels monitor the master under (`sentinel monitor <name> ...`).
-    pub master_name: String,
-    /// The sentinels, each `redis://[user:password@]host:port` (their own credentials, if
-    /// any), or `rediss://` for TLS to the sentinels and to the data nodes.
-    pub nodes: Vec<String>,
-    /// ACL user on the master (the data nodes). Default: none (the default user).
-    #[serde(default)]
-    pub username: Option<String>,
-    /// Password on the master (the data nodes). Default: none.
-    #[serde(default)]
-    pub password: Option<String>,
-}
-
-impl fmt::Debug for SentinelSettings {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SentinelSettings")
-            .field("master_name", &self.master_name)
-            .field(
-                "nodes",
-                &self.nodes.iter().map(|n| redact_url(n)).collect::<Vec<_>>(),
-            )
-            .field("username", &self.username)
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
-            .finish()
-    }
-}
+pub use crate::config::SentinelSettings;
 
 impl Default for RedisSettings {
     fn default() -> Self {
@@ -115,9 +84,9 @@ impl Default for RedisSettings {
             cluster_nodes: Vec::new(),
             sentinel: None,
             trust_roots: None,
-            prefix: "certbroker".into(),
+            prefix: crate::config::DEFAULT_PREFIX.into(),
             keyring: None,
-            timeout_ms: 1000,
+            timeout_ms: crate::config::DEFAULT_TIMEOUT_MS,
         }
     }
 }
@@ -140,6 +109,30 @@ impl fmt::Debug for RedisSettings {
             .field("keyring", &self.keyring)
             .field("timeout_ms", &self.timeout_ms)
             .finish()
+    }
+}
+
+impl From<&crate::config::StoreSettings> for RedisSettings {
+    /// The Redis connection settings `[store]` describes.
+    fn from(s: &crate::config::StoreSettings) -> Self {
+        use crate::config::StoreBackend;
+        Self {
+            url: (s.backend == StoreBackend::Redis)
+                .then(|| s.url.clone())
+                .flatten(),
+            cluster_nodes: if s.backend == StoreBackend::RedisCluster {
+                s.cluster_nodes.clone()
+            } else {
+                vec![]
+            },
+            sentinel: (s.backend == StoreBackend::Redis)
+                .then(|| s.sentinel.clone())
+                .flatten(),
+            trust_roots: s.trust_roots.clone(),
+            prefix: s.prefix.clone(),
+            keyring: s.keyring.clone(),
+            timeout_ms: s.timeout_ms,
+        }
     }
 }
 
