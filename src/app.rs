@@ -13,7 +13,7 @@ use crate::{
     config::PublishSettings,
     config::{Settings, StoreBackend},
     publish,
-    store::{self, MemoryStore, RedisSettings, Store},
+    store::{self, MemoryStore, RedisSettings, SecretStore, Store},
     telemetry::{self, Metrics},
 };
 
@@ -37,7 +37,11 @@ impl App {
         );
         let store = open_store(settings).await?;
         // The same store caches SPC tokens fleet-wide (sealed with the keyring in Redis).
-        let pool = CaPool::from_settings(&settings.ca, &settings.pool, Some(store.clone()))?;
+        let pool = CaPool::from_settings(
+            &settings.ca,
+            &settings.pool,
+            Some(store.clone() as Arc<dyn SecretStore>),
+        )?;
         let pool = Arc::new(pool);
         let metrics = Metrics::new()?;
         metrics.set_ca_breaker_source(pool.clone());

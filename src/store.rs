@@ -3,9 +3,9 @@
 //! process can run on [`MemoryStore`] and a fleet on Redis ([`RedisStore`]). The same trait
 //! carries the fleet coordination the broker needs to issue each certificate exactly once:
 //! per-key locks, an opaque progress record, "ready" notifications, a negative cache and
-//! cache invalidation, and a small secret store: opaque blobs with an expiry, in named
-//! groups that can be dropped at once (the SPC token cache uses it; the store does not know
-//! what the blobs are). Knows nothing of ACME.
+//! cache invalidation. Every store is also a small [`SecretStore`]: opaque blobs with an
+//! expiry, in named groups that can be dropped at once (the SPC token cache uses it; the
+//! store does not know what the blobs are). Knows nothing of ACME.
 
 mod crypto;
 mod memory;
@@ -79,9 +79,38 @@ pub enum StoreHealth {
     Ok,
 }
 
-/// The shared certificate store.
+/// A small store of secrets: opaque blobs with an expiry, in named groups that can be
+/// dropped at once. The SPC token cache (`challenge`) needs only this, so it and `ca` take
+/// an `Arc<dyn SecretStore>`, not the whole [`Store`].
 #[async_trait::async_trait]
-pub trait Store: Send + Sync + fmt::Debug {
+pub trait SecretStore: Send + Sync + fmt::Debug {
+    /// Keeps the secret blob `secret` under (`group`, `key`) for `ttl`, replacing any
+    /// earlier one. Blobs are opaque to the store and sealed at rest (Redis: AES-256-GCM
+    /// under the keyring, bound to their key, so it needs `store.keyring`).
+    async fn put_secret(
+        &self,
+        group: &str,
+        key: &str,
+        secret: &[u8],
+        ttl: Duration,
+    ) -> Result<(), StoreError>;
+    /// The blob stored under (`group`, `key`), unless it expired or was dropped.
+    async fn secret(
+        &self,
+        group: &str,
+        key: &str,
+    ) -> Result<Option<Zeroizing<Vec<u8>>>, StoreError>;
+    /// Drops the blob under (`group`, `key`), if any.
+    async fn delete_secret(&self, group: &str, key: &str) -> Result<(), StoreError>;
+    /// Drops every blob of `group`; returns how many were still there.
+    async fn drop_secret_group(&self, group: &str) -> Result<u64, StoreError>;
+}
+
+/// The shared certificate store, with the fleet coordination the broker needs. Every store
+/// is also a [`SecretStore`], so one backend serves both (an `Arc<dyn Store>` coerces to an
+/// `Arc<dyn SecretStore>`).
+#[async_trait::async_trait]
+pub trait Store: SecretStore {
     /// The current certificate for a cache key.
     async fn current(&self, cache_key: &str) -> Result<Option<CertRecord>, StoreError>;
     /// Makes `record` the current certificate for its cache key and indexes it by serial
@@ -146,27 +175,6 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// lost, and a [`broadcast::error::RecvError::Lagged`] means some were skipped; in both
     /// cases the local copies age out by their own TTL, or the caller clears them all.
     async fn subscribe_invalidations(&self) -> Result<broadcast::Receiver<String>, StoreError>;
-
-    /// Keeps the secret blob `secret` under (`group`, `key`) for `ttl`, replacing any
-    /// earlier one. Blobs are opaque to the store and sealed at rest (Redis: AES-256-GCM
-    /// under the keyring, bound to their key, so it needs `store.keyring`).
-    async fn put_secret(
-        &self,
-        group: &str,
-        key: &str,
-        secret: &[u8],
-        ttl: Duration,
-    ) -> Result<(), StoreError>;
-    /// The blob stored under (`group`, `key`), unless it expired or was dropped.
-    async fn secret(
-        &self,
-        group: &str,
-        key: &str,
-    ) -> Result<Option<Zeroizing<Vec<u8>>>, StoreError>;
-    /// Drops the blob under (`group`, `key`), if any.
-    async fn delete_secret(&self, group: &str, key: &str) -> Result<(), StoreError>;
-    /// Drops every blob of `group`; returns how many were still there.
-    async fn drop_secret_group(&self, group: &str) -> Result<u64, StoreError>;
 
     /// Whether the backend answers right now.
     async fn health(&self) -> StoreHealth;

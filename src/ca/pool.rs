@@ -25,7 +25,7 @@ use crate::{
     },
     cert::CertRecord,
     config::{CaSettings, PoolPolicy, PoolSettings},
-    store::Store,
+    store::SecretStore,
 };
 
 /// RFC 5280 CRLReason `superseded`, for hedged losers that were issued anyway.
@@ -92,7 +92,7 @@ impl CaPool {
     pub fn from_settings(
         cas: &[CaSettings],
         pools: &[PoolSettings],
-        tokens: Option<Arc<dyn Store>>,
+        tokens: Option<Arc<dyn SecretStore>>,
     ) -> Result<Self, AttemptError> {
         let upstreams = cas
             .iter()

@@ -22,7 +22,7 @@ use crate::{
     },
     config::{BreakerSettings, CaSettings, CsrSettings},
     shaken::{self, CertInfo, CsrSpec, Expected, Subject, TnAuthList},
-    store::Store,
+    store::SecretStore,
     tls,
 };
 
@@ -96,7 +96,7 @@ impl Upstream {
     /// [`SharedTokenProvider`]) when one is given and the CA reuses tokens.
     pub fn from_settings_with_store(
         s: &CaSettings,
-        store: Option<Arc<dyn Store>>,
+        store: Option<Arc<dyn SecretStore>>,
     ) -> Result<Self, AttemptError> {
         let setup = |key: &str, e: &dyn std::fmt::Display| {
             AttemptError::Setup(format!("ca {:?}: {key}: {e}", s.name))
