@@ -13,6 +13,7 @@ use redis::{
 };
 
 use super::{super::StoreError, RedisSettings, SentinelSettings};
+pub(super) use crate::config::redact_url;
 
 /// The CA certificates of `settings.trust_roots`, read once; `None` when unset (the
 /// system roots). Every URL must then be `rediss://`: a private CA for a plaintext
@@ -267,20 +268,6 @@ impl ConnectionLike for Conn {
             Self::Standalone(c) => c.get_db(),
             Self::Sentinel(_) => 0,
         }
-    }
-}
-
-/// `url` with any password replaced, for logs and `Debug`.
-pub(super) fn redact_url(raw: &str) -> String {
-    match url::Url::parse(raw) {
-        Ok(mut url) => {
-            if url.password().is_some() {
-                let _ = url.set_password(Some("<redacted>"));
-            }
-            url.to_string()
-        }
-        // Unparseable: it may hold anything, show only the scheme-ish start.
-        Err(_) => format!("<unparseable url, {} bytes>", raw.len()),
     }
 }
 
