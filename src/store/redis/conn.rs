@@ -93,21 +93,32 @@ pub(super) struct SentinelConn {
 
 impl SentinelConn {
     async fn connection(&self) -> RedisResult<MultiplexedConnection> {
-        if let Some(c) = self.current.lock().expect("not poisoned").clone() {
+        if let Some(c) = self
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+        {
             return Ok(c);
         }
         let client = self.client.lock().await.async_get_client().await?;
         let conn = client
             .get_multiplexed_async_connection_with_config(&self.config)
             .await?;
-        *self.current.lock().expect("not poisoned") = Some(conn.clone());
+        *self
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(conn.clone());
         Ok(conn)
     }
 
     fn forget_on<T>(&self, result: &RedisResult<T>) {
         if let Err(e) = result {
             if super::breaker::is_outage(e) {
-                *self.current.lock().expect("not poisoned") = None;
+                *self
+                    .current
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
             }
         }
     }

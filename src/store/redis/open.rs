@@ -29,9 +29,12 @@ pub async fn connect(settings: &RedisSettings) -> Result<RedisStore, StoreError>
     }
     let keyring = settings.keyring.as_ref().map(Keyring::new).transpose()?;
     let tls = conn::trust_roots(settings)?;
-    let (conn, sources, mode) = match (&settings.url, settings.cluster_nodes.as_slice()) {
-        (None, []) if settings.sentinel.is_some() => {
-            let sentinel = settings.sentinel.as_ref().expect("checked");
+    let (conn, sources, mode) = match (
+        &settings.url,
+        settings.cluster_nodes.as_slice(),
+        settings.sentinel.as_ref(),
+    ) {
+        (None, [], Some(sentinel)) => {
             let client = conn::sentinel_client(sentinel, tls.as_ref())?;
             (
                 Conn::sentinel(client.clone(), timeout),
@@ -43,17 +46,17 @@ pub async fn connect(settings: &RedisSettings) -> Result<RedisStore, StoreError>
                 ),
             )
         }
-        _ if settings.sentinel.is_some() => {
+        (_, _, Some(_)) => {
             return Err(StoreError::Config(
                 "store.sentinel excludes store.url and store.cluster_nodes".into(),
             ));
         }
-        (Some(url), []) => (
+        (Some(url), [], None) => (
             Conn::standalone(conn::client(url, tls.as_ref())?, timeout)?,
             vec![Source::Fixed(Box::new(conn::client(url, tls.as_ref())?))],
             redact_url(url),
         ),
-        (None, nodes) if !nodes.is_empty() => (
+        (None, nodes, None) if !nodes.is_empty() => (
             Conn::cluster(nodes, tls.as_ref(), timeout)?,
             nodes
                 .iter()
@@ -61,12 +64,12 @@ pub async fn connect(settings: &RedisSettings) -> Result<RedisStore, StoreError>
                 .collect::<Result<Vec<_>, _>>()?,
             format!("cluster of {} seed nodes", nodes.len()),
         ),
-        (None, _) => {
+        (None, _, None) => {
             return Err(StoreError::Config(
                 "set store.redis.url, store.redis.cluster_nodes or store.redis.sentinel".into(),
             ));
         }
-        (Some(_), _) => {
+        (Some(_), _, None) => {
             return Err(StoreError::Config(
                 "store.redis.url and store.redis.cluster_nodes are exclusive".into(),
             ));
