@@ -12,12 +12,12 @@ use tokio::net::TcpListener;
 
 use crate::{
     api,
-    broker::{Broker, RenewalOptions},
+    broker::{Broker, BrokerOptions, RenewalOptions},
     ca::CaPool,
     config::PublishSettings,
     config::{Settings, StoreBackend},
     publish,
-    store::{self, MemoryStore, Store},
+    store::{self, MemoryStore, RedisSettings, SecretStore, Store},
     telemetry::{self, Metrics},
 };
 
@@ -41,7 +41,11 @@ impl App {
         );
         let store = open_store(settings).await?;
         // The same store caches SPC tokens fleet-wide (sealed with the keyring in Redis).
-        let pool = build_pool(&settings.ca, &settings.pool, Some(store.clone()))?;
+        let pool = build_pool(
+            &settings.ca,
+            &settings.pool,
+            Some(store.clone() as Arc<dyn SecretStore>),
+        )?;
         let pool = Arc::new(pool);
         let metrics = Metrics::new()?;
         metrics.set_ca_breaker_source(pool.clone());
@@ -49,7 +53,7 @@ impl App {
         // In the background and in parallel: the listener opens at once; readiness
         // (`/readyz`, the `certbroker.ca` health service) says what is known meanwhile.
         pool.spawn_warm_up();
-        let broker = Broker::new(pool.clone(), store, settings.broker.options());
+        let broker = Broker::new(pool.clone(), store, BrokerOptions::from(&settings.broker));
         if let Err(e) = broker.listen_for_invalidations().await {
             tracing::warn!(error = %e, "no fleet invalidations until the store is back");
         }
@@ -153,7 +157,7 @@ pub async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
     Ok(match settings.store.backend {
         StoreBackend::Memory => Arc::new(MemoryStore::new()),
         StoreBackend::Redis | StoreBackend::RedisCluster => {
-            let redis = store::connect(&settings.store.redis())
+            let redis = store::connect(&RedisSettings::from(&settings.store))
                 .await
                 .context("store")?;
             redis.check_keyring().await.context("store.keyring")?;

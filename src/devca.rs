@@ -155,6 +155,7 @@ pub struct DevStarOrder {
     pub serials: Vec<String>,
 }
 
+/// Settings of the embedded CA.
 #[derive(Clone)]
 pub struct DevCaSettings {
     /// Address to listen on; 127.0.0.1 by default.

@@ -28,7 +28,7 @@ use super::{
     schedule::{self, AriPlan},
     service::{Broker, now},
 };
-use crate::store::CertRecord;
+use crate::cert::CertRecord;
 
 /// Tunables, from `[renewal]`.
 #[derive(Debug, Clone)]
@@ -74,7 +74,7 @@ pub struct RenewalStatus {
     /// The STAR order the current certificate came from, if it is a short-term one; then
     /// `next_renewal` is when its successor is fetched (or, for the order's last
     /// certificate, when the next order is placed).
-    pub star: Option<crate::store::StarOrder>,
+    pub star: Option<crate::cert::StarOrder>,
 }
 
 #[derive(Debug)]

@@ -1,6 +1,6 @@
 //! Short-term certificates from STAR orders (RFC 8739) on the renewal schedule.
 //!
-//! A certificate whose record names a STAR order ([`crate::store::StarOrder`]) is renewed
+//! A certificate whose record names a STAR order ([`crate::cert::StarOrder`]) is renewed
 //! differently: while the order runs past the certificate's notAfter, its successor is
 //! fetched from the order's star-certificate URL, once the CA has issued it (the CA issues
 //! the next one at the latest halfway through the current one's lifetime; the broker asks
@@ -70,7 +70,7 @@ impl Broker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::StarOrder;
+    use crate::cert::StarOrder;
 
     fn cert(not_before: i64, not_after: i64, end: i64, lifetime: u64) -> CertRecord {
         CertRecord {

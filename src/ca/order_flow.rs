@@ -48,7 +48,7 @@ pub struct Issued {
     /// it conforms. Each was logged at warn.
     pub findings: Vec<shaken::Finding>,
     /// The STAR order it came from, when it is a short-term certificate.
-    pub star: Option<crate::store::StarOrder>,
+    pub star: Option<crate::cert::StarOrder>,
 }
 
 /// What one attempt carries beyond the request: crash takeover (an order to resume, where
@@ -296,7 +296,7 @@ impl OrderFlow<'_> {
     async fn download(
         &self,
         order: &acme::Order,
-    ) -> Result<(String, Option<crate::store::StarOrder>), AttemptError> {
+    ) -> Result<(String, Option<crate::cert::StarOrder>), AttemptError> {
         if let Some(star_url) = &order.state.star_certificate {
             return super::star::download(self.settings, self.account, order, star_url).await;
         }

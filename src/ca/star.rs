@@ -13,8 +13,8 @@ use super::{AttemptError, CaPool, Issued, Upstream, order_flow::OrderSettings, p
 use crate::{
     acme::{self, Account, AutoRenewal},
     broker::{FailureKind, IssueError, IssueRequest},
+    cert::{CertRecord, StarOrder},
     shaken::{self, CertInfo, Expected},
-    store::{CertRecord, StarOrder},
 };
 
 /// The `auto-renewal` to send in newOrder: with `[ca.star]` configured and the CA's

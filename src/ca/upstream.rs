@@ -15,7 +15,7 @@ use super::{
 };
 use crate::{
     acme::{Account, AcmeError, Client},
-    broker::Identifiers,
+    cert::Identifiers,
     challenge::TokenProvider,
     config::{BreakerSettings, CaSettings},
 };

@@ -15,8 +15,8 @@ use time::OffsetDateTime;
 use crate::{
     acme,
     ca::{AttemptError, Issued, Upstream},
+    cert::StarOrder,
     config::StarSettings,
-    store::StarOrder,
 };
 
 /// STAR flags of `certbroker issue`.

@@ -9,8 +9,8 @@ use std::{
 
 use base64::{Engine, engine::general_purpose::STANDARD as B64};
 use certbroker::store::{
-    CertRecord, CertSelector, KeyringSettings, RedisSettings, RedisStore, Store, StoreError,
-    StoreHealth, connect,
+    CertRecord, CertSelector, KeyringSettings, RedisSettings, RedisStore, SecretStore, Store,
+    StoreError, StoreHealth, connect,
 };
 use redis::AsyncCommands;
 use secrecy::SecretString;

@@ -4,7 +4,8 @@
 use base64::{Engine, engine::general_purpose::STANDARD as B64};
 use serde::{Deserialize, Serialize};
 
-use super::super::{CertRecord, Keyring, StoreError};
+use super::super::{Keyring, StoreError};
+use crate::cert::CertRecord;
 
 /// The stored form of a record.
 #[derive(Serialize, Deserialize)]
@@ -24,7 +25,7 @@ struct Stored {
     #[serde(default)]
     issued_at: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    star: Option<super::super::StarOrder>,
+    star: Option<crate::cert::StarOrder>,
 }
 
 /// What the serial and fingerprint indexes point to.
@@ -181,7 +182,7 @@ mod tests {
     #[test]
     fn a_star_order_survives_the_round_trip_and_old_records_have_none() {
         let r = CertRecord {
-            star: Some(crate::store::StarOrder {
+            star: Some(crate::cert::StarOrder {
                 order_url: "https://ca/order/7".into(),
                 certificate_url: "https://ca/star/7".into(),
                 end_date: 1_900_000_000,
