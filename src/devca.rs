@@ -9,6 +9,10 @@
 //! - an RFC 8555 ACME server under `/acme/` that validates `tkauth-01` (RFC 9447/9448)
 //!   strictly: token signature, `x5u`, `exp`, `jti` replay, `tktype`, `tkvalue` (compared
 //!   after DER decoding), `fingerprint` and `ca`; and checks the CSR at finalize;
+//! - STAR (RFC 8739, [`DevStar`], on by default): `auto-renewal` orders whose
+//!   star-certificate URL serves a new short-term certificate every half lifetime, with
+//!   cancellation and the autoRenewal problems; and newAuthz pre-authorization
+//!   (RFC 8555 §7.4.1), whose valid authorizations the account's next orders reuse;
 //! - `GET /devca/stats`: its counters as JSON ([`DevCaHandle::stats_url`]).
 //!
 //! Every event (account, order, authorization, challenge, certificate, revocation, SPC

@@ -2,7 +2,10 @@
 //! through the crate's ACME client over real HTTPS with SPC tokens from the devca's STI-PA:
 //! consecutive short-term certificates with second-scale lifetimes, their headers, every
 //! §3.1.1 refusal, cancellation and the four autoRenewal problems, unauthenticated GET, a CA
-//! without STAR, and orders that need no challenge after pre-authorization.
+//! without STAR, orders that need no challenge after pre-authorization, and the
+//! `certbroker devca` flags that shape all of it.
+
+mod common;
 
 use std::time::{Duration, Instant};
 
@@ -678,4 +681,47 @@ async fn pre_authorization_makes_orders_need_no_challenge() {
     )
     .await;
     assert_eq!(env.ca.stats().challenges_validated, 2);
+}
+
+#[tokio::test]
+async fn certbroker_devca_flags_shape_star_new_authz_and_caa() {
+    async fn directory(p: &common::DevcaProcess) -> Value {
+        let roots = tls::read_roots(std::path::Path::new(&p.trust_root)).unwrap();
+        let http = tls::http_client(Some(&roots), Duration::from_secs(10)).unwrap();
+        http.get(&p.directory)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+    let on = common::DevcaProcess::start(
+        &[
+            "--star-min-lifetime",
+            "30s",
+            "--star-max-duration",
+            "2h",
+            "--star-no-certificate-get",
+            "--caa-identity",
+            "ca.example.test",
+        ],
+        false,
+        |_| {},
+    );
+    let dir = directory(&on).await;
+    assert_eq!(
+        dir["meta"]["auto-renewal"],
+        json!({"min-lifetime": 30, "max-duration": 7200, "allow-certificate-get": false})
+    );
+    assert_eq!(dir["meta"]["caaIdentities"], json!(["ca.example.test"]));
+    assert!(dir["newAuthz"].is_string(), "{dir}");
+    let off = common::DevcaProcess::start(&["--no-star", "--no-new-authz"], false, |_| {});
+    let dir = directory(&off).await;
+    assert!(dir["meta"].get("auto-renewal").is_none(), "{dir}");
+    assert!(dir.get("newAuthz").is_none(), "{dir}");
+    assert_eq!(
+        dir["meta"]["caaIdentities"],
+        json!(["devca.certbroker.test"])
+    );
 }
