@@ -507,16 +507,23 @@ async fn post_as_get_only_start_date_end_date_and_expiry() {
         "did not negotiate allow-certificate-get",
     );
 
-    // A pending STAR order and a non-STAR order cannot be canceled.
+    // A pending STAR order (which expires no earlier than its end-date, a month away) and
+    // a non-STAR order cannot be canceled.
+    let month = in_secs(30 * 24 * 3600);
     let pending = env
         .account
         .new_order(&NewOrder {
             identifiers: vec![identifier(&spc("5678"))],
-            auto_renewal: Some(AutoRenewal::new(in_secs(60), Duration::from_secs(10))),
+            auto_renewal: Some(AutoRenewal::new(month, Duration::from_secs(10))),
             ..NewOrder::default()
         })
         .await
         .unwrap();
+    let expires = pending.state.expires.expect("expires");
+    assert!(
+        expires >= month - time::Duration::seconds(1),
+        "lives until end-date: {expires}"
+    );
     let err = env
         .account
         .cancel_star_order(&pending.url)
