@@ -18,6 +18,12 @@
 //! server suggests for it, and [`NewOrder::replaces`] tells the server which certificate an
 //! order replaces ([`AcmeError::is_already_replaced`] when that one was replaced already).
 //!
+//! STAR ([RFC 8739](https://www.rfc-editor.org/rfc/rfc8739)): [`NewOrder::auto_renewal`]
+//! places a short-term, automatically renewed order; [`Account::star_certificate`] (or
+//! [`Client::star_certificate_get`]) fetches the current certificate with its
+//! `Cert-Not-Before`/`Cert-Not-After`, [`Account::cancel_star_order`] ends it. Pre-authorization:
+//! [`Account::new_authorization`] (`newAuthz`). RFC 8657: [`caa_record_value`].
+//!
 //! Metrics without a metrics dependency: [`ClientSettings::observer`] takes a
 //! [`RequestObserver`], told the [`Endpoint`], HTTP status and duration of every exchange.
 //!
@@ -32,17 +38,24 @@ mod key;
 mod renewal_info;
 mod response;
 mod retry;
+mod star;
+mod transport;
 mod types;
 
 pub use account::Account;
-pub use client::{Client, ClientSettings, Endpoint, RequestObserver};
+pub use client::{Client, ClientSettings};
 pub use error::AcmeError;
 pub use key::{AccountKey, ExternalAccountKey};
 pub use renewal_info::{CertificateId, RenewalInfo, SuggestedWindow};
 pub use response::{ResponseReading, read_response};
 pub use retry::RetryPolicy;
+pub use star::{
+    AUTO_RENEWAL_CANCELED, AUTO_RENEWAL_CANCELLATION_INVALID, AUTO_RENEWAL_EXPIRED,
+    AUTO_RENEWAL_REVOCATION_NOT_SUPPORTED, StarCertificate, caa_record_value,
+};
+pub use transport::{Endpoint, RequestObserver};
 pub use types::{
-    AccountState, AccountStatus, Authorization, AuthorizationStatus, CertificateChain, Challenge,
-    ChallengeStatus, Directory, DirectoryMeta, Identifier, NewAccount, NewOrder, Order, OrderState,
-    OrderStatus, Problem,
+    AccountState, AccountStatus, Authorization, AuthorizationStatus, AutoRenewal, AutoRenewalMeta,
+    CertificateChain, Challenge, ChallengeStatus, Directory, DirectoryMeta, Identifier, NewAccount,
+    NewOrder, Order, OrderState, OrderStatus, Problem,
 };

@@ -9,6 +9,10 @@
 //! - an RFC 8555 ACME server under `/acme/` that validates `tkauth-01` (RFC 9447/9448)
 //!   strictly: token signature, `x5u`, `exp`, `jti` replay, `tktype`, `tkvalue` (compared
 //!   after DER decoding), `fingerprint` and `ca`; and checks the CSR at finalize;
+//! - STAR (RFC 8739, [`DevStar`], on by default): `auto-renewal` orders whose
+//!   star-certificate URL serves a new short-term certificate every half lifetime, with
+//!   cancellation and the autoRenewal problems; and newAuthz pre-authorization
+//!   (RFC 8555 §7.4.1), whose valid authorizations the account's next orders reuse;
 //! - `GET /devca/stats`: its counters as JSON ([`DevCaHandle::stats_url`]).
 //!
 //! Every event (account, order, authorization, challenge, certificate, revocation, SPC
@@ -38,10 +42,13 @@
 mod acme;
 mod ari;
 mod behaviour;
+mod challenge;
 mod defect;
+mod issue;
 mod jws;
 mod order;
 mod pki;
+mod star;
 mod state;
 mod stats;
 mod stipa;
@@ -59,6 +66,7 @@ use url::Url;
 pub use ari::{DevRenewalInfo, Replacement, ReplacesOutcome};
 pub use behaviour::{Behaviour, InjectedError, Stats, Step, TokenFault};
 pub use defect::ProfileDefect;
+pub use star::{DevStar, DevStarOrder};
 
 /// Which challenge-response field the STI-CA reads the SPC token from (shaken-acme.md §0.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -110,6 +118,9 @@ pub enum DevProfile {
     UsCp14,
 }
 
+/// The default [`DevCaSettings::caa_identities`].
+pub const DEFAULT_CAA_IDENTITY: &str = "devca.certbroker.test";
+
 /// Settings of the embedded CA.
 #[derive(Clone)]
 pub struct DevCaSettings {
@@ -156,6 +167,15 @@ pub struct DevCaSettings {
     /// would. Off by default: ATIS-1000080 v005 allows exactly one SPC, and the devca refuses
     /// other lists at newOrder (`rejectedIdentifier`).
     pub allow_tn_lists: bool,
+    /// STAR (RFC 8739): when set (the default), the directory's `meta` offers
+    /// `auto-renewal` and newOrder takes an `auto-renewal` object; `None` makes a CA without
+    /// STAR, whose newOrder refuses `auto-renewal` as `malformed`.
+    pub star: Option<DevStar>,
+    /// Offer `newAuthz` (pre-authorization, RFC 8555 §7.4.1); on by default.
+    pub new_authz: bool,
+    /// The directory's `meta.caaIdentities` (RFC 8555 §7.1.1, RFC 8657): the CAA issuer
+    /// domains of this CA; `["devca.certbroker.test"]` by default.
+    pub caa_identities: Vec<String>,
     /// STI-PA user id.
     pub sti_pa_user: String,
     /// STI-PA password.
@@ -180,6 +200,9 @@ impl Default for DevCaSettings {
             http01_address: Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
             profile: DevProfile::default(),
             allow_tn_lists: false,
+            star: Some(DevStar::default()),
+            new_authz: true,
+            caa_identities: vec![DEFAULT_CAA_IDENTITY.to_owned()],
             sti_pa_user: "dev".to_owned(),
             sti_pa_password: SecretString::from(state::random_id()),
         }
@@ -210,6 +233,9 @@ impl std::fmt::Debug for DevCaSettings {
             .field("http01_address", &self.http01_address)
             .field("profile", &self.profile)
             .field("allow_tn_lists", &self.allow_tn_lists)
+            .field("star", &self.star)
+            .field("new_authz", &self.new_authz)
+            .field("caa_identities", &self.caa_identities)
             .field("sti_pa_user", &self.sti_pa_user)
             .field("sti_pa_password", &"[REDACTED]")
             .finish()
@@ -420,6 +446,11 @@ impl DevCaHandle {
             }
         }
         counts
+    }
+
+    /// Every STAR order, with its certificate and fetch counts.
+    pub fn star_orders(&self) -> Vec<DevStarOrder> {
+        stats::star_orders(&self.inner)
     }
 
     /// Whether the certificate with this serial (lowercase hex, no leading zero byte) was

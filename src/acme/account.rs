@@ -7,12 +7,13 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use crate::acme::{
-    client::{Client, Endpoint, Payload, revocation_payload},
+    client::{Client, Payload, revocation_payload},
     error::AcmeError,
     jws::{self, Signer},
     key::AccountKey,
     response::Response,
     retry::RetryPolicy,
+    transport::Endpoint,
     types::{
         AccountState, Authorization, AuthorizationStatus, CertificateChain, Challenge, NewOrder,
         Order, OrderState, OrderStatus, Problem,
@@ -262,7 +263,7 @@ impl Account {
         Ok(())
     }
 
-    async fn post(
+    pub(crate) async fn post(
         &self,
         endpoint: Endpoint,
         url: &str,
@@ -281,7 +282,7 @@ impl Account {
             .await
     }
 
-    async fn get(&self, endpoint: Endpoint, url: &str) -> Result<Response, AcmeError> {
+    pub(crate) async fn get(&self, endpoint: Endpoint, url: &str) -> Result<Response, AcmeError> {
         self.post(endpoint, url, Payload::Empty, None).await
     }
 

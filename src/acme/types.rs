@@ -53,6 +53,64 @@ pub struct DirectoryMeta {
     /// ([§7.3.4](https://www.rfc-editor.org/rfc/rfc8555#section-7.3.4)).
     #[serde(default)]
     pub external_account_required: bool,
+    /// STAR limits ([RFC 8739 §3.1.1](https://www.rfc-editor.org/rfc/rfc8739#section-3.1.1)):
+    /// present when the server issues short-term, automatically renewed certificates.
+    #[serde(default, rename = "auto-renewal")]
+    pub auto_renewal: Option<AutoRenewalMeta>,
+}
+
+/// The directory's `meta.auto-renewal` ([RFC 8739 §3.1.1](https://www.rfc-editor.org/rfc/rfc8739#section-3.1.1)).
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub struct AutoRenewalMeta {
+    /// The shortest `lifetime` the server accepts, in seconds.
+    #[serde(default)]
+    pub min_lifetime: u64,
+    /// The longest duration (end-date minus start-date) of a STAR order, in seconds.
+    #[serde(default)]
+    pub max_duration: u64,
+    /// Whether orders may ask for `allow-certificate-get`.
+    #[serde(default)]
+    pub allow_certificate_get: bool,
+}
+
+/// The `auto-renewal` object of a STAR order
+/// ([RFC 8739 §3.1.1](https://www.rfc-editor.org/rfc/rfc8739#section-3.1.1)), as sent in
+/// newOrder and echoed in the order.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub struct AutoRenewal {
+    /// Earliest notBefore of the first certificate; the server's "now" when absent.
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub start_date: Option<OffsetDateTime>,
+    /// Latest notAfter of the last certificate.
+    #[serde(with = "time::serde::rfc3339")]
+    pub end_date: OffsetDateTime,
+    /// Validity of each short-term certificate, in seconds.
+    pub lifetime: u64,
+    /// Seconds each certificate's notBefore is moved back (clock skew), 0 when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifetime_adjust: Option<u64>,
+    /// Ask that the star-certificate URL also answer unauthenticated GET.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_certificate_get: Option<bool>,
+}
+
+impl AutoRenewal {
+    /// Certificates of `lifetime` until `end_date`, starting now, no adjustment, no GET.
+    pub fn new(end_date: OffsetDateTime, lifetime: std::time::Duration) -> Self {
+        Self {
+            start_date: None,
+            end_date,
+            lifetime: lifetime.as_secs(),
+            lifetime_adjust: None,
+            allow_certificate_get: None,
+        }
+    }
 }
 
 /// What to send to `newAccount` ([RFC 8555 §7.3](https://www.rfc-editor.org/rfc/rfc8555#section-7.3)).
@@ -136,6 +194,11 @@ pub struct NewOrder {
     /// ([RFC 9773 §5](https://www.rfc-editor.org/rfc/rfc9773#section-5)).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replaces: Option<String>,
+    /// STAR: makes this an auto-renewal order
+    /// ([RFC 8739 §3.1.1](https://www.rfc-editor.org/rfc/rfc8739#section-3.1.1)); leave
+    /// `not_before` and `not_after` unset with it.
+    #[serde(rename = "auto-renewal", skip_serializing_if = "Option::is_none")]
+    pub auto_renewal: Option<AutoRenewal>,
 }
 
 /// An order and the URL it lives at.
@@ -173,6 +236,13 @@ pub struct OrderState {
     /// Certificate URL, once `valid`.
     #[serde(default)]
     pub certificate: Option<String>,
+    /// STAR: where the current short-term certificate is, once `valid`
+    /// ([RFC 8739 §3.1.1](https://www.rfc-editor.org/rfc/rfc8739#section-3.1.1)).
+    #[serde(default, rename = "star-certificate")]
+    pub star_certificate: Option<String>,
+    /// STAR: the order's `auto-renewal`, as the server echoes it.
+    #[serde(default, rename = "auto-renewal")]
+    pub auto_renewal: Option<AutoRenewal>,
     /// Why the order failed, if it did.
     #[serde(default)]
     pub error: Option<Problem>,
@@ -182,6 +252,9 @@ pub struct OrderState {
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum OrderStatus {
+    /// A STAR order whose auto-renewal the client canceled
+    /// ([RFC 8739 §3.1.2](https://www.rfc-editor.org/rfc/rfc8739#section-3.1.2)).
+    Canceled,
     /// Failed; see the order's `error`.
     Invalid,
     /// Authorizations are outstanding.
@@ -190,7 +263,8 @@ pub enum OrderStatus {
     Processing,
     /// All authorizations are valid; ready to finalize.
     Ready,
-    /// Issued; `certificate` is set.
+    /// Issued; `certificate` is set (`star-certificate` for a STAR order, which stays
+    /// `valid` while certificates keep being issued).
     Valid,
 }
 

@@ -239,6 +239,7 @@ impl OrderFlow<'_> {
                 .map(|life| time::OffsetDateTime::now_utc() + life),
             replaces: ari::replaces_for(&self.settings.ca, offers_ari, self.tracking.replaces)
                 .map(|id| id.to_string()),
+            auto_renewal: None,
         };
         let order = match account.new_order(&req).await {
             Err(e) if e.is_already_replaced() && req.replaces.is_some() => {

@@ -13,8 +13,8 @@ use secrecy::{ExposeSecret, SecretString};
 use crate::{
     config::{CaSettings, CsrSettings, StiPaSettings},
     devca::{
-        Behaviour, DevCa, DevCaHandle, DevCaSettings, DevProfile, DevRenewalInfo, InjectedError,
-        Step,
+        Behaviour, DevCa, DevCaHandle, DevCaSettings, DevProfile, DevRenewalInfo, DevStar,
+        InjectedError, Step,
     },
     telemetry,
 };
@@ -55,6 +55,25 @@ pub(crate) struct DevcaArgs {
     /// Lifetime of issued certificates (e.g. 90s, 10m, 24h), to rehearse renewals.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "24h")]
     cert_lifetime: Duration,
+    /// Offer no STAR (RFC 8739): no `meta.auto-renewal`, newOrder with `auto-renewal` is
+    /// `malformed`.
+    #[arg(long)]
+    no_star: bool,
+    /// STAR: the shortest `lifetime` a STAR order may ask for (`meta.auto-renewal`).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "1s")]
+    star_min_lifetime: Duration,
+    /// STAR: the longest duration (end-date minus start-date) of a STAR order.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "8760h")]
+    star_max_duration: Duration,
+    /// STAR: refuse `allow-certificate-get` (unauthenticated GET of star-certificate URLs).
+    #[arg(long)]
+    star_no_certificate_get: bool,
+    /// Offer no `newAuthz` (pre-authorization, RFC 8555 §7.4.1).
+    #[arg(long)]
+    no_new_authz: bool,
+    /// The directory's `meta.caaIdentities` (RFC 8657); repeatable.
+    #[arg(long, value_name = "DOMAIN", default_value = crate::devca::DEFAULT_CAA_IDENTITY)]
+    caa_identity: Vec<String>,
     #[command(flatten)]
     faults: FaultArgs,
 }
@@ -264,6 +283,13 @@ pub(crate) async fn run(args: DevcaArgs) -> anyhow::Result<()> {
             ProfileArg::Cp1_4 => DevProfile::UsCp14,
         },
         allow_tn_lists: args.allow_tn_lists,
+        star: (!args.no_star).then_some(DevStar {
+            min_lifetime: args.star_min_lifetime,
+            max_duration: args.star_max_duration,
+            allow_certificate_get: !args.star_no_certificate_get,
+        }),
+        new_authz: !args.no_new_authz,
+        caa_identities: args.caa_identity.clone(),
         ..defaults
     })
     .await

@@ -19,8 +19,9 @@ use serde_json::{Value, json};
 use super::{
     ari,
     behaviour::{Counter, InjectedError, Step},
+    challenge, issue,
     jws::{self, Flattened, KeyRef, Problem, thumbprint, verify_request},
-    order,
+    order, star,
     state::{Account, Inner, account_json, random_id},
 };
 
@@ -33,12 +34,14 @@ pub(crate) fn router(inner: Arc<Inner>) -> Router {
         .route("/acme/acct/{id}/orders", post(order::orders))
         .route("/acme/key-change", post(key_change))
         .route("/acme/new-order", post(order::new_order))
+        .route("/acme/new-authz", post(order::new_authz))
         .route("/acme/order/{id}", post(order::order))
         .route("/acme/authz/{id}", post(order::authz))
-        .route("/acme/chall/{id}", post(order::challenge))
-        .route("/acme/finalize/{id}", post(order::finalize))
-        .route("/acme/cert/{id}", post(order::certificate))
-        .route("/acme/revoke-cert", post(order::revoke))
+        .route("/acme/chall/{id}", post(challenge::challenge))
+        .route("/acme/finalize/{id}", post(issue::finalize))
+        .route("/acme/cert/{id}", post(issue::certificate))
+        .route("/acme/star/{id}", post(star::star_post).get(star::star_get))
+        .route("/acme/revoke-cert", post(issue::revoke))
         .route("/acme/renewal-info/{id}", get(ari::renewal_info))
         .layer(middleware::from_fn_with_state(inner.clone(), acme_layer))
         .with_state(inner)
@@ -114,7 +117,10 @@ async fn acme_layer(State(inner): State<Arc<Inner>>, req: Request, next: Next) -
     if let Ok(v) = HeaderValue::from_str(&inner.new_nonce()) {
         h.insert("replay-nonce", v);
     }
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    // A cacheable STAR answer (RFC 8739 §4.3) keeps its own directives.
+    if !h.contains_key(header::CACHE_CONTROL) {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
     let link = format!("<{}>;rel=\"index\"", inner.url("/acme/directory"));
     if let Ok(v) = HeaderValue::from_str(&link) {
         // Appended: a challenge response also links "up" to its authorization.
@@ -163,8 +169,15 @@ async fn directory(State(inner): State<Arc<Inner>>) -> Json<Value> {
         "meta": {
             "website": inner.base.as_str(),
             "externalAccountRequired": inner.settings.require_eab.is_some(),
+            "caaIdentities": inner.settings.caa_identities,
         },
     });
+    if let Some(limits) = &inner.settings.star {
+        dir["meta"]["auto-renewal"] = star::meta_json(limits);
+    }
+    if inner.settings.new_authz {
+        dir["newAuthz"] = json!(u("/acme/new-authz"));
+    }
     if inner.settings.renewal_info.is_some() {
         dir["renewalInfo"] = json!(u("/acme/renewal-info"));
     }

@@ -92,10 +92,10 @@ impl Step {
             "new-account" | "acct" | "key-change" => Self::Account,
             "new-order" => Self::NewOrder,
             "order" => Self::Order,
-            "authz" => Self::Authz,
+            "authz" | "new-authz" => Self::Authz,
             "chall" => Self::Challenge,
             "finalize" => Self::Finalize,
-            "cert" => Self::Certificate,
+            "cert" | "star" => Self::Certificate,
             "revoke-cert" => Self::Revoke,
             "renewal-info" => Self::RenewalInfo,
             _ => return None,
@@ -228,6 +228,13 @@ pub struct Stats {
     pub renewal_info_requests: u64,
     /// newOrders answered with `alreadyReplaced`.
     pub already_replaced: u64,
+    /// Authorizations created through `newAuthz` (pre-authorization, RFC 8555 §7.4.1).
+    pub new_authz: u64,
+    /// Short-term certificates issued for STAR orders (RFC 8739); also in
+    /// `certificates_issued`.
+    pub star_certificates: u64,
+    /// Successful fetches of star-certificate URLs (POST-as-GET or GET; HEAD not counted).
+    pub star_fetches: u64,
 }
 
 #[derive(Debug, Default)]
@@ -247,6 +254,9 @@ struct Counters {
     rate_limited: AtomicU64,
     renewal_info_requests: AtomicU64,
     already_replaced: AtomicU64,
+    new_authz: AtomicU64,
+    star_certificates: AtomicU64,
+    star_fetches: AtomicU64,
 }
 
 /// Which counter to bump.
@@ -261,11 +271,14 @@ pub(crate) enum Counter {
     ChallengeValidated,
     Finalize,
     Hung,
+    NewAuthz,
     InjectedError,
     NewOrder,
     RateLimited,
     RenewalInfo,
     Revocation,
+    StarCertificate,
+    StarFetch,
     TokenIssued,
 }
 
@@ -459,10 +472,13 @@ impl Behaviour {
             Counter::Finalize => &c.finalizes,
             Counter::Hung => &c.hung_requests,
             Counter::InjectedError => &c.injected_errors,
+            Counter::NewAuthz => &c.new_authz,
             Counter::NewOrder => &c.new_orders,
             Counter::RateLimited => &c.rate_limited,
             Counter::RenewalInfo => &c.renewal_info_requests,
             Counter::Revocation => &c.revocations,
+            Counter::StarCertificate => &c.star_certificates,
+            Counter::StarFetch => &c.star_fetches,
             Counter::TokenIssued => &c.tokens_issued,
         };
         atomic.fetch_add(1, Ordering::Relaxed);
@@ -503,6 +519,9 @@ impl Behaviour {
             rate_limited: get(&c.rate_limited),
             renewal_info_requests: get(&c.renewal_info_requests),
             already_replaced: get(&c.already_replaced),
+            new_authz: get(&c.new_authz),
+            star_certificates: get(&c.star_certificates),
+            star_fetches: get(&c.star_fetches),
         }
     }
 }

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 use url::Url;
 
-use super::{Behaviour, DevCaSettings, ari::Replacement, pki::Pki};
+use super::{Behaviour, DevCaSettings, ari::Replacement, pki::Pki, star::StarState};
 use crate::shaken::TnAuthList;
 
 /// Shared by every handler.
@@ -129,6 +129,8 @@ pub(crate) struct Account {
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum Status {
+    /// A STAR order whose auto-renewal was canceled (RFC 8739 §3.1.2).
+    Canceled,
     Deactivated,
     Invalid,
     Pending,
@@ -140,6 +142,7 @@ pub(crate) enum Status {
 impl Status {
     pub(crate) fn as_str(self) -> &'static str {
         match self {
+            Self::Canceled => "canceled",
             Self::Deactivated => "deactivated",
             Self::Invalid => "invalid",
             Self::Pending => "pending",
@@ -195,6 +198,8 @@ pub(crate) struct Order {
     pub(crate) error: Option<Value>,
     /// The `replaces` it was created with (RFC 9773 §5), echoed in the order object.
     pub(crate) replaces: Option<String>,
+    /// The STAR (RFC 8739) part of an order placed with `auto-renewal`.
+    pub(crate) star: Option<StarState>,
 }
 
 pub(crate) struct Authz {
@@ -206,6 +211,9 @@ pub(crate) struct Authz {
     pub(crate) challenge: Challenge,
     /// The `atc.ca` of the token that validated the challenge.
     pub(crate) token_ca: Option<bool>,
+    /// Created by newAuthz (RFC 8555 §7.4.1): a later newOrder of the same account for the
+    /// same identifier reuses it while it is valid. Authorizations of orders are not reused.
+    pub(crate) preauthorized: bool,
 }
 
 pub(crate) struct Challenge {
@@ -236,6 +244,8 @@ pub(crate) struct IssuedCert {
     pub(crate) not_after: OffsetDateTime,
     /// The order whose `replaces` named it, if any.
     pub(crate) replaced_by: Option<String>,
+    /// The STAR order it was issued for (RFC 8739): such a certificate cannot be revoked.
+    pub(crate) star_order: Option<String>,
 }
 
 // === JSON ===
@@ -265,6 +275,12 @@ pub(crate) fn order_json(order: &Order, id: &str, inner: &Inner) -> Value {
     }
     if let Some(cert) = &order.cert {
         v["certificate"] = json!(inner.url(&format!("/acme/cert/{cert}")).as_str());
+    }
+    if let Some(star) = &order.star {
+        v["auto-renewal"] = star.request_json();
+        if !star.certs.is_empty() {
+            v["star-certificate"] = json!(inner.url(&format!("/acme/star/{id}")).as_str());
+        }
     }
     if let Some(err) = &order.error {
         v["error"] = err.clone();

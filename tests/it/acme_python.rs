@@ -1,7 +1,8 @@
 //! The devca as an ACME server, driven by a client no one here wrote: certbot's `acme`
 //! library (tests/python/acme_devca.py). Accounts, a TNAuthList order over tkauth-01 with a
 //! token from the devca's STI-PA, finalize, download, revoke, keyChange, deactivation, a dns
-//! order over real http-01 against the script's own responder, and the RFC 8555 error cases.
+//! order over real http-01 against the script's own responder, the RFC 8555 error cases,
+//! and STAR (RFC 8739) and newAuthz, posted as raw JSON through the library's JWS client.
 
 use std::{process::Stdio, time::Duration};
 
@@ -13,7 +14,7 @@ use tokio::{
 };
 
 /// How many checks tests/python/acme_devca.py makes; update it with the script.
-const CHECKS: usize = 58;
+const CHECKS: usize = 75;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certbot_acme_library_drives_the_devca() {

@@ -29,6 +29,7 @@ mod delegate;
 mod deploy;
 mod devca_faults;
 mod devca_server;
+mod devca_star;
 mod fleet;
 mod fleet_takeover;
 mod foreign_client;

@@ -17,6 +17,7 @@ library: it parses as an UnrecognizedChallenge and is answered with {"atc": toke
 
 import base64
 import datetime
+import email.utils
 import hashlib
 import hmac
 import http.server
@@ -37,6 +38,20 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
 RESULTS = []
+
+
+class JsonBody(jose.JSONDeSerializable):
+    """A JSON body the library has no message class for (STAR, newAuthz), sent as is."""
+
+    def __init__(self, jobj):
+        self.jobj = jobj
+
+    def to_partial_json(self):
+        return self.jobj
+
+    @classmethod
+    def from_json(cls, jobj):
+        return cls(jobj)
 
 
 def check(name, ok, why=""):
@@ -536,23 +551,144 @@ class Run:
              "unsupportedIdentifier"),
         ]
 
-        class Body(jose.JSONDeSerializable):
-            def __init__(self, jobj):
-                self.jobj = jobj
-
-            def to_partial_json(self):
-                return self.jobj
-
-            @classmethod
-            def from_json(cls, jobj):
-                return cls(jobj)
-
         for what, body, want in cases:
             try:
-                acme._post(acme.directory["newOrder"], Body(body))
+                acme._post(acme.directory["newOrder"], JsonBody(body))
                 check(f"newOrder with {what}: {want}", False, "accepted")
             except messages.Error as e:
                 check(f"newOrder with {what}: {want}", e.code == want, str(e))
+
+    # --- STAR (RFC 8739) and pre-authorization (newAuthz, RFC 8555 §7.4.1), as raw JSON ---
+
+    def star_and_preauth(self, key, acme):
+        directory = requests.get(self.cfg["directory"], verify=self.verify, timeout=10).json()
+        meta = directory.get("meta", {})
+        ar_meta = meta.get("auto-renewal", {})
+        check("directory: newAuthz, meta.caaIdentities and meta.auto-renewal "
+              "{min-lifetime, max-duration, allow-certificate-get} (RFC 8739 §3.1.1)",
+              isinstance(directory.get("newAuthz"), str) and bool(meta.get("caaIdentities"))
+              and all(k in ar_meta for k in ("min-lifetime", "max-duration",
+                                             "allow-certificate-get")), directory)
+        stats_url = self.cfg["sti_pa"].rstrip("/") + "/devca/stats"
+
+        def stats():
+            return requests.get(stats_url, verify=self.verify, timeout=10).json()
+
+        def error_of(fn):
+            try:
+                fn()
+                return "accepted"
+            except messages.Error as e:
+                return str(e.typ).rsplit(":", 1)[-1]
+
+        spc_der = tn_auth_list_spc("5678")
+        tkvalue = base64.b64encode(spc_der).decode()
+        ident = {"type": "TNAuthList", "value": tkvalue}
+
+        resp = acme._post(directory["newAuthz"], JsonBody({"identifier": ident}))
+        authz_url = resp.headers.get("Location")
+        body = resp.json()
+        tk = [c for c in body.get("challenges", []) if c.get("type") == "tkauth-01"]
+        check("newAuthz: 201, Location, a pending authorization with tkauth-01 (§7.4.1)",
+              resp.status_code == 201 and bool(authz_url) and body.get("status") == "pending"
+              and len(tk) == 1, f"{resp.status_code} {body}")
+        token = self.spc_token(key, tkvalue, "5678")
+        acme._post(tk[0]["url"], JsonBody({"atc": token}))
+        end = time.monotonic() + 30
+        while time.monotonic() < end:
+            body = acme._post_as_get(authz_url).json()
+            if body.get("status") != "pending":
+                break
+            time.sleep(0.2)
+        check("the pre-authorization becomes valid", body.get("status") == "valid", body)
+        validated = stats()["challenges_validated"]
+
+        resp = acme._post(directory["newOrder"], JsonBody({"identifiers": [ident]}))
+        order = resp.json()
+        check("newOrder after newAuthz: ready at once, reusing the pre-authorization",
+              order.get("status") == "ready" and order.get("authorizations") == [authz_url],
+              order)
+
+        got = error_of(lambda: acme._post(directory["newOrder"], JsonBody({
+            "identifiers": [ident], "notAfter": "2099-01-01T00:00:00Z",
+            "auto-renewal": {"end-date": "2099-01-01T00:00:00Z", "lifetime": 3}})))
+        check("STAR newOrder with notAfter: malformed (RFC 8739 §3.1.1)", got == "malformed", got)
+
+        lifetime = 3
+        end_date = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=60)
+        resp = acme._post(directory["newOrder"], JsonBody({"identifiers": [ident], "auto-renewal": {
+            "end-date": end_date.strftime("%Y-%m-%dT%H:%M:%SZ"), "lifetime": lifetime,
+            "allow-certificate-get": True}}))
+        order_url = resp.headers.get("Location")
+        order = resp.json()
+        check("STAR newOrder: 201, ready (pre-authorized), auto-renewal echoed",
+              resp.status_code == 201 and order.get("status") == "ready"
+              and order.get("auto-renewal", {}).get("lifetime") == lifetime, order)
+        cert_key = ec.generate_private_key(ec.SECP256R1())
+        csr = (x509.CertificateSigningRequestBuilder()
+               .subject_name(x509.Name([
+                   x509.NameAttribute(NameOID.COUNTRY_NAME, "US"),
+                   x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Python Test Carrier"),
+                   x509.NameAttribute(NameOID.COMMON_NAME, "SHAKEN 5678")]))
+               .add_extension(x509.UnrecognizedExtension(TN_AUTH_LIST_OID, spc_der), critical=False)
+               .sign(cert_key, hashes.SHA256()))
+        acme._post(order["finalize"],
+                   JsonBody({"csr": b64u(csr.public_bytes(serialization.Encoding.DER))}))
+        end = time.monotonic() + 30
+        while time.monotonic() < end:
+            order = acme._post_as_get(order_url).json()
+            if order.get("status") not in ("pending", "ready", "processing"):
+                break
+            time.sleep(0.2)
+        star_url = order.get("star-certificate")
+        check("finalized STAR order: valid, with star-certificate and no certificate (§3.1.1)",
+              order.get("status") == "valid" and bool(star_url) and "certificate" not in order,
+              order)
+
+        def fetch():
+            r = acme._post_as_get(star_url)
+            leaf = x509.load_pem_x509_certificates(r.content)[0]
+            return r, leaf
+
+        r, first = fetch()
+        hdr = lambda name: email.utils.parsedate_to_datetime(r.headers[name])  # noqa: E731
+        check("star-certificate by POST-as-GET: a chain with Cert-Not-Before/After equal to "
+              "the leaf's validity (§3.3)",
+              r.headers.get("Content-Type", "").startswith("application/pem-certificate-chain")
+              and hdr("Cert-Not-Before") == first.not_valid_before_utc
+              and hdr("Cert-Not-After") == first.not_valid_after_utc, dict(r.headers))
+        check(f"the short-term certificate is valid for the lifetime ({lifetime} s)",
+              (first.not_valid_after_utc - first.not_valid_before_utc).total_seconds()
+              == lifetime, f"{first.not_valid_before_utc} .. {first.not_valid_after_utc}")
+        plain = requests.get(star_url, verify=self.verify, timeout=10)
+        check("allow-certificate-get: unauthenticated GET works, with public cache directives "
+              "(§4.3)", plain.status_code == 200 and plain.text == r.text
+              and plain.headers.get("Cache-Control", "").startswith("public, max-age="),
+              f"{plain.status_code} {plain.headers.get('Cache-Control')}")
+        end = time.monotonic() + 20
+        nxt = first
+        while time.monotonic() < end and nxt.serial_number == first.serial_number:
+            time.sleep(0.2)
+            _, nxt = fetch()
+        now = datetime.datetime.now(datetime.timezone.utc)
+        check("the next certificate appears before the current one expires (§3.2)",
+              nxt.serial_number != first.serial_number and now < first.not_valid_after_utc,
+              f"{nxt.serial_number} at {now}, current until {first.not_valid_after_utc}")
+
+        got = error_of(lambda: acme.revoke(nxt, 0))
+        check("revokeCert of a STAR certificate: autoRenewalRevocationNotSupported (§3.1.2)",
+              got == "autoRenewalRevocationNotSupported", got)
+        resp = acme._post(order_url, JsonBody({"status": "canceled"}))
+        check("cancel: {\"status\": \"canceled\"} to the order URL gives status canceled "
+              "(§3.1.2)", resp.json().get("status") == "canceled", resp.text)
+        got = error_of(lambda: acme._post_as_get(star_url))
+        check("star-certificate after cancel: autoRenewalCanceled", got == "autoRenewalCanceled",
+              got)
+        got = error_of(lambda: acme._post(order_url, JsonBody({"status": "canceled"})))
+        check("cancel again: autoRenewalCancellationInvalid",
+              got == "autoRenewalCancellationInvalid", got)
+        check("no challenge was validated for the orders after pre-authorization",
+              stats()["challenges_validated"] == validated, stats())
 
     def orders_list(self, acme, order_url):
         acct = acme._post_as_get(acme.net.account.uri).json()
@@ -630,6 +766,7 @@ def main():
         urls = section("TNAuthList order", run.tn_order, key, acme)
         section("authorization deactivation", run.deactivate_authz, acme)
         section("order limits", run.order_limits, acme)
+        section("STAR and newAuthz", run.star_and_preauth, key, acme)
         section("dns order over http-01", run.dns_order, key, acme, "sip.python.example")
         section("dns order with a wrong key authorization", run.dns_order, key, acme,
                 "bad.python.example", False)
