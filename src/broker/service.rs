@@ -325,7 +325,8 @@ impl Broker {
             .ok_or_else(|| {
                 BrokerError::NotFound(format!("no certificate known for {}", req.selector))
             })?;
-        // A short-term certificate is not revoked: its STAR order is canceled (RFC 8739 §2).
+        // A short-term certificate is not revoked: its STAR order is canceled (RFC 8739
+        // §3.1.2); a STAR CA answers revokeCert with autoRenewalRevocationNotSupported.
         let star_order_canceled = record.star.is_some();
         if star_order_canceled {
             inner.issuer.cancel_star(&record).await?;
