@@ -65,7 +65,7 @@ struct BenchArgs {
     out: PathBuf,
     /// External: the broker binary to run as `serve --dev` [default: `certbroker` next to
     /// this binary, i.e. in the same target directory].
-    #[arg(long, env = "CERTBROKER_BIN")]
+    #[arg(long)]
     broker_bin: Option<PathBuf>,
     /// Serve the bare tonic baseline answering the GetCertificateResponse (protobuf) in this
     /// file, print its address, run until SIGTERM (the `external` scenario starts it).
