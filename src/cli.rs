@@ -3,13 +3,14 @@
 //! commands `get` and `revoke`.
 
 mod account;
-mod bench;
 mod client;
 mod devca;
 mod ids;
 mod issue;
 mod serve;
 mod star;
+
+pub use devca::ca_settings_for;
 
 use clap::{Parser, Subcommand};
 
@@ -39,8 +40,6 @@ enum Command {
     Status(client::StatusArgs),
     /// Manage a CA's ACME account: `rollover` (new key), `deactivate`, `show`.
     Account(account::AccountArgs),
-    /// Measure the broker against its baselines (see docs/benchmarks.md).
-    Bench(Box<bench::BenchArgs>),
 }
 
 /// Entry point of the binary.
@@ -57,7 +56,6 @@ pub fn main() -> anyhow::Result<()> {
             Command::Revoke(args) => client::revoke(args).await,
             Command::Status(args) => client::status(args).await,
             Command::Account(args) => account::run(args).await,
-            Command::Bench(args) => bench::run(*args).await,
         }
     });
     // Log lines still queued for the writer thread (telemetry) are written before exit.
@@ -65,8 +63,8 @@ pub fn main() -> anyhow::Result<()> {
     result
 }
 
-/// Resolves on SIGTERM or Ctrl-C.
-pub(crate) async fn shutdown_signal() {
+/// Resolves on SIGTERM or Ctrl-C (the broker's and certbroker-bench's servers stop on it).
+pub async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

@@ -65,11 +65,11 @@ impl From<&crate::config::BrokerSettings> for BrokerOptions {
     /// The broker's tunables `[broker]` describes.
     fn from(s: &crate::config::BrokerSettings) -> Self {
         Self {
-            cache_capacity: s.cache_capacity,
-            default_min_remaining: Duration::from_secs(s.default_min_remaining_secs),
-            issuance_timeout: Duration::from_secs(s.issuance_timeout_secs),
-            lock_ttl: Duration::from_secs(s.lock_ttl_secs),
-            negative_ttl: Duration::from_secs(s.negative_ttl_secs),
+            cache_capacity: s.cache_capacity.get(),
+            default_min_remaining: s.default_min_remaining,
+            issuance_timeout: s.issuance_timeout,
+            lock_ttl: s.lock_ttl,
+            negative_ttl: s.negative_ttl,
         }
     }
 }

@@ -32,11 +32,8 @@ pub(super) fn auto_renewal(settings: &OrderSettings, account: &Account) -> Optio
         }
         return None;
     }
-    let end = OffsetDateTime::now_utc() + std::time::Duration::from_secs(star.duration_secs);
-    Some(AutoRenewal::new(
-        end,
-        std::time::Duration::from_secs(star.lifetime_secs),
-    ))
+    let end = OffsetDateTime::now_utc() + star.duration;
+    Some(AutoRenewal::new(end, star.lifetime))
 }
 
 /// The current short-term certificate of a `valid` STAR order, from its
@@ -52,8 +49,9 @@ pub(super) async fn download(
     let (end_date, lifetime_secs) = match (&order.state.auto_renewal, settings.star) {
         (Some(ar), _) => (ar.end_date.unix_timestamp(), ar.lifetime),
         (None, Some(s)) => (
-            OffsetDateTime::now_utc().unix_timestamp() + s.duration_secs as i64,
-            s.lifetime_secs,
+            OffsetDateTime::now_utc().unix_timestamp()
+                + i64::try_from(s.duration.as_secs()).unwrap_or(i64::MAX / 4),
+            s.lifetime.as_secs(),
         ),
         (None, None) => (i64::MAX, 0),
     };

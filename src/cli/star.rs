@@ -48,8 +48,8 @@ impl StarArgs {
             "--star-duration: must be at least --star-lifetime (one certificate)"
         );
         Ok(Some(StarSettings {
-            lifetime_secs,
-            duration_secs,
+            lifetime: Duration::from_secs(lifetime_secs),
+            duration: Duration::from_secs(duration_secs),
         }))
     }
 }

@@ -47,8 +47,8 @@ k1 = "{KEY1}"
     .expect("settings");
     let mut ca = env.ca_settings("devca");
     ca.star = Some(StarSettings {
-        lifetime_secs: LIFETIME,
-        duration_secs,
+        lifetime: Duration::from_secs(LIFETIME),
+        duration: Duration::from_secs(duration_secs),
     });
     s.ca = vec![ca];
     s
