@@ -9,6 +9,7 @@ mod request;
 mod schedule;
 mod service;
 mod singleflight;
+mod star;
 mod watch;
 
 /// Re-exported from [`crate::cert`], where the shared domain lives.
@@ -43,6 +44,9 @@ pub struct IssueRequest {
     /// The certificate this issuance replaces (a renewal), so that the CA that issued it
     /// can be told (ACME Renewal Information, RFC 9773 `replaces`).
     pub replaces: Option<Replaces>,
+    /// The short-term certificate whose successor to fetch from its STAR order (RFC 8739)
+    /// instead of ordering; an issuer that finds the order over places a new one.
+    pub star_next: Option<std::sync::Arc<CertRecord>>,
 }
 
 /// A certificate being replaced. The issuer names it only to the CA that issued it; an
@@ -125,6 +129,18 @@ pub trait Issuer: Send + Sync + std::fmt::Debug {
     async fn issue(&self, req: &IssueRequest) -> Result<CertRecord, IssueError>;
     /// Revokes `cert` at the CA and account that issued it. `reason` is an RFC 5280 code.
     async fn revoke(&self, cert: &CertRecord, reason: u8) -> Result<(), IssueError>;
+    /// Cancels the STAR order (RFC 8739 §3.1.2) `cert` came from, at the CA that issued
+    /// it: the way to end a short-term certificate, which a STAR CA does not revoke. By
+    /// default refused: the issuer knows no STAR.
+    async fn cancel_star(&self, cert: &CertRecord) -> Result<(), IssueError> {
+        Err(IssueError {
+            ca: Some(cert.issuer_ca.clone()),
+            kind: FailureKind::Refused,
+            problem_type: None,
+            detail: "this issuer cannot cancel STAR orders".into(),
+            retry_after: None,
+        })
+    }
     /// The renewal window the CA that issued `cert` suggests; `Ok(None)` when that CA
     /// suggests none (the default). The broker then renews by its own rule.
     async fn renewal_window(&self, cert: &CertRecord) -> Result<Option<RenewalWindow>, IssueError> {

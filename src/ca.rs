@@ -14,6 +14,7 @@ mod policy;
 mod pool;
 mod progress;
 mod race;
+mod star;
 mod upstream;
 
 pub(crate) use account::write_private;

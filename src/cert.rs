@@ -38,6 +38,10 @@ pub struct CertRecord {
     /// since CAs backdate notBefore (the devca by five minutes, some CAs by an hour).
     #[serde(default)]
     pub issued_at: i64,
+    /// The STAR order (RFC 8739) this certificate came from, when it is a short-term one:
+    /// the broker fetches its successor there, and cancels it on revocation.
+    #[serde(default)]
+    pub star: Option<StarOrder>,
 }
 
 impl fmt::Debug for CertRecord {
@@ -59,6 +63,38 @@ impl CertRecord {
     /// Seconds of validity left at `now` (Unix seconds); negative once expired.
     pub fn remaining_secs(&self, now: i64) -> i64 {
         self.not_after - now
+    }
+}
+
+/// A running STAR order, as the certificate record keeps it (so every replica, and a
+/// restarted fleet, continues it instead of ordering anew).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StarOrder {
+    /// The order URL (cancellation goes there).
+    pub order_url: String,
+    /// Its `star-certificate` URL, which serves the current short-term certificate.
+    pub certificate_url: String,
+    /// The order's end-date, Unix seconds: no certificate is valid past it.
+    pub end_date: i64,
+    /// Validity of each short-term certificate, seconds.
+    pub lifetime_secs: u64,
+}
+
+impl StarOrder {
+    /// When to fetch the successor of the order's certificate that expires at `not_after`
+    /// (Unix seconds), or `None` when that is the order's last (the next needs a new order).
+    /// The CA issues the next certificate at the latest halfway through the current one's
+    /// lifetime; this is a margin after that (a second for the dates' truncation, and a
+    /// sixteenth of the lifetime, at least a second, for the CA's own delay), and always
+    /// before `not_after`.
+    pub fn successor_due(&self, not_after: i64) -> Option<i64> {
+        if not_after >= self.end_date || self.lifetime_secs == 0 {
+            return None;
+        }
+        let lifetime = i64::try_from(self.lifetime_secs).unwrap_or(i64::MAX / 4);
+        let halfway = not_after - lifetime + lifetime / 2 + lifetime % 2;
+        let margin = 1 + (lifetime / 16).max(1);
+        Some((halfway + margin).min(not_after - 1))
     }
 }
 

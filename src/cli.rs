@@ -8,6 +8,7 @@ mod devca;
 mod ids;
 mod issue;
 mod serve;
+mod star;
 
 pub use devca::ca_settings_for;
 

@@ -33,7 +33,8 @@ mod store;
 mod validate;
 
 pub use ca::{
-    BreakerSettings, CaSettings, CsrSettings, EabSettings, PoolPolicy, PoolSettings, StiPaSettings,
+    BreakerSettings, CaSettings, CsrSettings, EabSettings, PoolPolicy, PoolSettings, StarSettings,
+    StiPaSettings,
 };
 use env::env_names_referenced_by;
 pub use env::{CLI_ENV, ENV_PREFIX, EnvRole, classify_env};
@@ -546,6 +547,18 @@ mod tests {
             (
                 "[[ca]]\nname = \"a\"\ndirectory = \"https://x\"\naccount_key = \"k\"\n[ca.breaker]\nfailure_threshold = 0",
                 "ca[0].breaker.failure_threshold",
+            ),
+            (
+                "[[ca]]\nname = \"a\"\ndirectory = \"https://x\"\naccount_key = \"k\"\n[ca.star]\nlifetime_secs = 0\nduration_secs = 60",
+                "ca[0].star.lifetime_secs",
+            ),
+            (
+                "[[ca]]\nname = \"a\"\ndirectory = \"https://x\"\naccount_key = \"k\"\n[ca.star]\nlifetime_secs = 60\nduration_secs = 59",
+                "ca[0].star.duration_secs",
+            ),
+            (
+                "[[ca]]\nname = \"a\"\ndirectory = \"https://x\"\naccount_key = \"k\"\n[ca.star]\nlifetime_secs = 60",
+                "duration_secs",
             ),
             (
                 "[[ca]]\nname = \"a\"\ndirectory = \"https://x\"\naccount_key = \"k\"\n[[pool]]\nname = \"other\"",

@@ -372,7 +372,14 @@ pub(crate) fn cert_response(
 
 /// Encodes one renewal-status entry.
 pub(crate) fn renewal_entry(s: crate::broker::RenewalStatus) -> pb::RenewalEntry {
+    let star = s.star.map(|o| pb::StarOrder {
+        last_certificate: s.not_after.is_some_and(|na| na >= o.end_date),
+        order_url: o.order_url,
+        lifetime_secs: o.lifetime_secs,
+        end_date: Some(timestamp(o.end_date)),
+    });
     pb::RenewalEntry {
+        star,
         cache_key: s.cache_key,
         serial_hex: s.serial_hex.unwrap_or_default(),
         not_after: s.not_after.map(timestamp),
@@ -390,6 +397,7 @@ pub(crate) fn revoke_response(r: &Revoked) -> pb::RevokeResponse {
         serial_hex: r.serial_hex.clone(),
         issuer_ca: r.issuer_ca.clone(),
         revoked_at: Some(timestamp(r.revoked_at.unix_timestamp())),
+        star_order_canceled: r.star_order_canceled,
     }
 }
 

@@ -71,18 +71,22 @@ pub struct RenewalStatus {
     /// What the strict review of the current certificate's chain finds
     /// ([`crate::shaken::profile_findings`]); empty when it conforms.
     pub profile_findings: Vec<String>,
+    /// The STAR order the current certificate came from, if it is a short-term one; then
+    /// `next_renewal` is when its successor is fetched (or, for the order's last
+    /// certificate, when the next order is placed).
+    pub star: Option<crate::cert::StarOrder>,
 }
 
 #[derive(Debug)]
-struct Tracked {
+pub(super) struct Tracked {
     request: IssueRequest,
     /// Milliseconds since [`EPOCH`]; atomic so the hot path needs only a read lock.
     last_requested: AtomicU64,
     /// Open WatchCertificate streams on it: a watched certificate is in use however long
     /// ago it was last asked for, so it is never dropped as idle.
     watchers: usize,
-    retry_at: Option<Instant>,
-    failures: u32,
+    pub(super) retry_at: Option<Instant>,
+    pub(super) failures: u32,
     last_error: Option<String>,
     /// The CA's renewal window for the current certificate, once fetched.
     ari: Option<AriPlan>,
@@ -110,7 +114,7 @@ impl Tracker {
         self.keys.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn lock(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Tracked>> {
+    pub(super) fn lock(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Tracked>> {
         self.keys.write().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -242,9 +246,13 @@ impl Broker {
                 issuer_ca: current.as_ref().map(|c| c.issuer_ca.clone()),
                 serial_hex: current.as_ref().map(|c| c.serial_hex.clone()),
                 not_after: current.as_ref().map(|c| c.not_after),
-                next_renewal: current
-                    .as_ref()
-                    .map(|c| schedule::due_at(c, renew_fraction, plan.as_ref())),
+                next_renewal: current.as_ref().map(|c| {
+                    super::star::plan(c, renew_fraction).map_or_else(
+                        || schedule::due_at(c, renew_fraction, plan.as_ref()),
+                        |s| s.due,
+                    )
+                }),
+                star: current.as_ref().and_then(|c| c.star.clone()),
                 profile_findings: current
                     .as_ref()
                     .map(|c| {
@@ -294,17 +302,26 @@ impl Broker {
             let Some(current) = self.current(&request.cache_key).await else {
                 continue;
             };
-            let plan = if opts.use_ari {
+            let star = super::star::plan(&current, opts.renew_fraction);
+            let plan = if opts.use_ari && star.is_none() {
                 self.ari_plan(&request.cache_key, &current).await
             } else {
                 None
             };
-            if now() < schedule::due_at(&current, opts.renew_fraction, plan.as_ref()) {
+            let due = star.map_or_else(
+                || schedule::due_at(&current, opts.renew_fraction, plan.as_ref()),
+                |s| s.due,
+            );
+            if now() < due {
                 continue;
             }
-            if opts.use_ari {
-                request.replaces = Replaces::of(&current);
+            match star {
+                Some(s) if s.fetch => request.star_next = Some(current.clone()),
+                Some(_) => {}
+                None if opts.use_ari => request.replaces = Replaces::of(&current),
+                None => {}
             }
+            let star_fetch = request.star_next.is_some();
             let old_serial = current.serial_hex.clone();
             let usable: super::fleet::Usable = Arc::new(move |c: &CertRecord| {
                 c.remaining_secs(now()) > 0 && c.serial_hex != old_serial
@@ -316,6 +333,9 @@ impl Broker {
                 self.announce(&key).await;
             }
             self.record_outcome(&key, result.err(), opts);
+            if star_fetch {
+                self.retry_star_soon(&key, &current);
+            }
         }
     }
 

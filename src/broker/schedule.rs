@@ -93,6 +93,7 @@ mod tests {
             issuer_ca: "ca".into(),
             issuer_account: "a".into(),
             issued_at: 0,
+            star: None,
         }
     }
 

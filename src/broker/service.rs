@@ -41,6 +41,9 @@ pub struct Revoked {
     pub issuer_ca: String,
     /// When the broker recorded the revocation.
     pub revoked_at: OffsetDateTime,
+    /// The certificate was a short-term one: its STAR order was canceled instead of the
+    /// certificate revoked (a STAR CA does not revoke them; it stops issuing).
+    pub star_order_canceled: bool,
 }
 
 /// Tunables, from `[broker]`.
@@ -272,7 +275,7 @@ impl Broker {
     /// one issuance for the fleet.
     async fn lookup_or_obtain(
         &self,
-        req: IssueRequest,
+        mut req: IssueRequest,
         min_secs: i64,
         mut stale_serial: Option<String>,
         force_renew: bool,
@@ -293,7 +296,13 @@ impl Broker {
                 inner.l1.insert(key, c.clone()).await;
                 return Ok((c, CacheStatus::HitShared));
             }
-            Ok(Some(c)) => stale_serial = Some(c.serial_hex),
+            Ok(Some(c)) => {
+                if !force_renew && super::star::continues(&c) {
+                    // Its STAR order still runs: the successor comes from there.
+                    req.star_next = Some(Arc::new(c.clone()));
+                }
+                stale_serial = Some(c.serial_hex);
+            }
             Ok(None) => {}
             Err(e) => warn!(error = %e, "store lookup failed; treating as a miss"),
         }
@@ -325,7 +334,14 @@ impl Broker {
             .ok_or_else(|| {
                 BrokerError::NotFound(format!("no certificate known for {}", req.selector))
             })?;
-        inner.issuer.revoke(&record, req.reason).await?;
+        // A short-term certificate is not revoked: its STAR order is canceled (RFC 8739
+        // §3.1.2); a STAR CA answers revokeCert with autoRenewalRevocationNotSupported.
+        let star_order_canceled = record.star.is_some();
+        if star_order_canceled {
+            inner.issuer.cancel_star(&record).await?;
+        } else {
+            inner.issuer.revoke(&record, req.reason).await?;
+        }
         inner.l1.invalidate(&record.cache_key).await;
         let _ = inner.updates.send(record.cache_key.clone());
         if let Err(e) = inner.store.evict(&record).await {
@@ -334,11 +350,12 @@ impl Broker {
         if let Err(e) = inner.store.publish_invalidation(&record.cache_key).await {
             warn!(error = %e, "could not tell the fleet about the revocation");
         }
-        info!(serial = %record.serial_hex, issuer_ca = %record.issuer_ca, reason = req.reason, "certificate revoked");
+        info!(serial = %record.serial_hex, issuer_ca = %record.issuer_ca, reason = req.reason, star_order_canceled, "certificate revoked");
         Ok(Revoked {
             serial_hex: record.serial_hex,
             issuer_ca: record.issuer_ca,
             revoked_at: OffsetDateTime::now_utc(),
+            star_order_canceled,
         })
     }
 }
@@ -355,6 +372,7 @@ impl IssueRequest {
             resume: None,
             progress: None,
             replaces: None,
+            star_next: None,
         }
     }
 }

@@ -47,6 +47,8 @@ pub struct Issued {
     /// What the strict review of the chain found ([`shaken::profile_findings`]); empty when
     /// it conforms. Each was logged at warn.
     pub findings: Vec<shaken::Finding>,
+    /// The STAR order it came from, when it is a short-term certificate.
+    pub star: Option<crate::cert::StarOrder>,
 }
 
 /// What one attempt carries beyond the request: crash takeover (an order to resume, where
@@ -92,6 +94,10 @@ pub(super) struct OrderSettings {
     pub cert_lifetime: Option<Duration>,
     /// A certificate with profile findings is refused, not only logged.
     pub strict_profile: bool,
+    /// `[ca.star]`: place STAR orders where the CA offers them.
+    pub star: Option<crate::config::StarSettings>,
+    /// Whether "the CA offers no STAR" was logged already (once per CA).
+    pub star_unoffered_logged: std::sync::atomic::AtomicBool,
 }
 
 /// One attempt at one order, with everything it needs borrowed from its upstream.
@@ -159,8 +165,9 @@ impl OrderFlow<'_> {
                 .await?;
         }
         let order = self.finalize(&prepared, &policy).await?;
-        let chain_pem = self.download(&order).await?;
-        self.check(spec.identifiers, prepared.csr, kind, chain_pem)
+        let (chain_pem, star) = self.download(&order).await?;
+        let issued = self.check(spec.identifiers, prepared.csr, kind, chain_pem)?;
+        Ok(Issued { star, ..issued })
     }
 
     /// The order a previous holder recorded, when it is this CA's and account's and still
@@ -173,7 +180,13 @@ impl OrderFlow<'_> {
         let der = p.csr()?;
         let spki = shaken::parse_csr(&der).ok()?.public_key_spki_der;
         match self.account.order(&p.order_url).await {
-            Ok(order) if order.state.status != acme::OrderStatus::Invalid => {
+            // A canceled STAR order issues nothing more: order anew.
+            Ok(order)
+                if !matches!(
+                    order.state.status,
+                    acme::OrderStatus::Invalid | acme::OrderStatus::Canceled
+                ) =>
+            {
                 info!(order = %order.url, status = ?order.state.status, "resuming recorded order");
                 let csr = PreparedCsr {
                     der,
@@ -230,16 +243,19 @@ impl OrderFlow<'_> {
         };
         let account = self.account;
         let offers_ari = account.client().directory().renewal_info.is_some();
+        let auto_renewal = super::star::auto_renewal(self.settings, account);
         let mut req = NewOrder {
             identifiers: acme_ids,
             not_before: None,
+            // A STAR order names lifetimes in auto-renewal, never notAfter (RFC 8739 §3.1.1).
             not_after: self
                 .settings
                 .cert_lifetime
+                .filter(|_| auto_renewal.is_none())
                 .map(|life| time::OffsetDateTime::now_utc() + life),
             replaces: ari::replaces_for(&self.settings.ca, offers_ari, self.tracking.replaces)
                 .map(|id| id.to_string()),
-            auto_renewal: None,
+            auto_renewal,
         };
         let order = match account.new_order(&req).await {
             Err(e) if e.is_already_replaced() && req.replaces.is_some() => {
@@ -274,8 +290,16 @@ impl OrderFlow<'_> {
         Ok(order)
     }
 
-    /// The PEM chain at the order's certificate URL.
-    async fn download(&self, order: &acme::Order) -> Result<String, AttemptError> {
+    /// The PEM chain at the order's certificate URL; for a STAR order the current
+    /// short-term certificate at its `star-certificate` URL, with what the record keeps of
+    /// the order.
+    async fn download(
+        &self,
+        order: &acme::Order,
+    ) -> Result<(String, Option<crate::cert::StarOrder>), AttemptError> {
+        if let Some(star_url) = &order.state.star_certificate {
+            return super::star::download(self.settings, self.account, order, star_url).await;
+        }
         let cert_url = order.state.certificate.clone().ok_or_else(|| {
             AttemptError::Acme(AcmeError::Protocol(format!(
                 "order {} is {:?} without a certificate URL",
@@ -284,7 +308,7 @@ impl OrderFlow<'_> {
         })?;
         let chain = self.account.certificate_chain(&cert_url).await?;
         info!(ca = %self.settings.ca, certificate = %cert_url, "acme: certificate downloaded");
-        Ok(chain.pem)
+        Ok((chain.pem, None))
     }
 
     /// Checks the chain against what was ordered, and reviews it against the SHAKEN
@@ -337,6 +361,7 @@ impl OrderFlow<'_> {
             leaf,
             account_url: self.account.url().to_owned(),
             findings,
+            star: None,
         })
     }
 

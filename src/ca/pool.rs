@@ -118,6 +118,14 @@ impl CaPool {
         self.members_of(pool).map(|m| &m.upstream)
     }
 
+    /// The upstream configured under `name`.
+    pub(super) fn upstream_named(&self, name: &str) -> Option<&Arc<Upstream>> {
+        self.members
+            .iter()
+            .map(|m| &m.upstream)
+            .find(|u| u.name() == name)
+    }
+
     fn members_of(&self, pool: &str) -> impl Iterator<Item = &Arc<Member>> {
         self.members
             .iter()
@@ -201,6 +209,15 @@ impl Issuer for CaPool {
     }
 
     async fn issue(&self, req: &IssueRequest) -> Result<CertRecord, IssueError> {
+        if let Some(prev) = &req.star_next {
+            match self.next_star(req, prev).await {
+                Ok(record) => return Ok(record),
+                Err(super::star::NoSuccessor::Failed(e)) => return Err(e),
+                Err(super::star::NoSuccessor::Over(why)) => {
+                    info!(ca = %prev.issuer_ca, reason = %why, "STAR order over; placing a new order");
+                }
+            }
+        }
         let candidates: Vec<Arc<Member>> = self.members_of(&req.pool).cloned().collect();
         if candidates.is_empty() {
             return Err(IssueError {
@@ -269,6 +286,10 @@ impl Issuer for CaPool {
             .revoke(leaf, reason)
             .await
             .map_err(|e| e.to_issue_error(upstream.name()))
+    }
+
+    async fn cancel_star(&self, cert: &CertRecord) -> Result<(), IssueError> {
+        self.cancel_star_of(cert).await
     }
 
     /// Asks the CA that issued `cert` (by name); a CA no longer configured suggests nothing.
@@ -394,7 +415,7 @@ async fn drain_losers(
     }
 }
 
-fn record(req: &IssueRequest, ca: &str, issued: Issued) -> CertRecord {
+pub(super) fn record(req: &IssueRequest, ca: &str, issued: Issued) -> CertRecord {
     CertRecord {
         cache_key: req.cache_key.clone(),
         chain_pem: issued.chain_pem,
@@ -407,6 +428,7 @@ fn record(req: &IssueRequest, ca: &str, issued: Issued) -> CertRecord {
         issuer_ca: ca.to_owned(),
         issuer_account: issued.account_url,
         issued_at: time::OffsetDateTime::now_utc().unix_timestamp(),
+        star: issued.star,
     }
 }
 

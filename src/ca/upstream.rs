@@ -67,6 +67,8 @@ impl Upstream {
                 reuse_account_key: s.allow_account_key_reuse,
                 cert_lifetime: s.cert_lifetime,
                 strict_profile: s.strict_profile,
+                star: s.star,
+                star_unoffered_logged: Default::default(),
             },
             solvers: Solvers::new(s.name.clone(), s.challenge.clone(), tokens, s.http01_listen),
         }
@@ -105,6 +107,11 @@ impl Upstream {
     /// The bound on one attempt (and on the start-up warm-up) at this CA.
     pub fn attempt_timeout(&self) -> Duration {
         self.orders.attempt_timeout
+    }
+
+    /// How its orders are placed and checked.
+    pub(super) fn order_settings(&self) -> &OrderSettings {
+        &self.orders
     }
 
     /// The configured `cert_lifetime_secs`: what the broker asks for in `notAfter`.

@@ -262,6 +262,20 @@ pub(crate) async fn status(args: StatusArgs) -> anyhow::Result<()> {
         for f in &e.profile_findings {
             println!("    finding (ca {}): {f}", e.issuer_ca);
         }
+        if let Some(star) = &e.star {
+            let next = if star.last_certificate {
+                "next STAR order"
+            } else {
+                "next certificate"
+            };
+            println!(
+                "    STAR order {}: lifetime {}s, {next} {}, end-date {}",
+                star.order_url,
+                star.lifetime_secs,
+                ts(&e.next_renewal),
+                ts(&star.end_date)
+            );
+        }
     }
     Ok(())
 }

@@ -378,6 +378,7 @@ pub fn ca_settings_for(handle: &DevCaHandle, state_dir: &Path) -> CaSettings {
         // The embedded CA is the user's own; dev mode needs no ceremony.
         accept_terms_of_service: true,
         strict_profile: false,
+        star: None,
     }
 }
 

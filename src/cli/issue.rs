@@ -80,6 +80,8 @@ pub(crate) struct IssueArgs {
     /// (`meta.termsOfService`) and no account exists yet, as with lego and certbot.
     #[arg(long, visible_alias = "agree-tos")]
     accept_tos: bool,
+    #[command(flatten)]
+    star: super::star::StarArgs,
 }
 
 #[derive(Debug, Args)]
@@ -171,6 +173,7 @@ pub(crate) async fn run(args: IssueArgs) -> anyhow::Result<()> {
         token_file: args.token_file.clone(),
         http01_listen: args.http01_listen,
         accept_terms_of_service: args.accept_tos,
+        star: args.star.settings()?,
         ..base_settings(&args.directory, args.trust_root.clone(), account_key)
     };
     let upstream = crate::app::build_upstream(&settings, None)?;
@@ -211,11 +214,11 @@ pub(crate) async fn run(args: IssueArgs) -> anyhow::Result<()> {
     }
     let names: Vec<String> = written.iter().map(|p| p.display().to_string()).collect();
     println!("written:   {}", names.join(", "));
-    Ok(())
+    super::star::follow(&args.star, &upstream, &args.out, issued).await
 }
 
 /// RFC 3339, as `certbroker get` and `status` print times.
-fn rfc3339(t: time::OffsetDateTime) -> String {
+pub(super) fn rfc3339(t: time::OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|_| t.unix_timestamp().to_string())
 }
@@ -271,5 +274,6 @@ fn base_settings(
         cert_lifetime: None,
         accept_terms_of_service: false,
         strict_profile: false,
+        star: None,
     }
 }

@@ -107,6 +107,36 @@ pub struct CaSettings {
     /// logged at warn and counted in `certbroker_ca_profile_findings_total`.
     #[serde(default)]
     pub strict_profile: bool,
+    /// `[ca.star]`: order STAR certificates (RFC 8739) from this CA, when its directory
+    /// offers them (`meta.auto-renewal`); a CA without gets ordinary orders. Absent:
+    /// ordinary orders.
+    #[serde(default)]
+    pub star: Option<StarSettings>,
+}
+
+/// `[ca.star]`: short-term, automatically renewed certificates
+/// ([RFC 8739](https://www.rfc-editor.org/rfc/rfc8739)). The CA issues a new certificate
+/// of `lifetime_secs` before the current one expires, until `duration_secs` after the
+/// order; the broker fetches each one, and places the next order before the end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StarSettings {
+    /// Validity of each short-term certificate (the order's `auto-renewal.lifetime`;
+    /// `lifetime_secs`, at least 1).
+    #[serde(
+        rename = "lifetime_secs",
+        serialize_with = "super::secs::serialize",
+        deserialize_with = "super::secs::at_least::<1, _>"
+    )]
+    pub lifetime: Duration,
+    /// How long one STAR order runs (its `end-date` minus now; `duration_secs`, at least
+    /// `lifetime_secs`).
+    #[serde(
+        rename = "duration_secs",
+        serialize_with = "super::secs::serialize",
+        deserialize_with = "super::secs::deserialize"
+    )]
+    pub duration: Duration,
 }
 
 /// `[ca.breaker]`: the per-CA circuit breaker and `Retry-After` handling.

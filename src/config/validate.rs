@@ -96,6 +96,14 @@ impl Settings {
                     ));
                 }
             }
+            if let Some(star) = &ca.star
+                && star.duration < star.lifetime
+            {
+                return Err(invalid(
+                    key("star.duration_secs"),
+                    "must be at least star.lifetime_secs (one certificate)",
+                ));
+            }
             if !ca.csr.common_name_template.contains("{spc}") {
                 return Err(invalid(
                     key("csr.common_name_template"),

@@ -327,6 +327,7 @@ mod tests {
             issuer_ca: "ca".into(),
             issuer_account: "acct".into(),
             issued_at: 0,
+            star: None,
         }
     }
 

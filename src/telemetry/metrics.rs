@@ -610,6 +610,7 @@ mod tests {
             identifiers: Identifiers::Dns(vec!["a.example".into()]),
             issuer_ca: Some("primary".into()),
             profile_findings: vec![],
+            star: None,
         };
         m.set_certificates(&[status("k1", Some(2_000)), status("k2", Some(500))], 1_000);
         let text = m.render(0, 0);

@@ -44,5 +44,6 @@ mod pebble;
 mod pki_lint;
 mod redis_ops;
 mod redis_store;
+mod star_fleet;
 mod store_outage;
 mod telemetry;

@@ -62,6 +62,7 @@ fn record(cache_key: &str, serial: &str, key: Option<Vec<u8>>) -> CertRecord {
         issuer_ca: "ca1".into(),
         issuer_account: "https://ca.example/acct/1".into(),
         issued_at: 0,
+        star: None,
     }
 }
 

@@ -24,6 +24,8 @@ struct Stored {
     issuer_account: String,
     #[serde(default)]
     issued_at: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    star: Option<crate::cert::StarOrder>,
 }
 
 /// What the serial and fingerprint indexes point to.
@@ -66,6 +68,7 @@ pub(super) fn encode(
         issuer_ca: record.issuer_ca.clone(),
         issuer_account: record.issuer_account.clone(),
         issued_at: record.issued_at,
+        star: record.star.clone(),
     };
     serde_json::to_vec(&stored).map_err(|e| StoreError::Corrupt(format!("cannot encode: {e}")))
 }
@@ -109,6 +112,7 @@ pub(super) fn decode(bytes: &[u8], keyring: Option<&Keyring>) -> Result<CertReco
         issuer_ca: stored.issuer_ca,
         issuer_account: stored.issuer_account,
         issued_at: stored.issued_at,
+        star: stored.star,
     })
 }
 
@@ -161,6 +165,7 @@ mod tests {
             issuer_ca: "ca".into(),
             issuer_account: "acct".into(),
             issued_at: 0,
+            star: None,
         }
     }
 
@@ -172,6 +177,25 @@ mod tests {
         assert!(!bytes.windows(key.len()).any(|w| w == key.as_slice()));
         assert!(!String::from_utf8_lossy(&bytes).contains(&B64.encode(&key)));
         assert_eq!(decode(&bytes, Some(&ring())).unwrap(), r);
+    }
+
+    #[test]
+    fn a_star_order_survives_the_round_trip_and_old_records_have_none() {
+        let r = CertRecord {
+            star: Some(crate::cert::StarOrder {
+                order_url: "https://ca/order/7".into(),
+                certificate_url: "https://ca/star/7".into(),
+                end_date: 1_900_000_000,
+                lifetime_secs: 3600,
+            }),
+            ..record(Some(vec![1, 2, 3]))
+        };
+        let bytes = encode(&r, Some(&ring())).unwrap();
+        assert_eq!(decode(&bytes, Some(&ring())).unwrap(), r);
+        // A record written before STAR existed has no `star` field.
+        let plain = encode(&record(None), None).unwrap();
+        assert!(!String::from_utf8_lossy(&plain).contains("star"));
+        assert_eq!(decode(&plain, None).unwrap().star, None);
     }
 
     #[test]
