@@ -10,6 +10,7 @@ mod lifecycle;
 mod metrics;
 mod policy;
 mod pool;
+pub mod preauth;
 mod progress;
 mod race;
 mod upstream;

@@ -20,6 +20,10 @@ use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use url::Url;
 
+mod preauth;
+
+pub use preauth::PreauthSettings;
+
 use crate::{
     challenge::TkAuthSettings,
     store::{Keyring, KeyringSettings, RedisSettings},
@@ -348,6 +352,9 @@ pub struct CaSettings {
     /// logged at warn and counted in `certbroker_ca_profile_findings_total`.
     #[serde(default)]
     pub strict_profile: bool,
+    /// Pre-authorization (`newAuthz`) of SPCs at this CA.
+    #[serde(default)]
+    pub preauthorization: PreauthSettings,
 }
 
 /// `[ca.breaker]`: the per-CA circuit breaker and `Retry-After` handling.
@@ -871,6 +878,18 @@ impl Settings {
                 return Err(invalid(
                     key("csr.common_name_template"),
                     "must contain {spc}",
+                ));
+            }
+            if let Err(e) = ca.preauthorization.check() {
+                return Err(invalid(key("preauthorization.spcs"), &e));
+            }
+            if !ca.preauthorization.spcs.is_empty()
+                && ca.sti_pa.is_none()
+                && ca.token_file.is_none()
+            {
+                return Err(invalid(
+                    key("preauthorization.spcs"),
+                    "needs SPC tokens: set sti_pa or token_file",
                 ));
             }
             if let Err(e) = check_serial_number_template(&ca.csr.serial_number_template) {

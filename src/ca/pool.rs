@@ -132,6 +132,11 @@ impl CaPool {
         self.members_of(pool).map(|m| &m.upstream)
     }
 
+    /// Every upstream, by priority.
+    pub fn upstreams(&self) -> impl Iterator<Item = &Arc<Upstream>> {
+        self.members.iter().map(|m| &m.upstream)
+    }
+
     fn members_of(&self, pool: &str) -> impl Iterator<Item = &Arc<Member>> {
         self.members
             .iter()

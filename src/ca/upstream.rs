@@ -19,7 +19,7 @@ use crate::{
         self, CachingTokenProvider, Http01Responder, SharedTokenProvider, StaticTokenProvider,
         StiPaClient, TkAuthSettings, TokenProvider, TokenRequest,
     },
-    config::{BreakerSettings, CaSettings, CsrSettings},
+    config::{BreakerSettings, CaSettings, CsrSettings, PreauthSettings},
     shaken::{self, CertInfo, CsrSpec, Expected, Subject, TnAuthList},
     store::Store,
     tls,
@@ -82,6 +82,7 @@ pub struct Upstream {
     reuse_account_key: bool,
     cert_lifetime: Option<Duration>,
     strict_profile: bool,
+    preauth: PreauthSettings,
 }
 
 impl Upstream {
@@ -160,6 +161,7 @@ impl Upstream {
             reuse_account_key: s.allow_account_key_reuse,
             cert_lifetime: s.cert_lifetime_secs.map(Duration::from_secs),
             strict_profile: s.strict_profile,
+            preauth: s.preauthorization.clone(),
         })
     }
 
@@ -201,6 +203,21 @@ impl Upstream {
     /// The configured `cert_lifetime_secs`: what the broker asks for in `notAfter`.
     pub fn cert_lifetime(&self) -> Option<Duration> {
         self.cert_lifetime
+    }
+
+    /// `[ca.preauthorization]`: the SPCs to pre-authorize (see [`super::preauth`]).
+    pub(super) fn preauthorization(&self) -> &PreauthSettings {
+        &self.preauth
+    }
+
+    /// Where its SPC tokens come from, if anywhere.
+    pub(super) fn tokens(&self) -> Option<&Arc<dyn TokenProvider>> {
+        self.tokens.as_ref()
+    }
+
+    /// Its tkauth-01 dialect.
+    pub(super) fn tkauth(&self) -> &TkAuthSettings {
+        &self.tkauth
     }
 
     /// The ACME account, created (or found) on first use, and found again when the key
@@ -449,7 +466,7 @@ impl Upstream {
     }
 
     /// Answers one authorization's challenge and waits for it to become valid.
-    async fn authorize(
+    pub(super) async fn authorize(
         &self,
         account: &Account,
         authz_url: &str,

@@ -377,6 +377,7 @@ pub(crate) fn ca_settings_for(handle: &DevCaHandle, state_dir: &Path) -> CaSetti
         // The embedded CA is the user's own; dev mode needs no ceremony.
         accept_terms_of_service: true,
         strict_profile: false,
+        preauthorization: Default::default(),
     }
 }
 

@@ -267,5 +267,6 @@ fn base_settings(
         cert_lifetime_secs: None,
         accept_terms_of_service: false,
         strict_profile: false,
+        preauthorization: Default::default(),
     }
 }

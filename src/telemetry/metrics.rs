@@ -15,6 +15,7 @@
 //! | `certbroker_certificate_min_expiry_seconds` | gauge | |
 //! | `certbroker_ca_breaker_state` | gauge | `ca` (0 closed, 1 half-open, 2 open); only with a [`CaBreakerSource`] |
 //! | `certbroker_ca_profile_findings_total` | counter | `ca`, `finding` (a code of `shaken::FINDING_CODES`); only with a [`CaBreakerSource`] |
+//! | `certbroker_ca_preauthorizations_total` | counter | `ca`, `result` (`valid`, `failed`): newAuthz pre-authorizations of configured SPCs |
 //! | `certbroker_certificate_expiration_timestamp_seconds` | gauge | `key`, `identifiers`, `pool`, `ca`: notAfter, Unix seconds |
 //! | `certbroker_certificate_renewal_timestamp_seconds` | gauge | same: next planned renewal, Unix seconds |
 //! | `certbroker_certificate_ready_status` | gauge | same and `condition` (`True`, `False`): 1 for the condition that holds |
@@ -73,6 +74,7 @@ struct Inner {
     min_expiry: IntGauge,
     ca_breaker: IntGaugeVec,
     ca_findings: IntCounterVec,
+    ca_preauthorizations: IntCounterVec,
     cert_expiration: IntGaugeVec,
     cert_renewal: IntGaugeVec,
     cert_ready: IntGaugeVec,
@@ -233,6 +235,13 @@ impl Metrics {
             &acme_labels,
         )?;
         // Series alerts divide by exist from the start, at zero.
+        let ca_preauthorizations = IntCounterVec::new(
+            Opts::new(
+                "certbroker_ca_preauthorizations_total",
+                "Pre-authorizations (newAuthz) of configured SPCs, by outcome",
+            ),
+            &["ca", "result"],
+        )?;
         for method in ["GetCertificate", "Revoke"] {
             for reason in ["rate_limited", "overloaded", "timeout"] {
                 rejected.with_label_values(&[method, reason]);
@@ -250,6 +259,7 @@ impl Metrics {
         registry.register(Box::new(min_expiry.clone()))?;
         registry.register(Box::new(ca_breaker.clone()))?;
         registry.register(Box::new(ca_findings.clone()))?;
+        registry.register(Box::new(ca_preauthorizations.clone()))?;
         registry.register(Box::new(build_info))?;
         registry.register(Box::new(cert_expiration.clone()))?;
         registry.register(Box::new(cert_renewal.clone()))?;
@@ -271,6 +281,7 @@ impl Metrics {
                 min_expiry,
                 ca_breaker,
                 ca_findings,
+                ca_preauthorizations,
                 cert_expiration,
                 cert_renewal,
                 cert_ready,
@@ -367,6 +378,14 @@ impl Metrics {
         self.inner
             .issuance_failures
             .with_label_values(&[ca, kind])
+            .inc();
+    }
+
+    /// One pre-authorization at `ca` ended with `result` (`valid` or `failed`).
+    pub fn ca_preauthorization(&self, ca: &str, result: &str) {
+        self.inner
+            .ca_preauthorizations
+            .with_label_values(&[ca, result])
             .inc();
     }
 
@@ -620,6 +639,7 @@ mod tests {
         );
         m.issued("primary", Duration::from_millis(30));
         m.ca_failure("secondary", "unavailable");
+        m.ca_preauthorization("primary", "valid");
         m.rejected(
             "/certbroker.v1.CertificateBrokerService/GetCertificate",
             "rate_limited",
@@ -644,6 +664,7 @@ mod tests {
             "certbroker_certificates{expires_within=\"+Inf\"} 2",
             "certbroker_ca_breaker_state{ca=\"primary\"} 2",
             "certbroker_ca_profile_findings_total{ca=\"primary\",finding=\"der_encoded_default\"} 3",
+            "certbroker_ca_preauthorizations_total{ca=\"primary\",result=\"valid\"} 1",
         ] {
             assert!(text.contains(line), "missing {line}:\n{text}");
         }
