@@ -41,3 +41,22 @@ impl PreauthSettings {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Settings;
+
+    #[test]
+    fn readme_preauthorization_example_loads() {
+        let readme = include_str!("../../README.md");
+        let section = &readme[readme
+            .find("### Pre-authorization (newAuthz)")
+            .expect("pre-authorization section")..];
+        let start = section.find("```toml\n").expect("toml block") + "```toml\n".len();
+        let text = &section[start..start + section[start..].find("```").expect("block end")];
+        let s = Settings::from_toml(text).unwrap();
+        let p = &s.ca[0].preauthorization;
+        assert!(p.enabled, "on by default");
+        assert_eq!(p.spcs, ["1234", "567J"]);
+    }
+}
