@@ -86,6 +86,40 @@ async fn a_miss_after_start_up_pre_authorization_runs_no_challenge() {
 }
 
 #[tokio::test]
+async fn a_ca_certificate_for_a_pre_authorized_spc_still_issues() {
+    // The pre-authorization was answered with an end-entity token (atc.ca false): a CA
+    // certificate needs its own authorization, with a ca token.
+    let env = DevEnv::start().await;
+    let broker = TestBroker::start(vec![preauthorizing(&env, &["1234"])]).await;
+    until(&env, Duration::from_secs(30), "pre-authorization", |s| {
+        s.new_authz == 1 && s.challenges_validated == 1
+    })
+    .await;
+    let mut client = broker.client().await;
+    let got = client
+        .get_certificate(certbroker::pb::GetCertificateRequest {
+            ca_certificate: true,
+            ..spc_request("1234")
+        })
+        .await
+        .expect("CA certificate issued")
+        .into_inner();
+    assert_eq!(got.cache_status(), CacheStatus::Issued);
+    // The order gave the pre-authorization up; the broker makes a new one, and the
+    // end-entity miss finds it.
+    let before = until(&env, Duration::from_secs(30), "pre-authorization again", |s| {
+        s.new_authz == 2 && s.challenges_validated == 3
+    })
+    .await;
+    client
+        .get_certificate(spc_request("1234"))
+        .await
+        .expect("issued");
+    let after = env.ca.stats();
+    assert_eq!(after.challenges_validated, before.challenges_validated);
+}
+
+#[tokio::test]
 async fn a_token_refresh_pre_authorizes_again() {
     // Tokens live 4 s and are refetched 1 s before exp: a refresh every ~3 s.
     let env = DevEnv::start_with(DevCaSettings {

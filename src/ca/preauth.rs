@@ -11,6 +11,11 @@
 //!   next token when the current one reaches the cache's refresh margin;
 //! - when the authorization is within the refresh margin of its `expires`.
 //!
+//! Pre-authorizations are answered with end-entity tokens (`atc.ca` false), which a CA
+//! certificate cannot be issued on. So a CA-certificate order whose TNAuthList
+//! authorization arrives `valid` deactivates it and is placed again
+//! ([`release_for_ca_order`]; RFC 8555 §7.5.2), and the tasks of that CA pre-authorize anew.
+//!
 //! A CA whose directory offers no `newAuthz` gets nothing (logged at debug); a failed
 //! attempt is retried with backoff. Each attempt counts in
 //! `certbroker_ca_preauthorizations_total{ca,result}`.
@@ -26,7 +31,7 @@ use tracing::{debug, info, warn};
 
 use super::{AttemptError, CaPool, Upstream};
 use crate::{
-    acme::{Identifier, RetryPolicy},
+    acme::{self, Account, AuthorizationStatus, Endpoint, Identifier, RetryPolicy},
     challenge::{self, TokenRefreshed, TokenRequest},
     shaken::TnAuthList,
     telemetry::Metrics,
@@ -107,6 +112,10 @@ impl Task {
             .upstream
             .upgrade()
             .and_then(|u| u.tokens().and_then(|t| t.refreshes()));
+        let mut lost = match self.upstream.upgrade() {
+            Some(u) => u.preauth_lost(),
+            None => return,
+        };
         let mut held: Option<Held> = None;
         let mut backoff = FIRST_BACKOFF;
         loop {
@@ -134,38 +143,65 @@ impl Task {
             };
             drop(upstream);
             let jti = held.as_ref().and_then(|h| h.jti.clone());
-            self.wait(wake, refreshes.as_mut(), jti.as_deref()).await;
+            if self
+                .wait(wake, refreshes.as_mut(), jti.as_deref(), &mut lost)
+                .await
+            {
+                held = None;
+            }
         }
     }
 
-    /// Sleeps until `wake`, or until the token cache announces a new token for this SPC
-    /// (one other than `jti`, which the held authorization was made with).
+    /// Sleeps until `wake`, until the token cache announces a new token for this SPC (one
+    /// other than `jti`, which the held authorization was made with), or until an order of
+    /// the CA deactivated a pre-authorization: then returns true (the held one may be gone).
     async fn wait(
         &self,
         wake: Instant,
         mut refreshes: Option<&mut broadcast::Receiver<TokenRefreshed>>,
         jti: Option<&str>,
-    ) {
+        lost: &mut broadcast::Receiver<TnAuthList>,
+    ) -> bool {
         let sleep = tokio::time::sleep_until(wake);
         tokio::pin!(sleep);
+        let mut lost_open = true;
         loop {
-            let Some(rx) = refreshes.as_deref_mut() else {
-                sleep.await;
-                return;
+            let refreshed = async {
+                match refreshes.as_deref_mut() {
+                    Some(rx) => Some(rx.recv().await),
+                    None => std::future::pending().await,
+                }
+            };
+            let released = async {
+                if lost_open {
+                    lost.recv().await
+                } else {
+                    std::future::pending().await
+                }
             };
             tokio::select! {
-                () = &mut sleep => return,
-                event = rx.recv() => match event {
-                    Ok(e) if e.request.tn_auth_list == self.list
+                () = &mut sleep => return false,
+                list = released => match list {
+                    Ok(list) if list == self.list => {
+                        debug!(ca = %self.ca, identifier = %self.list, "an order gave up the pre-authorization; pre-authorizing again");
+                        return true;
+                    }
+                    Ok(_) => {}
+                    // Missed ones may include ours.
+                    Err(broadcast::error::RecvError::Lagged(_)) => return true,
+                    Err(broadcast::error::RecvError::Closed) => lost_open = false,
+                },
+                event = refreshed => match event {
+                    Some(Ok(e)) if e.request.tn_auth_list == self.list
                         && !e.request.ca
                         && Some(e.jti.as_str()) != jti => {
                         debug!(ca = %self.ca, identifier = %self.list, "SPC token refreshed; pre-authorizing again");
-                        return;
+                        return false;
                     }
-                    Ok(_) => {}
+                    Some(Ok(_)) | None => {}
                     // Missed announcements may include ours: look (the round compares jti).
-                    Err(broadcast::error::RecvError::Lagged(_)) => return,
-                    Err(broadcast::error::RecvError::Closed) => refreshes = None,
+                    Some(Err(broadcast::error::RecvError::Lagged(_))) => return false,
+                    Some(Err(broadcast::error::RecvError::Closed)) => refreshes = None,
                 },
             }
         }
@@ -240,6 +276,37 @@ impl Task {
             m.ca_preauthorization(&self.ca, result);
         }
     }
+}
+
+/// How many times a CA-certificate order is placed again after giving up valid
+/// authorizations ([`release_for_ca_order`]) before it goes ahead with what it has.
+pub(super) const MAX_RELEASES: usize = 8;
+
+/// For an order placed for a CA certificate: deactivates each of its TNAuthList
+/// authorizations that is already `valid` (a pre-authorization, or another order's, most
+/// likely answered with an end-entity token, on which the CA would refuse a CA certificate
+/// at finalize). Returns the TNAuthLists it deactivated; when there are any, the order is
+/// placed again and gets authorizations of its own.
+pub(super) async fn release_for_ca_order(
+    account: &Account,
+    order: &acme::Order,
+    ca: &str,
+) -> Result<Vec<TnAuthList>, AttemptError> {
+    let mut released = vec![];
+    for url in &order.state.authorizations {
+        let authz = account.authorization(url).await?;
+        if authz.status != AuthorizationStatus::Valid
+            || !authz.identifier.r#type.eq_ignore_ascii_case("TNAuthList")
+        {
+            continue;
+        }
+        let list = TnAuthList::decode(&authz.identifier.value)?;
+        let deactivate = serde_json::json!({"status": "deactivated"});
+        account.post_json(Endpoint::Authz, url, &deactivate).await?;
+        info!(ca = %ca, authorization = %url, "acme: valid TNAuthList authorization deactivated for a CA-certificate order (its token may not allow a CA certificate)");
+        released.push(list);
+    }
+    Ok(released)
 }
 
 /// `at` − `d`, or `None` past the representable dates (an `exp` at the edge).

@@ -83,6 +83,8 @@ pub struct Upstream {
     cert_lifetime: Option<Duration>,
     strict_profile: bool,
     preauth: PreauthSettings,
+    /// The TNAuthLists whose valid authorization an order gave up (see [`super::preauth`]).
+    preauth_lost: tokio::sync::broadcast::Sender<TnAuthList>,
 }
 
 impl Upstream {
@@ -162,6 +164,7 @@ impl Upstream {
             cert_lifetime: s.cert_lifetime_secs.map(Duration::from_secs),
             strict_profile: s.strict_profile,
             preauth: s.preauthorization.clone(),
+            preauth_lost: tokio::sync::broadcast::Sender::new(16),
         })
     }
 
@@ -208,6 +211,12 @@ impl Upstream {
     /// `[ca.preauthorization]`: the SPCs to pre-authorize (see [`super::preauth`]).
     pub(super) fn preauthorization(&self) -> &PreauthSettings {
         &self.preauth
+    }
+
+    /// Announces each TNAuthList whose valid authorization an order deactivated (it may
+    /// have been a pre-authorization).
+    pub(super) fn preauth_lost(&self) -> tokio::sync::broadcast::Receiver<TnAuthList> {
+        self.preauth_lost.subscribe()
     }
 
     /// Where its SPC tokens come from, if anywhere.
@@ -316,9 +325,28 @@ impl Upstream {
                     }
                     None => self.new_key_and_csr(identifiers, account, ca)?,
                 };
-                let order = self
+                let mut order = self
                     .place_order(account, identifiers, tracking.replaces)
                     .await?;
+                // A CA certificate needs authorizations answered with a ca token: valid ones
+                // (pre-authorizations, of several replicas perhaps) are given up, and the
+                // order placed again, until it brings none.
+                let mut rounds = 0;
+                while shaken::parse_csr(&csr)?.ca && rounds < super::preauth::MAX_RELEASES {
+                    let released =
+                        super::preauth::release_for_ca_order(account, &order, &self.name).await?;
+                    if released.is_empty() {
+                        break;
+                    }
+                    for list in released {
+                        // Their pre-authorization tasks make new ones.
+                        let _ = self.preauth_lost.send(list);
+                    }
+                    order = self
+                        .place_order(account, identifiers, tracking.replaces)
+                        .await?;
+                    rounds += 1;
+                }
                 if let Some(sink) = tracking.progress {
                     let record = OrderProgress::new(
                         &self.name,
