@@ -1,5 +1,6 @@
 //! The gRPC surface: a thin adapter from `certbroker.v1.CertificateBrokerService` to [`Broker`],
-//! plus the standard health and reflection services. Knows nothing of Redis or ACME.
+//! served with the standard health and reflection services ([`serve`]). Knows nothing of
+//! Redis or ACME.
 //!
 //! Every request passes the tower stack in [`layers`]; broker RPCs then pass the caller's
 //! [`policy`] before any broker work. Certificates handed out go to the [`audit`] trail.
@@ -10,39 +11,22 @@ mod convert;
 pub mod layers;
 pub mod listener;
 pub mod policy;
+mod server;
 mod status;
 
-use std::{
-    future::Future,
-    pin::Pin,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{pin::Pin, sync::Arc, time::Instant};
 
-use futures::Stream;
-use tokio::sync::broadcast;
-use tokio_stream::wrappers::ReceiverStream;
-
-use tokio::net::TcpListener;
+use futures::{Stream, StreamExt};
 use tonic::{Code, Request, Response, Status};
 
-use tonic_health::ServingStatus;
-
 use crate::{
-    broker::{Broker, BrokerError, CacheStatus},
-    config::{PolicySettings, ServerSettings, ServerTlsSettings},
-    pb::{
-        self,
-        certificate_broker_service_server::{
-            CertificateBrokerService, CertificateBrokerServiceServer,
-        },
-    },
+    broker::{Broker, BrokerError, CacheStatus, Watched},
+    pb::{self, certificate_broker_service_server::CertificateBrokerService},
     telemetry::Metrics,
 };
 use audit::{Audit, Delivery};
-use layers::{RateLimitLayer, RejectionObserver, ShedLayer, TimeoutLayer};
-use listener::ReloadingTls;
 use policy::{Action, Caller, Policy};
+pub use server::{CA_HEALTH_SERVICE, STORE_HEALTH_SERVICE, ServeError, ServeOptions, serve};
 pub use status::to_status;
 
 /// The tonic service: decode, check the caller's policy, call the broker, encode or map
@@ -193,8 +177,7 @@ impl GrpcBroker {
         request: Request<pb::WatchCertificateRequest>,
     ) -> Result<Response<CertificateStream>, Status> {
         let caller = caller_of(&request);
-        let mut req =
-            convert::cert_request(request.into_inner().into()).map_err(|e| to_status(&e))?;
+        let req = convert::cert_request(request.into_inner().into()).map_err(|e| to_status(&e))?;
         self.authorize(
             &caller,
             Action::Get {
@@ -209,74 +192,32 @@ impl GrpcBroker {
             .map_err(|e| to_status(&e))?;
         let has_csr = req.csr_der.is_some();
         let identifiers = req.identifiers.clone();
-        let key = req.cache_key();
-        // Subscribe before the first answer so no renewal can slip between the two.
-        let mut updates = self.broker.watch();
-        let (first, status) = self
-            .broker
-            .get_certificate(req.clone())
+        let mut watch = Box::pin(self.broker.watch(req));
+        // The first answer is the RPC's status; the later ones go down the stream.
+        let first = watch
+            .next()
             .await
+            .unwrap_or_else(|| Err(BrokerError::Internal("watch ended unanswered".into())))
             .map_err(|e| to_status(&e))?;
-        req.force_renew = false;
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
         let this = self.clone();
-        // A watched certificate is in use: renewed while the stream is open, however long
-        // `renewal.idle_horizon_secs` is.
-        let watching = self.broker.watching(&req);
-        tokio::spawn(async move {
-            let _watching = watching;
-            let audit = |cert: &crate::store::CertRecord, status: CacheStatus| {
-                this.audit.delivered(
-                    Delivery {
-                        action: "watch_certificate",
-                        caller: &caller,
-                        cert,
-                        cache_status: status_label(status),
-                        key_returned: !has_csr,
-                    },
-                    || policy::describe(&identifiers),
-                );
-            };
-            let mut last = first.serial_hex.clone();
-            audit(&first, status);
-            if tx
-                .send(Ok(this.respond(&first, status, has_csr).into()))
-                .await
-                .is_err()
-            {
-                return;
-            }
-            // Re-checking now and then covers a missed notification.
-            let mut recheck = tokio::time::interval(WATCH_RECHECK);
-            recheck.tick().await;
-            loop {
-                tokio::select! {
-                    () = tx.closed() => break,
-                    msg = updates.recv() => match msg {
-                        Ok(k) if k != key => continue,
-                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                        Err(broadcast::error::RecvError::Closed) => break,
-                    },
-                    _ = recheck.tick() => {}
-                }
-                match this.broker.get_certificate(req.clone()).await {
-                    Ok((cert, status)) if cert.serial_hex != last => {
-                        last = cert.serial_hex.clone();
-                        audit(&cert, status);
-                        if tx
-                            .send(Ok(this.respond(&cert, status, has_csr).into()))
-                            .await
-                            .is_err()
-                        {
-                            break;
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "watch re-check failed; retrying"),
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let answer = move |(cert, status): Watched| {
+            this.audit.delivered(
+                Delivery {
+                    action: "watch_certificate",
+                    caller: &caller,
+                    cert: &cert,
+                    cache_status: status_label(status),
+                    key_returned: !has_csr,
+                },
+                || policy::describe(&identifiers),
+            );
+            pb::WatchCertificateResponse::from(this.respond(&cert, status, has_csr))
+        };
+        let first = answer(first);
+        let rest = watch.map(move |item| item.map(&answer).map_err(|e| to_status(&e)));
+        Ok(Response::new(Box::pin(
+            futures::stream::once(std::future::ready(Ok(first))).chain(rest),
+        )))
     }
 
     /// Reports to `metrics` (requests, issuance latency by CA, CA failures, served
@@ -388,223 +329,4 @@ impl GrpcBroker {
             m.request(method, code, cache_status, started.elapsed());
         }
     }
-}
-
-/// How the gRPC server runs: TLS, caller policy and the limits of the tower stack.
-#[derive(Debug, Clone)]
-pub struct ServeOptions {
-    /// TLS material; absent: plaintext.
-    pub tls: Option<ServerTlsSettings>,
-    /// The `[[policy]]` tables, enforced when TLS has a client CA.
-    pub policies: Vec<PolicySettings>,
-    /// Upper bound of one request.
-    pub request_timeout: Duration,
-    /// Requests in the services at once before shedding.
-    pub max_concurrent_requests: usize,
-    /// Per-caller sustained rate; 0: off.
-    pub rate_limit_per_sec: u32,
-    /// Per-caller burst.
-    pub rate_limit_burst: u32,
-    /// Largest request message, in bytes.
-    pub max_request_bytes: usize,
-    /// Told about every request the stack turns away (metrics).
-    pub observer: Option<Arc<dyn RejectionObserver>>,
-    /// Request, issuance and certificate metrics.
-    pub metrics: Option<Metrics>,
-    /// Public STI-CR base; answers carry `x5u` under it.
-    pub x5u_base: Option<url::Url>,
-    /// How often the [`audit`] trail writes its repeat counts.
-    pub audit_interval: Duration,
-}
-
-impl ServeOptions {
-    /// From `[server]` and `[[policy]]`.
-    pub fn from_settings(server: &ServerSettings, policies: &[PolicySettings]) -> Self {
-        Self {
-            tls: server.tls.clone(),
-            policies: policies.to_vec(),
-            request_timeout: Duration::from_secs(server.request_timeout_secs),
-            max_concurrent_requests: server.max_concurrent_requests,
-            rate_limit_per_sec: server.rate_limit_per_sec,
-            rate_limit_burst: server.rate_limit_burst,
-            max_request_bytes: server.max_request_bytes,
-            observer: None,
-            metrics: None,
-            x5u_base: None,
-            audit_interval: audit::DEFAULT_INTERVAL,
-        }
-    }
-
-    /// The policy these options put in force.
-    pub fn policy(&self) -> Policy {
-        match &self.tls {
-            Some(tls) if tls.client_ca.is_some() => Policy::Enforced(self.policies.clone()),
-            Some(_) => {
-                tracing::warn!(
-                    "gRPC listener has TLS but no server.tls.client_ca: callers are not \
-                     authenticated and ANY caller may request ANY certificate"
-                );
-                Policy::Open
-            }
-            None => {
-                tracing::warn!(
-                    "gRPC listener is PLAINTEXT without client authentication: ANY caller may \
-                     request ANY certificate and revoke. Development only; set [server.tls] \
-                     with client_ca and [[policy]] in production"
-                );
-                Policy::Open
-            }
-        }
-    }
-}
-
-/// Reflection offers every service served here and the types a client needs to decode
-/// the answers: the broker's own, `grpc.health.v1`, and the `google.rpc` error details
-/// (BadRequest, ErrorInfo, RetryInfo, ...) that failures carry in `grpc-status-details-bin`,
-/// so tools such as grpcurl print them decoded.
-fn reflection() -> tonic_reflection::server::Builder<'static> {
-    tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
-}
-
-/// Serves the broker, health (`grpc.health.v1`) and reflection on `listener` until
-/// `shutdown` resolves.
-pub async fn serve(
-    broker: Broker,
-    listener: TcpListener,
-    options: ServeOptions,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), ServeError> {
-    let tls = options.tls.as_ref().map(ReloadingTls::start).transpose()?;
-    let policy = options.policy();
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<CertificateBrokerServiceServer<GrpcBroker>>()
-        .await;
-    // The broker keeps serving without its shared store (degraded to per-replica caching);
-    // the store's own health is reported under its own name for dashboards and alerts.
-    let store_health = tokio::spawn({
-        let (broker, reporter) = (broker.clone(), health_reporter.clone());
-        async move {
-            loop {
-                let status = if broker.store_ok().await {
-                    ServingStatus::Serving
-                } else {
-                    ServingStatus::NotServing
-                };
-                reporter
-                    .set_service_status(STORE_HEALTH_SERVICE, status)
-                    .await;
-                reporter
-                    .set_service_status(CA_HEALTH_SERVICE, ca_status(&broker.ca_readiness()))
-                    .await;
-                tokio::time::sleep(Duration::from_secs(2)).await;
-            }
-        }
-    });
-    let reflection_v1 = reflection().build_v1()?;
-    let reflection_v1alpha = reflection().build_v1alpha()?;
-
-    let observer = options.observer.clone();
-    let stack = tower::ServiceBuilder::new()
-        // The gRPC status of every answer (rejections included) on the `rpc` span.
-        .layer(layers::RpcStatusLayer)
-        // Who is calling: certificate names or peer IP, for the limits and the policy.
-        .map_request(layers::identify)
-        // Per-caller token bucket; a flood from one caller does not starve the others.
-        .layer(RateLimitLayer::new(
-            options.rate_limit_per_sec,
-            options.rate_limit_burst,
-            observer.clone(),
-        ))
-        // Bounded work in flight; the excess is shed at once rather than queued.
-        .layer(ShedLayer::new(
-            options.max_concurrent_requests,
-            observer.clone(),
-        ))
-        // No request runs longer than the server allows.
-        .layer(TimeoutLayer::new(options.request_timeout, observer))
-        .into_inner();
-    // Repeat hand-outs are counted and summarized by a background task, off the request path.
-    let audit = Audit::new(options.audit_interval);
-    let audit_summaries = audit.spawn();
-    let mut grpc_broker = GrpcBroker::new(broker, policy)
-        .with_x5u_base(options.x5u_base.clone())
-        .with_audit(audit.clone());
-    if let Some(m) = options.metrics.clone() {
-        grpc_broker = grpc_broker.with_metrics(m);
-    }
-    let broker_service = CertificateBrokerServiceServer::new(grpc_broker)
-        // Request size limit: larger messages are refused while decoding (OUT_OF_RANGE).
-        .max_decoding_message_size(options.max_request_bytes);
-
-    let router = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        // The `rpc` span, parented to the caller's W3C trace context.
-        .trace_fn(layers::rpc_span)
-        .layer(stack)
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(broker_service);
-    let served = match tls {
-        Some(tls) => {
-            router
-                .serve_with_incoming_shutdown(tls.incoming(listener), shutdown)
-                .await
-        }
-        None => {
-            // No Nagle delay: a response split over several frames must not wait for the
-            // client's delayed ACK (about 40 ms per request otherwise).
-            let incoming =
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-            router
-                .serve_with_incoming_shutdown(incoming, shutdown)
-                .await
-        }
-    };
-    store_health.abort();
-    audit_summaries.abort();
-    // The counts of the last, partial interval.
-    audit.flush();
-    served?;
-    Ok(())
-}
-
-/// How often a watch re-checks its certificate without a notification.
-const WATCH_RECHECK: Duration = Duration::from_secs(30);
-
-/// Health-service name reporting whether the shared store answers.
-pub const STORE_HEALTH_SERVICE: &str = "certbroker.store";
-
-/// Health-service name reporting the upstream CAs: `SERVING` once any CA's account works,
-/// `UNKNOWN` while none does and the start-up warm-up is still running, `NOT_SERVING` when
-/// the warm-up failed at every CA (requests still try them).
-pub const CA_HEALTH_SERVICE: &str = "certbroker.ca";
-
-fn ca_status(cas: &[crate::broker::CaReadiness]) -> ServingStatus {
-    use crate::broker::ReadyState;
-    if cas.iter().any(|c| c.state == ReadyState::Ready) {
-        ServingStatus::Serving
-    } else if cas.iter().any(|c| c.state == ReadyState::WarmingUp) {
-        ServingStatus::Unknown
-    } else {
-        ServingStatus::NotServing
-    }
-}
-
-/// The server could not be built or failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ServeError {
-    /// The reflection service rejected the descriptor set.
-    #[error("reflection: {0}")]
-    Reflection(#[from] tonic_reflection::server::Error),
-    /// The transport failed.
-    #[error("transport: {0}")]
-    Transport(#[from] tonic::transport::Error),
-    /// The TLS material is unusable.
-    #[error(transparent)]
-    Tls(#[from] listener::ListenerTlsError),
 }

@@ -1,6 +1,10 @@
 //! Builds the object graph from [`Settings`] and runs the gRPC server: the one place that
 //! picks implementations.
 
+mod upstreams;
+
+pub use upstreams::{build_pool, build_upstream};
+
 use std::{future::Future, sync::Arc, time::Duration};
 
 use anyhow::Context;
@@ -37,7 +41,7 @@ impl App {
         );
         let store = open_store(settings).await?;
         // The same store caches SPC tokens fleet-wide (sealed with the keyring in Redis).
-        let pool = CaPool::from_settings(&settings.ca, &settings.pool, Some(store.clone()))?;
+        let pool = build_pool(&settings.ca, &settings.pool, Some(store.clone()))?;
         let pool = Arc::new(pool);
         let metrics = Metrics::new()?;
         metrics.set_ca_breaker_source(pool.clone());

@@ -9,12 +9,14 @@ mod request;
 mod schedule;
 mod service;
 mod singleflight;
+mod watch;
 
 pub use error::{BrokerError, FailureKind, IssueError};
 pub use fleet::BrokerStats;
 pub use renewal::{RenewalOptions, RenewalStatus, WatchGuard, unix_to_rfc3339};
 pub use request::{CaReadiness, CertRequest, Identifiers, ReadyState, RevokeRequest};
 pub use service::{Broker, BrokerOptions, CacheStatus, Revoked};
+pub use watch::Watched;
 
 use crate::store::CertRecord;
 

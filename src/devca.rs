@@ -33,7 +33,7 @@
 //! `Replay-Nonce` and `Link: rel="index"` on every answer, `badSignatureAlgorithm` with the
 //! accepted `algorithms`, no unprotected JWS header, the account's `orders` list, account
 //! and authorization deactivation, and `Link: rel="up"` on challenge answers. Certbot's
-//! `acme` library checks all of this in the test suite (tests/acme_python.rs).
+//! `acme` library checks all of this in the test suite (tests/it/acme_python.rs).
 
 mod acme;
 mod ari;

@@ -7,7 +7,11 @@
 //!
 //! The assertions name only the defect the test asked for, so they hold whatever else the
 //! devca's own certificates get wrong or right.
+//!
+//! Its own test binary, not a module of tests/it: it installs the process-wide tracing
+//! subscriber to capture the broker's logs, which would take it from every other test there.
 
+#[path = "it/support/common.rs"]
 mod common;
 
 use std::{

@@ -2,6 +2,7 @@
 //! in-memory exporter and parented to the caller's W3C traceparent. Its own test binary,
 //! because it installs the process-wide subscriber.
 
+#[path = "it/support/common.rs"]
 mod common;
 
 use std::{collections::HashMap, time::Duration};

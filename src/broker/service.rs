@@ -122,7 +122,7 @@ impl Broker {
 
     /// Cache keys whose certificate changed, as they change: renewed on this replica or on
     /// another (through the store's invalidations), or revoked.
-    pub fn watch(&self) -> broadcast::Receiver<String> {
+    pub fn updates(&self) -> broadcast::Receiver<String> {
         self.inner.updates.subscribe()
     }
 

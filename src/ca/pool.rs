@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::{
-    AttemptError, CaStats, Issued, Tracking, Upstream,
+    AttemptError, CaStats, CertKind, Issued, Tracking, Upstream,
     breaker::{Breaker, Skip, SkipReason},
     metrics::{Event, Metrics},
     policy,
@@ -23,8 +23,8 @@ use crate::{
     broker::{
         CaReadiness, FailureKind, IssueError, IssueRequest, Issuer, ReadyState, RenewalWindow,
     },
-    config::{CaSettings, PoolPolicy, PoolSettings},
-    store::{CertRecord, Store},
+    config::{PoolPolicy, PoolSettings},
+    store::CertRecord,
 };
 
 /// RFC 5280 CRLReason `superseded`, for hedged losers that were issued anyway.
@@ -85,22 +85,8 @@ enum Failed {
 }
 
 impl CaPool {
-    /// Builds every `[[ca]]`; fails on the first bad one. `pools` sets the policy of the
-    /// pools it names; other pools use priority order without hedging.
-    /// With `tokens`, the CAs share SPC tokens fleet-wide through that store.
-    pub fn from_settings(
-        cas: &[CaSettings],
-        pools: &[PoolSettings],
-        tokens: Option<Arc<dyn Store>>,
-    ) -> Result<Self, AttemptError> {
-        let upstreams = cas
-            .iter()
-            .map(|s| Upstream::from_settings_with_store(s, tokens.clone()).map(Arc::new))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self::new(upstreams, pools))
-    }
-
-    /// A pool over already-built upstreams.
+    /// A pool over already-built upstreams (see [`crate::app::build_pool`]). `pools` sets
+    /// the policy of the pools it names; other pools use priority order without hedging.
     pub fn new(mut upstreams: Vec<Arc<Upstream>>, pools: &[PoolSettings]) -> Self {
         upstreams.sort_by_key(|u| u.priority());
         let members = upstreams
@@ -336,9 +322,10 @@ fn attempt(
             race: Some(&progress),
             replaces: req.replaces.as_ref(),
         };
+        let kind = CertKind::from_ca_flag(req.ca);
         let work =
             m.upstream
-                .issue_tracked(&req.identifiers, req.csr_der.as_deref(), req.ca, tracking);
+                .issue_tracked(&req.identifiers, req.csr_der.as_deref(), kind, tracking);
         tokio::pin!(work);
         let result = tokio::select! {
             r = &mut work => r,

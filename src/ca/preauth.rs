@@ -29,7 +29,7 @@ use time::OffsetDateTime;
 use tokio::{sync::broadcast, task::JoinHandle, time::Instant};
 use tracing::{debug, info, warn};
 
-use super::{AttemptError, CaPool, Upstream};
+use super::{AttemptError, CaPool, CertKind, Upstream};
 use crate::{
     acme::{self, Account, AuthorizationStatus, Endpoint, Identifier, RetryPolicy},
     challenge::{self, TokenRefreshed, TokenRequest},
@@ -260,7 +260,8 @@ impl Task {
             return Ok(Round::NotOffered);
         };
         let policy = RetryPolicy::new().timeout(up.attempt_timeout());
-        up.authorize(&account, &url, &policy, false).await?;
+        up.authorize(&account, &url, &policy, CertKind::EndEntity)
+            .await?;
         let authz = account.authorization(&url).await?;
         self.count("valid");
         info!(ca = %self.ca, identifier = %self.list, authorization = %url, expires = ?authz.expires, "acme: pre-authorized");

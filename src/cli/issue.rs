@@ -9,7 +9,7 @@ use clap::Args;
 use super::ids::{IdArgs, Ids};
 use crate::{
     broker::Identifiers,
-    ca::{AttemptError, Upstream},
+    ca::{AttemptError, CertKind},
     challenge::{FingerprintAlgorithm, ResponseField, TkAuthSettings},
     config::{CaSettings, CsrSettings, EabSettings, StiPaSettings},
     shaken::TkValueEncoding,
@@ -173,9 +173,13 @@ pub(crate) async fn run(args: IssueArgs) -> anyhow::Result<()> {
         accept_terms_of_service: args.accept_tos,
         ..base_settings(&args.directory, args.trust_root.clone(), account_key)
     };
-    let upstream = Upstream::from_settings(&settings)?;
+    let upstream = crate::app::build_upstream(&settings, None)?;
     let issued = match upstream
-        .issue(&identifiers, None, args.ca_certificate)
+        .issue(
+            &identifiers,
+            None,
+            CertKind::from_ca_flag(args.ca_certificate),
+        )
         .await
     {
         Err(AttemptError::TermsNotAgreed(url)) => anyhow::bail!(
@@ -229,7 +233,7 @@ pub(crate) async fn revoke_cert(args: RevokeCertArgs) -> anyhow::Result<()> {
         args.trust_root.clone(),
         args.account_key.clone(),
     );
-    let upstream = Upstream::from_settings(&settings)?;
+    let upstream = crate::app::build_upstream(&settings, None)?;
     upstream.revoke(leaf, args.reason).await?;
     let info = crate::shaken::CertInfo::parse(leaf)?;
     println!(

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Runs acme2certifier (PyPI `acme2certifier`) for tests/acme2certifier.rs.
+"""Runs acme2certifier (PyPI `acme2certifier`) for tests/it/acme2certifier.rs.
 
 acme2certifier ships a WSGI application (`acme2certifier.share.acme2certifier_wsgi`); this
 serves it over HTTPS with the standard library's wsgiref (threaded), so no web server

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Drives the devca with certbot's `acme` library (an ACME client no one here wrote).
 
-Protocol with the Rust harness (tests/acme_python.rs):
+Protocol with the Rust harness (tests/it/acme_python.rs):
 1. this script binds its http-01 responder on 127.0.0.1, port 0, and prints
    `HTTP01_PORT <port>`;
 2. the harness starts the devca with that port and writes one JSON line to stdin:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Hostile input from a gRPC client nobody on this project wrote (Python grpcio, API learned
 from server reflection): bytes that are not valid protobuf on every broker method, and
-values far beyond any bound. Used by tests/foreign_client.rs.
+values far beyond any bound. Used by tests/it/foreign_client.rs.
 
 usage: hostile_client.py ADDR  -> prints one JSON object per call on stdout
 """

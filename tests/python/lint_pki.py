@@ -2,7 +2,7 @@
 """Independent checks of every certificate, CRL and CSR the project makes: pkilint (RFC 5280
 linters: `lint_pkix_cert`, `lint_crl`) and pyca `cryptography` (a strict DER parser; every
 extension is read), plus the SHAKEN profile rules of docs/profile.md checked here with pyca,
-not with the project's own parser. Used by tests/pki_lint.rs.
+not with the project's own parser. Used by tests/it/pki_lint.rs.
 
 usage: lint_pki.py MANIFEST.json
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """A gRPC client nobody on this project wrote: Python grpcio, learning the API from the
-broker's server reflection alone (no .proto file). Used by tests/foreign_client.rs.
+broker's server reflection alone (no .proto file). Used by tests/it/foreign_client.rs.
 
 usage: reflect_client.py ADDR SPC  -> prints one JSON object per call on stdout
 """

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Validates rendered Kubernetes manifests with kubernetes-validate (PyPI), an implementation
-of the API server's OpenAPI schemas nobody on this project wrote. Used by tests/deploy.rs.
+of the API server's OpenAPI schemas nobody on this project wrote. Used by tests/it/deploy.rs.
 
 usage: validate_k8s.py FILE VERSION...   (e.g. 1.25.0 1.37.0)
 
