@@ -39,10 +39,11 @@ mod renewal_info;
 mod response;
 mod retry;
 mod star;
+mod transport;
 mod types;
 
 pub use account::Account;
-pub use client::{Client, ClientSettings, Endpoint, RequestObserver};
+pub use client::{Client, ClientSettings};
 pub use error::AcmeError;
 pub use key::{AccountKey, ExternalAccountKey};
 pub use renewal_info::{CertificateId, RenewalInfo, SuggestedWindow};
@@ -52,6 +53,7 @@ pub use star::{
     AUTO_RENEWAL_CANCELED, AUTO_RENEWAL_CANCELLATION_INVALID, AUTO_RENEWAL_EXPIRED,
     AUTO_RENEWAL_REVOCATION_NOT_SUPPORTED, StarCertificate, caa_record_value,
 };
+pub use transport::{Endpoint, RequestObserver};
 pub use types::{
     AccountState, AccountStatus, Authorization, AuthorizationStatus, AutoRenewal, AutoRenewalMeta,
     CertificateChain, Challenge, ChallengeStatus, Directory, DirectoryMeta, Identifier, NewAccount,

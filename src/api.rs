@@ -66,7 +66,7 @@ impl GrpcBroker {
 
     fn respond(
         &self,
-        cert: &crate::store::CertRecord,
+        cert: &crate::cert::CertRecord,
         status: CacheStatus,
         has_csr: bool,
     ) -> pb::GetCertificateResponse {

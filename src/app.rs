@@ -12,12 +12,12 @@ use tokio::net::TcpListener;
 
 use crate::{
     api,
-    broker::{Broker, RenewalOptions},
+    broker::{Broker, BrokerOptions, RenewalOptions},
     ca::{self, CaPool},
     config::PublishSettings,
     config::{Settings, StoreBackend},
     publish,
-    store::{self, MemoryStore, Store},
+    store::{self, MemoryStore, RedisSettings, SecretStore, Store},
     telemetry::{self, Metrics},
 };
 
@@ -41,7 +41,11 @@ impl App {
         );
         let store = open_store(settings).await?;
         // The same store caches SPC tokens fleet-wide (sealed with the keyring in Redis).
-        let pool = build_pool(&settings.ca, &settings.pool, Some(store.clone()))?;
+        let pool = build_pool(
+            &settings.ca,
+            &settings.pool,
+            Some(store.clone() as Arc<dyn SecretStore>),
+        )?;
         let pool = Arc::new(pool);
         let metrics = Metrics::new()?;
         metrics.set_ca_breaker_source(pool.clone());
@@ -51,7 +55,7 @@ impl App {
         pool.spawn_warm_up();
         // Also in the background: SPCs pre-authorized where the CA offers newAuthz.
         ca::preauth::spawn(&pool, Some(metrics.clone()));
-        let broker = Broker::new(pool.clone(), store, settings.broker.options());
+        let broker = Broker::new(pool.clone(), store, BrokerOptions::from(&settings.broker));
         if let Err(e) = broker.listen_for_invalidations().await {
             tracing::warn!(error = %e, "no fleet invalidations until the store is back");
         }
@@ -155,7 +159,7 @@ pub async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
     Ok(match settings.store.backend {
         StoreBackend::Memory => Arc::new(MemoryStore::new()),
         StoreBackend::Redis | StoreBackend::RedisCluster => {
-            let redis = store::connect(&settings.store.redis())
+            let redis = store::connect(&RedisSettings::from(&settings.store))
                 .await
                 .context("store")?;
             redis.check_keyring().await.context("store.keyring")?;

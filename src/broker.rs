@@ -11,14 +11,16 @@ mod service;
 mod singleflight;
 mod watch;
 
+/// Re-exported from [`crate::cert`], where the shared domain lives.
+pub use crate::cert::Identifiers;
 pub use error::{BrokerError, FailureKind, IssueError};
 pub use fleet::BrokerStats;
 pub use renewal::{RenewalOptions, RenewalStatus, WatchGuard, unix_to_rfc3339};
-pub use request::{CaReadiness, CertRequest, Identifiers, ReadyState, RevokeRequest};
+pub use request::{CaReadiness, CertRequest, ReadyState, RevokeRequest};
 pub use service::{Broker, BrokerOptions, CacheStatus, Revoked};
 pub use watch::Watched;
 
-use crate::store::CertRecord;
+use crate::cert::CertRecord;
 
 /// What the broker asks an upstream to issue.
 #[derive(Debug, Clone)]

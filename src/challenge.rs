@@ -11,61 +11,16 @@ mod static_file;
 mod stipa;
 mod token;
 
-use std::time::Duration;
-
 pub use cache::CachingTokenProvider;
-pub use fingerprint::{FingerprintAlgorithm, fingerprint};
+pub use fingerprint::fingerprint;
 pub use http01::{Http01Responder, key_authorization};
-use serde::{Deserialize, Serialize};
 pub use shared::{SharedTokenProvider, drop_shared_tokens, token_group, token_key};
 pub use static_file::StaticTokenProvider;
 pub use stipa::{StiPaClient, StiPaSettings};
 pub use token::{AuthorityToken, TokenRequest};
 
-use crate::shaken::TkValueEncoding;
-
-/// Which field of the challenge response carries the token (shaken-acme.md §0.1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ResponseField {
-    /// `{"atc": token}`: deployed SHAKEN CAs. The default.
-    #[default]
-    Atc,
-    /// `{"tkauth": token}`: RFC 9448 §4.
-    Tkauth,
-    /// Both keys, for CAs whose dialect is unknown.
-    Both,
-}
-
-/// A CA's tkauth-01 dialect, from `[ca.challenge]`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct TkAuthSettings {
-    /// Token field in the challenge response; default `atc`.
-    pub response_field: ResponseField,
-    /// Account fingerprint algorithm in the token request; default `jwk_thumbprint`.
-    pub fingerprint: FingerprintAlgorithm,
-    /// TNAuthList string encoding sent to the CA and the STI-PA; default `base64`.
-    pub tkvalue_encoding: TkValueEncoding,
-    /// Refetch a cached token this long before its `exp`; default 60 s.
-    #[serde(with = "secs", rename = "refresh_margin_secs")]
-    pub refresh_margin: Duration,
-    /// Reuse a token for several challenges, in process and fleet-wide through the shared
-    /// store; default true. Off for CAs that enforce one-time `jti` (nothing is cached).
-    pub reuse_tokens: bool,
-}
-
-impl Default for TkAuthSettings {
-    fn default() -> Self {
-        Self {
-            response_field: ResponseField::Atc,
-            fingerprint: FingerprintAlgorithm::JwkThumbprint,
-            tkvalue_encoding: TkValueEncoding::Base64,
-            refresh_margin: Duration::from_secs(60),
-            reuse_tokens: true,
-        }
-    }
-}
+/// Re-exported from [`crate::config`], which owns the settings types.
+pub use crate::config::{FingerprintAlgorithm, ResponseField, TkAuthSettings};
 
 /// The challenge response payload carrying `token`.
 pub fn response_payload(field: ResponseField, token: &AuthorityToken) -> serde_json::Value {
@@ -143,21 +98,6 @@ impl TokenError {
     }
 }
 
-/// Serde for a `Duration` written as whole seconds.
-mod secs {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(d.as_secs())
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        Ok(Duration::from_secs(u64::deserialize(d)?))
-    }
-}
-
 /// A token [`CachingTokenProvider`] fetched anew (first use, near its `exp`, or after a
 /// refusal): announced to [`TokenProvider::refreshes`] subscribers. No JWT in it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -204,20 +144,5 @@ mod tests {
         );
         let both = response_payload(ResponseField::Both, &t);
         assert_eq!(both["atc"], both["tkauth"]);
-    }
-
-    #[test]
-    fn settings_defaults_and_names() {
-        let s: TkAuthSettings = serde_json::from_str("{}").unwrap();
-        assert_eq!(s, TkAuthSettings::default());
-        let s: TkAuthSettings = serde_json::from_str(
-            r#"{"response_field":"tkauth","fingerprint":"spki_sha256","tkvalue_encoding":"base64_url","refresh_margin_secs":5,"reuse_tokens":false}"#,
-        )
-        .unwrap();
-        assert_eq!(s.response_field, ResponseField::Tkauth);
-        assert_eq!(s.fingerprint, FingerprintAlgorithm::SpkiSha256);
-        assert_eq!(s.tkvalue_encoding, TkValueEncoding::Base64Url);
-        assert_eq!(s.refresh_margin, Duration::from_secs(5));
-        assert!(!s.reuse_tokens);
     }
 }

@@ -16,17 +16,29 @@ use figment::{
     Figment,
     providers::{Env, Format, Serialized, Toml},
 };
-use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use url::Url;
 
+mod ca;
+mod challenge;
+mod env;
 mod preauth;
+mod secs;
+mod store;
+mod validate;
 
+pub use ca::{
+    BreakerSettings, CaSettings, CsrSettings, EabSettings, PoolPolicy, PoolSettings, StiPaSettings,
+};
+use env::env_names_referenced_by;
+pub use env::{CLI_ENV, ENV_PREFIX, EnvRole, classify_env};
+
+pub use challenge::{FingerprintAlgorithm, ResponseField, TkAuthSettings};
 pub use preauth::PreauthSettings;
-
-use crate::{
-    challenge::TkAuthSettings,
-    store::{Keyring, KeyringSettings, RedisSettings},
+pub(crate) use store::redact_url;
+pub use store::{
+    DEFAULT_PREFIX, DEFAULT_TIMEOUT_MS, DecodedKey, KEYRING_KEY_LEN, KeyringSettings,
+    SentinelSettings, StoreBackend, StoreSettings,
 };
 
 /// The whole configuration.
@@ -133,46 +145,6 @@ pub struct PolicySettings {
     pub ca_certificates: bool,
 }
 
-/// `[store]`
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct StoreSettings {
-    /// `memory` (one process), `redis` (standalone) or `redis-cluster` (a fleet).
-    pub backend: StoreBackend,
-    /// Redis URL for `backend = "redis"`: `redis://[user:password@]host:port[/db]`, or
-    /// `rediss://` for TLS.
-    pub url: Option<String>,
-    /// Seed nodes (`redis://host:port`) for `backend = "redis-cluster"`.
-    pub cluster_nodes: Vec<String>,
-    /// Redis Sentinel for `backend = "redis"` instead of `url`: `{ master_name, nodes =
-    /// ["redis://sentinel:26379", ...], username, password }` (the last two for the master;
-    /// `rediss://` nodes mean TLS everywhere, trusting `trust_roots` when set).
-    pub sentinel: Option<crate::store::SentinelSettings>,
-    /// PEM file of the CA certificates that sign the Redis servers' TLS certificates
-    /// (`rediss://` URLs), replacing the system roots; relative to the config file.
-    /// Default: unset (the system roots).
-    pub trust_roots: Option<PathBuf>,
-    /// Prefix of every Redis key and channel; no `{` or `}`.
-    pub prefix: String,
-    /// Bound on connecting and on each Redis command, in milliseconds.
-    pub timeout_ms: u64,
-    /// AES-256-GCM keys that encrypt private keys at rest; required with Redis.
-    pub keyring: Option<KeyringSettings>,
-}
-
-/// Which store backend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum StoreBackend {
-    /// In-process only.
-    #[default]
-    Memory,
-    /// Shared standalone Redis (or Sentinel-fronted).
-    Redis,
-    /// Shared Redis Cluster.
-    RedisCluster,
-}
-
 /// `[broker]`
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -235,19 +207,6 @@ pub struct PublishSettings {
     pub listen: Option<SocketAddr>,
 }
 
-impl BrokerSettings {
-    /// The broker's tunables these settings describe.
-    pub fn options(&self) -> crate::broker::BrokerOptions {
-        crate::broker::BrokerOptions {
-            cache_capacity: self.cache_capacity,
-            default_min_remaining: std::time::Duration::from_secs(self.default_min_remaining_secs),
-            issuance_timeout: std::time::Duration::from_secs(self.issuance_timeout_secs),
-            lock_ttl: std::time::Duration::from_secs(self.lock_ttl_secs),
-            negative_ttl: std::time::Duration::from_secs(self.negative_ttl_secs),
-        }
-    }
-}
-
 /// `[telemetry]`
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -269,363 +228,6 @@ pub struct TelemetrySettings {
     /// Seconds between the audit trail's summary lines: the first hand-out of a serial to
     /// a caller is logged at once, repeats are counted and written once per interval.
     pub audit_interval_secs: u64,
-}
-
-/// One `[[ca]]` upstream.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct CaSettings {
-    /// Unique name; reported as `issuer_ca`.
-    pub name: String,
-    /// ACME directory URL.
-    pub directory: Url,
-    /// PEM bundle trusted for the CA's HTTPS (and the STI-PA's, unless it names its own);
-    /// absent: the system's roots.
-    #[serde(default)]
-    pub trust_roots: Option<PathBuf>,
-    /// Pools this CA serves; a request names one (`ca_pool`), empty means `default`.
-    #[serde(default = "default_pools")]
-    pub pools: Vec<String>,
-    /// Lower is tried first.
-    #[serde(default)]
-    pub priority: u32,
-    /// PKCS#8 PEM of the ACME account key; created (0600) on first use if absent, and
-    /// re-read by a running broker when the file changes (`certbroker account rollover`
-    /// replaces it).
-    pub account_key: PathBuf,
-    /// Account contact URLs (`mailto:`).
-    #[serde(default)]
-    pub contact: Vec<String>,
-    /// External account binding, when the CA requires it.
-    #[serde(default)]
-    pub eab: Option<EabSettings>,
-    /// Timeout of one HTTP request to the CA.
-    #[serde(default = "default_request_timeout")]
-    pub request_timeout_secs: u64,
-    /// Timeout of one whole order at this CA (per-attempt deadline before failover).
-    #[serde(default = "default_attempt_timeout")]
-    pub attempt_timeout_secs: u64,
-    /// Subject fields of the CSRs the broker makes.
-    #[serde(default)]
-    pub csr: CsrSettings,
-    /// tkauth-01 dialect of this CA.
-    #[serde(default)]
-    pub challenge: TkAuthSettings,
-    /// Where SPC tokens come from: the STI-PA API ...
-    #[serde(default)]
-    pub sti_pa: Option<StiPaSettings>,
-    /// ... or a file holding a token obtained out of band.
-    #[serde(default)]
-    pub token_file: Option<PathBuf>,
-    /// For `dns` identifiers: where to serve http-01 key authorizations (the CA must reach
-    /// it on port 80 of the names, usually through a load balancer). Absent: the broker
-    /// answers http-01 without serving anything, for CAs that validate out of band.
-    #[serde(default)]
-    pub http01_listen: Option<SocketAddr>,
-    /// Share of requests among CAs of equal priority in a `weighted` pool (at least 1).
-    #[serde(default = "default_weight")]
-    pub weight: u32,
-    /// When to stop sending requests to this CA after failures.
-    #[serde(default)]
-    pub breaker: BreakerSettings,
-    /// The CA accepts (Peeringhub: demands) a certificate key equal to the ACME account key.
-    /// When set, certificates the broker makes keys for use the account key, and that key
-    /// is what the caller receives. Default false: a fresh P-256 key per certificate, as
-    /// Boulder-style CAs require.
-    #[serde(default)]
-    pub allow_account_key_reuse: bool,
-    /// Agree to the CA's terms of service (the directory's `meta.termsOfService`) when the
-    /// broker creates its account there. Default false: a CA that has terms refuses to open
-    /// an account until they are agreed to here, as `certbot --agree-tos` and
-    /// `lego --accept-tos` ask.
-    #[serde(default)]
-    pub accept_terms_of_service: bool,
-    /// Certificate lifetime to ask for, sent as `notAfter` in newOrder
-    /// ([RFC 8555 §7.4](https://www.rfc-editor.org/rfc/rfc8555#section-7.4)). Absent: the
-    /// CA's default; leave it absent for CAs that reject `notAfter`.
-    #[serde(default)]
-    pub cert_lifetime_secs: Option<u64>,
-    /// Treat a certificate with profile findings (not DER, or off the SHAKEN profile; see
-    /// [`crate::shaken::profile_findings`]) as this CA's failure: the pool fails over to the
-    /// next CA, and the finding is in the error the caller sees if none succeeds. Default
-    /// false: such a certificate is handed out (a signer without one cannot sign at all),
-    /// logged at warn and counted in `certbroker_ca_profile_findings_total`.
-    #[serde(default)]
-    pub strict_profile: bool,
-    /// Pre-authorization (`newAuthz`) of SPCs at this CA.
-    #[serde(default)]
-    pub preauthorization: PreauthSettings,
-}
-
-/// `[ca.breaker]`: the per-CA circuit breaker and `Retry-After` handling.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct BreakerSettings {
-    /// Consecutive retryable failures (network, timeout, 5xx, rateLimited) that open the
-    /// breaker; while open the CA is skipped.
-    pub failure_threshold: u32,
-    /// How long the breaker stays open before one probe request is let through.
-    pub cool_down_secs: u64,
-    /// Upper bound on a CA's `Retry-After`, so a bogus header cannot park a CA for days.
-    pub max_retry_after_secs: u64,
-}
-
-/// `[[pool]]`: how one named pool picks among its CAs.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct PoolSettings {
-    /// Pool name, as the CAs' `pools` and the request's `ca_pool` say.
-    pub name: String,
-    /// Order in which CAs are tried.
-    #[serde(default)]
-    pub policy: PoolPolicy,
-    /// Hedging: when the CA being tried has not finished after this long, start the next
-    /// one as well; the first valid certificate wins. Absent: strictly one at a time.
-    #[serde(default)]
-    pub hedge_after_ms: Option<u64>,
-}
-
-/// Which CA of a pool is tried first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PoolPolicy {
-    /// Lowest `priority` first, configuration order among equals.
-    #[default]
-    Priority,
-    /// Lowest `priority` first; among equals, a random order weighted by `weight`.
-    Weighted,
-}
-
-/// `[ca.eab]`
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct EabSettings {
-    /// Key identifier the CA gave.
-    pub key_id: String,
-    /// Name of the environment variable holding the base64url HMAC key.
-    pub hmac_key_env: String,
-}
-
-/// `[ca.csr]`
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct CsrSettings {
-    /// Subject C.
-    pub country: String,
-    /// Subject O: the carrier's legal name.
-    pub organization: String,
-    /// Subject CN of end-entity certificates; `{spc}` becomes the first SPC of the
-    /// TNAuthList (or its first entry). SHAKEN CAs want `SHAKEN <OCN>` (shaken-acme.md §0.7).
-    pub common_name_template: String,
-    /// Subject `serialNumber` (a PrintableString of 1 to 64 characters); empty: none.
-    /// `{spc}` is what `{spc}` is in the CN, `{random}` 16 hex digits (64 random bits) new
-    /// for every CSR. Default `{spc}-{random}`: US SHAKEN CP 1.3 §3.1 requires a
-    /// serialNumber beside the CN to tell successive certificates of one entity apart, so
-    /// the SPC alone (the same in every certificate of the carrier) would defeat it; the SPC
-    /// prefix keeps it naming the carrier, the random part makes each DN distinct without a
-    /// counter the fleet would have to share. CAs that assign their own serialNumber
-    /// overwrite it.
-    pub serial_number_template: String,
-}
-
-impl CsrSettings {
-    /// The serialNumber for a CSR whose CN's `{spc}` is `spc`, or `None` when the template
-    /// is empty. Characters of `spc` outside the PrintableString alphabet (`#` and `*` of a
-    /// telephone number) are left out; the caller's subject validation enforces the length.
-    pub fn serial_number(&self, spc: &str) -> Option<String> {
-        if self.serial_number_template.is_empty() {
-            return None;
-        }
-        let spc: String = spc.chars().filter(|c| is_printable(*c)).collect();
-        let random = format!("{:016X}", rand::random::<u64>());
-        Some(
-            self.serial_number_template
-                .replace("{spc}", &spc)
-                .replace("{random}", &random),
-        )
-    }
-}
-
-/// Whether `c` is in the PrintableString alphabet (X.680 §41.4).
-fn is_printable(c: char) -> bool {
-    c.is_ascii_alphanumeric() || " '()+,-./:=?".contains(c)
-}
-
-/// Checks a serialNumber template: only `{spc}` and `{random}` placeholders, literal text
-/// in the PrintableString alphabet, and at most 64 characters with a four-character SPC.
-fn check_serial_number_template(template: &str) -> Result<(), String> {
-    if template.is_empty() {
-        return Ok(());
-    }
-    let literal = template.replace("{spc}", "").replace("{random}", "");
-    if let Some(c) = literal.chars().find(|c| !is_printable(*c)) {
-        return Err(format!(
-            "{c:?} is not a PrintableString character (A-Z a-z 0-9 space '()+,-./:=?); \
-             placeholders are {{spc}} and {{random}}"
-        ));
-    }
-    let expanded = template
-        .replace("{spc}", "1234")
-        .replace("{random}", "0123456789ABCDEF");
-    if expanded.len() > 64 {
-        return Err(format!(
-            "expands to {} characters (\"{expanded}\"); the limit is 64",
-            expanded.len()
-        ));
-    }
-    Ok(())
-}
-
-/// `[ca.sti_pa]`
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct StiPaSettings {
-    /// API base, e.g. `https://authenticate-api.iconectiv.com`.
-    pub base_url: Url,
-    /// Login user id.
-    pub user_id: String,
-    /// Password, inline; prefer `password_env`.
-    #[serde(default, skip_serializing)]
-    pub password: Option<SecretString>,
-    /// Name of an environment variable holding the password.
-    #[serde(default)]
-    pub password_env: Option<String>,
-    /// PEM bundle trusted for the STI-PA's HTTPS; absent: the CA's `trust_roots`.
-    #[serde(default)]
-    pub trust_roots: Option<PathBuf>,
-}
-
-/// Prefix of the environment variables that override configuration keys.
-pub const ENV_PREFIX: &str = "CERTBROKER_";
-
-/// `CERTBROKER_*` variables the command line reads itself (`--config`, and the client's
-/// `--addr`, `--ca-cert`, `--cert`, `--key`); never configuration overrides.
-pub const CLI_ENV: &[&str] = &[
-    "CERTBROKER_CONFIG",
-    "CERTBROKER_ADDR",
-    "CERTBROKER_CA_CERT",
-    "CERTBROKER_CLIENT_CERT",
-    "CERTBROKER_CLIENT_KEY",
-];
-
-/// The top-level keys of [`Settings`]: a variable whose name starts with one of them followed
-/// by a single `_` is taken for a misspelt override.
-const TOP_LEVEL_KEYS: &[&str] = &[
-    "server",
-    "store",
-    "broker",
-    "telemetry",
-    "renewal",
-    "publish",
-    "ca",
-    "pool",
-    "policy",
-];
-
-/// What a variable in the process environment is to the configuration loader.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EnvRole {
-    /// Does not start with `CERTBROKER_` (case-insensitively, as figment matches it).
-    NotOurs,
-    /// Starts with `CERTBROKER_` but is no override: one of [`CLI_ENV`], a name some `*_env`
-    /// key of the file refers to, a Kubernetes service-link variable, or any other name
-    /// without `__` whose first segment is not a top-level key.
-    NotConfig,
-    /// `CERTBROKER_<KEY>__<KEY>...` (or a bare top-level key): loaded, and an unknown key or
-    /// a bad value stops start-up naming it.
-    Override,
-    /// A top-level key and a single `_` (`CERTBROKER_SERVER_LISTEN`): most likely an override
-    /// with the wrong separator, so start-up stops rather than ignoring it.
-    Misspelt,
-}
-
-/// Sorts one environment variable name; `referenced` holds the names the configuration file
-/// gives in `*_env` keys (e.g. `ca.sti_pa.password_env`).
-///
-/// The order matters: CLI names and referenced secrets first, then anything with `__` is an
-/// override (so a real override always wins), then the kubelet's service links, then the
-/// typo check.
-pub fn classify_env(name: &str, referenced: &BTreeSet<String>) -> EnvRole {
-    let prefix_len = ENV_PREFIX.len();
-    if name.len() < prefix_len
-        || !name.is_char_boundary(prefix_len)
-        || !name[..prefix_len].eq_ignore_ascii_case(ENV_PREFIX)
-    {
-        return EnvRole::NotOurs;
-    }
-    if CLI_ENV.iter().any(|c| c.eq_ignore_ascii_case(name)) || referenced.contains(name) {
-        return EnvRole::NotConfig;
-    }
-    let rest = &name[prefix_len..];
-    if rest.contains("__") {
-        return EnvRole::Override;
-    }
-    if is_service_link(name) {
-        return EnvRole::NotConfig;
-    }
-    let first = rest.split('_').next().unwrap_or_default();
-    match TOP_LEVEL_KEYS
-        .iter()
-        .find(|k| k.eq_ignore_ascii_case(first))
-    {
-        Some(_) if first.len() == rest.len() => EnvRole::Override,
-        Some(_) => EnvRole::Misspelt,
-        None => EnvRole::NotConfig,
-    }
-}
-
-/// The variables the kubelet sets for every Service with a cluster IP in the pod's namespace
-/// (`<NAME>_SERVICE_HOST`, `<NAME>_SERVICE_PORT[_<PORT NAME>]`, `<NAME>_PORT`,
-/// `<NAME>_PORT_<N>_<PROTO>[_PROTO|_PORT|_ADDR]`, the name upper-cased with `-` as `_`).
-fn is_service_link(name: &str) -> bool {
-    if name.ends_with("_SERVICE_HOST")
-        || name.ends_with("_SERVICE_PORT")
-        || name.contains("_SERVICE_PORT_")
-        || name.ends_with("_PORT")
-    {
-        return true;
-    }
-    // ..._PORT_<digits>_<TCP|UDP|SCTP>[_PROTO|_PORT|_ADDR]
-    name.match_indices("_PORT_").any(|(i, m)| {
-        let tail = &name[i + m.len()..];
-        let mut parts = tail.split('_');
-        let number = parts.next().unwrap_or_default();
-        let proto = parts.next().unwrap_or_default();
-        let field = parts.next();
-        !number.is_empty()
-            && number.bytes().all(|b| b.is_ascii_digit())
-            && matches!(proto, "TCP" | "UDP" | "SCTP")
-            && matches!(field, None | Some("PROTO" | "PORT" | "ADDR"))
-            && parts.next().is_none()
-    })
-}
-
-/// Values of every `*_env` key in a TOML file (any depth, in tables and arrays of tables):
-/// the environment variables the file names for its secrets. An unreadable file gives none
-/// (loading it reports the error).
-fn env_names_referenced_by(file: &std::path::Path) -> BTreeSet<String> {
-    fn walk(value: &figment::value::Value, out: &mut BTreeSet<String>) {
-        use figment::value::Value;
-        match value {
-            Value::Dict(_, dict) => {
-                for (k, v) in dict {
-                    match v {
-                        Value::String(_, s) if k.ends_with("_env") => {
-                            out.insert(s.clone());
-                        }
-                        _ => walk(v, out),
-                    }
-                }
-            }
-            Value::Array(_, items) => items.iter().for_each(|v| walk(v, out)),
-            _ => {}
-        }
-    }
-    let mut out = BTreeSet::new();
-    if let Ok(value) = Figment::from(Toml::file(file)).extract::<figment::value::Value>() {
-        walk(&value, &mut out);
-    }
-    out
 }
 
 /// A configuration that cannot be used, naming the key.
@@ -754,248 +356,6 @@ impl Settings {
             Figment::from(Serialized::defaults(Self::default())).merge(Toml::string(text)),
         )
     }
-
-    fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |key: String, reason: &str| ConfigError::Invalid {
-            key,
-            reason: reason.to_owned(),
-        };
-        match self.store.backend {
-            StoreBackend::Redis if self.store.url.is_none() && self.store.sentinel.is_none() => {
-                return Err(invalid(
-                    "store.url".into(),
-                    "required when store.backend = \"redis\" (or store.sentinel)",
-                ));
-            }
-            StoreBackend::Redis if self.store.url.is_some() && self.store.sentinel.is_some() => {
-                return Err(invalid(
-                    "store.sentinel".into(),
-                    "excludes store.url: the sentinels name the master",
-                ));
-            }
-            StoreBackend::RedisCluster if self.store.cluster_nodes.is_empty() => {
-                return Err(invalid(
-                    "store.cluster_nodes".into(),
-                    "required when store.backend = \"redis-cluster\"",
-                ));
-            }
-            StoreBackend::Redis | StoreBackend::RedisCluster if self.store.keyring.is_none() => {
-                return Err(invalid(
-                    "store.keyring".into(),
-                    "required with Redis: private keys at rest are always encrypted",
-                ));
-            }
-            _ => {}
-        }
-        if let Some(keyring) = &self.store.keyring {
-            Keyring::new(keyring).map_err(|e| invalid("store.keyring".into(), &e.to_string()))?;
-        }
-        if !(0.0..1.0).contains(&self.renewal.renew_fraction) || self.renewal.renew_fraction == 0.0
-        {
-            return Err(invalid(
-                "renewal.renew_fraction".into(),
-                "must be between 0 and 1",
-            ));
-        }
-        if self.renewal.check_interval_secs == 0 {
-            return Err(invalid(
-                "renewal.check_interval_secs".into(),
-                "must be at least 1",
-            ));
-        }
-        if self.publish.base_url.is_some() != self.publish.listen.is_some() {
-            return Err(invalid(
-                "publish.listen".into(),
-                "set both publish.base_url and publish.listen, or neither",
-            ));
-        }
-        if let Some(base) = &self.publish.base_url {
-            if !base.path().ends_with('/') || base.query().is_some() || base.fragment().is_some() {
-                return Err(invalid(
-                    "publish.base_url".into(),
-                    "must end with '/' and have no query or fragment (STI-CR URL rules)",
-                ));
-            }
-        }
-        if self.broker.lock_ttl_secs < 3 {
-            return Err(invalid("broker.lock_ttl_secs".into(), "must be at least 3"));
-        }
-        if self.broker.cache_capacity == 0 {
-            return Err(invalid(
-                "broker.cache_capacity".into(),
-                "must be at least 1",
-            ));
-        }
-        self.validate_server()?;
-        let mut names = BTreeSet::new();
-        for (i, ca) in self.ca.iter().enumerate() {
-            let key = |k: &str| format!("ca[{i}].{k}");
-            if ca.name.is_empty() || !names.insert(ca.name.as_str()) {
-                return Err(invalid(key("name"), "must be non-empty and unique"));
-            }
-            if !matches!(ca.directory.scheme(), "https" | "http") {
-                return Err(invalid(key("directory"), "must be an https URL"));
-            }
-            if ca.pools.is_empty() || ca.pools.iter().any(String::is_empty) {
-                return Err(invalid(
-                    key("pools"),
-                    "must list at least one non-empty pool name",
-                ));
-            }
-            if ca.sti_pa.is_some() && ca.token_file.is_some() {
-                return Err(invalid(
-                    key("token_file"),
-                    "set either sti_pa or token_file, not both",
-                ));
-            }
-            if let Some(pa) = &ca.sti_pa {
-                if pa.password.is_none() && pa.password_env.is_none() {
-                    return Err(invalid(
-                        key("sti_pa.password_env"),
-                        "set password_env (or password)",
-                    ));
-                }
-            }
-            if ca.request_timeout_secs == 0 || ca.attempt_timeout_secs == 0 {
-                return Err(invalid(
-                    key("attempt_timeout_secs"),
-                    "timeouts must be at least 1 second",
-                ));
-            }
-            if ca.weight == 0 {
-                return Err(invalid(key("weight"), "must be at least 1"));
-            }
-            if ca.breaker.failure_threshold == 0 {
-                return Err(invalid(
-                    key("breaker.failure_threshold"),
-                    "must be at least 1",
-                ));
-            }
-            if ca.cert_lifetime_secs == Some(0) {
-                return Err(invalid(key("cert_lifetime_secs"), "must be at least 1"));
-            }
-            if !ca.csr.common_name_template.contains("{spc}") {
-                return Err(invalid(
-                    key("csr.common_name_template"),
-                    "must contain {spc}",
-                ));
-            }
-            if let Err(e) = ca.preauthorization.check() {
-                return Err(invalid(key("preauthorization.spcs"), &e));
-            }
-            if !ca.preauthorization.spcs.is_empty()
-                && ca.sti_pa.is_none()
-                && ca.token_file.is_none()
-            {
-                return Err(invalid(
-                    key("preauthorization.spcs"),
-                    "needs SPC tokens: set sti_pa or token_file",
-                ));
-            }
-            if let Err(e) = check_serial_number_template(&ca.csr.serial_number_template) {
-                return Err(invalid(key("csr.serial_number_template"), &e));
-            }
-            if ca.csr.country.len() != 2 || !ca.csr.country.bytes().all(|b| b.is_ascii_uppercase())
-            {
-                return Err(invalid(
-                    key("csr.country"),
-                    "must be two uppercase letters (ISO 3166), e.g. US",
-                ));
-            }
-        }
-        let mut pools = BTreeSet::new();
-        for (i, pool) in self.pool.iter().enumerate() {
-            let key = format!("pool[{i}].name");
-            if !pools.insert(pool.name.as_str()) {
-                return Err(invalid(key, "must be unique"));
-            }
-            if !self.ca.iter().any(|c| c.pools.contains(&pool.name)) {
-                return Err(invalid(key, "no [[ca]] lists this pool in its `pools`"));
-            }
-        }
-        Ok(())
-    }
-
-    fn validate_server(&self) -> Result<(), ConfigError> {
-        let invalid = |key: String, reason: &str| ConfigError::Invalid {
-            key,
-            reason: reason.to_owned(),
-        };
-        if self.telemetry.audit_interval_secs == 0 {
-            return Err(invalid(
-                "telemetry.audit_interval_secs".into(),
-                "must be at least 1",
-            ));
-        }
-        let s = &self.server;
-        if s.request_timeout_secs == 0 {
-            return Err(invalid(
-                "server.request_timeout_secs".into(),
-                "must be at least 1",
-            ));
-        }
-        if s.max_concurrent_requests == 0 {
-            return Err(invalid(
-                "server.max_concurrent_requests".into(),
-                "must be at least 1",
-            ));
-        }
-        if s.rate_limit_per_sec > 0 && s.rate_limit_burst == 0 {
-            return Err(invalid(
-                "server.rate_limit_burst".into(),
-                "must be at least 1 when rate_limit_per_sec is set",
-            ));
-        }
-        if s.max_request_bytes < 1024 {
-            return Err(invalid(
-                "server.max_request_bytes".into(),
-                "must be at least 1024",
-            ));
-        }
-        if let Some(tls) = &s.tls {
-            if tls.reload_interval_secs == 0 {
-                return Err(invalid(
-                    "server.tls.reload_interval_secs".into(),
-                    "must be at least 1",
-                ));
-            }
-        }
-        let mutual = s.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
-        if !self.policy.is_empty() && !mutual {
-            return Err(invalid(
-                "policy".into(),
-                "[[policy]] needs client certificates: set server.tls.client_ca",
-            ));
-        }
-        for (i, p) in self.policy.iter().enumerate() {
-            let key = |k: &str| format!("policy[{i}].{k}");
-            if p.identities.is_empty() {
-                return Err(invalid(
-                    key("identities"),
-                    "must name at least one identity",
-                ));
-            }
-            for id in &p.identities {
-                let rest = id.strip_prefix("*.").unwrap_or(id);
-                if rest.is_empty() || rest.contains('*') {
-                    return Err(invalid(
-                        key("identities"),
-                        "each is an exact name or `*.suffix`",
-                    ));
-                }
-            }
-            if p.dns_suffixes
-                .iter()
-                .any(|d| d.is_empty() || d.contains('*'))
-            {
-                return Err(invalid(
-                    key("dns_suffixes"),
-                    "each is a DNS name, without wildcards",
-                ));
-            }
-        }
-        Ok(())
-    }
 }
 
 // === defaults ===
@@ -1011,45 +371,6 @@ impl Default for ServerSettings {
             rate_limit_per_sec: 100,
             rate_limit_burst: 200,
             max_request_bytes: 64 * 1024,
-        }
-    }
-}
-
-impl Default for StoreSettings {
-    fn default() -> Self {
-        let redis = RedisSettings::default();
-        Self {
-            backend: StoreBackend::Memory,
-            url: None,
-            cluster_nodes: vec![],
-            sentinel: None,
-            trust_roots: None,
-            prefix: redis.prefix,
-            timeout_ms: redis.timeout_ms,
-            keyring: None,
-        }
-    }
-}
-
-impl StoreSettings {
-    /// The Redis connection settings these describe.
-    pub fn redis(&self) -> RedisSettings {
-        RedisSettings {
-            url: (self.backend == StoreBackend::Redis)
-                .then(|| self.url.clone())
-                .flatten(),
-            cluster_nodes: if self.backend == StoreBackend::RedisCluster {
-                self.cluster_nodes.clone()
-            } else {
-                vec![]
-            },
-            sentinel: (self.backend == StoreBackend::Redis)
-                .then(|| self.sentinel.clone())
-                .flatten(),
-            trust_roots: self.trust_roots.clone(),
-            prefix: self.prefix.clone(),
-            keyring: self.keyring.clone(),
-            timeout_ms: self.timeout_ms,
         }
     }
 }
@@ -1079,45 +400,12 @@ impl Default for TelemetrySettings {
     }
 }
 
-impl Default for CsrSettings {
-    fn default() -> Self {
-        Self {
-            country: "US".into(),
-            organization: "certbroker".into(),
-            common_name_template: "SHAKEN {spc}".into(),
-            serial_number_template: "{spc}-{random}".into(),
-        }
-    }
-}
-
-impl Default for BreakerSettings {
-    fn default() -> Self {
-        Self {
-            failure_threshold: 3,
-            cool_down_secs: 30,
-            max_retry_after_secs: 3600,
-        }
-    }
-}
-
-fn default_weight() -> u32 {
-    1
-}
-
 fn default_pools() -> Vec<String> {
     vec!["default".into()]
 }
 
 fn default_tls_reload() -> u64 {
     10
-}
-
-fn default_request_timeout() -> u64 {
-    30
-}
-
-fn default_attempt_timeout() -> u64 {
-    120
 }
 
 #[cfg(test)]
@@ -1442,7 +730,7 @@ mod env_tests {
             "[store]\nbackend = \"redis\"\n{sentinel}\n{keyring}"
         ))
         .expect("sentinel instead of url");
-        let redis = s.store.redis();
+        let redis = crate::store::RedisSettings::from(&s.store);
         assert_eq!(redis.url, None);
         let got = redis.sentinel.as_ref().expect("sentinel");
         assert_eq!((got.master_name.as_str(), got.nodes.len()), ("m", 1));
@@ -1463,7 +751,7 @@ mod env_tests {
             let s = Settings::load(Some(std::path::Path::new("conf/c.toml")))
                 .map_err(|e| e.to_string())?;
             assert_eq!(
-                s.store.redis().trust_roots,
+                crate::store::RedisSettings::from(&s.store).trust_roots,
                 Some(jail.directory().join("conf").join("redis-ca.pem"))
             );
             Ok(())

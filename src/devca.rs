@@ -9,6 +9,10 @@
 //! - an RFC 8555 ACME server under `/acme/` that validates `tkauth-01` (RFC 9447/9448)
 //!   strictly: token signature, `x5u`, `exp`, `jti` replay, `tktype`, `tkvalue` (compared
 //!   after DER decoding), `fingerprint` and `ca`; and checks the CSR at finalize;
+//! - STAR (RFC 8739, [`DevStar`], on by default): `auto-renewal` orders whose
+//!   star-certificate URL serves a new short-term certificate every half lifetime, with
+//!   cancellation and the autoRenewal problems; and newAuthz pre-authorization
+//!   (RFC 8555 §7.4.1), whose valid authorizations the account's next orders reuse;
 //! - `GET /devca/stats`: its counters as JSON ([`DevCaHandle::stats_url`]).
 //!
 //! Every event (account, order, authorization, challenge, certificate, revocation, SPC
@@ -62,6 +66,7 @@ use url::Url;
 pub use ari::{DevRenewalInfo, Replacement, ReplacesOutcome};
 pub use behaviour::{Behaviour, InjectedError, Stats, Step, TokenFault};
 pub use defect::ProfileDefect;
+pub use star::{DevStar, DevStarOrder};
 
 /// Which challenge-response field the STI-CA reads the SPC token from (shaken-acme.md §0.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -116,45 +121,7 @@ pub enum DevProfile {
 /// The default [`DevCaSettings::caa_identities`].
 pub const DEFAULT_CAA_IDENTITY: &str = "devca.certbroker.test";
 
-/// The STAR limits the devca announces in `meta.auto-renewal` (RFC 8739 §3.1.1) and
-/// enforces at newOrder. A request outside them is refused with a 400 `malformed` problem
-/// naming the field and the limit; the devca never adjusts the values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DevStar {
-    /// The shortest `lifetime` accepted; 1 s by default, so tests can run on seconds.
-    pub min_lifetime: Duration,
-    /// The longest `end-date` − `start-date` accepted; 365 days by default.
-    pub max_duration: Duration,
-    /// Whether orders may negotiate `allow-certificate-get` (unauthenticated GET of the
-    /// star-certificate URL); on by default.
-    pub allow_certificate_get: bool,
-}
-
-impl Default for DevStar {
-    fn default() -> Self {
-        Self {
-            min_lifetime: Duration::from_secs(1),
-            max_duration: Duration::from_secs(365 * 24 * 3600),
-            allow_certificate_get: true,
-        }
-    }
-}
-
-/// What the devca did for one STAR order ([`DevCaHandle::star_orders`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DevStarOrder {
-    /// The order URL.
-    pub order_url: String,
-    /// The order's status (`processing`, `valid`, `canceled`).
-    pub status: String,
-    /// Short-term certificates issued for it so far.
-    pub certificates: u64,
-    /// Successful fetches of its star-certificate URL (POST-as-GET, GET; not HEAD).
-    pub fetches: u64,
-    /// Serials (lowercase hex) of its certificates, oldest first.
-    pub serials: Vec<String>,
-}
-
+/// Settings of the embedded CA.
 #[derive(Clone)]
 pub struct DevCaSettings {
     /// Address to listen on; 127.0.0.1 by default.
@@ -483,7 +450,7 @@ impl DevCaHandle {
 
     /// Every STAR order, with its certificate and fetch counts.
     pub fn star_orders(&self) -> Vec<DevStarOrder> {
-        star::report(&self.inner)
+        stats::star_orders(&self.inner)
     }
 
     /// Whether the certificate with this serial (lowercase hex, no leading zero byte) was

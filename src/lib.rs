@@ -6,7 +6,8 @@
 //!
 //! Module map, in request order: [`api`] (gRPC) → [`broker`] (cache, single-flight) →
 //! [`store`] (shared store) / [`ca`] (upstream CAs) → [`acme`] (protocol client) →
-//! [`challenge`] (tkauth-01 tokens, http-01). [`shaken`] holds the SHAKEN data formats,
+//! [`challenge`] (tkauth-01 tokens, http-01). [`cert`] is the ground floor they all share
+//! (certificate record, selector, identifiers), [`shaken`] holds the SHAKEN data formats,
 //! [`devca`] an embedded STI-PA and STI-CA for development and tests.
 
 pub mod acme;
@@ -14,6 +15,7 @@ pub mod api;
 pub mod app;
 pub mod broker;
 pub mod ca;
+pub mod cert;
 pub mod challenge;
 pub mod cli;
 pub mod config;

@@ -3,9 +3,9 @@
 //! process can run on [`MemoryStore`] and a fleet on Redis ([`RedisStore`]). The same trait
 //! carries the fleet coordination the broker needs to issue each certificate exactly once:
 //! per-key locks, an opaque progress record, "ready" notifications, a negative cache and
-//! cache invalidation, and a small secret store: opaque blobs with an expiry, in named
-//! groups that can be dropped at once (the SPC token cache uses it; the store does not know
-//! what the blobs are). Knows nothing of ACME.
+//! cache invalidation. Every store is also a small [`SecretStore`]: opaque blobs with an
+//! expiry, in named groups that can be dropped at once (the SPC token cache uses it; the
+//! store does not know what the blobs are). Knows nothing of ACME.
 
 mod crypto;
 mod memory;
@@ -14,81 +14,14 @@ mod redis;
 use std::{fmt, time::Duration};
 
 use secrecy::zeroize::Zeroizing;
-use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 pub use self::redis::{RedisSettings, RedisStore, SentinelSettings, connect};
 pub use crypto::{Keyring, KeyringSettings};
 pub use memory::MemoryStore;
 
-/// One issued certificate as the broker keeps it.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CertRecord {
-    /// The cache key this certificate answers.
-    pub cache_key: String,
-    /// PEM chain, leaf first.
-    pub chain_pem: String,
-    /// DER chain, leaf first.
-    pub chain_der: Vec<Vec<u8>>,
-    /// PKCS#8 DER of the leaf key when the broker generated it. Secret.
-    pub private_key_pkcs8: Option<Vec<u8>>,
-    /// Leaf notBefore, Unix seconds.
-    pub not_before: i64,
-    /// Leaf notAfter, Unix seconds.
-    pub not_after: i64,
-    /// Leaf serial, lowercase hex.
-    pub serial_hex: String,
-    /// SHA-256 of the leaf DER, lowercase hex.
-    pub fingerprint_hex: String,
-    /// Configured name of the CA that issued it.
-    pub issuer_ca: String,
-    /// The account at that CA that ordered it (needed to revoke).
-    pub issuer_account: String,
-    /// When the broker obtained it, Unix seconds. Renewal measures the lifetime from here,
-    /// since CAs backdate notBefore (the devca by five minutes, some CAs by an hour).
-    #[serde(default)]
-    pub issued_at: i64,
-}
-
-impl fmt::Debug for CertRecord {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CertRecord")
-            .field("cache_key", &self.cache_key)
-            .field("serial_hex", &self.serial_hex)
-            .field("not_after", &self.not_after)
-            .field("issuer_ca", &self.issuer_ca)
-            .field(
-                "private_key_pkcs8",
-                &self.private_key_pkcs8.as_ref().map(|_| "<redacted>"),
-            )
-            .finish_non_exhaustive()
-    }
-}
-
-impl CertRecord {
-    /// Seconds of validity left at `now` (Unix seconds); negative once expired.
-    pub fn remaining_secs(&self, now: i64) -> i64 {
-        self.not_after - now
-    }
-}
-
-/// How a caller names a certificate it wants revoked.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CertSelector {
-    /// Leaf serial, lowercase hex.
-    Serial(String),
-    /// SHA-256 of the leaf DER, lowercase hex.
-    Fingerprint(String),
-}
-
-impl fmt::Display for CertSelector {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Serial(s) => write!(f, "serial {s}"),
-            Self::Fingerprint(s) => write!(f, "fingerprint {s}"),
-        }
-    }
-}
+/// Re-exported from [`crate::cert`], where the shared domain lives.
+pub use crate::cert::{CertRecord, CertSelector};
 
 /// A store operation failed. Callers treat every variant except [`StoreError::Config`] as a
 /// miss and carry on.
@@ -146,9 +79,38 @@ pub enum StoreHealth {
     Ok,
 }
 
-/// The shared certificate store.
+/// A small store of secrets: opaque blobs with an expiry, in named groups that can be
+/// dropped at once. The SPC token cache (`challenge`) needs only this, so it and `ca` take
+/// an `Arc<dyn SecretStore>`, not the whole [`Store`].
 #[async_trait::async_trait]
-pub trait Store: Send + Sync + fmt::Debug {
+pub trait SecretStore: Send + Sync + fmt::Debug {
+    /// Keeps the secret blob `secret` under (`group`, `key`) for `ttl`, replacing any
+    /// earlier one. Blobs are opaque to the store and sealed at rest (Redis: AES-256-GCM
+    /// under the keyring, bound to their key, so it needs `store.keyring`).
+    async fn put_secret(
+        &self,
+        group: &str,
+        key: &str,
+        secret: &[u8],
+        ttl: Duration,
+    ) -> Result<(), StoreError>;
+    /// The blob stored under (`group`, `key`), unless it expired or was dropped.
+    async fn secret(
+        &self,
+        group: &str,
+        key: &str,
+    ) -> Result<Option<Zeroizing<Vec<u8>>>, StoreError>;
+    /// Drops the blob under (`group`, `key`), if any.
+    async fn delete_secret(&self, group: &str, key: &str) -> Result<(), StoreError>;
+    /// Drops every blob of `group`; returns how many were still there.
+    async fn drop_secret_group(&self, group: &str) -> Result<u64, StoreError>;
+}
+
+/// The shared certificate store, with the fleet coordination the broker needs. Every store
+/// is also a [`SecretStore`], so one backend serves both (an `Arc<dyn Store>` coerces to an
+/// `Arc<dyn SecretStore>`).
+#[async_trait::async_trait]
+pub trait Store: SecretStore {
     /// The current certificate for a cache key.
     async fn current(&self, cache_key: &str) -> Result<Option<CertRecord>, StoreError>;
     /// Makes `record` the current certificate for its cache key and indexes it by serial
@@ -213,27 +175,6 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// lost, and a [`broadcast::error::RecvError::Lagged`] means some were skipped; in both
     /// cases the local copies age out by their own TTL, or the caller clears them all.
     async fn subscribe_invalidations(&self) -> Result<broadcast::Receiver<String>, StoreError>;
-
-    /// Keeps the secret blob `secret` under (`group`, `key`) for `ttl`, replacing any
-    /// earlier one. Blobs are opaque to the store and sealed at rest (Redis: AES-256-GCM
-    /// under the keyring, bound to their key, so it needs `store.keyring`).
-    async fn put_secret(
-        &self,
-        group: &str,
-        key: &str,
-        secret: &[u8],
-        ttl: Duration,
-    ) -> Result<(), StoreError>;
-    /// The blob stored under (`group`, `key`), unless it expired or was dropped.
-    async fn secret(
-        &self,
-        group: &str,
-        key: &str,
-    ) -> Result<Option<Zeroizing<Vec<u8>>>, StoreError>;
-    /// Drops the blob under (`group`, `key`), if any.
-    async fn delete_secret(&self, group: &str, key: &str) -> Result<(), StoreError>;
-    /// Drops every blob of `group`; returns how many were still there.
-    async fn drop_secret_group(&self, group: &str) -> Result<u64, StoreError>;
 
     /// Whether the backend answers right now.
     async fn health(&self) -> StoreHealth;

@@ -38,7 +38,10 @@ use tracing_subscriber::{
 };
 
 pub use admin::{AdminError, serve_admin};
-pub use metrics::{CaBreakerSource, Metrics, MetricsError};
+pub use metrics::{
+    CaBreakerSource, Metrics, MetricsError, RejectionObserver, count_undecodable,
+    undecodable_counts,
+};
 
 use crate::config::TelemetrySettings;
 

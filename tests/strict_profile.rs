@@ -11,6 +11,9 @@
 //! Its own test binary, not a module of tests/it: it installs the process-wide tracing
 //! subscriber to capture the broker's logs, which would take it from every other test there.
 
+// Test code may unwrap: a panic is a failed test (Cargo.toml [lints.clippy]).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 #[path = "it/support/common.rs"]
 mod common;
 

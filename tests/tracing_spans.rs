@@ -2,6 +2,9 @@
 //! in-memory exporter and parented to the caller's W3C traceparent. Its own test binary,
 //! because it installs the process-wide subscriber.
 
+// Test code may unwrap: a panic is a failed test (Cargo.toml [lints.clippy]).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 #[path = "it/support/common.rs"]
 mod common;
 

@@ -7,12 +7,13 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use crate::acme::{
-    client::{Client, Endpoint, Payload, revocation_payload},
+    client::{Client, Payload, revocation_payload},
     error::AcmeError,
     jws::{self, Signer},
     key::AccountKey,
     response::Response,
     retry::RetryPolicy,
+    transport::Endpoint,
     types::{
         AccountState, Authorization, AuthorizationStatus, CertificateChain, Challenge, NewOrder,
         Order, OrderState, OrderStatus, Problem,

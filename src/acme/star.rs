@@ -15,9 +15,10 @@ use time::OffsetDateTime;
 
 use crate::acme::{
     account::Account,
-    client::{Client, Endpoint, Payload, send},
+    client::{Client, Payload},
     error::AcmeError,
     response::Response,
+    transport::{Endpoint, send},
     types::{Authorization, Identifier, Order},
 };
 

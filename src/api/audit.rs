@@ -34,7 +34,7 @@ use std::{
 };
 
 use super::policy::Caller;
-use crate::store::CertRecord;
+use crate::cert::CertRecord;
 
 /// A pair quiet for this many summary ticks in a row is forgotten.
 const FORGET_AFTER_QUIET_TICKS: u8 = 2;

@@ -7,11 +7,7 @@
 //! counts it in `certbroker_requests_undecodable_total{message}`. `build.rs` installs this
 //! codec in the generated server only; the generated client keeps tonic-prost's.
 
-use std::{
-    collections::BTreeMap,
-    marker::PhantomData,
-    sync::{Mutex, PoisonError},
-};
+use std::marker::PhantomData;
 
 use prost::Message;
 use tonic::{
@@ -20,16 +16,7 @@ use tonic::{
 };
 use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};
 
-/// Undecodable requests so far, by message type (`GetCertificateRequest`, …).
-static UNDECODABLE: Mutex<BTreeMap<&'static str, u64>> = Mutex::new(BTreeMap::new());
-
-/// How many requests of each message type could not be decoded, in this process.
-pub fn undecodable_counts() -> BTreeMap<&'static str, u64> {
-    UNDECODABLE
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .clone()
-}
+pub use crate::telemetry::undecodable_counts;
 
 /// The codec of the generated server: encodes like [`ProstCodec`], decodes through
 /// [`ServerDecoder`].
@@ -78,11 +65,7 @@ impl<U: Message + Default> Decoder for ServerDecoder<U> {
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
         self.0.decode(src).map_err(|e| {
             let message = message_name::<U>();
-            *UNDECODABLE
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .entry(message)
-                .or_default() += 1;
+            crate::telemetry::count_undecodable(message);
             tracing::debug!(message, error = %super::status::bounded(e.message(), 200), "undecodable request");
             super::status::undecodable(message)
         })

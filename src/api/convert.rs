@@ -6,10 +6,10 @@ use std::time::Duration;
 use prost_types::Timestamp;
 
 use crate::{
-    broker::{BrokerError, CacheStatus, CertRequest, Identifiers, RevokeRequest, Revoked},
+    broker::{BrokerError, CacheStatus, CertRequest, RevokeRequest, Revoked},
+    cert::{CertRecord, CertSelector, Identifiers},
     pb::{self, tn_auth_entry::Entry},
     shaken::{self, ShakenError, TnAuthList, TnEntry},
-    store::{CertRecord, CertSelector},
 };
 
 /// Pool used when a request names none.

@@ -39,12 +39,7 @@ fn exempt(req: &HttpRequest) -> bool {
     req.uri().path().starts_with(HEALTH_PREFIX)
 }
 
-/// What the server counts when it turns a request away; implemented by the metrics.
-pub trait RejectionObserver: Send + Sync + std::fmt::Debug {
-    /// A request was rejected before reaching a service. `reason`: `rate_limited`,
-    /// `overloaded` or `timeout`.
-    fn rejected(&self, method: &str, reason: &'static str);
-}
+pub use crate::telemetry::RejectionObserver;
 
 // === rpc span ===
 

@@ -10,7 +10,7 @@ use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use x509_parser::{extensions::GeneralName, prelude::FromDer};
 
 use crate::{
-    broker::Identifiers,
+    cert::Identifiers,
     config::PolicySettings,
     shaken::{TnAuthList, TnEntry},
 };
@@ -224,21 +224,7 @@ fn allows_tn_auth_list(rule: &PolicySettings, list: &TnAuthList) -> bool {
 
 /// The identifiers in words, for denials and the audit log (no secrets in them).
 pub fn describe(identifiers: &Identifiers) -> String {
-    match identifiers {
-        Identifiers::TnAuthList(list) => {
-            let parts: Vec<String> = list
-                .entries()
-                .iter()
-                .map(|e| match e {
-                    TnEntry::Spc(s) => format!("spc {s}"),
-                    TnEntry::One(tn) => format!("tn {tn}"),
-                    TnEntry::Range { start, count } => format!("tn range {start}+{count}"),
-                })
-                .collect();
-            parts.join(", ")
-        }
-        Identifiers::Dns(names) => format!("dns {}", names.join(", ")),
-    }
+    identifiers.describe()
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use crate::{
         TokenProvider,
     },
     config::{CaSettings, PoolSettings},
-    store::Store,
+    store::SecretStore,
     tls,
 };
 
@@ -23,7 +23,7 @@ use crate::{
 pub fn build_pool(
     cas: &[CaSettings],
     pools: &[PoolSettings],
-    tokens: Option<Arc<dyn Store>>,
+    tokens: Option<Arc<dyn SecretStore>>,
 ) -> Result<CaPool, AttemptError> {
     let upstreams = cas
         .iter()
@@ -38,7 +38,7 @@ pub fn build_pool(
 /// key that is wrong.
 pub fn build_upstream(
     s: &CaSettings,
-    store: Option<Arc<dyn Store>>,
+    store: Option<Arc<dyn SecretStore>>,
 ) -> Result<Upstream, AttemptError> {
     let source = AccountSource::from_settings(s)?;
     let tokens = token_provider(s, &source, store)?;
@@ -50,7 +50,7 @@ pub fn build_upstream(
 fn token_provider(
     s: &CaSettings,
     source: &AccountSource,
-    store: Option<Arc<dyn Store>>,
+    store: Option<Arc<dyn SecretStore>>,
 ) -> Result<Option<Arc<dyn TokenProvider>>, AttemptError> {
     let setup = |key: &str, e: &dyn std::fmt::Display| {
         AttemptError::Setup(format!("ca {:?}: {key}: {e}", s.name))

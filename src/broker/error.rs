@@ -47,6 +47,15 @@ impl BrokerError {
     }
 }
 
+impl From<crate::cert::InvalidIdentifier> for BrokerError {
+    fn from(e: crate::cert::InvalidIdentifier) -> Self {
+        Self::InvalidArgument {
+            field: e.field,
+            reason: e.reason,
+        }
+    }
+}
+
 /// An upstream failure, classified for failover and for the caller.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{}", self.describe())]

@@ -13,7 +13,10 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::{BrokerError, FailureKind, IssueError, IssueRequest, ProgressSink, service::Broker};
-use crate::store::{CertRecord, LockToken, StoreError};
+use crate::{
+    cert::CertRecord,
+    store::{LockToken, StoreError},
+};
 
 /// How long a recorded in-flight order stays resumable. ACME orders live for days; an hour
 /// covers any takeover while bounding what a stale record can cost (one failed resume).

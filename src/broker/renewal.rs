@@ -28,7 +28,7 @@ use super::{
     schedule::{self, AriPlan},
     service::{Broker, now},
 };
-use crate::store::CertRecord;
+use crate::cert::CertRecord;
 
 /// Tunables, from `[renewal]`.
 #[derive(Debug, Clone)]

@@ -5,7 +5,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use super::{Broker, BrokerError};
-use crate::{shaken::TnAuthList, store::CertSelector};
+use crate::cert::{CertSelector, Identifiers};
 
 /// What is known of one CA at this moment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,15 +25,6 @@ pub struct CaReadiness {
     pub name: String,
     /// What is known.
     pub state: ReadyState,
-}
-
-/// What a certificate is for: exactly one kind of identifier.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Identifiers {
-    /// SHAKEN identifiers (RFC 8226).
-    TnAuthList(TnAuthList),
-    /// Ordinary DNS names, lowercased, sorted and de-duplicated.
-    Dns(Vec<String>),
 }
 
 /// A validated GetCertificate.
@@ -62,50 +53,6 @@ pub struct RevokeRequest {
     pub selector: CertSelector,
     /// RFC 5280 CRLReason code.
     pub reason: u8,
-}
-
-// === impl Identifiers ===
-
-impl Identifiers {
-    /// Validates DNS names (`dns_names[i]` names the bad one) into canonical form.
-    pub fn dns(names: &[String]) -> Result<Self, BrokerError> {
-        let mut out = Vec::with_capacity(names.len());
-        for (i, name) in names.iter().enumerate() {
-            let field = format!("dns_names[{i}]");
-            let name = name.trim_end_matches('.').to_ascii_lowercase();
-            validate_dns_name(&name).map_err(|reason| BrokerError::invalid(field, reason))?;
-            out.push(name);
-        }
-        if out.is_empty() {
-            return Err(BrokerError::invalid("dns_names", "must not be empty"));
-        }
-        out.sort();
-        out.dedup();
-        Ok(Self::Dns(out))
-    }
-
-    fn canonical(&self) -> String {
-        match self {
-            Self::TnAuthList(list) => format!("tnauthlist:{}", hex::encode(list.to_der())),
-            Self::Dns(names) => format!("dns:{}", names.join(",")),
-        }
-    }
-}
-
-fn validate_dns_name(name: &str) -> Result<(), String> {
-    if name.is_empty() || name.len() > 253 {
-        return Err("must be 1 to 253 characters".into());
-    }
-    for label in name.split('.') {
-        let ok_chars = label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
-        if label.is_empty() || label.len() > 63 || !ok_chars {
-            return Err(format!("label {label:?} is not a valid DNS label"));
-        }
-        if label.starts_with('-') || label.ends_with('-') {
-            return Err(format!("label {label:?} starts or ends with '-'"));
-        }
-    }
-    Ok(())
 }
 
 // === impl Broker: checks before any CA work, readiness ===
@@ -198,6 +145,7 @@ impl CertRequest {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shaken::TnAuthList;
 
     fn req(ids: Identifiers, pool: &str, spki: Option<&[u8]>) -> CertRequest {
         CertRequest {
@@ -219,7 +167,7 @@ mod tests {
             Identifiers::Dns(vec!["a.example".into(), "b.example".into()])
         );
         for (bad, idx) in [("", 0), ("-a.example", 0), ("a..b", 0), ("a_b.example", 0)] {
-            let err = Identifiers::dns(&[bad.into()]).unwrap_err();
+            let err = BrokerError::from(Identifiers::dns(&[bad.into()]).unwrap_err());
             assert!(
                 matches!(&err, BrokerError::InvalidArgument { field, .. } if *field == format!("dns_names[{idx}]")),
                 "{bad}: {err}"

@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
 use super::RenewalWindow;
-use crate::store::CertRecord;
+use crate::cert::CertRecord;
 
 /// What the CA suggested for one certificate, and when to ask again.
 #[derive(Debug, Clone)]

@@ -14,7 +14,10 @@ use super::{
     renewal::Tracker,
     singleflight::SingleFlight,
 };
-use crate::store::{CertRecord, CertSelector, Store, StoreHealth};
+use crate::{
+    cert::{CertRecord, CertSelector},
+    store::{Store, StoreHealth},
+};
 
 /// Where an answer came from; mirrors the API's `CacheStatus`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +56,19 @@ pub struct BrokerOptions {
     pub lock_ttl: Duration,
     /// How long a refusal is remembered fleet-wide.
     pub negative_ttl: Duration,
+}
+
+impl From<&crate::config::BrokerSettings> for BrokerOptions {
+    /// The broker's tunables `[broker]` describes.
+    fn from(s: &crate::config::BrokerSettings) -> Self {
+        Self {
+            cache_capacity: s.cache_capacity,
+            default_min_remaining: Duration::from_secs(s.default_min_remaining_secs),
+            issuance_timeout: Duration::from_secs(s.issuance_timeout_secs),
+            lock_ttl: Duration::from_secs(s.lock_ttl_secs),
+            negative_ttl: Duration::from_secs(s.negative_ttl_secs),
+        }
+    }
 }
 
 /// What one in-process flight yields: the certificate and where it came from.

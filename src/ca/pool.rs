@@ -23,8 +23,8 @@ use crate::{
     broker::{
         CaReadiness, FailureKind, IssueError, IssueRequest, Issuer, ReadyState, RenewalWindow,
     },
+    cert::CertRecord,
     config::{PoolPolicy, PoolSettings},
-    store::CertRecord,
 };
 
 /// RFC 5280 CRLReason `superseded`, for hedged losers that were issued anyway.

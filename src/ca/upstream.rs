@@ -15,7 +15,7 @@ use super::{
 };
 use crate::{
     acme::{Account, AcmeError, Client, RetryPolicy},
-    broker::Identifiers,
+    cert::Identifiers,
     challenge::{TkAuthSettings, TokenProvider},
     config::{BreakerSettings, CaSettings, PreauthSettings},
     shaken::TnAuthList,

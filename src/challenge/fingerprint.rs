@@ -2,21 +2,10 @@
 //! `SHA256 ` followed by 32 uppercase, colon-separated hex bytes.
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-use serde::{Deserialize, Serialize};
+
 use sha2::{Digest, Sha256};
 
-use super::TokenError;
-
-/// What is hashed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FingerprintAlgorithm {
-    /// The RFC 7638 JWK thumbprint (RFC 9448 §5 via RFC 8555 §8.1). The default.
-    #[default]
-    JwkThumbprint,
-    /// SHA-256 of the SubjectPublicKeyInfo DER (Peeringhub's client, some helpers).
-    SpkiSha256,
-}
+use super::{FingerprintAlgorithm, TokenError};
 
 /// DER prefix of a P-256 SubjectPublicKeyInfo, up to the uncompressed point:
 /// SEQUENCE { SEQUENCE { id-ecPublicKey, prime256v1 }, BIT STRING (0 unused bits) }.

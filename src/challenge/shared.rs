@@ -1,10 +1,10 @@
-//! The fleet-wide SPC token cache: tokens kept in the shared [`Store`] as secret blobs, so
+//! The fleet-wide SPC token cache: tokens kept in the shared [`SecretStore`] as secret blobs, so
 //! every replica reuses one token per (TNAuthList, ca flag, account fingerprint) until
 //! shortly before its `exp` instead of asking the STI-PA itself.
 //!
 //! Layout in the store: group [`token_group`] (one per account-key fingerprint, so a key
 //! rollover drops all of the old key's tokens at once with
-//! [`Store::drop_secret_group`]), key [`token_key`] (SHA-256 of the TNAuthList DER and the ca
+//! [`SecretStore::drop_secret_group`]), key [`token_key`] (SHA-256 of the TNAuthList DER and the ca
 //! flag). The blob is the JWT; the Redis store seals it with the keyring like private keys.
 //! Its TTL ends `refresh_margin` before the token's `exp`, so an entry a replica can read is
 //! one it may use.
@@ -18,15 +18,15 @@ use time::OffsetDateTime;
 use tracing::{debug, warn};
 
 use super::{AuthorityToken, TokenError, TokenProvider, TokenRequest};
-use crate::store::{Store, StoreError};
+use crate::store::{SecretStore, StoreError};
 
-/// Looks tokens up in a shared [`Store`] before asking `inner`, and shares what `inner`
+/// Looks tokens up in a shared [`SecretStore`] before asking `inner`, and shares what `inner`
 /// returns. Put a [`super::CachingTokenProvider`] in front so one process asks the store
 /// once per token.
 #[derive(Debug)]
 pub struct SharedTokenProvider {
     inner: Arc<dyn TokenProvider>,
-    store: Arc<dyn Store>,
+    store: Arc<dyn SecretStore>,
     refresh_margin: Duration,
 }
 
@@ -34,7 +34,7 @@ impl SharedTokenProvider {
     /// Shares `inner`'s tokens through `store`, until `refresh_margin` before `exp`.
     pub fn new(
         inner: Arc<dyn TokenProvider>,
-        store: Arc<dyn Store>,
+        store: Arc<dyn SecretStore>,
         refresh_margin: Duration,
     ) -> Self {
         Self {
@@ -129,7 +129,10 @@ pub fn token_key(req: &TokenRequest) -> String {
 
 /// Drops every shared token bound to the account key with `fingerprint` (after a key
 /// rollover or a deactivation); returns how many there were.
-pub async fn drop_shared_tokens(store: &dyn Store, fingerprint: &str) -> Result<u64, StoreError> {
+pub async fn drop_shared_tokens(
+    store: &dyn SecretStore,
+    fingerprint: &str,
+) -> Result<u64, StoreError> {
     store.drop_secret_group(&token_group(fingerprint)).await
 }
 
@@ -162,7 +165,7 @@ mod tests {
 
     #[tokio::test]
     async fn replicas_share_one_token_until_the_group_is_dropped() {
-        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let store: Arc<dyn SecretStore> = Arc::new(MemoryStore::new());
         let sti_pa = Arc::new(Counting::default());
         let margin = Duration::from_secs(60);
         let a = SharedTokenProvider::new(sti_pa.clone(), store.clone(), margin);

@@ -204,7 +204,7 @@ async fn drop_tokens(settings: &Settings, fingerprint: &str) {
         );
         return;
     }
-    let dropped = match store::connect(&settings.store.redis()).await {
+    let dropped = match store::connect(&store::RedisSettings::from(&settings.store)).await {
         Ok(redis) => challenge::drop_shared_tokens(&redis, fingerprint).await,
         Err(e) => Err(e),
     };

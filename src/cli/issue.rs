@@ -8,8 +8,8 @@ use clap::Args;
 
 use super::ids::{IdArgs, Ids};
 use crate::{
-    broker::Identifiers,
     ca::{AttemptError, CertKind},
+    cert::Identifiers,
     challenge::{FingerprintAlgorithm, ResponseField, TkAuthSettings},
     config::{CaSettings, CsrSettings, EabSettings, StiPaSettings},
     shaken::TkValueEncoding,

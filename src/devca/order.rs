@@ -114,7 +114,10 @@ pub(crate) async fn new_order(
         } else {
             Status::Pending
         },
-        expires: now + Duration::days(7),
+        // A STAR order lives until its end-date at least.
+        expires: star.as_ref().map_or(now + Duration::days(7), |s| {
+            s.end.max(now + Duration::days(7))
+        }),
         identifiers,
         not_after,
         authzs: authz_ids,

@@ -22,13 +22,51 @@ use serde_json::{Value, json};
 use time::{Duration, OffsetDateTime, format_description::well_known::Rfc3339};
 
 use super::{
-    DevStar, DevStarOrder,
     behaviour::Counter,
     issue::{fail_order, issue_and_record},
     jws::{KeyRef, Problem, verify_request},
     pki::IssueRequest,
     state::{AcmeState, Inner, Status, order_json, rfc3339},
 };
+
+/// The STAR limits the devca announces in `meta.auto-renewal` (RFC 8739 §3.1.1) and
+/// enforces at newOrder. A request outside them is refused with a 400 `malformed` problem
+/// naming the field and the limit; the devca never adjusts the values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DevStar {
+    /// The shortest `lifetime` accepted; 1 s by default, so tests can run on seconds.
+    pub min_lifetime: std::time::Duration,
+    /// The longest `end-date` − `start-date` accepted; 365 days by default.
+    pub max_duration: std::time::Duration,
+    /// Whether orders may negotiate `allow-certificate-get` (unauthenticated GET of the
+    /// star-certificate URL); on by default.
+    pub allow_certificate_get: bool,
+}
+
+impl Default for DevStar {
+    fn default() -> Self {
+        Self {
+            min_lifetime: std::time::Duration::from_secs(1),
+            max_duration: std::time::Duration::from_secs(365 * 24 * 3600),
+            allow_certificate_get: true,
+        }
+    }
+}
+
+/// What the devca did for one STAR order ([`DevCaHandle::star_orders`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DevStarOrder {
+    /// The order URL.
+    pub order_url: String,
+    /// The order's status (`processing`, `valid`, `canceled`).
+    pub status: String,
+    /// Short-term certificates issued for it so far.
+    pub certificates: u64,
+    /// Successful fetches of its star-certificate URL (POST-as-GET, GET; not HEAD).
+    pub fetches: u64,
+    /// Serials (lowercase hex) of its certificates, oldest first.
+    pub serials: Vec<String>,
+}
 
 /// The STAR part of an order.
 pub(crate) struct StarState {
@@ -432,45 +470,4 @@ fn current(
 
 fn http_date(t: OffsetDateTime) -> String {
     httpdate::fmt_http_date(t.into())
-}
-
-/// Every STAR order, for [`super::DevCaHandle::star_orders`].
-pub(crate) fn report(inner: &Inner) -> Vec<DevStarOrder> {
-    let state = inner.lock_state();
-    let mut out: Vec<DevStarOrder> = state
-        .orders
-        .iter()
-        .filter_map(|(id, o)| {
-            let star = o.star.as_ref()?;
-            Some(DevStarOrder {
-                order_url: inner.url(&format!("/acme/order/{id}")).to_string(),
-                status: o.status.as_str().to_owned(),
-                certificates: star.certs.len() as u64,
-                fetches: star.fetches,
-                serials: star
-                    .certs
-                    .iter()
-                    .filter_map(|c| state.certs.get(&c.id).map(|c| c.serial_hex.clone()))
-                    .collect(),
-            })
-        })
-        .collect();
-    out.sort_by(|a, b| a.order_url.cmp(&b.order_url));
-    out
-}
-
-/// The STAR orders as `/devca/stats` shows them: by order URL.
-pub(crate) fn report_json(inner: &Inner) -> Value {
-    let map: serde_json::Map<String, Value> = report(inner)
-        .into_iter()
-        .map(|o| {
-            let v = json!({
-                "status": o.status,
-                "certificates": o.certificates,
-                "fetches": o.fetches,
-            });
-            (o.order_url, v)
-        })
-        .collect();
-    Value::Object(map)
 }

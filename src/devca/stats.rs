@@ -8,7 +8,7 @@ use std::{collections::BTreeMap, sync::Arc};
 use axum::{Json, Router, extract::State, routing::get};
 use serde_json::{Value, json};
 
-use super::state::Inner;
+use super::{DevStarOrder, state::Inner};
 
 /// Path of the counters endpoint.
 pub(crate) const STATS_PATH: &str = "/devca/stats";
@@ -80,7 +80,48 @@ fn report(inner: &Inner) -> Value {
         "new_authz": s.new_authz,
         "star_certificates": s.star_certificates,
         "star_fetches": s.star_fetches,
-        "star_orders": super::star::report_json(inner),
+        "star_orders": star_orders_json(inner),
         "identifiers": identifiers,
     })
+}
+
+/// Every STAR order, for [`super::DevCaHandle::star_orders`].
+pub(crate) fn star_orders(inner: &Inner) -> Vec<DevStarOrder> {
+    let state = inner.lock_state();
+    let mut out: Vec<DevStarOrder> = state
+        .orders
+        .iter()
+        .filter_map(|(id, o)| {
+            let star = o.star.as_ref()?;
+            Some(DevStarOrder {
+                order_url: inner.url(&format!("/acme/order/{id}")).to_string(),
+                status: o.status.as_str().to_owned(),
+                certificates: star.certs.len() as u64,
+                fetches: star.fetches,
+                serials: star
+                    .certs
+                    .iter()
+                    .filter_map(|c| state.certs.get(&c.id).map(|c| c.serial_hex.clone()))
+                    .collect(),
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.order_url.cmp(&b.order_url));
+    out
+}
+
+/// The STAR orders as `/devca/stats` shows them: by order URL.
+fn star_orders_json(inner: &Inner) -> Value {
+    let map: serde_json::Map<String, Value> = star_orders(inner)
+        .into_iter()
+        .map(|o| {
+            let v = json!({
+                "status": o.status,
+                "certificates": o.certificates,
+                "fetches": o.fetches,
+            });
+            (o.order_url, v)
+        })
+        .collect();
+    Value::Object(map)
 }

@@ -17,43 +17,10 @@ use aes_gcm::{
     AeadCore, Aes256Gcm, KeyInit, Nonce,
     aead::{Aead, OsRng, Payload},
 };
-use base64::Engine;
-use secrecy::{ExposeSecret, SecretString, zeroize::Zeroizing};
-use serde::{Deserialize, Serialize, ser::SerializeStruct};
+use secrecy::zeroize::Zeroizing;
 
 use super::StoreError;
-
-/// Keyring configuration: which key seals new entries, and every key that may open old ones.
-///
-/// ```toml
-/// [store.redis.keyring]
-/// active = "2025-06"
-/// keys = { "2025-01" = "<base64 of 32 bytes>", "2025-06" = "<base64 of 32 bytes>" }
-/// ```
-///
-/// Serializing writes the key ids with redacted values, never the keys.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KeyringSettings {
-    /// Id of the key that seals new entries; must be one of `keys`.
-    pub active: String,
-    /// Key id → standard base64 of a 32-byte AES-256 key. Ids are 1 to 255 bytes.
-    pub keys: BTreeMap<String, SecretString>,
-}
-
-impl Serialize for KeyringSettings {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let redacted: BTreeMap<&str, &str> = self
-            .keys
-            .keys()
-            .map(|id| (id.as_str(), "<redacted>"))
-            .collect();
-        let mut s = serializer.serialize_struct("KeyringSettings", 2)?;
-        s.serialize_field("active", &self.active)?;
-        s.serialize_field("keys", &redacted)?;
-        s.end()
-    }
-}
+pub use crate::config::KeyringSettings;
 
 /// AES-256-GCM keys by id; seals with the active one, opens with whichever the blob names.
 #[derive(Clone)]
@@ -67,36 +34,11 @@ impl Keyring {
     /// 32 bytes, and when `active` names no configured key.
     pub fn new(settings: &KeyringSettings) -> Result<Self, StoreError> {
         let mut ciphers = BTreeMap::new();
-        for (id, secret) in &settings.keys {
-            if id.is_empty() || id.len() > usize::from(u8::MAX) {
-                return Err(StoreError::Config(format!(
-                    "keyring key id {id:?} must be 1 to 255 bytes long"
-                )));
-            }
-            let bytes = Zeroizing::new(
-                base64::engine::general_purpose::STANDARD
-                    .decode(secret.expose_secret().trim())
-                    .map_err(|e| {
-                        StoreError::Config(format!("keyring key {id:?} is not valid base64: {e}"))
-                    })?,
-            );
-            if bytes.len() != KEY_LEN {
-                return Err(StoreError::Config(format!(
-                    "keyring key {id:?} is {} bytes; AES-256 needs exactly {KEY_LEN}",
-                    bytes.len()
-                )));
-            }
+        for (id, bytes) in settings.decode_keys().map_err(StoreError::Config)? {
             let cipher = Aes256Gcm::new_from_slice(&bytes).map_err(|_| {
                 StoreError::Config(format!("keyring key {id:?} has the wrong length"))
             })?;
-            ciphers.insert(id.clone(), cipher);
-        }
-        if !ciphers.contains_key(&settings.active) {
-            return Err(StoreError::Config(format!(
-                "keyring active key {:?} is not among the configured keys {:?}",
-                settings.active,
-                settings.keys.keys().collect::<Vec<_>>()
-            )));
+            ciphers.insert(id.to_owned(), cipher);
         }
         Ok(Self {
             active: settings.active.clone(),
@@ -191,12 +133,14 @@ impl fmt::Debug for Keyring {
 }
 
 const VERSION: u8 = 1;
-const KEY_LEN: usize = 32;
 const NONCE_LEN: usize = 12;
 const TAG_LEN: usize = 16;
 
 #[cfg(test)]
 mod tests {
+    use base64::Engine;
+    use secrecy::SecretString;
+
     use super::*;
 
     fn settings(active: &str, keys: &[(&str, [u8; 32])]) -> KeyringSettings {

@@ -10,7 +10,8 @@ use std::{
 use secrecy::zeroize::Zeroizing;
 use tokio::{sync::broadcast, time::Instant};
 
-use super::{CertRecord, CertSelector, LockToken, Store, StoreError, StoreHealth, wait_for_ready};
+use super::{LockToken, SecretStore, Store, StoreError, StoreHealth, wait_for_ready};
+use crate::cert::{CertRecord, CertSelector};
 
 /// Keeps records in a map; expired records are dropped on the next write. Cheap to clone:
 /// clones share the same maps.
@@ -245,6 +246,13 @@ impl Store for MemoryStore {
         Ok(self.invalidations.subscribe())
     }
 
+    async fn health(&self) -> StoreHealth {
+        StoreHealth::Ok
+    }
+}
+
+#[async_trait::async_trait]
+impl SecretStore for MemoryStore {
     async fn put_secret(
         &self,
         group: &str,
@@ -287,10 +295,6 @@ impl Store for MemoryStore {
         let now = Instant::now();
         let dropped = self.coord().secrets.remove(group).unwrap_or_default();
         Ok(dropped.values().filter(|(_, until)| *until > now).count() as u64)
-    }
-
-    async fn health(&self) -> StoreHealth {
-        StoreHealth::Ok
     }
 }
 

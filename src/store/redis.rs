@@ -27,221 +27,30 @@
 mod breaker;
 mod codec;
 mod conn;
+mod open;
 mod pubsub;
 mod scripts;
+mod secrets;
+mod settings;
 
-use std::{fmt, path::PathBuf, sync::Arc, time::Duration};
+use std::{fmt, sync::Arc, time::Duration};
 
 use redis::{ErrorKind, FromRedisValue, RedisResult, ServerErrorKind};
-use secrecy::zeroize::Zeroizing;
-use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use self::{
     breaker::{Breaker, Prober},
     codec::IndexEntry,
-    conn::{Conn, redact_url},
-    pubsub::{Routes, Source, Subscriber},
+    conn::Conn,
+    pubsub::{Routes, Subscriber},
     scripts::Scripts,
 };
-use super::{
-    CertRecord, CertSelector, Keyring, KeyringSettings, LockToken, Store, StoreError, StoreHealth,
-    wait_for_ready,
+pub use self::{
+    open::connect,
+    settings::{RedisSettings, SentinelSettings},
 };
-
-/// `[store.redis]`: where the shared store lives.
-#[derive(Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RedisSettings {
-    /// Standalone server: `redis://[user:password@]host:port[/db]`, or `rediss://` for TLS
-    /// (trusting the system roots). Unset in cluster mode. Default: unset.
-    pub url: Option<String>,
-    /// Redis Cluster seed nodes, each a `redis://` or `rediss://` URL; non-empty selects
-    /// cluster mode (then `url` must be unset). Default: empty.
-    pub cluster_nodes: Vec<String>,
-    /// Redis Sentinel: the master is whichever node the sentinels name, re-asked after
-    /// every connection failure (so a failover needs no restart). Exclusive with `url`
-    /// and `cluster_nodes`. Default: unset.
-    pub sentinel: Option<SentinelSettings>,
-    /// PEM file of the CA certificates trusted for `rediss://` servers instead of the
-    /// system roots (a private CA, as managed and self-hosted Redis with TLS use). Every
-    /// URL must then be `rediss://`. Default: unset (the system roots).
-    pub trust_roots: Option<PathBuf>,
-    /// Prefix of every key and channel, so several deployments can share one Redis.
-    /// Must not contain `{` or `}`. Default: `certbroker`.
-    pub prefix: String,
-    /// Keys that encrypt private keys at rest. Required as soon as the broker stores a
-    /// certificate whose key it generated. Default: none.
-    pub keyring: Option<KeyringSettings>,
-    /// Upper bound, in milliseconds, for connecting and for each command. Default: 1000.
-    pub timeout_ms: u64,
-}
-
-/// `[store.sentinel]`: a master found through Redis Sentinel.
-#[derive(Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct SentinelSettings {
-    /// The name the sentinels monitor the master under (`sentinel monitor <name> ...`).
-    pub master_name: String,
-    /// The sentinels, each `redis://[user:password@]host:port` (their own credentials, if
-    /// any), or `rediss://` for TLS to the sentinels and to the data nodes.
-    pub nodes: Vec<String>,
-    /// ACL user on the master (the data nodes). Default: none (the default user).
-    #[serde(default)]
-    pub username: Option<String>,
-    /// Password on the master (the data nodes). Default: none.
-    #[serde(default)]
-    pub password: Option<String>,
-}
-
-impl fmt::Debug for SentinelSettings {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SentinelSettings")
-            .field("master_name", &self.master_name)
-            .field(
-                "nodes",
-                &self.nodes.iter().map(|n| redact_url(n)).collect::<Vec<_>>(),
-            )
-            .field("username", &self.username)
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
-            .finish()
-    }
-}
-
-impl Default for RedisSettings {
-    fn default() -> Self {
-        Self {
-            url: None,
-            cluster_nodes: Vec::new(),
-            sentinel: None,
-            trust_roots: None,
-            prefix: "certbroker".into(),
-            keyring: None,
-            timeout_ms: 1000,
-        }
-    }
-}
-
-impl fmt::Debug for RedisSettings {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisSettings")
-            .field("url", &self.url.as_deref().map(redact_url))
-            .field(
-                "cluster_nodes",
-                &self
-                    .cluster_nodes
-                    .iter()
-                    .map(|n| redact_url(n))
-                    .collect::<Vec<_>>(),
-            )
-            .field("sentinel", &self.sentinel)
-            .field("trust_roots", &self.trust_roots)
-            .field("prefix", &self.prefix)
-            .field("keyring", &self.keyring)
-            .field("timeout_ms", &self.timeout_ms)
-            .finish()
-    }
-}
-
-/// Opens the store described by `settings`. Connections are made lazily and re-made after
-/// every failure, so this returns within `timeout_ms` even when Redis is down (it logs a
-/// warning); operations fail with [`StoreError::Unavailable`] until Redis is back.
-/// [`StoreError::Config`] for unusable settings. Needs a Tokio runtime.
-pub async fn connect(settings: &RedisSettings) -> Result<RedisStore, StoreError> {
-    crate::tls::init();
-    let timeout = Duration::from_millis(settings.timeout_ms.max(1));
-    if settings.prefix.is_empty() || settings.prefix.contains(['{', '}']) {
-        return Err(StoreError::Config(format!(
-            "store.redis.prefix {:?} must be non-empty and contain no braces",
-            settings.prefix
-        )));
-    }
-    let keyring = settings.keyring.as_ref().map(Keyring::new).transpose()?;
-    let tls = conn::trust_roots(settings)?;
-    let (conn, sources, mode) = match (&settings.url, settings.cluster_nodes.as_slice()) {
-        (None, []) if settings.sentinel.is_some() => {
-            let sentinel = settings.sentinel.as_ref().expect("checked");
-            let client = conn::sentinel_client(sentinel, tls.as_ref())?;
-            (
-                Conn::sentinel(client.clone(), timeout),
-                vec![Source::Sentinel(client)],
-                format!(
-                    "sentinel master {:?} via {} sentinels",
-                    sentinel.master_name,
-                    sentinel.nodes.len()
-                ),
-            )
-        }
-        _ if settings.sentinel.is_some() => {
-            return Err(StoreError::Config(
-                "store.sentinel excludes store.url and store.cluster_nodes".into(),
-            ));
-        }
-        (Some(url), []) => (
-            Conn::standalone(conn::client(url, tls.as_ref())?, timeout)?,
-            vec![Source::Fixed(Box::new(conn::client(url, tls.as_ref())?))],
-            redact_url(url),
-        ),
-        (None, nodes) if !nodes.is_empty() => (
-            Conn::cluster(nodes, tls.as_ref(), timeout)?,
-            nodes
-                .iter()
-                .map(|u| conn::client(u, tls.as_ref()).map(|c| Source::Fixed(Box::new(c))))
-                .collect::<Result<Vec<_>, _>>()?,
-            format!("cluster of {} seed nodes", nodes.len()),
-        ),
-        (None, _) => {
-            return Err(StoreError::Config(
-                "set store.redis.url, store.redis.cluster_nodes or store.redis.sentinel".into(),
-            ));
-        }
-        (Some(_), _) => {
-            return Err(StoreError::Config(
-                "store.redis.url and store.redis.cluster_nodes are exclusive".into(),
-            ));
-        }
-    };
-    let prefix = settings.prefix.clone();
-    let routes = Routes {
-        ready_channel: format!("{prefix}:ready"),
-        ready: broadcast::channel(CHANNEL_CAPACITY).0,
-        invalidate_channel: format!("{prefix}:invalidate"),
-        invalidations: broadcast::channel(CHANNEL_CAPACITY).0,
-    };
-    let cluster = !settings.cluster_nodes.is_empty();
-    let breaker = Arc::new(Breaker::default());
-    let store = RedisStore {
-        inner: Arc::new_cyclic(|weak: &std::sync::Weak<Inner>| {
-            let weak = weak.clone();
-            let prober = Prober::spawn(breaker.clone(), PROBE_EVERY, move || {
-                let store = RedisStore {
-                    inner: weak.upgrade()?,
-                };
-                Some(Box::pin(async move { store.probe().await }))
-            });
-            Inner {
-                conn,
-                mode,
-                prefix,
-                keyring,
-                timeout,
-                cluster,
-                _subscriber: Subscriber::spawn(sources, routes.clone(), timeout),
-                routes,
-                scripts: Scripts::new(),
-                breaker,
-                _prober: prober,
-            }
-        }),
-    };
-    if let StoreHealth::Degraded(reason) = store.health().await {
-        tracing::warn!(
-            %reason,
-            "redis unusable at start-up; running degraded until it answers"
-        );
-    }
-    Ok(store)
-}
+use super::{Keyring, LockToken, Store, StoreError, StoreHealth, wait_for_ready};
+use crate::cert::{CertRecord, CertSelector};
 
 /// [`Store`] on Redis. Cheap to clone: clones share connections and the subscription.
 #[derive(Clone)]
@@ -388,66 +197,9 @@ impl RedisStore {
         })
     }
 
-    /// Start-up check that the configured keyring can read what the fleet already wrote:
-    /// every key id that ever sealed an entry must be configured, with the same key. Each
-    /// key id leaves an encrypted canary the first time it is seen. An unreachable Redis
-    /// passes (the broker starts degraded and the check runs on the next start).
-    pub async fn check_keyring(&self) -> Result<(), StoreError> {
-        let Some(keyring) = &self.inner.keyring else {
-            return Ok(());
-        };
-        let ids_key = self.index_key("keyring", "ids");
-        let known: Vec<String> = match self.query(redis::cmd("SMEMBERS").arg(&ids_key)).await {
-            Ok(ids) => ids,
-            Err(StoreError::Unavailable(e)) => {
-                tracing::warn!(error = %e, "keyring check skipped: redis unreachable");
-                return Ok(());
-            }
-            Err(e) => return Err(e),
-        };
-        let configured: Vec<&str> = keyring.ids().collect();
-        if let Some(missing) = known.iter().find(|id| !configured.contains(&id.as_str())) {
-            return Err(StoreError::Config(format!(
-                "store.keyring lacks key id {missing:?}, which sealed entries already in this store; add it back (rotation keeps old keys)"
-            )));
-        }
-        for id in configured {
-            let canary_key = self.index_key("keyring-canary", id);
-            let canary: Option<Vec<u8>> = self.query(redis::cmd("GET").arg(&canary_key)).await?;
-            match canary {
-                Some(blob) => {
-                    keyring.decrypt(&blob, canary_key.as_bytes()).map_err(|_| {
-                        StoreError::Config(format!(
-                            "store.keyring key {id:?} is not the key that sealed this store's entries"
-                        ))
-                    })?;
-                }
-                None if id == keyring.active_id() => {
-                    let blob =
-                        keyring.encrypt(b"certbroker keyring canary", canary_key.as_bytes())?;
-                    self.query::<()>(redis::cmd("SET").arg(&canary_key).arg(blob))
-                        .await?;
-                    self.query::<()>(redis::cmd("SADD").arg(&ids_key).arg(id))
-                        .await?;
-                }
-                None => {}
-            }
-        }
-        Ok(())
-    }
-
     /// `prefix:{key}:suffix`: hash-tagged so all of one key's entries share a slot.
     fn tagged(&self, key: &str, suffix: &str) -> String {
         format!("{}:{{{key}}}:{suffix}", self.inner.prefix)
-    }
-
-    /// The item and index keys of a secret group; one hash tag, so one Cluster slot.
-    fn secret_keys(&self, group: &str, key: &str) -> (String, String) {
-        let tag = format!("secret:{group}");
-        (
-            self.tagged(&tag, &format!("item:{key}")),
-            self.tagged(&tag, "index"),
-        )
     }
 
     fn index_key(&self, kind: &str, id: &str) -> String {
@@ -672,55 +424,6 @@ impl Store for RedisStore {
 
     async fn subscribe_invalidations(&self) -> Result<broadcast::Receiver<String>, StoreError> {
         Ok(self.inner.routes.invalidations.subscribe())
-    }
-
-    async fn put_secret(
-        &self,
-        group: &str,
-        key: &str,
-        secret: &[u8],
-        ttl: Duration,
-    ) -> Result<(), StoreError> {
-        let keyring = self.keyring_for("secrets")?;
-        let (item, index) = self.secret_keys(group, key);
-        let sealed = keyring.encrypt(secret, item.as_bytes())?;
-        let mut put = self.inner.scripts.put_secret.prepare_invoke();
-        put.key(&item).key(&index).arg(sealed).arg(millis(ttl));
-        self.script::<i64>(put).await.map(drop)
-    }
-
-    async fn secret(
-        &self,
-        group: &str,
-        key: &str,
-    ) -> Result<Option<Zeroizing<Vec<u8>>>, StoreError> {
-        let (item, _) = self.secret_keys(group, key);
-        let sealed: Option<Vec<u8>> = self.query(redis::cmd("GET").arg(&item)).await?;
-        let Some(sealed) = sealed else {
-            return Ok(None);
-        };
-        let keyring = self.keyring_for("secrets")?;
-        keyring.decrypt(&sealed, item.as_bytes()).map(Some)
-    }
-
-    async fn delete_secret(&self, group: &str, key: &str) -> Result<(), StoreError> {
-        let (item, index) = self.secret_keys(group, key);
-        self.query::<()>(redis::cmd("DEL").arg(&item)).await?;
-        self.query::<()>(redis::cmd("SREM").arg(&index).arg(&item))
-            .await
-    }
-
-    async fn drop_secret_group(&self, group: &str) -> Result<u64, StoreError> {
-        let (_, index) = self.secret_keys(group, "");
-        let items: Vec<String> = self.query(redis::cmd("SMEMBERS").arg(&index)).await?;
-        let dropped = if items.is_empty() {
-            0
-        } else {
-            // Every item shares the index's hash tag: one multi-key DEL, legal on Cluster.
-            self.query::<u64>(redis::cmd("DEL").arg(&items)).await?
-        };
-        self.query::<()>(redis::cmd("DEL").arg(&index)).await?;
-        Ok(dropped)
     }
 
     /// While the breaker is open, its last reason (the background probe runs meanwhile);

@@ -29,7 +29,7 @@
 //! above in one place, each with its help text; split, a family would sit apart from the others.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
@@ -39,7 +39,33 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
-use crate::api::layers::RejectionObserver;
+/// Undecodable requests so far, by message type (`GetCertificateRequest`, …).
+static UNDECODABLE: Mutex<BTreeMap<&'static str, u64>> = Mutex::new(BTreeMap::new());
+
+/// Counts one request of type `message` that could not be decoded (the server codec calls
+/// it); exported as `certbroker_requests_undecodable_total{message}`.
+pub fn count_undecodable(message: &'static str) {
+    *UNDECODABLE
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .entry(message)
+        .or_default() += 1;
+}
+
+/// How many requests of each message type could not be decoded, in this process.
+pub fn undecodable_counts() -> BTreeMap<&'static str, u64> {
+    UNDECODABLE
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone()
+}
+
+/// What the server counts when it turns a request away; implemented by the metrics.
+pub trait RejectionObserver: Send + Sync + std::fmt::Debug {
+    /// A request was rejected before reaching a service. `reason`: `rate_limited`,
+    /// `overloaded` or `timeout`.
+    fn rejected(&self, method: &str, reason: &'static str);
+}
 
 /// Expiry windows of `certbroker_certificates`, in seconds.
 const EXPIRY_WINDOWS: [i64; 4] = [3_600, 21_600, 86_400, 604_800];
@@ -419,7 +445,7 @@ impl Metrics {
                 counter.inc_by(running - seen);
             }
         }
-        for (message, running) in crate::api::codec::undecodable_counts() {
+        for (message, running) in undecodable_counts() {
             let counter = inner.undecodable.with_label_values(&[message]);
             let seen = counter.get();
             if running > seen {
@@ -506,8 +532,8 @@ pub(crate) fn grpc_code_name(code: tonic::Code) -> &'static str {
 const IDENTIFIERS_LABEL_MAX: usize = 64;
 
 /// The identifiers in words (`spc 1234`, `tn 12025550100`, ...), bounded in length.
-fn identifiers_label(ids: &crate::broker::Identifiers) -> String {
-    let full = crate::api::policy::describe(ids);
+fn identifiers_label(ids: &crate::cert::Identifiers) -> String {
+    let full = ids.describe();
     if full.len() <= IDENTIFIERS_LABEL_MAX {
         return full;
     }
@@ -578,7 +604,7 @@ mod tests {
 
     #[test]
     fn identifiers_label_is_bounded() {
-        use crate::broker::Identifiers;
+        use crate::cert::Identifiers;
         let dns = |n: usize| Identifiers::Dns((0..n).map(|i| format!("host{i}.example")).collect());
         assert_eq!(identifiers_label(&dns(1)), "dns host0.example");
         let long = identifiers_label(&dns(40));
@@ -590,7 +616,7 @@ mod tests {
 
     #[test]
     fn certificate_series_follow_the_tracker() {
-        use crate::broker::{Identifiers, RenewalStatus};
+        use crate::{broker::RenewalStatus, cert::Identifiers};
         let m = Metrics::new().unwrap();
         let status = |key: &str, not_after: Option<i64>| RenewalStatus {
             cache_key: key.into(),

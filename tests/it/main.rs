@@ -8,6 +8,9 @@
 //! OpenTelemetry layer with an in-memory exporter) and tests/strict_profile.rs (a JSON
 //! log capture).
 
+// Test code may unwrap: a panic is a failed test (Cargo.toml [lints.clippy]).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 mod account_lifecycle;
@@ -26,6 +29,7 @@ mod delegate;
 mod deploy;
 mod devca_faults;
 mod devca_server;
+mod devca_star;
 mod fleet;
 mod fleet_takeover;
 mod foreign_client;

@@ -36,6 +36,19 @@ fn settings(env: &DevEnv, store_toml: &str) -> Settings {
 async fn one_order_across_two(env: &DevEnv, s: &Settings, spc: &str) -> (TestBroker, TestBroker) {
     let a = TestBroker::start_settings(s.clone()).await;
     let b = TestBroker::start_settings(s.clone()).await;
+    // Both replicas reach the store first: over TLS (and through sentinels) the first
+    // connection can take longer than the store timeout on a loaded machine, and a replica
+    // whose breaker opened at start-up rightly issues on its own.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for broker in [&a, &b] {
+        while !broker.app.broker().store_ok().await {
+            assert!(
+                Instant::now() < deadline,
+                "a replica did not reach the store within 15 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
     let before = env.ca.stats().new_orders;
     let issued = a
         .client()

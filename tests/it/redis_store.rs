@@ -9,8 +9,8 @@ use std::{
 
 use base64::{Engine, engine::general_purpose::STANDARD as B64};
 use certbroker::store::{
-    CertRecord, CertSelector, KeyringSettings, RedisSettings, RedisStore, Store, StoreError,
-    StoreHealth, connect,
+    CertRecord, CertSelector, KeyringSettings, RedisSettings, RedisStore, SecretStore, Store,
+    StoreError, StoreHealth, connect,
 };
 use redis::AsyncCommands;
 use secrecy::SecretString;
@@ -447,11 +447,15 @@ async fn wait_ready_wakes_on_publish_and_by_polling() {
     waiter.await.unwrap().unwrap();
     assert!(published.elapsed() < Duration::from_secs(1));
 
-    // Published before the waiter subscribed: the lock check ends the wait.
+    // Published before the waiter subscribed: the lock check ends the wait. The waiter is
+    // a third replica that subscribes only after the message went out (b's subscription
+    // might still be delivering it to b's waiters, which would rightly wake them).
     a.publish_ready("ck").await.unwrap();
+    let c = connect(&settings(&server.url())).await.unwrap();
+    wait_subscribers(&server.url(), "certbroker:ready", 3).await;
     let waiter = tokio::spawn({
-        let b = b.clone();
-        async move { b.wait_ready("ck", Duration::from_secs(10)).await }
+        let c = c.clone();
+        async move { c.wait_ready("ck", Duration::from_secs(10)).await }
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!waiter.is_finished(), "still locked, message already gone");

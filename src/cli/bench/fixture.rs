@@ -19,7 +19,8 @@ use tonic::{Request, Response, Status};
 use crate::{
     api,
     app::App,
-    broker::{Broker, CertRequest, FailureKind, Identifiers, IssueError, IssueRequest, Issuer},
+    broker::{Broker, BrokerOptions, CertRequest, FailureKind, IssueError, IssueRequest, Issuer},
+    cert::{CertRecord, Identifiers},
     config::Settings,
     devca::{DevCa, DevCaHandle, DevCaSettings},
     pb::{
@@ -30,7 +31,7 @@ use crate::{
         tn_auth_entry::Entry,
     },
     shaken::TnAuthList,
-    store::{self, CertRecord, Store},
+    store::{self, Store},
 };
 
 /// Base64 of 32 bytes: the bench's own keyring key for keys at rest in Redis.
@@ -253,7 +254,7 @@ pub(super) async fn template_broker(
             next: AtomicU64::new(1),
         }),
         store,
-        b.options(),
+        BrokerOptions::from(&b),
     );
     if let Err(e) = broker.listen_for_invalidations().await {
         tracing::warn!(error = %e, "no invalidations");
@@ -264,7 +265,7 @@ pub(super) async fn template_broker(
 /// Connects to the Redis at `url` with the bench keyring.
 pub(super) async fn redis_store(url: &str) -> anyhow::Result<Arc<dyn Store>> {
     let settings = Settings::from_toml(&format!("[store]\n{}", redis_store_toml(url)))?;
-    let redis = store::connect(&settings.store.redis()).await?;
+    let redis = store::connect(&store::RedisSettings::from(&settings.store)).await?;
     redis.check_keyring().await?;
     Ok(Arc::new(redis))
 }

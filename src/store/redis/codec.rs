@@ -4,7 +4,8 @@
 use base64::{Engine, engine::general_purpose::STANDARD as B64};
 use serde::{Deserialize, Serialize};
 
-use super::super::{CertRecord, Keyring, StoreError};
+use super::super::{Keyring, StoreError};
+use crate::cert::CertRecord;
 
 /// The stored form of a record.
 #[derive(Serialize, Deserialize)]

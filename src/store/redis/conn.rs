@@ -13,6 +13,7 @@ use redis::{
 };
 
 use super::{super::StoreError, RedisSettings, SentinelSettings};
+pub(super) use crate::config::redact_url;
 
 /// The CA certificates of `settings.trust_roots`, read once; `None` when unset (the
 /// system roots). Every URL must then be `rediss://`: a private CA for a plaintext
@@ -92,21 +93,32 @@ pub(super) struct SentinelConn {
 
 impl SentinelConn {
     async fn connection(&self) -> RedisResult<MultiplexedConnection> {
-        if let Some(c) = self.current.lock().expect("not poisoned").clone() {
+        if let Some(c) = self
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+        {
             return Ok(c);
         }
         let client = self.client.lock().await.async_get_client().await?;
         let conn = client
             .get_multiplexed_async_connection_with_config(&self.config)
             .await?;
-        *self.current.lock().expect("not poisoned") = Some(conn.clone());
+        *self
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(conn.clone());
         Ok(conn)
     }
 
     fn forget_on<T>(&self, result: &RedisResult<T>) {
         if let Err(e) = result {
             if super::breaker::is_outage(e) {
-                *self.current.lock().expect("not poisoned") = None;
+                *self
+                    .current
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
             }
         }
     }
@@ -267,20 +279,6 @@ impl ConnectionLike for Conn {
             Self::Standalone(c) => c.get_db(),
             Self::Sentinel(_) => 0,
         }
-    }
-}
-
-/// `url` with any password replaced, for logs and `Debug`.
-pub(super) fn redact_url(raw: &str) -> String {
-    match url::Url::parse(raw) {
-        Ok(mut url) => {
-            if url.password().is_some() {
-                let _ = url.set_password(Some("<redacted>"));
-            }
-            url.to_string()
-        }
-        // Unparseable: it may hold anything, show only the scheme-ish start.
-        Err(_) => format!("<unparseable url, {} bytes>", raw.len()),
     }
 }
 

@@ -2,7 +2,10 @@
 //! through the crate's ACME client over real HTTPS with SPC tokens from the devca's STI-PA:
 //! consecutive short-term certificates with second-scale lifetimes, their headers, every
 //! §3.1.1 refusal, cancellation and the four autoRenewal problems, unauthenticated GET, a CA
-//! without STAR, and orders that need no challenge after pre-authorization.
+//! without STAR, orders that need no challenge after pre-authorization, and the
+//! `certbroker devca` flags that shape all of it.
+
+use crate::support::common;
 
 use std::time::{Duration, Instant};
 
@@ -504,16 +507,23 @@ async fn post_as_get_only_start_date_end_date_and_expiry() {
         "did not negotiate allow-certificate-get",
     );
 
-    // A pending STAR order and a non-STAR order cannot be canceled.
+    // A pending STAR order (which expires no earlier than its end-date, a month away) and
+    // a non-STAR order cannot be canceled.
+    let month = in_secs(30 * 24 * 3600);
     let pending = env
         .account
         .new_order(&NewOrder {
             identifiers: vec![identifier(&spc("5678"))],
-            auto_renewal: Some(AutoRenewal::new(in_secs(60), Duration::from_secs(10))),
+            auto_renewal: Some(AutoRenewal::new(month, Duration::from_secs(10))),
             ..NewOrder::default()
         })
         .await
         .unwrap();
+    let expires = pending.state.expires.expect("expires");
+    assert!(
+        expires >= month - time::Duration::seconds(1),
+        "lives until end-date: {expires}"
+    );
     let err = env
         .account
         .cancel_star_order(&pending.url)
@@ -678,4 +688,47 @@ async fn pre_authorization_makes_orders_need_no_challenge() {
     )
     .await;
     assert_eq!(env.ca.stats().challenges_validated, 2);
+}
+
+#[tokio::test]
+async fn certbroker_devca_flags_shape_star_new_authz_and_caa() {
+    async fn directory(p: &common::DevcaProcess) -> Value {
+        let roots = tls::read_roots(std::path::Path::new(&p.trust_root)).unwrap();
+        let http = tls::http_client(Some(&roots), Duration::from_secs(10)).unwrap();
+        http.get(&p.directory)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+    let on = common::DevcaProcess::start(
+        &[
+            "--star-min-lifetime",
+            "30s",
+            "--star-max-duration",
+            "2h",
+            "--star-no-certificate-get",
+            "--caa-identity",
+            "ca.example.test",
+        ],
+        false,
+        |_| {},
+    );
+    let dir = directory(&on).await;
+    assert_eq!(
+        dir["meta"]["auto-renewal"],
+        json!({"min-lifetime": 30, "max-duration": 7200, "allow-certificate-get": false})
+    );
+    assert_eq!(dir["meta"]["caaIdentities"], json!(["ca.example.test"]));
+    assert!(dir["newAuthz"].is_string(), "{dir}");
+    let off = common::DevcaProcess::start(&["--no-star", "--no-new-authz"], false, |_| {});
+    let dir = directory(&off).await;
+    assert!(dir["meta"].get("auto-renewal").is_none(), "{dir}");
+    assert!(dir.get("newAuthz").is_none(), "{dir}");
+    assert_eq!(
+        dir["meta"]["caaIdentities"],
+        json!(["devca.certbroker.test"])
+    );
 }
