@@ -186,10 +186,6 @@ impl GrpcBroker {
                 ca: req.ca,
             },
         )?;
-        self.broker
-            .check_satisfiable(&req)
-            .await
-            .map_err(|e| to_status(&e))?;
         let has_csr = req.csr_der.is_some();
         let identifiers = req.identifiers.clone();
         let mut watch = Box::pin(self.broker.watch(req));
@@ -242,10 +238,6 @@ impl GrpcBroker {
                 ca: req.ca,
             },
         )?;
-        self.broker
-            .check_satisfiable(&req)
-            .await
-            .map_err(|e| to_status(&e))?;
         let has_csr = req.csr_der.is_some();
         // Kept for the audit line of a first hand-out.
         let identifiers = req.identifiers.clone();

@@ -5,7 +5,7 @@ mod upstreams;
 
 pub use upstreams::{build_pool, build_upstream};
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{future::Future, sync::Arc};
 
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -62,10 +62,10 @@ impl App {
         let r = &settings.renewal;
         if r.enabled {
             broker.spawn_renewal(RenewalOptions {
-                check_interval: Duration::from_secs(r.check_interval_secs),
-                idle_horizon: Duration::from_secs(r.idle_horizon_secs),
+                check_interval: r.check_interval,
+                idle_horizon: r.idle_horizon,
                 renew_fraction: r.renew_fraction,
-                retry_base: Duration::from_secs(r.retry_base_secs),
+                retry_base: r.retry_base,
                 use_ari: r.ari,
             });
         }
@@ -74,7 +74,7 @@ impl App {
         serve_options.observer = Some(Arc::new(metrics.clone()));
         serve_options.metrics = Some(metrics.clone());
         serve_options.x5u_base = settings.publish.base_url.clone();
-        serve_options.audit_interval = Duration::from_secs(settings.telemetry.audit_interval_secs);
+        serve_options.audit_interval = settings.telemetry.audit_interval;
         Ok(Self {
             broker,
             pool,

@@ -10,7 +10,13 @@
 //! everything up front and names the offending key, so a bad value stops start-up instead
 //! of surfacing on the first request.
 
-use std::{collections::BTreeSet, net::SocketAddr, path::PathBuf};
+use std::{
+    collections::BTreeSet,
+    net::SocketAddr,
+    num::{NonZeroU64, NonZeroUsize},
+    path::PathBuf,
+    time::Duration,
+};
 
 use figment::{
     Figment,
@@ -80,15 +86,23 @@ pub struct Settings {
 pub struct ServerSettings {
     /// Address of the gRPC listener.
     pub listen: SocketAddr,
-    /// How long in-flight requests may run after SIGTERM before the process exits.
-    pub shutdown_grace_secs: u64,
+    /// How long in-flight requests may run after SIGTERM before the process exits
+    /// (`shutdown_grace_secs`).
+    #[serde(with = "secs", rename = "shutdown_grace_secs")]
+    pub shutdown_grace: Duration,
     /// TLS (and, with `client_ca`, mutual TLS) on the gRPC listener; absent: plaintext.
     pub tls: Option<ServerTlsSettings>,
     /// Upper bound of one request on the server; answered with `DEADLINE_EXCEEDED`. Keep
-    /// it above `broker.issuance_timeout_secs` so the broker's own deadline fires first.
-    pub request_timeout_secs: u64,
+    /// it above `broker.issuance_timeout_secs` so the broker's own deadline fires first
+    /// (`request_timeout_secs`, at least 1).
+    #[serde(
+        serialize_with = "secs::serialize",
+        deserialize_with = "secs::at_least::<1, _>",
+        rename = "request_timeout_secs"
+    )]
+    pub request_timeout: Duration,
     /// Requests handled at once; beyond it requests are shed with `UNAVAILABLE`.
-    pub max_concurrent_requests: usize,
+    pub max_concurrent_requests: NonZeroUsize,
     /// Sustained requests per second per caller (client identity, or IP without mTLS);
     /// beyond it `RESOURCE_EXHAUSTED`. 0 turns the limit off.
     pub rate_limit_per_sec: u32,
@@ -111,9 +125,14 @@ pub struct ServerTlsSettings {
     /// from it (mutual TLS) and `[[policy]]` decides what it may request.
     #[serde(default)]
     pub client_ca: Option<PathBuf>,
-    /// How often the files are checked for changes.
-    #[serde(default = "default_tls_reload")]
-    pub reload_interval_secs: u64,
+    /// How often the files are checked for changes (`reload_interval_secs`, at least 1).
+    #[serde(
+        default = "default_tls_reload",
+        serialize_with = "secs::serialize",
+        deserialize_with = "secs::at_least::<1, _>",
+        rename = "reload_interval_secs"
+    )]
+    pub reload_interval: Duration,
 }
 
 /// One `[[policy]]`: what callers whose certificate matches `identities` may request.
@@ -150,16 +169,27 @@ pub struct PolicySettings {
 #[serde(deny_unknown_fields, default)]
 pub struct BrokerSettings {
     /// Most certificates kept in the in-process cache.
-    pub cache_capacity: u64,
-    /// Validity a cached certificate must have left when the caller names none.
-    pub default_min_remaining_secs: u64,
-    /// Upper bound for one whole issuance, all CAs of the pool included.
-    pub issuance_timeout_secs: u64,
+    pub cache_capacity: NonZeroU64,
+    /// Validity a cached certificate must have left when the caller names none
+    /// (`default_min_remaining_secs`).
+    #[serde(with = "secs", rename = "default_min_remaining_secs")]
+    pub default_min_remaining: Duration,
+    /// Upper bound for one whole issuance, all CAs of the pool included
+    /// (`issuance_timeout_secs`).
+    #[serde(with = "secs", rename = "issuance_timeout_secs")]
+    pub issuance_timeout: Duration,
     /// Lifetime of the fleet lock on one cache key; renewed while the holder works, so it
-    /// bounds how long a crashed holder delays the others.
-    pub lock_ttl_secs: u64,
-    /// How long a CA's refusal (non-retryable) is remembered fleet-wide for that key.
-    pub negative_ttl_secs: u64,
+    /// bounds how long a crashed holder delays the others (`lock_ttl_secs`, at least 3).
+    #[serde(
+        serialize_with = "secs::serialize",
+        deserialize_with = "secs::at_least::<3, _>",
+        rename = "lock_ttl_secs"
+    )]
+    pub lock_ttl: Duration,
+    /// How long a CA's refusal (non-retryable) is remembered fleet-wide for that key
+    /// (`negative_ttl_secs`).
+    #[serde(with = "secs", rename = "negative_ttl_secs")]
+    pub negative_ttl: Duration,
 }
 
 /// `[renewal]`
@@ -168,15 +198,23 @@ pub struct BrokerSettings {
 pub struct RenewalSettings {
     /// Renew certificates ahead of expiry.
     pub enabled: bool,
-    /// How often tracked certificates are checked.
-    pub check_interval_secs: u64,
+    /// How often tracked certificates are checked (`check_interval_secs`, at least 1).
+    #[serde(
+        serialize_with = "secs::serialize",
+        deserialize_with = "secs::at_least::<1, _>",
+        rename = "check_interval_secs"
+    )]
+    pub check_interval: Duration,
     /// Certificates nobody requested for this long, and no open watch holds, are no longer
-    /// renewed.
-    pub idle_horizon_secs: u64,
+    /// renewed (`idle_horizon_secs`).
+    #[serde(with = "secs", rename = "idle_horizon_secs")]
+    pub idle_horizon: Duration,
     /// Renew when this fraction of the lifetime is left.
     pub renew_fraction: f64,
-    /// First retry delay after a failed renewal (doubles per failure, with jitter).
-    pub retry_base_secs: u64,
+    /// First retry delay after a failed renewal (doubles per failure, with jitter)
+    /// (`retry_base_secs`).
+    #[serde(with = "secs", rename = "retry_base_secs")]
+    pub retry_base: Duration,
     /// Renew inside the window the issuing CA suggests through ACME Renewal Information
     /// (RFC 9773) when its directory offers `renewalInfo`, and name the replaced certificate
     /// in the new order (`replaces`). Off: always the `renew_fraction` rule, no `replaces`.
@@ -187,10 +225,10 @@ impl Default for RenewalSettings {
     fn default() -> Self {
         Self {
             enabled: true,
-            check_interval_secs: 5,
-            idle_horizon_secs: 24 * 3600,
+            check_interval: Duration::from_secs(5),
+            idle_horizon: Duration::from_secs(24 * 3600),
             renew_fraction: 1.0 / 3.0,
-            retry_base_secs: 10,
+            retry_base: Duration::from_secs(10),
             ari: true,
         }
     }
@@ -225,9 +263,15 @@ pub struct TelemetrySettings {
     /// `service.name` resource attribute of exported spans; `OTEL_SERVICE_NAME` (or
     /// `service.name` in `OTEL_RESOURCE_ATTRIBUTES`) wins.
     pub service_name: String,
-    /// Seconds between the audit trail's summary lines: the first hand-out of a serial to
-    /// a caller is logged at once, repeats are counted and written once per interval.
-    pub audit_interval_secs: u64,
+    /// Time between the audit trail's summary lines: the first hand-out of a serial to
+    /// a caller is logged at once, repeats are counted and written once per interval
+    /// (`audit_interval_secs`, at least 1).
+    #[serde(
+        serialize_with = "secs::serialize",
+        deserialize_with = "secs::at_least::<1, _>",
+        rename = "audit_interval_secs"
+    )]
+    pub audit_interval: Duration,
 }
 
 /// A configuration that cannot be used, naming the key.
@@ -293,7 +337,7 @@ impl Settings {
     /// A relative path read from a file resolves against that file's directory, as in
     /// nginx or systemd units, so a configuration works from any working directory.
     pub fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
-        let mut settings: Self = figment.extract().map_err(Box::new)?;
+        let mut settings: Self = figment.extract().map_err(parse_error)?;
         settings.resolve_relative_paths(&figment);
         settings.validate()?;
         Ok(settings)
@@ -358,16 +402,60 @@ impl Settings {
     }
 }
 
+/// A value figment could not deserialize (a range the type enforces, such as a `*_secs`
+/// key's minimum or a count that must not be zero, or a wrong type) is reported like the
+/// checks in `validate`: the key as the file spells it (`ca[0].weight`), then why and
+/// where figment found it. Errors without a key (a TOML syntax error) stay figment's.
+fn parse_error(err: figment::Error) -> ConfigError {
+    if err.path.is_empty() {
+        return ConfigError::Parse(Box::new(err));
+    }
+    let mut key = String::new();
+    for segment in &err.path {
+        if !key.is_empty() && !segment.is_empty() && segment.bytes().all(|b| b.is_ascii_digit()) {
+            key.push_str(&format!("[{segment}]"));
+        } else {
+            if !key.is_empty() {
+                key.push('.');
+            }
+            key.push_str(segment);
+        }
+    }
+    let mut reason = err.kind.to_string();
+    if let Some(md) = &err.metadata {
+        match &md.source {
+            Some(source) => reason.push_str(&format!(" in {source} {}", md.name)),
+            None => reason.push_str(&format!(" in {}", md.name)),
+        }
+    }
+    for more in err.into_iter().skip(1) {
+        reason.push_str(&format!("\n{more}"));
+    }
+    ConfigError::Invalid { key, reason }
+}
+
 // === defaults ===
+
+/// Default `server.max_concurrent_requests`.
+const DEFAULT_MAX_CONCURRENT_REQUESTS: NonZeroUsize = match NonZeroUsize::new(1024) {
+    Some(n) => n,
+    None => panic!("1024 is not zero"),
+};
+
+/// Default `broker.cache_capacity`.
+const DEFAULT_CACHE_CAPACITY: NonZeroU64 = match NonZeroU64::new(100_000) {
+    Some(n) => n,
+    None => panic!("100000 is not zero"),
+};
 
 impl Default for ServerSettings {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
-            shutdown_grace_secs: 30,
+            shutdown_grace: Duration::from_secs(30),
             tls: None,
-            request_timeout_secs: 330,
-            max_concurrent_requests: 1024,
+            request_timeout: Duration::from_secs(330),
+            max_concurrent_requests: DEFAULT_MAX_CONCURRENT_REQUESTS,
             rate_limit_per_sec: 100,
             rate_limit_burst: 200,
             max_request_bytes: 64 * 1024,
@@ -378,11 +466,11 @@ impl Default for ServerSettings {
 impl Default for BrokerSettings {
     fn default() -> Self {
         Self {
-            cache_capacity: 100_000,
-            default_min_remaining_secs: 300,
-            issuance_timeout_secs: 300,
-            lock_ttl_secs: 15,
-            negative_ttl_secs: 30,
+            cache_capacity: DEFAULT_CACHE_CAPACITY,
+            default_min_remaining: Duration::from_secs(300),
+            issuance_timeout: Duration::from_secs(300),
+            lock_ttl: Duration::from_secs(15),
+            negative_ttl: Duration::from_secs(30),
         }
     }
 }
@@ -395,7 +483,7 @@ impl Default for TelemetrySettings {
             admin_listen: None,
             otlp_endpoint: None,
             service_name: "certbroker".into(),
-            audit_interval_secs: 60,
+            audit_interval: Duration::from_secs(60),
         }
     }
 }
@@ -404,8 +492,8 @@ fn default_pools() -> Vec<String> {
     vec!["default".into()]
 }
 
-fn default_tls_reload() -> u64 {
-    10
+fn default_tls_reload() -> Duration {
+    Duration::from_secs(10)
 }
 
 #[cfg(test)]
@@ -486,10 +574,10 @@ mod tests {
         assert_eq!(s.ca.len(), 3);
         assert_eq!(s.pool[0].policy, PoolPolicy::Weighted);
         assert_eq!(s.pool[0].hedge_after_ms, Some(20_000));
-        assert_eq!((s.ca[0].weight, s.ca[1].weight), (3, 1));
+        assert_eq!((s.ca[0].weight.get(), s.ca[1].weight.get()), (3, 1));
         assert!(s.ca[1].allow_account_key_reuse && !s.ca[0].allow_account_key_reuse);
-        assert_eq!(s.ca[2].cert_lifetime_secs, Some(2_592_000));
-        assert_eq!(s.ca[2].breaker.failure_threshold, 3, "default");
+        assert_eq!(s.ca[2].cert_lifetime, Some(Duration::from_secs(2_592_000)));
+        assert_eq!(s.ca[2].breaker.failure_threshold.get(), 3, "default");
         assert_eq!(s.ca[2].csr.common_name_template, "SHAKEN {spc}", "default");
     }
 
@@ -595,7 +683,112 @@ mod tests {
         .unwrap();
         assert_eq!(ok.policy[0].pools, ["default"]);
         assert!(ok.policy[0].revoke);
-        assert_eq!(ok.server.tls.unwrap().reload_interval_secs, 10);
+        assert_eq!(
+            ok.server.tls.unwrap().reload_interval,
+            Duration::from_secs(10)
+        );
+    }
+
+    /// Durations and counts are checked by their types while parsing; the error still
+    /// names the key (as the file spells it) and says why.
+    #[test]
+    fn typed_values_name_the_key_and_the_reason() {
+        let ca = "[[ca]]\nname = \"a\"\ndirectory = \"https://x\"\naccount_key = \"k\"\n";
+        let cases = [
+            (
+                "[broker]\nlock_ttl_secs = 2".to_owned(),
+                "broker.lock_ttl_secs",
+                "at least 3",
+            ),
+            (
+                "[broker]\ncache_capacity = 0".into(),
+                "broker.cache_capacity",
+                "nonzero",
+            ),
+            (
+                "[renewal]\ncheck_interval_secs = 0".into(),
+                "renewal.check_interval_secs",
+                "at least 1",
+            ),
+            (
+                "[server]\nrequest_timeout_secs = 0".into(),
+                "server.request_timeout_secs",
+                "at least 1",
+            ),
+            (
+                "[server]\nmax_concurrent_requests = 0".into(),
+                "server.max_concurrent_requests",
+                "nonzero",
+            ),
+            (
+                "[telemetry]\naudit_interval_secs = 0".into(),
+                "telemetry.audit_interval_secs",
+                "at least 1",
+            ),
+            (
+                "[server.tls]\ncert = \"c\"\nkey = \"k\"\nreload_interval_secs = 0".into(),
+                "server.tls.reload_interval_secs",
+                "at least 1",
+            ),
+            (
+                format!("{ca}request_timeout_secs = 0"),
+                "request_timeout_secs",
+                "at least 1",
+            ),
+            (
+                format!("{ca}attempt_timeout_secs = 0"),
+                "attempt_timeout_secs",
+                "at least 1",
+            ),
+            (
+                format!("{ca}cert_lifetime_secs = 0"),
+                "cert_lifetime_secs",
+                "at least 1",
+            ),
+            (format!("{ca}weight = 0"), "weight", "nonzero"),
+            (
+                format!("{ca}[ca.breaker]\nfailure_threshold = 0"),
+                "breaker.failure_threshold",
+                "nonzero",
+            ),
+            (
+                "[broker]\nlock_ttl_secs = 1.5".into(),
+                "broker.lock_ttl_secs",
+                "invalid type",
+            ),
+        ];
+        for (text, key, reason) in cases {
+            let err = Settings::from_toml(&text).unwrap_err().to_string();
+            assert!(err.contains(key) && err.contains(reason), "{text:?}: {err}");
+        }
+        let s = Settings::from_toml(&format!(
+            "[broker]\nlock_ttl_secs = 3\nnegative_ttl_secs = 0\n[server]\nshutdown_grace_secs = 0\n\
+             {ca}cert_lifetime_secs = 86400\n[ca.breaker]\ncool_down_secs = 0"
+        ))
+        .unwrap();
+        assert_eq!(s.broker.lock_ttl, Duration::from_secs(3));
+        assert_eq!(
+            s.broker.negative_ttl,
+            Duration::ZERO,
+            "zero is allowed here"
+        );
+        assert_eq!(s.server.shutdown_grace, Duration::ZERO);
+        assert_eq!(s.ca[0].cert_lifetime, Some(Duration::from_secs(86_400)));
+        assert_eq!(s.ca[0].request_timeout, Duration::from_secs(30), "default");
+        assert_eq!(s.ca[0].breaker.cool_down, Duration::ZERO);
+        let d = Settings::default();
+        assert_eq!(
+            (
+                d.server.request_timeout,
+                d.broker.lock_ttl,
+                d.renewal.check_interval
+            ),
+            (
+                Duration::from_secs(330),
+                Duration::from_secs(15),
+                Duration::from_secs(5)
+            )
+        );
     }
 
     #[test]
@@ -622,7 +815,7 @@ mod env_tests {
             let s =
                 Settings::load(Some(std::path::Path::new("c.toml"))).map_err(|e| e.to_string())?;
             assert_eq!(s.server.listen.port(), 2);
-            assert_eq!(s.broker.cache_capacity, 7);
+            assert_eq!(s.broker.cache_capacity.get(), 7);
             jail.set_env("CERTBROKER_SERVER__LISTEN", "nonsense");
             let err = Settings::load(Some(std::path::Path::new("c.toml"))).unwrap_err();
             assert!(
@@ -671,7 +864,8 @@ mod env_tests {
             let s =
                 Settings::load(Some(std::path::Path::new("c.toml"))).map_err(|e| e.to_string())?;
             assert_eq!(
-                s.broker.cache_capacity, 7,
+                s.broker.cache_capacity.get(),
+                7,
                 "the real override still applies"
             );
             Ok(())
@@ -753,6 +947,31 @@ mod env_tests {
             assert_eq!(
                 crate::store::RedisSettings::from(&s.store).trust_roots,
                 Some(jail.directory().join("conf").join("redis-ca.pem"))
+            );
+            Ok(())
+        });
+    }
+
+    /// `CERTBROKER_..._SECS` overrides keep their names and are checked like the file.
+    #[test]
+    fn seconds_overrides_from_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("c.toml", "[broker]\nlock_ttl_secs = 20\n")?;
+            jail.set_env("CERTBROKER_BROKER__LOCK_TTL_SECS", "7");
+            jail.set_env("CERTBROKER_SERVER__REQUEST_TIMEOUT_SECS", "45");
+            jail.set_env("CERTBROKER_BROKER__CACHE_CAPACITY", "9");
+            let s =
+                Settings::load(Some(std::path::Path::new("c.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(s.broker.lock_ttl, Duration::from_secs(7));
+            assert_eq!(s.server.request_timeout, Duration::from_secs(45));
+            assert_eq!(s.broker.cache_capacity.get(), 9);
+            jail.set_env("CERTBROKER_BROKER__LOCK_TTL_SECS", "2");
+            let err = Settings::load(Some(std::path::Path::new("c.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("lock_ttl_secs") && err.contains("at least 3"),
+                "{err}"
             );
             Ok(())
         });

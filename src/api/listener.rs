@@ -66,8 +66,7 @@ impl ReloadingTls {
         let settings = settings.clone();
         tokio::spawn(async move {
             let mut loaded = material;
-            let mut tick =
-                tokio::time::interval(Duration::from_secs(settings.reload_interval_secs));
+            let mut tick = tokio::time::interval(settings.reload_interval);
             tick.tick().await;
             loop {
                 tokio::select! {

@@ -54,8 +54,8 @@ impl ServeOptions {
         Self {
             tls: server.tls.clone(),
             policies: policies.to_vec(),
-            request_timeout: Duration::from_secs(server.request_timeout_secs),
-            max_concurrent_requests: server.max_concurrent_requests,
+            request_timeout: server.request_timeout,
+            max_concurrent_requests: server.max_concurrent_requests.get(),
             rate_limit_per_sec: server.rate_limit_per_sec,
             rate_limit_burst: server.rate_limit_burst,
             max_request_bytes: server.max_request_bytes,

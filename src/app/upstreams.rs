@@ -2,7 +2,7 @@
 //! come from (an STI-PA client whose password may come from the environment, shared
 //! fleet-wide and cached, or a static token file), and the pool over them.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use secrecy::{ExposeSecret, SecretString};
 
@@ -75,7 +75,7 @@ fn token_provider(
             password,
             trust_roots: roots,
             tkvalue_encoding: s.challenge.tkvalue_encoding,
-            timeout: Duration::from_secs(s.request_timeout_secs),
+            timeout: s.request_timeout,
         })
         .map_err(|e| setup("sti_pa", &e))?;
         let client: Arc<dyn TokenProvider> = Arc::new(client);

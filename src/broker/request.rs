@@ -5,7 +5,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use super::{Broker, BrokerError};
-use crate::cert::{CertSelector, Identifiers};
+use crate::cert::{CertRecord, CertSelector, Identifiers};
 
 /// What is known of one CA at this moment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,47 +61,55 @@ impl Broker {
     /// Refuses, before any cache lookup or CA work, a request the pool cannot satisfy: a
     /// `min_remaining_validity` (or the broker's default) at least as long as every CA of
     /// the pool issues (configured `cert_lifetime_secs`, or learned from its last
-    /// certificate), or at least as long as the lifetime of the certificate this very
-    /// request obtained within the last `negative_ttl` (a refusal learned after an order
-    /// is not paid for again).
-    pub async fn check_satisfiable(&self, req: &CertRequest) -> Result<(), BrokerError> {
-        let inner = self.inner();
-        let min = req
-            .min_remaining
-            .unwrap_or(inner.opts.default_min_remaining);
-        let whose = if req.min_remaining.is_some() {
-            "asked for"
-        } else {
-            "the broker's default (broker.default_min_remaining_secs)"
-        };
-        if let Some(life) = inner.issuer.max_lifetime(&req.pool)
+    /// certificate). [`Broker::get_certificate`] runs it first; the other half of the check
+    /// ([`Broker::check_recent_refusal`]) needs the L1 entry and runs after an L1 miss.
+    pub(super) fn check_pool_lifetime(
+        &self,
+        req: &CertRequest,
+        min: Duration,
+    ) -> Result<(), BrokerError> {
+        if let Some(life) = self.inner().issuer.max_lifetime(&req.pool)
             && min >= life
         {
             return Err(BrokerError::FailedPrecondition {
                 field: "min_remaining_validity".into(),
                 reason: format!(
-                    "{}s {whose}, but the CAs of pool {:?} issue certificates valid for at most {}s",
+                    "{}s {}, but the CAs of pool {:?} issue certificates valid for at most {}s",
                     min.as_secs(),
+                    whose_min(req),
                     req.pool,
                     life.as_secs()
                 ),
             });
         }
-        if let Some(c) = inner.l1.get(&req.cache_key()).await {
-            let life = c.not_after.saturating_sub(c.not_before);
-            let age = super::service::now().saturating_sub(c.issued_at);
-            let recent = u64::try_from(age).is_ok_and(|a| a < inner.opts.negative_ttl.as_secs());
-            if recent && u64::try_from(life).is_ok_and(|l| min.as_secs() >= l) {
-                return Err(BrokerError::FailedPrecondition {
-                    field: "min_remaining_validity".into(),
-                    reason: format!(
-                        "{}s {whose}, but the certificate the pool issued for this request {age}s \
-                         ago is valid for {life}s in all (remembered for {}s)",
-                        min.as_secs(),
-                        inner.opts.negative_ttl.as_secs()
-                    ),
-                });
-            }
+        Ok(())
+    }
+
+    /// Refuses a request whose `min_remaining_validity` is at least as long as the lifetime
+    /// of `cached`, the certificate this very request obtained within the last
+    /// `negative_ttl`: a refusal learned after an order is not paid for again. Only a
+    /// certificate that does not satisfy the request gets here (a fresh L1 hit always does).
+    pub(super) fn check_recent_refusal(
+        &self,
+        req: &CertRequest,
+        min: Duration,
+        cached: &CertRecord,
+    ) -> Result<(), BrokerError> {
+        let inner = self.inner();
+        let life = cached.not_after.saturating_sub(cached.not_before);
+        let age = super::service::now().saturating_sub(cached.issued_at);
+        let recent = u64::try_from(age).is_ok_and(|a| a < inner.opts.negative_ttl.as_secs());
+        if recent && u64::try_from(life).is_ok_and(|l| min.as_secs() >= l) {
+            return Err(BrokerError::FailedPrecondition {
+                field: "min_remaining_validity".into(),
+                reason: format!(
+                    "{}s {}, but the certificate the pool issued for this request {age}s \
+                     ago is valid for {life}s in all (remembered for {}s)",
+                    min.as_secs(),
+                    whose_min(req),
+                    inner.opts.negative_ttl.as_secs()
+                ),
+            });
         }
         Ok(())
     }
@@ -109,6 +117,15 @@ impl Broker {
     /// What is known of each upstream CA (warm-up in progress, ready, failed).
     pub fn ca_readiness(&self) -> Vec<CaReadiness> {
         self.inner().issuer.readiness()
+    }
+}
+
+/// Where the minimum remaining validity of `req` comes from, for error messages.
+fn whose_min(req: &CertRequest) -> &'static str {
+    if req.min_remaining.is_some() {
+        "asked for"
+    } else {
+        "the broker's default (broker.default_min_remaining_secs)"
     }
 }
 

@@ -62,11 +62,11 @@ impl From<&crate::config::BrokerSettings> for BrokerOptions {
     /// The broker's tunables `[broker]` describes.
     fn from(s: &crate::config::BrokerSettings) -> Self {
         Self {
-            cache_capacity: s.cache_capacity,
-            default_min_remaining: Duration::from_secs(s.default_min_remaining_secs),
-            issuance_timeout: Duration::from_secs(s.issuance_timeout_secs),
-            lock_ttl: Duration::from_secs(s.lock_ttl_secs),
-            negative_ttl: Duration::from_secs(s.negative_ttl_secs),
+            cache_capacity: s.cache_capacity.get(),
+            default_min_remaining: s.default_min_remaining,
+            issuance_timeout: s.issuance_timeout,
+            lock_ttl: s.lock_ttl,
+            negative_ttl: s.negative_ttl,
         }
     }
 }
@@ -201,23 +201,32 @@ impl Broker {
                 format!("no CA serves pool {:?}", req.pool),
             ));
         }
-        let key = req.cache_key();
-        let template = || IssueRequest::template(&req, &key);
-        inner.tracker.touch_with(&key, template);
         let min_remaining = req
             .min_remaining
             .unwrap_or(inner.opts.default_min_remaining);
+        // Refusals before any cache lookup or CA work.
+        self.check_pool_lifetime(&req, min_remaining)?;
+        let key = req.cache_key();
+        let template = || IssueRequest::template(&req, &key);
         let min_secs = min_remaining.as_secs() as i64;
         let fresh = move |c: &CertRecord| c.remaining_secs(now()) > min_secs;
 
         // The certificate this request finds wanting, if any: a replacement must differ.
         let mut stale_serial = None;
-        if let Some(c) = inner.l1.get(&key).await {
-            if fresh(&c) && !req.force_renew {
-                return Ok((c, CacheStatus::HitLocal));
-            }
+        let cached = inner.l1.get(&key).await;
+        if let Some(c) = &cached
+            && fresh(c)
+            && !req.force_renew
+        {
+            inner.tracker.touch_with(&key, template);
+            return Ok((c.clone(), CacheStatus::HitLocal));
+        }
+        if let Some(c) = cached {
+            self.check_recent_refusal(&req, min_remaining, &c)?;
             stale_serial = Some(c.serial_hex.clone());
         }
+        // Tracked (renewed ahead of expiry) only once it passed the checks above.
+        inner.tracker.touch_with(&key, template);
         // Everything past L1 runs once per key in this process, store I/O included: callers
         // that miss together share one store round trip, and while the store is down they
         // all wait for the one issuance instead of each paying the store's timeout and then
@@ -244,7 +253,7 @@ impl Broker {
         let (cert, status) = result?;
         if !fresh(&cert) {
             // The pool is the reason, not the request: repeats are refused up front
-            // (`Broker::check_satisfiable`) from this certificate and the learned lifetime.
+            // (`Broker::check_recent_refusal`) from this certificate and the learned lifetime.
             return Err(BrokerError::FailedPrecondition {
                 field: "min_remaining_validity".into(),
                 reason: format!(

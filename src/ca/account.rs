@@ -85,8 +85,8 @@ impl AccountSource {
             contact: s.contact.clone(),
             eab,
             accept_terms_of_service: s.accept_terms_of_service,
-            request_timeout: Duration::from_secs(s.request_timeout_secs),
-            attempt_timeout: Duration::from_secs(s.attempt_timeout_secs),
+            request_timeout: s.request_timeout,
+            attempt_timeout: s.attempt_timeout,
             metrics: Arc::default(),
         })
     }

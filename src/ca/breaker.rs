@@ -93,9 +93,9 @@ impl Breaker {
                 consecutive_failures: 0,
                 not_before: None,
             })),
-            threshold: s.failure_threshold.max(1),
-            cool_down: Duration::from_secs(s.cool_down_secs),
-            max_retry_after: Duration::from_secs(s.max_retry_after_secs),
+            threshold: s.failure_threshold.get(),
+            cool_down: s.cool_down,
+            max_retry_after: s.max_retry_after,
         }
     }
 
@@ -203,9 +203,9 @@ mod tests {
 
     fn breaker(threshold: u32, cool_down_secs: u64) -> Breaker {
         Breaker::new(&BreakerSettings {
-            failure_threshold: threshold,
-            cool_down_secs,
-            max_retry_after_secs: 60,
+            failure_threshold: std::num::NonZeroU32::new(threshold).unwrap(),
+            cool_down: Duration::from_secs(cool_down_secs),
+            max_retry_after: Duration::from_secs(60),
         })
     }
 

@@ -349,8 +349,8 @@ pub(crate) fn ca_settings_for(handle: &DevCaHandle, state_dir: &Path) -> CaSetti
         account_key: state_dir.join("devca-account.pem"),
         contact: vec![],
         eab: None,
-        request_timeout_secs: 30,
-        attempt_timeout_secs: 120,
+        request_timeout: Duration::from_secs(30),
+        attempt_timeout: Duration::from_secs(120),
         csr: CsrSettings {
             country: "US".into(),
             organization: "certbroker dev".into(),
@@ -370,10 +370,10 @@ pub(crate) fn ca_settings_for(handle: &DevCaHandle, state_dir: &Path) -> CaSetti
             std::net::Ipv4Addr::LOCALHOST,
             handle.http01_port(),
         ))),
-        weight: 1,
+        weight: std::num::NonZeroU32::MIN,
         breaker: Default::default(),
         allow_account_key_reuse: false,
-        cert_lifetime_secs: None,
+        cert_lifetime: None,
         // The embedded CA is the user's own; dev mode needs no ceremony.
         accept_terms_of_service: true,
         strict_profile: false,

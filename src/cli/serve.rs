@@ -1,7 +1,7 @@
 //! `certbroker serve`: the broker, from a config file or, with `--dev`, against an embedded
 //! STI-PA + STI-CA with an in-memory store.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf};
 
 use anyhow::Context;
 use clap::Args;
@@ -72,7 +72,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     // Stop accepting; in-flight requests get the grace period to finish.
     let _ = stop_tx.send(());
-    let grace = Duration::from_secs(settings.server.shutdown_grace_secs);
+    let grace = settings.server.shutdown_grace;
     match tokio::time::timeout(grace, &mut server).await {
         Ok(res) => res.context("server task")??,
         Err(_) => tracing::warn!(

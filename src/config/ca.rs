@@ -1,7 +1,7 @@
 //! `[[ca]]` and `[[pool]]`: the upstream STI-CAs and how pools pick among them. Plain
 //! settings; `ca` builds its upstreams from them.
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{net::SocketAddr, num::NonZeroU32, path::PathBuf, time::Duration};
 
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
@@ -37,12 +37,23 @@ pub struct CaSettings {
     /// External account binding, when the CA requires it.
     #[serde(default)]
     pub eab: Option<EabSettings>,
-    /// Timeout of one HTTP request to the CA.
-    #[serde(default = "default_request_timeout")]
-    pub request_timeout_secs: u64,
-    /// Timeout of one whole order at this CA (per-attempt deadline before failover).
-    #[serde(default = "default_attempt_timeout")]
-    pub attempt_timeout_secs: u64,
+    /// Timeout of one HTTP request to the CA (`request_timeout_secs`, at least 1).
+    #[serde(
+        default = "default_request_timeout",
+        serialize_with = "super::secs::serialize",
+        deserialize_with = "super::secs::at_least::<1, _>",
+        rename = "request_timeout_secs"
+    )]
+    pub request_timeout: Duration,
+    /// Timeout of one whole order at this CA (per-attempt deadline before failover;
+    /// `attempt_timeout_secs`, at least 1).
+    #[serde(
+        default = "default_attempt_timeout",
+        serialize_with = "super::secs::serialize",
+        deserialize_with = "super::secs::at_least::<1, _>",
+        rename = "attempt_timeout_secs"
+    )]
+    pub attempt_timeout: Duration,
     /// Subject fields of the CSRs the broker makes.
     #[serde(default)]
     pub csr: CsrSettings,
@@ -62,7 +73,7 @@ pub struct CaSettings {
     pub http01_listen: Option<SocketAddr>,
     /// Share of requests among CAs of equal priority in a `weighted` pool (at least 1).
     #[serde(default = "default_weight")]
-    pub weight: u32,
+    pub weight: NonZeroU32,
     /// When to stop sending requests to this CA after failures.
     #[serde(default)]
     pub breaker: BreakerSettings,
@@ -80,9 +91,15 @@ pub struct CaSettings {
     pub accept_terms_of_service: bool,
     /// Certificate lifetime to ask for, sent as `notAfter` in newOrder
     /// ([RFC 8555 §7.4](https://www.rfc-editor.org/rfc/rfc8555#section-7.4)). Absent: the
-    /// CA's default; leave it absent for CAs that reject `notAfter`.
-    #[serde(default)]
-    pub cert_lifetime_secs: Option<u64>,
+    /// CA's default; leave it absent for CAs that reject `notAfter` (`cert_lifetime_secs`,
+    /// at least 1).
+    #[serde(
+        default,
+        serialize_with = "super::secs::option::serialize",
+        deserialize_with = "super::secs::option::deserialize_at_least_one",
+        rename = "cert_lifetime_secs"
+    )]
+    pub cert_lifetime: Option<Duration>,
     /// Treat a certificate with profile findings (not DER, or off the SHAKEN profile; see
     /// [`crate::shaken::profile_findings`]) as this CA's failure: the pool fails over to the
     /// next CA, and the finding is in the error the caller sees if none succeeds. Default
@@ -101,11 +118,15 @@ pub struct CaSettings {
 pub struct BreakerSettings {
     /// Consecutive retryable failures (network, timeout, 5xx, rateLimited) that open the
     /// breaker; while open the CA is skipped.
-    pub failure_threshold: u32,
-    /// How long the breaker stays open before one probe request is let through.
-    pub cool_down_secs: u64,
-    /// Upper bound on a CA's `Retry-After`, so a bogus header cannot park a CA for days.
-    pub max_retry_after_secs: u64,
+    pub failure_threshold: NonZeroU32,
+    /// How long the breaker stays open before one probe request is let through
+    /// (`cool_down_secs`).
+    #[serde(with = "super::secs", rename = "cool_down_secs")]
+    pub cool_down: Duration,
+    /// Upper bound on a CA's `Retry-After`, so a bogus header cannot park a CA for days
+    /// (`max_retry_after_secs`).
+    #[serde(with = "super::secs", rename = "max_retry_after_secs")]
+    pub max_retry_after: Duration,
 }
 
 /// `[[pool]]`: how one named pool picks among its CAs.
@@ -249,21 +270,29 @@ impl Default for CsrSettings {
 impl Default for BreakerSettings {
     fn default() -> Self {
         Self {
-            failure_threshold: 3,
-            cool_down_secs: 30,
-            max_retry_after_secs: 3600,
+            failure_threshold: DEFAULT_FAILURE_THRESHOLD,
+            cool_down: Duration::from_secs(30),
+            max_retry_after: Duration::from_secs(3600),
         }
     }
 }
 
-fn default_weight() -> u32 {
-    1
+/// Default `breaker.failure_threshold`.
+const DEFAULT_FAILURE_THRESHOLD: NonZeroU32 = match NonZeroU32::new(3) {
+    Some(n) => n,
+    None => panic!("3 is not zero"),
+};
+
+fn default_weight() -> NonZeroU32 {
+    NonZeroU32::MIN
 }
 
-fn default_request_timeout() -> u64 {
-    30
+/// Default `request_timeout_secs` of a `[[ca]]`.
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 
-fn default_attempt_timeout() -> u64 {
-    120
+/// Default `attempt_timeout_secs` of a `[[ca]]`.
+fn default_attempt_timeout() -> Duration {
+    Duration::from_secs(120)
 }

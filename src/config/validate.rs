@@ -1,5 +1,7 @@
 //! Checks that need more than one key, or more than a value's type, run once after loading
-//! so a bad configuration stops start-up naming the key.
+//! so a bad configuration stops start-up naming the key. Durations (`*_secs`, with their
+//! minimums) and counts that must not be zero are checked by their types while parsing
+//! (`secs::at_least`, `NonZero*`), reported the same way.
 
 use std::collections::BTreeSet;
 
@@ -50,12 +52,6 @@ impl Settings {
                 "must be between 0 and 1",
             ));
         }
-        if self.renewal.check_interval_secs == 0 {
-            return Err(invalid(
-                "renewal.check_interval_secs".into(),
-                "must be at least 1",
-            ));
-        }
         if self.publish.base_url.is_some() != self.publish.listen.is_some() {
             return Err(invalid(
                 "publish.listen".into(),
@@ -69,15 +65,6 @@ impl Settings {
                     "must end with '/' and have no query or fragment (STI-CR URL rules)",
                 ));
             }
-        }
-        if self.broker.lock_ttl_secs < 3 {
-            return Err(invalid("broker.lock_ttl_secs".into(), "must be at least 3"));
-        }
-        if self.broker.cache_capacity == 0 {
-            return Err(invalid(
-                "broker.cache_capacity".into(),
-                "must be at least 1",
-            ));
         }
         self.validate_server()?;
         let mut names = BTreeSet::new();
@@ -108,24 +95,6 @@ impl Settings {
                         "set password_env (or password)",
                     ));
                 }
-            }
-            if ca.request_timeout_secs == 0 || ca.attempt_timeout_secs == 0 {
-                return Err(invalid(
-                    key("attempt_timeout_secs"),
-                    "timeouts must be at least 1 second",
-                ));
-            }
-            if ca.weight == 0 {
-                return Err(invalid(key("weight"), "must be at least 1"));
-            }
-            if ca.breaker.failure_threshold == 0 {
-                return Err(invalid(
-                    key("breaker.failure_threshold"),
-                    "must be at least 1",
-                ));
-            }
-            if ca.cert_lifetime_secs == Some(0) {
-                return Err(invalid(key("cert_lifetime_secs"), "must be at least 1"));
             }
             if !ca.csr.common_name_template.contains("{spc}") {
                 return Err(invalid(
@@ -174,25 +143,7 @@ impl Settings {
             key,
             reason: reason.to_owned(),
         };
-        if self.telemetry.audit_interval_secs == 0 {
-            return Err(invalid(
-                "telemetry.audit_interval_secs".into(),
-                "must be at least 1",
-            ));
-        }
         let s = &self.server;
-        if s.request_timeout_secs == 0 {
-            return Err(invalid(
-                "server.request_timeout_secs".into(),
-                "must be at least 1",
-            ));
-        }
-        if s.max_concurrent_requests == 0 {
-            return Err(invalid(
-                "server.max_concurrent_requests".into(),
-                "must be at least 1",
-            ));
-        }
         if s.rate_limit_per_sec > 0 && s.rate_limit_burst == 0 {
             return Err(invalid(
                 "server.rate_limit_burst".into(),
@@ -204,14 +155,6 @@ impl Settings {
                 "server.max_request_bytes".into(),
                 "must be at least 1024",
             ));
-        }
-        if let Some(tls) = &s.tls {
-            if tls.reload_interval_secs == 0 {
-                return Err(invalid(
-                    "server.tls.reload_interval_secs".into(),
-                    "must be at least 1",
-                ));
-            }
         }
         let mutual = s.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
         if !self.policy.is_empty() && !mutual {

@@ -356,7 +356,7 @@ async fn upstream_failures_reach_the_caller_with_the_problem() {
 async fn validation_comes_before_any_order() {
     let env = DevEnv::start().await;
     let mut ca = env.ca_settings("devca");
-    ca.cert_lifetime_secs = Some(86_400);
+    ca.cert_lifetime = Some(std::time::Duration::from_secs(86_400));
     let broker = TestBroker::start(vec![ca]).await;
     let mut client = broker.client().await;
 

@@ -68,7 +68,9 @@ async fn primary_down_or_stalled_fails_over_within_the_attempt_timeout() {
     let (one, two) = (DevEnv::start().await, DevEnv::start().await);
     let b = broker(
         vec![
-            ca(&one, "primary", 0, |s| s.attempt_timeout_secs = 2),
+            ca(&one, "primary", 0, |s| {
+                s.attempt_timeout = Duration::from_secs(2);
+            }),
             ca(&two, "secondary", 10, |_| {}),
         ],
         vec![],
@@ -203,8 +205,8 @@ async fn breaker_opens_after_failures_and_closes_after_a_probe() {
     let b = broker(
         vec![
             ca(&one, "primary", 0, |s| {
-                s.breaker.failure_threshold = 2;
-                s.breaker.cool_down_secs = 1;
+                s.breaker.failure_threshold = std::num::NonZeroU32::new(2).unwrap();
+                s.breaker.cool_down = Duration::from_secs(1);
             }),
             ca(&two, "secondary", 10, |_| {}),
         ],
@@ -465,7 +467,7 @@ async fn a_hung_ca_delays_neither_start_up_nor_requests_beyond_its_attempt_timeo
             s.directory = format!("https://{hung_addr}/acme/directory")
                 .parse()
                 .unwrap();
-            s.attempt_timeout_secs = 2;
+            s.attempt_timeout = Duration::from_secs(2);
         }),
         ca(&healthy, "healthy", 10, |_| {}),
     ];

@@ -91,10 +91,12 @@ async fn lifetime_is_asked_for_with_not_after() {
     };
     assert!(life(&default) > 23 * 3600, "{}", life(&default));
 
-    let short = upstream(&env, |s| s.cert_lifetime_secs = Some(3600))
-        .issue(&spc("1234"), None, CertKind::EndEntity)
-        .await
-        .unwrap();
+    let short = upstream(&env, |s| {
+        s.cert_lifetime = Some(std::time::Duration::from_secs(3600));
+    })
+    .issue(&spc("1234"), None, CertKind::EndEntity)
+    .await
+    .unwrap();
     assert!((3500..=3600).contains(&life(&short)), "{}", life(&short));
 }
 

@@ -288,7 +288,7 @@ async fn rate_limit_carries_retry_after() {
 #[tokio::test]
 async fn slow_ca_hits_the_attempt_timeout() {
     let env = DevEnv::start().await;
-    let up = upstream(&env, |s| s.attempt_timeout_secs = 1);
+    let up = upstream(&env, |s| s.attempt_timeout = Duration::from_secs(1));
     up.account().await.expect("account");
     env.ca.behaviour().set_delay(Duration::from_secs(3));
     let started = std::time::Instant::now();

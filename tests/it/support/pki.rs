@@ -122,7 +122,7 @@ impl ServerFiles {
             cert: self.path("server.pem"),
             key: self.path("server.key"),
             client_ca: Some(self.path("client-ca.pem")),
-            reload_interval_secs,
+            reload_interval: Duration::from_secs(reload_interval_secs),
         }
     }
 }
