@@ -3,12 +3,13 @@
 //! commands `get` and `revoke`.
 
 mod account;
-mod bench;
 mod client;
 mod devca;
 mod ids;
 mod issue;
 mod serve;
+
+pub use devca::ca_settings_for;
 
 use clap::{Parser, Subcommand};
 
@@ -38,8 +39,6 @@ enum Command {
     Status(client::StatusArgs),
     /// Manage a CA's ACME account: `rollover` (new key), `deactivate`, `show`.
     Account(account::AccountArgs),
-    /// Measure the broker against its baselines (see docs/benchmarks.md).
-    Bench(Box<bench::BenchArgs>),
 }
 
 /// Entry point of the binary.
@@ -56,7 +55,6 @@ pub fn main() -> anyhow::Result<()> {
             Command::Revoke(args) => client::revoke(args).await,
             Command::Status(args) => client::status(args).await,
             Command::Account(args) => account::run(args).await,
-            Command::Bench(args) => bench::run(*args).await,
         }
     });
     // Log lines still queued for the writer thread (telemetry) are written before exit.
@@ -64,8 +62,8 @@ pub fn main() -> anyhow::Result<()> {
     result
 }
 
-/// Resolves on SIGTERM or Ctrl-C.
-pub(crate) async fn shutdown_signal() {
+/// Resolves on SIGTERM or Ctrl-C (the broker's and certbroker-bench's servers stop on it).
+pub async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

@@ -337,8 +337,9 @@ pub(crate) async fn run(args: DevcaArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The `[[ca]]` entry for a running devca.
-pub(crate) fn ca_settings_for(handle: &DevCaHandle, state_dir: &Path) -> CaSettings {
+/// The `[[ca]]` entry for a running devca: what `serve --dev` configures, and what
+/// certbroker-bench's brokers use. Its ACME account key goes to `state_dir`.
+pub fn ca_settings_for(handle: &DevCaHandle, state_dir: &Path) -> CaSettings {
     let (user, password) = handle.sti_pa_credentials();
     CaSettings {
         name: "devca".into(),

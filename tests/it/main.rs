@@ -18,7 +18,6 @@ mod acme2certifier;
 mod acme_python;
 mod ari;
 mod audit;
-mod bench_smoke;
 mod broker_api;
 mod ca_pool;
 mod ca_quirks;

@@ -1,17 +1,16 @@
 //! External programs the benchmark starts or compares against: `redis-server`,
-//! `redis-benchmark`, `pebble` and `lego`, on free loopback ports, killed on drop.
+//! `redis-benchmark` and `lego`, on free loopback ports, killed on drop (`pebble` comes from
+//! the certbroker-pebble crate, the launcher the tests use).
 
 use std::{
-    fs,
     io::{Read, Write},
     net::{TcpListener, TcpStream},
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, bail};
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 
 /// Fails with how to install `binary` when it is not on PATH.
 pub(super) fn require(binary: &str, package: &str) -> anyhow::Result<()> {
@@ -174,117 +173,6 @@ fn parse_redis_benchmark_csv(text: &str, requests: u64) -> anyhow::Result<RedisB
         max_us: cols[6] * 1000.0,
         requests,
     })
-}
-
-// === impl Pebble ===
-
-/// A running `pebble` (always-valid challenges, no sleeps) with a TLS certificate made here.
-#[derive(Debug)]
-pub(super) struct Pebble {
-    child: Child,
-    dir: tempfile::TempDir,
-    /// `https://127.0.0.1:<port>/dir`.
-    pub(super) directory_url: url::Url,
-}
-
-impl Pebble {
-    /// Starts pebble and waits until its directory answers.
-    pub(super) async fn start() -> anyhow::Result<Self> {
-        require("pebble", "pebble")?;
-        let dir = tempfile::tempdir()?;
-        let root = write_tls_files(dir.path())?;
-        let [acme, mgmt, http01, tlsalpn] =
-            [free_port()?, free_port()?, free_port()?, free_port()?];
-        let config = serde_json::json!({"pebble": {
-            "listenAddress": format!("127.0.0.1:{acme}"),
-            "managementListenAddress": format!("127.0.0.1:{mgmt}"),
-            "certificate": dir.path().join("cert.pem"),
-            "privateKey": dir.path().join("key.pem"),
-            "httpPort": http01,
-            "tlsPort": tlsalpn,
-            "ocspResponderURL": "",
-            "externalAccountBindingRequired": false,
-        }});
-        let config_path = dir.path().join("pebble-config.json");
-        fs::write(&config_path, serde_json::to_vec_pretty(&config)?)?;
-        let log = fs::File::create(dir.path().join("pebble.log"))?;
-        let child = Command::new("pebble")
-            .arg("-config")
-            .arg(&config_path)
-            .env("PEBBLE_VA_ALWAYS_VALID", "1")
-            .env("PEBBLE_VA_NOSLEEP", "1")
-            .env("PEBBLE_WFE_NONCEREJECT", "0")
-            .env("PEBBLE_AUTHZREUSE", "0")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("spawning pebble")?;
-        let http =
-            crate::tls::http_client(Some(std::slice::from_ref(&root)), Duration::from_secs(5))?;
-        let mut pebble = Self {
-            child,
-            directory_url: format!("https://127.0.0.1:{acme}/dir").parse()?,
-            dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(Some(status)) = pebble.child.try_wait() {
-                bail!("pebble exited with {status}:\n{}", pebble.log());
-            }
-            if let Ok(resp) = http.get(pebble.directory_url.clone()).send().await {
-                if resp.status().is_success() {
-                    return Ok(pebble);
-                }
-            }
-            if Instant::now() > deadline {
-                bail!("pebble did not answer in 30 s:\n{}", pebble.log());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// PEM file of the root that signed pebble's TLS certificate.
-    pub(super) fn tls_root_path(&self) -> PathBuf {
-        self.dir.path().join("root.pem")
-    }
-
-    /// A scratch directory that lives as long as pebble.
-    pub(super) fn scratch(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(self.dir.path().join("pebble.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Pebble {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Writes pebble's TLS certificate and key (for 127.0.0.1 and localhost) and the root that
-/// signed them (`root.pem`) into `dir`; returns the root.
-fn write_tls_files(dir: &Path) -> anyhow::Result<rustls_pki_types::CertificateDer<'static>> {
-    let ca_key = KeyPair::generate()?;
-    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params.distinguished_name.push(
-        rcgen::DnType::CommonName,
-        "certbroker bench pebble TLS root",
-    );
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_cert = ca_params.self_signed(&ca_key)?;
-    let issuer = Issuer::new(ca_params, ca_key);
-    let leaf_key = KeyPair::generate()?;
-    let leaf = CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])?
-        .signed_by(&leaf_key, &issuer)?;
-    fs::write(dir.join("cert.pem"), leaf.pem())?;
-    fs::write(dir.join("key.pem"), leaf_key.serialize_pem())?;
-    fs::write(dir.join("root.pem"), ca_cert.pem())?;
-    Ok(ca_cert.der().clone())
 }
 
 /// One `lego run` for `domain` against `directory`, keeping its account under `path`;

@@ -1,7 +1,11 @@
-//! Smoke test of `certbroker bench`: every scenario runs once, briefly, through the real
+//! Smoke test of `certbroker-bench`: every scenario runs once, briefly, through the real
 //! binary, and prints and writes sane results. No performance is asserted here.
+//!
+//! The `external` scenario runs the `certbroker` binary, which cargo builds for this test
+//! only under `cargo test --workspace` (./scripts/test): it is another package's binary, so
+//! `CARGO_BIN_EXE_certbroker` is not set here. The test looks for it next to the bench binary.
 
-use std::process::Command;
+use std::{path::Path, process::Command};
 
 use serde_json::Value;
 
@@ -28,13 +32,23 @@ fn every_scenario_runs_and_reports() {
     ] {
         require(binary, package);
     }
+    let bench = Path::new(env!("CARGO_BIN_EXE_certbroker-bench"));
+    let broker = bench.with_file_name(format!("certbroker{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        broker.is_file(),
+        "{} is missing: run this test with `cargo test --workspace` (./scripts/test), which \
+         builds the broker binary too, or `cargo build --bin certbroker` first",
+        broker.display()
+    );
     let out_dir = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_certbroker"))
-        .args(["bench", "--scenario", "all", "--quick", "--duration", "0.5"])
+    let out = Command::new(bench)
+        .args(["--scenario", "all", "--quick", "--duration", "0.5"])
         .args(["--concurrency", "8", "--scale-sizes", "300", "--out"])
         .arg(out_dir.path())
+        .arg("--broker-bin")
+        .arg(&broker)
         .output()
-        .expect("run certbroker bench");
+        .expect("run certbroker-bench");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

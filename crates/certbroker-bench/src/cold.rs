@@ -7,15 +7,15 @@ use anyhow::Context;
 use super::{
     Config,
     fixture::Served,
-    load,
-    procs::{self, Pebble},
+    load, procs,
     report::{Report, Row},
 };
-use crate::{
+use certbroker::{
     app::App,
     config::Settings,
     pb::{self, CacheStatus},
 };
+use certbroker_pebble::{Pebble, PebbleOptions};
 
 /// Scenario 4: median of several misses (new DNS name each) through the broker's gRPC API vs
 /// `lego run` on the same Pebble; both with an account registered beforehand.
@@ -29,7 +29,7 @@ pub(super) async fn cold(cfg: &Config) -> anyhow::Result<Report> {
     );
     report.parameters.insert("runs".into(), runs as f64);
     procs::require("lego", "lego")?;
-    let pebble = Pebble::start().await?;
+    let pebble = Pebble::start(PebbleOptions::default()).await?;
     let root = pebble.tls_root_path();
     let settings = Settings::from_toml(&format!(
         "[store]\nbackend = \"memory\"\n[[ca]]\nname = \"pebble\"\ndirectory = \"{dir}\"\n\

@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use tokio::{net::TcpListener, sync::oneshot};
 use tonic::{Request, Response, Status};
 
-use crate::{
+use certbroker::{
     api,
     app::App,
     broker::{Broker, BrokerOptions, CertRequest, FailureKind, IssueError, IssueRequest, Issuer},
@@ -82,8 +82,10 @@ impl Served {
             };
             // The production stack, with the per-caller limits off: the load generator is
             // one caller by design.
-            let mut options =
-                api::ServeOptions::from_settings(&crate::config::ServerSettings::default(), &[]);
+            let mut options = api::ServeOptions::from_settings(
+                &certbroker::config::ServerSettings::default(),
+                &[],
+            );
             options.rate_limit_per_sec = 0;
             options.max_concurrent_requests = 1 << 20;
             if let Err(e) = api::serve(broker, listener, options, shutdown).await {
@@ -209,10 +211,7 @@ impl DevEnv {
         let mut s = Settings::from_toml(&format!(
             "[broker]\ncache_capacity = 1000000\n[store]\n{store_toml}"
         ))?;
-        s.ca = vec![crate::cli::devca::ca_settings_for(
-            &self.ca,
-            self.dir.path(),
-        )];
+        s.ca = vec![certbroker::cli::ca_settings_for(&self.ca, self.dir.path())];
         Ok(s)
     }
 

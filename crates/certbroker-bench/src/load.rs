@@ -15,7 +15,7 @@ use anyhow::Context;
 use hdrhistogram::Histogram;
 use tonic::transport::Channel;
 
-use crate::pb::{
+use certbroker::pb::{
     CacheStatus, GetCertificateRequest,
     certificate_broker_service_client::CertificateBrokerServiceClient,
 };

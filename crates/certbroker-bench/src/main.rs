@@ -1,8 +1,9 @@
-//! `certbroker bench`: the broker measured against its baselines in the same run. Each
+//! `certbroker-bench`: the broker measured against its baselines in the same run. Each
 //! scenario prints a table and writes `<out>/<scenario>.json` and `<out>/<scenario>.svg`
 //! (latency percentiles). The brokers run inside this process, so the reported peak RSS
 //! (`VmHWM`) is this process's: brokers, load generator and (for fan-in) the devca together.
-//! See docs/benchmarks.md for the method and the latest figures.
+//! The `external` scenario runs the `certbroker` binary (`--broker-bin`) as a process of its
+//! own. See docs/benchmarks.md for the method and the latest figures.
 
 mod cold;
 mod external;
@@ -17,15 +18,18 @@ mod scenarios;
 
 use std::{path::PathBuf, time::Duration};
 
-use clap::{Args, ValueEnum};
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
 
 use self::{
     load::{LoadSpec, Stop},
     report::Report,
 };
 
-#[derive(Debug, Args)]
-pub(crate) struct BenchArgs {
+/// Measures the certbroker broker against its baselines (see docs/benchmarks.md).
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+struct BenchArgs {
     /// Which scenario to run.
     #[arg(long, value_enum, default_value = "all")]
     scenario: Scenario,
@@ -61,6 +65,10 @@ pub(crate) struct BenchArgs {
     /// Directory for the JSON and SVG files.
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
+    /// External: the broker binary to run as `serve --dev` [default: `certbroker` next to
+    /// this binary, i.e. in the same target directory].
+    #[arg(long)]
+    broker_bin: Option<PathBuf>,
     /// Serve the bare tonic baseline answering the GetCertificateResponse (protobuf) in this
     /// file, print its address, run until SIGTERM (the `external` scenario starts it).
     #[arg(long, hide = true)]
@@ -101,6 +109,7 @@ struct Config {
     scale_sizes: Vec<usize>,
     external_rounds: usize,
     out: PathBuf,
+    broker_bin: PathBuf,
 }
 
 impl Config {
@@ -128,6 +137,10 @@ impl Config {
             },
             external_rounds: a.external_rounds.unwrap_or(if q { 1 } else { 3 }),
             out: a.out,
+            broker_bin: match a.broker_bin {
+                Some(bin) => bin,
+                None => sibling_broker_bin()?,
+            },
         })
     }
 
@@ -152,9 +165,30 @@ impl Config {
     }
 }
 
+/// `certbroker` in the directory of this binary: where cargo puts both.
+fn sibling_broker_bin() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating this binary")?;
+    let dir = exe.parent().context("this binary has no directory")?;
+    Ok(dir.join(format!("certbroker{}", std::env::consts::EXE_SUFFIX)))
+}
+
+fn main() -> std::process::ExitCode {
+    let args = BenchArgs::parse();
+    let result = tokio::runtime::Runtime::new()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| runtime.block_on(run(args)));
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprint!("{}", certbroker::cli::render_error(&e));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// Runs the chosen scenarios; fails if one could not run (a missed target is not a
 /// failure: it is reported).
-pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
+async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if std::env::var_os("RUST_LOG").is_some() {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())

@@ -1,10 +1,11 @@
-//! Scenario `external`: the broker as users run it, measured from outside. This binary is
-//! started as a separate process, `certbroker serve --dev` with its default config and
-//! default logging (audit on; only the per-caller rate limit off, since the load generator
-//! is one caller), and loaded by `h2load` (nghttp2) with a gRPC GetCertificate frame, against
-//! a bare tonic unary service in a process of its own (`certbroker bench --serve-baseline`)
-//! returning the same response bytes. Rounds alternate the two (A B, B A, A B, …) so drift
-//! on a shared machine hits both sides alike; min/median/max over the rounds are reported.
+//! Scenario `external`: the broker as users run it, measured from outside. The broker binary
+//! (`--broker-bin`) is started as a separate process, `certbroker serve --dev` with its
+//! default config and default logging (audit on; only the per-caller rate limit off, since
+//! the load generator is one caller), and loaded by `h2load` (nghttp2) with a gRPC
+//! GetCertificate frame, against a bare tonic unary service in a process of its own (this
+//! binary, `certbroker-bench --serve-baseline`) returning the same response bytes. Rounds
+//! alternate the two (A B, B A, A B, …) so drift on a shared machine hits both sides alike;
+//! min/median/max over the rounds are reported.
 
 use std::{
     io::{BufRead, BufReader},
@@ -19,7 +20,7 @@ use hdrhistogram::Histogram;
 use prost::Message;
 
 use super::{Config, fixture, procs::require, report::Report, report::Row};
-use crate::pb::{self, CacheStatus, certificate_broker_service_server::SERVICE_NAME};
+use certbroker::pb::{self, CacheStatus, certificate_broker_service_server::SERVICE_NAME};
 
 /// h2load connections and streams per connection (the issue's 8 x 16).
 const CLIENTS: usize = 8;
@@ -56,10 +57,17 @@ pub(super) async fn external(cfg: &Config) -> anyhow::Result<Report> {
     );
     let dir = tempfile::tempdir()?;
     let exe = std::env::current_exe().context("locating this binary")?;
+    let broker_bin = &cfg.broker_bin;
+    anyhow::ensure!(
+        broker_bin.is_file(),
+        "the broker binary {} does not exist: build it (`cargo build --release --locked`, or \
+         `cargo build --workspace` for debug) or pass --broker-bin",
+        broker_bin.display()
+    );
     std::fs::create_dir_all(&cfg.out)?;
     let broker_log = cfg.out.join("external-broker.log");
     let mut broker = Proc::start(
-        Command::new(&exe)
+        Command::new(broker_bin)
             .args(["serve", "--dev", "--listen", "127.0.0.1:0"])
             .env_remove("RUST_LOG")
             .env("CERTBROKER_SERVER__RATE_LIMIT_PER_SEC", "0"),
@@ -82,7 +90,6 @@ pub(super) async fn external(cfg: &Config) -> anyhow::Result<Report> {
     std::fs::write(&request_file, grpc_frame(&req))?;
     let mut baseline = Proc::start(
         Command::new(&exe)
-            .arg("bench")
             .arg("--serve-baseline")
             .arg(&response_file),
         BASELINE_BANNER,
@@ -180,10 +187,10 @@ fn spread(values: &[f64]) -> (f64, f64, f64) {
     (v[0], median, v[v.len() - 1])
 }
 
-/// First stdout line of `certbroker bench --serve-baseline`, before its address.
+/// First stdout line of `certbroker-bench --serve-baseline`, before its address.
 pub(super) const BASELINE_BANNER: &str = "bench baseline listening on ";
 
-/// `certbroker bench --serve-baseline <file>`: serves the bare tonic service answering every
+/// `certbroker-bench --serve-baseline <file>`: serves the bare tonic service answering every
 /// GetCertificate with the response in `file` (protobuf), until SIGTERM or Ctrl-C.
 pub(super) async fn serve_baseline(file: &Path) -> anyhow::Result<()> {
     let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
@@ -191,7 +198,7 @@ pub(super) async fn serve_baseline(file: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("{} is not a GetCertificateResponse", file.display()))?;
     let served = fixture::Served::baseline(response).await?;
     println!("{BASELINE_BANNER}{}", served.addr);
-    crate::cli::shutdown_signal().await;
+    certbroker::cli::shutdown_signal().await;
     drop(served);
     Ok(())
 }

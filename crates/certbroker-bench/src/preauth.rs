@@ -12,7 +12,7 @@ use super::{
     load,
     report::Report,
 };
-use crate::{
+use certbroker::{
     app::App,
     pb::{CacheStatus, certificate_broker_service_client::CertificateBrokerServiceClient},
 };

@@ -17,7 +17,7 @@ use super::{
     procs::{self, RedisServer},
     report::{Report, Row},
 };
-use crate::{
+use certbroker::{
     app::App,
     pb::{self, CacheStatus, certificate_broker_service_client::CertificateBrokerServiceClient},
 };
@@ -356,7 +356,7 @@ pub(super) fn spc(i: usize) -> String {
 
 /// Asks `broker` (in process) for keys `from..from + n`, 64 at a time.
 pub(super) async fn fill(
-    broker: &crate::broker::Broker,
+    broker: &certbroker::broker::Broker,
     from: usize,
     n: usize,
 ) -> anyhow::Result<()> {

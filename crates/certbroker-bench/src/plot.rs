@@ -120,7 +120,7 @@ fn escape(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::bench::report::{Report, Row};
+    use crate::report::{Report, Row};
 
     #[test]
     fn plots_one_line_per_row_and_skips_missing_percentiles() {

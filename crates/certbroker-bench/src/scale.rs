@@ -11,7 +11,7 @@ use super::{
     report::{Report, Row},
     scenarios::{check_all, fill, spc},
 };
-use crate::pb::CacheStatus;
+use certbroker::pb::CacheStatus;
 
 /// Scenario 5: for each size, a fresh broker (Redis store, so the process holds only L1), filled
 /// through its own miss path with copies of one real certificate; RSS delta per entry, then
