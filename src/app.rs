@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 use crate::{
     api,
     broker::{Broker, BrokerOptions, RenewalOptions},
-    ca::CaPool,
+    ca::{self, CaPool},
     config::PublishSettings,
     config::{Settings, StoreBackend},
     publish,
@@ -53,6 +53,8 @@ impl App {
         // In the background and in parallel: the listener opens at once; readiness
         // (`/readyz`, the `certbroker.ca` health service) says what is known meanwhile.
         pool.spawn_warm_up();
+        // Also in the background: SPCs pre-authorized where the CA offers newAuthz.
+        ca::preauth::spawn(&pool, Some(metrics.clone()));
         let broker = Broker::new(pool.clone(), store, BrokerOptions::from(&settings.broker));
         if let Err(e) = broker.listen_for_invalidations().await {
             tracing::warn!(error = %e, "no fleet invalidations until the store is back");

@@ -12,6 +12,7 @@ mod metrics;
 mod order_flow;
 mod policy;
 mod pool;
+pub mod preauth;
 mod progress;
 mod race;
 mod star;

@@ -98,6 +98,18 @@ impl TokenError {
     }
 }
 
+/// A token [`CachingTokenProvider`] fetched anew (first use, near its `exp`, or after a
+/// refusal): announced to [`TokenProvider::refreshes`] subscribers. No JWT in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRefreshed {
+    /// What the token answers.
+    pub request: TokenRequest,
+    /// The new token's `jti`.
+    pub jti: String,
+    /// The new token's `exp`.
+    pub expires_at: time::OffsetDateTime,
+}
+
 /// Source of SPC tokens.
 #[async_trait::async_trait]
 pub trait TokenProvider: Send + Sync + std::fmt::Debug {
@@ -107,6 +119,12 @@ pub trait TokenProvider: Send + Sync + std::fmt::Debug {
     /// Forgets any token cached for `req`, because the CA refused it: the next
     /// [`TokenProvider::token`] fetches a new one. Providers that cache nothing do nothing.
     async fn discard(&self, _req: &TokenRequest) {}
+
+    /// Announcements of tokens fetched anew, for providers that keep tokens (a cache);
+    /// `None` for providers whose every answer is fetched (or read) as it is asked for.
+    fn refreshes(&self) -> Option<tokio::sync::broadcast::Receiver<TokenRefreshed>> {
+        None
+    }
 }
 
 #[cfg(test)]

@@ -28,6 +28,7 @@ use url::Url;
 mod ca;
 mod challenge;
 mod env;
+mod preauth;
 mod secs;
 mod store;
 mod validate;
@@ -40,6 +41,7 @@ use env::env_names_referenced_by;
 pub use env::{CLI_ENV, ENV_PREFIX, EnvRole, classify_env};
 
 pub use challenge::{FingerprintAlgorithm, ResponseField, TkAuthSettings};
+pub use preauth::PreauthSettings;
 pub(crate) use store::redact_url;
 pub use store::{
     DEFAULT_PREFIX, DEFAULT_TIMEOUT_MS, DecodedKey, KEYRING_KEY_LEN, KeyringSettings,

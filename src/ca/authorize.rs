@@ -42,6 +42,16 @@ impl Solvers {
         }
     }
 
+    /// Where the CA's SPC tokens come from, if anywhere.
+    pub(super) fn tokens(&self) -> Option<&Arc<dyn TokenProvider>> {
+        self.tokens.as_ref()
+    }
+
+    /// The CA's tkauth-01 dialect.
+    pub(super) fn tkauth(&self) -> &TkAuthSettings {
+        &self.tkauth
+    }
+
     /// Answers one authorization's challenge and waits for it to become valid; an
     /// authorization already valid (an earlier order's, or a pre-authorization) is left
     /// as it is.

@@ -110,6 +110,9 @@ pub(super) struct OrderFlow<'a> {
     pub account: &'a Account,
     /// Takeover, hedging and renewal context.
     pub tracking: Tracking<'a>,
+    /// Where to announce the TNAuthLists whose valid authorization a CA-certificate order
+    /// gave up ([`super::preauth::release_for_ca_order`]).
+    pub preauth_lost: &'a tokio::sync::broadcast::Sender<TnAuthList>,
 }
 
 /// A CSR to finalize with, and what the issued certificate must carry.
@@ -216,7 +219,25 @@ impl OrderFlow<'_> {
             }
             None => self.new_key_and_csr(spec.identifiers, spec.kind)?,
         };
-        let order = self.place(spec.identifiers).await?;
+        let mut order = self.place(spec.identifiers).await?;
+        // A CA certificate needs authorizations answered with a ca token: valid ones
+        // (pre-authorizations, of several replicas perhaps) are given up, and the order
+        // placed again, until it brings none.
+        let mut rounds = 0;
+        while shaken::parse_csr(&csr.der)?.ca && rounds < super::preauth::MAX_RELEASES {
+            let released =
+                super::preauth::release_for_ca_order(self.account, &order, &self.settings.ca)
+                    .await?;
+            if released.is_empty() {
+                break;
+            }
+            for list in released {
+                // Their pre-authorization tasks make new ones.
+                let _ = self.preauth_lost.send(list);
+            }
+            order = self.place(spec.identifiers).await?;
+            rounds += 1;
+        }
         if let Some(sink) = self.tracking.progress {
             let record = OrderProgress::new(
                 &self.settings.ca,

@@ -126,6 +126,11 @@ impl CaPool {
             .find(|u| u.name() == name)
     }
 
+    /// Every upstream, by priority.
+    pub fn upstreams(&self) -> impl Iterator<Item = &Arc<Upstream>> {
+        self.members.iter().map(|m| &m.upstream)
+    }
+
     fn members_of(&self, pool: &str) -> impl Iterator<Item = &Arc<Member>> {
         self.members
             .iter()

@@ -14,10 +14,11 @@ use super::{
     order_flow::{CertKind, Issued, OrderFlow, OrderSettings, OrderSpec, Tracking},
 };
 use crate::{
-    acme::{Account, AcmeError, Client},
+    acme::{Account, AcmeError, Client, RetryPolicy},
     cert::Identifiers,
-    challenge::TokenProvider,
-    config::{BreakerSettings, CaSettings},
+    challenge::{TkAuthSettings, TokenProvider},
+    config::{BreakerSettings, CaSettings, PreauthSettings},
+    shaken::TnAuthList,
 };
 
 /// One `[[ca]]`: settings, lazily created account, challenge solvers.
@@ -33,6 +34,9 @@ pub struct Upstream {
     breaker: BreakerSettings,
     orders: OrderSettings,
     solvers: Solvers,
+    preauth: PreauthSettings,
+    /// The TNAuthLists whose valid authorization an order gave up (see [`super::preauth`]).
+    preauth_lost: tokio::sync::broadcast::Sender<TnAuthList>,
 }
 
 /// The account in use, and the stamp of the key file it was loaded from.
@@ -71,6 +75,8 @@ impl Upstream {
                 star_unoffered_logged: Default::default(),
             },
             solvers: Solvers::new(s.name.clone(), s.challenge.clone(), tokens, s.http01_listen),
+            preauth: s.preauthorization.clone(),
+            preauth_lost: tokio::sync::broadcast::Sender::new(16),
         }
     }
 
@@ -117,6 +123,40 @@ impl Upstream {
     /// The configured `cert_lifetime_secs`: what the broker asks for in `notAfter`.
     pub fn cert_lifetime(&self) -> Option<Duration> {
         self.orders.cert_lifetime
+    }
+
+    /// `[ca.preauthorization]`: the SPCs to pre-authorize (see [`super::preauth`]).
+    pub(super) fn preauthorization(&self) -> &PreauthSettings {
+        &self.preauth
+    }
+
+    /// Announces each TNAuthList whose valid authorization an order deactivated (it may
+    /// have been a pre-authorization).
+    pub(super) fn preauth_lost(&self) -> tokio::sync::broadcast::Receiver<TnAuthList> {
+        self.preauth_lost.subscribe()
+    }
+
+    /// Where its SPC tokens come from, if anywhere.
+    pub(super) fn tokens(&self) -> Option<&Arc<dyn TokenProvider>> {
+        self.solvers.tokens()
+    }
+
+    /// Its tkauth-01 dialect.
+    pub(super) fn tkauth(&self) -> &TkAuthSettings {
+        self.solvers.tkauth()
+    }
+
+    /// Answers one authorization (a pre-authorization's) as an order's would be.
+    pub(super) async fn authorize(
+        &self,
+        account: &Account,
+        authz_url: &str,
+        policy: &RetryPolicy,
+        kind: CertKind,
+    ) -> Result<(), AttemptError> {
+        self.solvers
+            .authorize(account, authz_url, policy, kind)
+            .await
     }
 
     /// The ACME account, created (or found) on first use, and found again when the key
@@ -218,6 +258,7 @@ impl Upstream {
             solvers: &self.solvers,
             account: &account,
             tracking,
+            preauth_lost: &self.preauth_lost,
         };
         flow.run(spec).await
     }

@@ -1,5 +1,7 @@
 //! SPC tokens cached per (TNAuthList, ca flag, account fingerprint) until shortly before
-//! their `exp`. A new account key means a new fingerprint and so a new token.
+//! their `exp`. A new account key means a new fingerprint and so a new token. Each token
+//! the cache fetches anew is announced to [`TokenProvider::refreshes`] subscribers (the
+//! pre-authorization follows token refreshes).
 
 use std::{
     collections::HashMap,
@@ -9,7 +11,12 @@ use std::{
 
 use time::OffsetDateTime;
 
-use super::{AuthorityToken, TokenError, TokenProvider, TokenRequest};
+use tokio::sync::broadcast;
+
+use super::{AuthorityToken, TokenError, TokenProvider, TokenRefreshed, TokenRequest};
+
+/// Refresh announcements a slow subscriber may fall behind by before it is told it lagged.
+const REFRESH_BACKLOG: usize = 64;
 
 type Key = (Vec<u8>, bool, String);
 type Slot = Arc<tokio::sync::Mutex<Option<AuthorityToken>>>;
@@ -20,6 +27,7 @@ pub struct CachingTokenProvider {
     inner: Arc<dyn TokenProvider>,
     refresh_margin: Duration,
     slots: Mutex<HashMap<Key, Slot>>,
+    refreshed: broadcast::Sender<TokenRefreshed>,
 }
 
 impl CachingTokenProvider {
@@ -29,6 +37,7 @@ impl CachingTokenProvider {
             inner,
             refresh_margin,
             slots: Mutex::default(),
+            refreshed: broadcast::Sender::new(REFRESH_BACKLOG),
         }
     }
 
@@ -63,7 +72,17 @@ impl TokenProvider for CachingTokenProvider {
         let token = self.inner.token(req).await?;
         token.check(req, self.refresh_margin)?;
         *cached = Some(token.clone());
+        // Nobody listening is fine: the announcement is for whoever follows refreshes.
+        let _ = self.refreshed.send(TokenRefreshed {
+            request: req.clone(),
+            jti: token.jti.clone(),
+            expires_at: token.expires_at,
+        });
         Ok(token)
+    }
+
+    fn refreshes(&self) -> Option<broadcast::Receiver<TokenRefreshed>> {
+        Some(self.refreshed.subscribe())
     }
 
     async fn discard(&self, req: &TokenRequest) {
@@ -119,6 +138,24 @@ mod tests {
             Duration::from_secs(60),
         ));
         (inner, cache)
+    }
+
+    #[tokio::test]
+    async fn announces_each_fetch_but_not_a_cached_answer() {
+        let (_, cache) = cache(3600);
+        let mut refreshes = cache.refreshes().expect("the cache announces refreshes");
+        let first = cache.token(&req("1234", FP)).await.unwrap();
+        cache.token(&req("1234", FP)).await.unwrap();
+        let seen = refreshes.try_recv().expect("one announcement");
+        assert_eq!(seen.request, req("1234", FP));
+        assert_eq!((seen.jti, seen.expires_at), (first.jti, first.expires_at));
+        assert!(
+            refreshes.try_recv().is_err(),
+            "the cached answer is not a refresh"
+        );
+        cache.discard(&req("1234", FP)).await;
+        cache.token(&req("1234", FP)).await.unwrap();
+        assert_eq!(refreshes.try_recv().unwrap().request, req("1234", FP));
     }
 
     #[tokio::test]

@@ -11,6 +11,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 
 use crate::{
+    acme,
     ca::{self, AccountSource},
     challenge::{self, FingerprintAlgorithm},
     config::{CaSettings, Settings, StoreBackend},
@@ -29,8 +30,9 @@ enum AccountCommand {
     Rollover(Target),
     /// Deactivate the account (irreversible); the key file becomes `<file>.deactivated`.
     Deactivate(DeactivateArgs),
-    /// Show the account URL, status, contacts and key fingerprints; creates nothing.
-    Show(Target),
+    /// Show the account URL, status, contacts and key fingerprints, and the CAA record
+    /// (RFC 8657) that binds dns-name issuance at this CA to this account; creates nothing.
+    Show(ShowArgs),
 }
 
 /// Which account.
@@ -42,6 +44,16 @@ struct Target {
     /// The `[[ca]]` name.
     #[arg(long = "ca", value_name = "NAME")]
     ca: String,
+}
+
+#[derive(Debug, Args)]
+struct ShowArgs {
+    #[command(flatten)]
+    target: Target,
+    /// Domain to write the CAA records for (repeatable); without it the records say
+    /// `<domain>`.
+    #[arg(long = "domain", value_name = "DOMAIN")]
+    domains: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -99,8 +111,8 @@ async fn deactivate(args: DeactivateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn show(target: Target) -> anyhow::Result<()> {
-    let (_, ca) = load(&target)?;
+async fn show(args: ShowArgs) -> anyhow::Result<()> {
+    let (_, ca) = load(&args.target)?;
     let source = AccountSource::from_settings(&ca)?;
     let (account, state) = ca::show(&source).await?;
     let jwk = account.key().public_jwk();
@@ -109,7 +121,43 @@ async fn show(target: Target) -> anyhow::Result<()> {
     println!("status: {:?}", state.status);
     println!("contact: {}", state.contact.join(", "));
     println!("key file: {}", source.key_path().display());
-    print_key("current", &jwk, ca.challenge.fingerprint, &fp)
+    print_key("current", &jwk, ca.challenge.fingerprint, &fp)?;
+    let identities = &account.client().directory().meta.caa_identities;
+    for line in caa_records(identities, account.url(), &args.domains) {
+        println!("{line}");
+    }
+    Ok(())
+}
+
+/// Validation methods named in the CAA records: dns-name certificates are validated over
+/// http-01 (the broker's only method for them).
+const CAA_VALIDATION_METHODS: &[&str] = &["http-01"];
+
+/// The `caa:` lines of `account show`: one RFC 8657 CAA `issue` record per CAA identity of
+/// the CA and domain, or a line saying why there is none.
+fn caa_records(identities: &[String], account_url: &str, domains: &[String]) -> Vec<String> {
+    if identities.is_empty() {
+        return vec![
+            "caa: the CA's directory names no caaIdentities, so no CAA record can bind issuance \
+             to this account (RFC 8657)"
+                .to_owned(),
+        ];
+    }
+    let placeholder = ["<domain>".to_owned()];
+    let domains = if domains.is_empty() {
+        &placeholder[..]
+    } else {
+        domains
+    };
+    let mut lines = vec![];
+    for domain in domains {
+        let domain = domain.trim_end_matches('.');
+        for identity in identities {
+            let value = acme::caa_record_value(identity, account_url, CAA_VALIDATION_METHODS);
+            lines.push(format!("caa: {domain}. IN CAA 0 issue \"{value}\""));
+        }
+    }
+    lines
 }
 
 /// The settings and the named `[[ca]]`. Logs go to stderr as configured.
@@ -166,5 +214,27 @@ async fn drop_tokens(settings: &Settings, fingerprint: &str) {
             "warning: cached SPC tokens for the old fingerprint were not dropped ({e}); they \
              are no longer used and expire on their own"
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caa_lines_per_domain_and_identity() {
+        let ids = ["ca.example".to_owned(), "ca2.example".to_owned()];
+        let url = "https://ca.example/acme/acct/7";
+        assert_eq!(
+            caa_records(&ids[..1], url, &[]),
+            [
+                "caa: <domain>. IN CAA 0 issue \"ca.example; accounturi=https://ca.example/acme/acct/7; validationmethods=http-01\""
+            ]
+        );
+        let lines = caa_records(&ids, url, &["a.example.".into(), "b.example".into()]);
+        assert_eq!(lines.len(), 4);
+        assert!(lines[0].starts_with("caa: a.example. IN CAA 0 issue \"ca.example;"));
+        assert!(lines[3].starts_with("caa: b.example. IN CAA 0 issue \"ca2.example;"));
+        assert!(caa_records(&[], url, &[])[0].contains("no caaIdentities"));
     }
 }

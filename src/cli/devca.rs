@@ -379,6 +379,7 @@ pub fn ca_settings_for(handle: &DevCaHandle, state_dir: &Path) -> CaSettings {
         accept_terms_of_service: true,
         strict_profile: false,
         star: None,
+        preauthorization: Default::default(),
     }
 }
 

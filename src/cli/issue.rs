@@ -275,5 +275,6 @@ fn base_settings(
         accept_terms_of_service: false,
         strict_profile: false,
         star: None,
+        preauthorization: Default::default(),
     }
 }

@@ -112,6 +112,9 @@ pub struct CaSettings {
     /// ordinary orders.
     #[serde(default)]
     pub star: Option<StarSettings>,
+    /// Pre-authorization (`newAuthz`) of SPCs at this CA.
+    #[serde(default)]
+    pub preauthorization: super::PreauthSettings,
 }
 
 /// `[ca.star]`: short-term, automatically renewed certificates

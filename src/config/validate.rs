@@ -110,6 +110,18 @@ impl Settings {
                     "must contain {spc}",
                 ));
             }
+            if let Err(e) = ca.preauthorization.check() {
+                return Err(invalid(key("preauthorization.spcs"), &e));
+            }
+            if !ca.preauthorization.spcs.is_empty()
+                && ca.sti_pa.is_none()
+                && ca.token_file.is_none()
+            {
+                return Err(invalid(
+                    key("preauthorization.spcs"),
+                    "needs SPC tokens: set sti_pa or token_file",
+                ));
+            }
             if let Err(e) = check_serial_number_template(&ca.csr.serial_number_template) {
                 return Err(invalid(key("csr.serial_number_template"), &e));
             }

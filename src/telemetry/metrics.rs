@@ -15,6 +15,7 @@
 //! | `certbroker_certificate_min_expiry_seconds` | gauge | |
 //! | `certbroker_ca_breaker_state` | gauge | `ca` (0 closed, 1 half-open, 2 open); only with a [`CaBreakerSource`] |
 //! | `certbroker_ca_profile_findings_total` | counter | `ca`, `finding` (a code of `shaken::FINDING_CODES`); only with a [`CaBreakerSource`] |
+//! | `certbroker_ca_preauthorizations_total` | counter | `ca`, `result` (`valid`, `failed`): newAuthz pre-authorizations of configured SPCs |
 //! | `certbroker_certificate_expiration_timestamp_seconds` | gauge | `key`, `identifiers`, `pool`, `ca`: notAfter, Unix seconds |
 //! | `certbroker_certificate_renewal_timestamp_seconds` | gauge | same: next planned renewal, Unix seconds |
 //! | `certbroker_certificate_ready_status` | gauge | same and `condition` (`True`, `False`): 1 for the condition that holds |
@@ -102,6 +103,7 @@ struct Inner {
     min_expiry: IntGauge,
     ca_breaker: IntGaugeVec,
     ca_findings: IntCounterVec,
+    ca_preauthorizations: IntCounterVec,
     cert_expiration: IntGaugeVec,
     cert_renewal: IntGaugeVec,
     cert_ready: IntGaugeVec,
@@ -262,6 +264,13 @@ impl Metrics {
             &acme_labels,
         )?;
         // Series alerts divide by exist from the start, at zero.
+        let ca_preauthorizations = IntCounterVec::new(
+            Opts::new(
+                "certbroker_ca_preauthorizations_total",
+                "Pre-authorizations (newAuthz) of configured SPCs, by outcome",
+            ),
+            &["ca", "result"],
+        )?;
         for method in ["GetCertificate", "Revoke"] {
             for reason in ["rate_limited", "overloaded", "timeout"] {
                 rejected.with_label_values(&[method, reason]);
@@ -279,6 +288,7 @@ impl Metrics {
         registry.register(Box::new(min_expiry.clone()))?;
         registry.register(Box::new(ca_breaker.clone()))?;
         registry.register(Box::new(ca_findings.clone()))?;
+        registry.register(Box::new(ca_preauthorizations.clone()))?;
         registry.register(Box::new(build_info))?;
         registry.register(Box::new(cert_expiration.clone()))?;
         registry.register(Box::new(cert_renewal.clone()))?;
@@ -300,6 +310,7 @@ impl Metrics {
                 min_expiry,
                 ca_breaker,
                 ca_findings,
+                ca_preauthorizations,
                 cert_expiration,
                 cert_renewal,
                 cert_ready,
@@ -396,6 +407,14 @@ impl Metrics {
         self.inner
             .issuance_failures
             .with_label_values(&[ca, kind])
+            .inc();
+    }
+
+    /// One pre-authorization at `ca` ended with `result` (`valid` or `failed`).
+    pub fn ca_preauthorization(&self, ca: &str, result: &str) {
+        self.inner
+            .ca_preauthorizations
+            .with_label_values(&[ca, result])
             .inc();
     }
 
@@ -650,6 +669,7 @@ mod tests {
         );
         m.issued("primary", Duration::from_millis(30));
         m.ca_failure("secondary", "unavailable");
+        m.ca_preauthorization("primary", "valid");
         m.rejected(
             "/certbroker.v1.CertificateBrokerService/GetCertificate",
             "rate_limited",
@@ -674,6 +694,7 @@ mod tests {
             "certbroker_certificates{expires_within=\"+Inf\"} 2",
             "certbroker_ca_breaker_state{ca=\"primary\"} 2",
             "certbroker_ca_profile_findings_total{ca=\"primary\",finding=\"der_encoded_default\"} 3",
+            "certbroker_ca_preauthorizations_total{ca=\"primary\",result=\"valid\"} 1",
         ] {
             assert!(text.contains(line), "missing {line}:\n{text}");
         }

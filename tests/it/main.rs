@@ -42,6 +42,7 @@ mod otlp_export;
 mod parsers_prop;
 mod pebble;
 mod pki_lint;
+mod preauth;
 mod redis_ops;
 mod redis_store;
 mod star_fleet;

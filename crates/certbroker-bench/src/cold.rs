@@ -92,7 +92,8 @@ pub(super) async fn cold(cfg: &Config) -> anyhow::Result<Report> {
     report.finish(&cfg.out)
 }
 
-fn median(times: &mut [Duration]) -> Duration {
+/// The median of `times` (sorted in place); zero for none.
+pub(super) fn median(times: &mut [Duration]) -> Duration {
     times.sort();
     match times.len() {
         0 => Duration::ZERO,
@@ -101,7 +102,8 @@ fn median(times: &mut [Duration]) -> Duration {
     }
 }
 
-fn row(name: &str, times: &[Duration]) -> anyhow::Result<Row> {
+/// A report row of single-request timings.
+pub(super) fn row(name: &str, times: &[Duration]) -> anyhow::Result<Row> {
     let mut hist = load::new_histogram();
     for t in times {
         hist.record(t.as_micros() as u64)?;

@@ -10,6 +10,7 @@ mod external;
 mod fixture;
 mod load;
 mod plot;
+mod preauth;
 mod procs;
 mod report;
 mod scale;
@@ -51,7 +52,8 @@ struct BenchArgs {
     /// Fan-in: concurrent callers for one new key [default: 1000, --quick 200].
     #[arg(long)]
     fanin_callers: Option<usize>,
-    /// Cold issuance: measured runs of each side (median) [default: 7, --quick 2].
+    /// Cold issuance and pre-authorization: measured runs of each side (median) [default:
+    /// 7, --quick 2].
     #[arg(long)]
     cold_runs: Option<usize>,
     /// Scale: cache sizes [default: 10000,100000; --quick 1000].
@@ -90,6 +92,8 @@ enum Scenario {
     /// 6. L1 hit of the release binary as a separate process, loaded by h2load, vs a bare
     ///    tonic service process.
     External,
+    /// 7. Miss latency with SPCs pre-authorized (newAuthz) vs without, against the devca.
+    Preauth,
 }
 
 /// Resolved settings shared by the scenarios.
@@ -215,6 +219,9 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if wanted(Scenario::External) {
         reports.push(external::external(&cfg).await?);
+    }
+    if wanted(Scenario::Preauth) {
+        reports.push(preauth::preauth(&cfg).await?);
     }
     println!("== targets ==");
     for r in &reports {

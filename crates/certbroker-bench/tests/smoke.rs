@@ -56,7 +56,7 @@ fn every_scenario_runs_and_reports() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    for scenario in ["l1", "l2", "fanin", "cold", "scale", "external"] {
+    for scenario in ["l1", "l2", "fanin", "cold", "scale", "external", "preauth"] {
         assert!(
             stdout.contains(&format!("== {scenario} (quick")),
             "no {scenario} table:\n{stdout}"
@@ -115,6 +115,13 @@ fn every_scenario_runs_and_reports() {
     let cold = read("cold");
     assert_eq!(cold["rows"][0]["requests"], 2);
     assert_eq!(cold["rows"][1]["requests"], 2);
+    let preauth = read("preauth");
+    assert_eq!(
+        preauth["metrics"]["challenges_with_preauth"], 0.0,
+        "{preauth}"
+    );
+    assert_eq!(preauth["rows"][0]["requests"], 2);
+    assert_eq!(preauth["rows"][1]["requests"], 2);
     let scale = read("scale");
     assert!(scale["metrics"]["overhead_per_certificate_bytes_300"].is_number());
 }
