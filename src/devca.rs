@@ -38,6 +38,9 @@
 //! accepted `algorithms`, no unprotected JWS header, the account's `orders` list, account
 //! and authorization deactivation, and `Link: rel="up"` on challenge answers. Certbot's
 //! `acme` library checks all of this in the test suite (tests/it/acme_python.rs).
+//!
+//! A little over 500 lines (tests aside): the settings, the handle's accessors and the
+//! server start belong to one type each; the protocol itself lives in the submodules.
 
 mod acme;
 mod ari;

@@ -1,6 +1,9 @@
 //! The CA pool: named groups of upstreams, tried by the pool's policy with failover on
 //! retryable failures and optional hedging. A refusal (bad identifier, bad token, bad CSR)
 //! ends the request: another CA would be asked the same wrong thing.
+//!
+//! A little over 500 lines (tests aside): the pool's policy (order, failover, hedging, STAR
+//! successors) reads as one flow; the race and breaker parts are already their own modules.
 
 use std::{
     collections::HashMap,

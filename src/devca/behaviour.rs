@@ -1,6 +1,9 @@
 //! Misbehaviour knobs and counters of the embedded CA, settable while it runs, so tests
 //! can drive a client down its error paths and platform teams can rehearse CA outages
 //! (`certbroker devca --latency … --error-rate … --hang …`).
+//!
+//! A little over 500 lines (tests aside): one flat table of knobs, each a few lines of
+//! setter and getter; split, a knob's test-facing setter would sit apart from its check.
 
 use std::{
     sync::{
