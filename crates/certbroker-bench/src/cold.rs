@@ -127,7 +127,7 @@ pub(super) async fn cold(cfg: &Config) -> anyhow::Result<Report> {
     m.insert("median_vs_round_trips_ratio".into(), ratio);
     report.spread("acme_requests_per_miss", &counts);
     report.spread("round_median_ms", &round_totals);
-    report.spread("round_round_trips_median_ms", &round_trips);
+    report.spread("round_acme_round_trips_median_ms", &round_trips);
     report.spread("round_ratio", &round_ratios);
     report.spread("round_lego_median_ms", &round_lego);
     let (min, _, max) = super::report::spread(&round_totals);

@@ -201,11 +201,11 @@ pub(super) async fn l2(cfg: &Config) -> anyhow::Result<Report> {
                         requests: rb.requests,
                         errors: 0,
                         throughput_rps: rb.rps,
-                        p50_us: Some(rb.p50_us),
+                        p50_us: Some(rb.p50_us.round()),
                         p90_us: None,
-                        p99_us: Some(rb.p99_us),
+                        p99_us: Some(rb.p99_us.round()),
                         p999_us: None,
-                        max_us: Some(rb.max_us),
+                        max_us: Some(rb.max_us.round()),
                     });
                 }
                 L2Side::Broker => {
