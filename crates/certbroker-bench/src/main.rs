@@ -254,9 +254,9 @@ const ISSUE_14: [(&str, &str); 5] = [
     ("14.5", "scale"),
 ];
 
-/// Prints `== targets ==`: every target of `reports` with PASS or MISS, then which issue-14
-/// targets were not measured at all (only when some were: a single scenario's run names
-/// its own).
+/// Prints `== targets ==`: every target of `reports` with PASS or MISS, then, when more than
+/// one scenario ran, a MISS line for each issue-14 target none of them reported (a single
+/// scenario's run lists only its own targets).
 fn summary<'a>(
     reports: impl Iterator<Item = (&'a str, &'a Vec<report::Target>)>,
 ) -> anyhow::Result<()> {
