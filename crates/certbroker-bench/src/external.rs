@@ -26,6 +26,11 @@ use certbroker::pb::{self, CacheStatus, certificate_broker_service_server::SERVI
 const CLIENTS: usize = 8;
 const STREAMS: usize = 16;
 
+/// Issue 14 target 1, measured here (and only here: the broker as users run it, loaded from
+/// outside).
+pub(super) const TARGET_14_1: &str =
+    "14.1 L1 hit (release process, h2load) >= 0.9 x bare tonic (median of rounds)";
+
 /// The one request the load repeats: a warm SPC.
 const SPC: &str = "1234";
 
@@ -96,7 +101,7 @@ pub(super) async fn external(cfg: &Config) -> anyhow::Result<Report> {
         &dir.path().join("baseline.log"),
     )?;
 
-    let rounds = cfg.external_rounds.max(1);
+    let rounds = cfg.rounds.max(1);
     let warmup = cfg.duration / 5;
     let p = &mut report.parameters;
     p.insert("h2load_clients".into(), CLIENTS as f64);
@@ -139,18 +144,10 @@ pub(super) async fn external(cfg: &Config) -> anyhow::Result<Report> {
     baseline.stop();
     broker.stop();
 
+    report.spread("broker_rps", &broker_rps);
+    report.spread("baseline_rps", &base_rps);
+    let median_ratio = report.spread("ratio", &ratios);
     let m = &mut report.metrics;
-    for (name, values) in [
-        ("broker_rps", &broker_rps),
-        ("baseline_rps", &base_rps),
-        ("ratio", &ratios),
-    ] {
-        let (min, median, max) = spread(values);
-        m.insert(format!("{name}_min"), min);
-        m.insert(format!("{name}_median"), median);
-        m.insert(format!("{name}_max"), max);
-    }
-    let median_ratio = spread(&ratios).1;
     // What default logging wrote during the whole run (every hit included).
     let log = std::fs::read_to_string(&broker_log).unwrap_or_default();
     let served: f64 = broker_rps.iter().sum::<f64>() * cfg.duration.as_secs_f64();
@@ -162,29 +159,8 @@ pub(super) async fn external(cfg: &Config) -> anyhow::Result<Report> {
             .count() as f64,
     );
     m.insert("broker_hits_served_approx".into(), served.round());
-    report.target(
-        "L1 hit (release process, default config) >= 0.9 x bare tonic, median of rounds",
-        median_ratio,
-        0.9,
-        true,
-    );
+    report.target(TARGET_14_1, median_ratio, 0.9, true);
     report.finish(&cfg.out)
-}
-
-/// min, median, max.
-fn spread(values: &[f64]) -> (f64, f64, f64) {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    if v.is_empty() {
-        return (0.0, 0.0, 0.0);
-    }
-    let mid = v.len() / 2;
-    let median = if v.len() % 2 == 1 {
-        v[mid]
-    } else {
-        (v[mid - 1] + v[mid]) / 2.0
-    };
-    (v[0], median, v[v.len() - 1])
 }
 
 /// First stdout line of `certbroker-bench --serve-baseline`, before its address.
@@ -529,7 +505,5 @@ req/s           :    3933.57     3943.04     3938.17        3.24    62.50%
             (hist.len(), hist.max(), hist.min(), not_ok),
             (2, 500, 300, 1)
         );
-        assert_eq!(spread(&[3.0, 1.0, 2.0]), (1.0, 2.0, 3.0));
-        assert_eq!(spread(&[4.0, 1.0, 2.0, 3.0]), (1.0, 2.5, 4.0));
     }
 }

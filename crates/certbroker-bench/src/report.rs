@@ -4,7 +4,7 @@
 use std::{collections::BTreeMap, fmt::Write as _, path::Path};
 
 use anyhow::Context;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::load::{LoadResult, rss_kib};
 
@@ -50,7 +50,7 @@ impl Row {
 }
 
 /// A target from the issue, with what was measured.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(super) struct Target {
     /// The target, as the issue states it.
     pub(super) name: String,
@@ -77,6 +77,8 @@ pub(super) struct Report {
     pub(super) rows: Vec<Row>,
     /// Scalar results (orders, ratios, bytes, milliseconds).
     pub(super) metrics: BTreeMap<String, f64>,
+    /// Per-run figures that are not a latency distribution (one line each, printed as is).
+    pub(super) details: Vec<String>,
     /// Targets, pass or miss.
     pub(super) targets: Vec<Target>,
     /// Peak RSS (`VmHWM`) of the bench process, which hosts the broker(s), in KiB.
@@ -93,9 +95,20 @@ impl Report {
             parameters: BTreeMap::new(),
             rows: vec![],
             metrics: BTreeMap::new(),
+            details: vec![],
             targets: vec![],
             peak_rss_kib: 0,
         }
+    }
+
+    /// Inserts `<name>_min`, `<name>_median` and `<name>_max` of `values` into the metrics
+    /// and returns the median.
+    pub(super) fn spread(&mut self, name: &str, values: &[f64]) -> f64 {
+        let (min, median, max) = spread(values);
+        self.metrics.insert(format!("{name}_min"), min);
+        self.metrics.insert(format!("{name}_median"), median);
+        self.metrics.insert(format!("{name}_max"), max);
+        median
     }
 
     /// Records a target: `measured >= bound` when `at_least`, else `measured <= bound`.
@@ -146,9 +159,16 @@ impl Report {
             let _ = writeln!(t, "parameters: {}", params.join(" "));
         }
         if !self.rows.is_empty() {
+            let w = self
+                .rows
+                .iter()
+                .map(|r| r.name.chars().count())
+                .max()
+                .unwrap_or(0)
+                .max(34);
             let _ = writeln!(
                 t,
-                "{:<34} {:>9} {:>6} {:>11} {:>9} {:>9} {:>9} {:>9} {:>9}",
+                "{:<w$} {:>9} {:>6} {:>11} {:>9} {:>9} {:>9} {:>9} {:>9}",
                 "",
                 "requests",
                 "errors",
@@ -163,7 +183,7 @@ impl Report {
                 let o = |v: Option<f64>| v.map_or_else(|| "-".into(), num);
                 let _ = writeln!(
                     t,
-                    "{:<34} {:>9} {:>6} {:>11.0} {:>9} {:>9} {:>9} {:>9} {:>9}",
+                    "{:<w$} {:>9} {:>6} {:>11.0} {:>9} {:>9} {:>9} {:>9} {:>9}",
                     r.name,
                     r.requests,
                     r.errors,
@@ -176,13 +196,29 @@ impl Report {
                 );
             }
         }
+        let w = self
+            .metrics
+            .keys()
+            .map(|k| k.chars().count())
+            .max()
+            .unwrap_or(0)
+            .max(34);
         for (k, v) in &self.metrics {
-            let _ = writeln!(t, "{k:<34} {}", num(*v));
+            let _ = writeln!(t, "{k:<w$} {}", num(*v));
         }
+        for line in &self.details {
+            let _ = writeln!(t, "{line}");
+        }
+        let w = self
+            .targets
+            .iter()
+            .map(|t| t.name.chars().count())
+            .max()
+            .unwrap_or(0);
         for target in &self.targets {
             let _ = writeln!(
                 t,
-                "target {:<45} measured {:>10} bound {:>10}  {}",
+                "target {:<w$} measured {:>10} bound {:>10}  {}",
                 target.name,
                 num(target.measured),
                 num(target.bound),
@@ -198,11 +234,87 @@ impl Report {
     }
 }
 
+/// The scenarios whose `<scenario>.json` [`read_reports`] looks for, in the order
+/// `./scripts/bench` runs them.
+const SCENARIOS: [&str; 7] = ["l1", "l2", "fanin", "cold", "scale", "external", "preauth"];
+
+/// The scenario and targets of every `<dir>/<scenario>.json` there is.
+pub(super) fn read_reports(dir: &Path) -> anyhow::Result<Vec<(String, Vec<Target>)>> {
+    #[derive(Deserialize)]
+    struct Stored {
+        scenario: String,
+        targets: Vec<Target>,
+    }
+    let mut out = vec![];
+    for scenario in SCENARIOS {
+        let path = dir.join(format!("{scenario}.json"));
+        let Ok(bytes) = std::fs::read(&path) else {
+            continue;
+        };
+        let stored: Stored = serde_json::from_slice(&bytes)
+            .with_context(|| format!("reading {}", path.display()))?;
+        out.push((stored.scenario, stored.targets));
+    }
+    anyhow::ensure!(!out.is_empty(), "no scenario results in {}", dir.display());
+    Ok(out)
+}
+
+/// min, median, max of `values` (zeros for none).
+pub(super) fn spread(values: &[f64]) -> (f64, f64, f64) {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return (0.0, 0.0, 0.0);
+    }
+    let mid = v.len() / 2;
+    let median = if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        (v[mid - 1] + v[mid]) / 2.0
+    };
+    (v[0], median, v[v.len() - 1])
+}
+
 /// A number without noise: integers as integers, others with 3 decimals.
-fn num(v: f64) -> String {
+pub(super) fn num(v: f64) -> String {
     if v.fract() == 0.0 && v.abs() < 1e15 {
         format!("{v:.0}")
     } else {
         format!("{v:.3}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spread_is_min_median_max_and_lands_in_the_metrics() {
+        assert_eq!(spread(&[3.0, 1.0, 2.0]), (1.0, 2.0, 3.0));
+        assert_eq!(spread(&[4.0, 1.0, 2.0, 3.0]), (1.0, 2.5, 4.0));
+        assert_eq!(spread(&[]), (0.0, 0.0, 0.0));
+        let mut r = Report::new("l1", "m", true);
+        assert_eq!(r.spread("ratio", &[0.9, 1.1, 1.0]), 1.0);
+        assert_eq!(r.metrics["ratio_min"], 0.9);
+        assert_eq!(r.metrics["ratio_median"], 1.0);
+        assert_eq!(r.metrics["ratio_max"], 1.1);
+    }
+
+    #[test]
+    fn targets_are_printed_whole() {
+        let mut r = Report::new("l1", "m", true);
+        let long = "14.1 a target name much longer than the forty-five characters of old";
+        r.target(long, 0.95, 0.9, true);
+        r.target("short", 2.0, 1.0, false);
+        let table = r.table();
+        assert!(
+            table.contains(&format!("target {long} measured")),
+            "{table}"
+        );
+        assert!(
+            table
+                .lines()
+                .any(|l| l.starts_with("target short") && l.ends_with("MISS"))
+        );
     }
 }

@@ -15,13 +15,13 @@ use certbroker::pb::CacheStatus;
 
 /// Scenario 5: for each size, a fresh broker (Redis store, so the process holds only L1), filled
 /// through its own miss path with copies of one real certificate; RSS delta per entry, then
-/// hit load over all its keys.
+/// hit load over all its keys, in alternating rounds against the small cache.
 pub(super) async fn scale(cfg: &Config) -> anyhow::Result<Report> {
     let mut report = Report::new(
         "scale",
         "L1 filled with N certificates (copies of one devca certificate through the broker's \
          miss path, Redis store so the process holds only L1); RSS delta per certificate and \
-         hit latency over all N keys vs a small cache",
+         hit latency over all N keys vs a small cache, alternating rounds",
         cfg.quick,
     );
     let redis = RedisServer::start()?;
@@ -33,7 +33,6 @@ pub(super) async fn scale(cfg: &Config) -> anyhow::Result<Report> {
     cfg.parameters(&mut report, &spec);
 
     let small = cfg.keys;
-    let mut small_p50 = 0.0;
     let mut sizes = vec![small];
     sizes.extend(cfg.scale_sizes.iter().copied());
     // Fill every cache first, keeping every broker alive, so that no RSS delta is
@@ -48,27 +47,44 @@ pub(super) async fn scale(cfg: &Config) -> anyhow::Result<Report> {
         let rss1 = rss_kib().1;
         filled.push((broker, base, size, rss1.saturating_sub(rss0)));
     }
-    let mut resident = vec![];
-    for (n, (broker, base, size, delta_kib)) in filled.into_iter().enumerate() {
+    // Serve every cache (each kept resident until the end), then alternating rounds of hit
+    // load: the small cache, then each large one; odd rounds in the reverse order.
+    let mut served = vec![];
+    for (broker, base, size, delta_kib) in filled {
         let mix = Arc::new(
             (base..base + size)
                 .map(|i| fixture::spc_request(&spc(i)))
                 .collect::<Vec<_>>(),
         );
-        let served = Served::broker(broker).await?;
-        let r = load::run(served.addr, mix, &spec).await?;
-        check_all(&r, CacheStatus::HitLocal)?;
-        let p50 = r.hist.value_at_quantile(0.5) as f64;
-        report
-            .rows
-            .push(Row::from_load(&format!("L1 hit, {size} keys cached"), &r));
-        // Keep the cache resident until the end of the scenario.
-        resident.push(served);
-        if n == 0 {
-            small_p50 = p50;
-            continue;
+        served.push((Served::broker(broker).await?, mix, size, delta_kib));
+    }
+    report.parameters.insert("rounds".into(), cfg.rounds as f64);
+    let mut ratios: Vec<Vec<f64>> = vec![vec![]; served.len()];
+    for round in 0..cfg.rounds {
+        let mut order: Vec<usize> = (0..served.len()).collect();
+        if round % 2 == 1 {
+            order.reverse();
         }
-        let per_cert = (delta_kib * 1024) as f64 / size as f64;
+        let mut p50 = vec![0.0; served.len()];
+        for n in order {
+            let (s, mix, size, _) = &served[n];
+            let r = load::run(s.addr, mix.clone(), &spec).await?;
+            check_all(&r, CacheStatus::HitLocal)?;
+            p50[n] = r.hist.value_at_quantile(0.5) as f64;
+            report.rows.push(Row::from_load(
+                &format!("L1 hit, {size} keys cached, r{}", round + 1),
+                &r,
+            ));
+        }
+        for n in 1..served.len() {
+            ratios[n].push(p50[n] / p50[0].max(1.0));
+        }
+    }
+    // The issue's bounds are for 100,000 certificates: the targets are on the largest size
+    // measured (the others are context).
+    let largest = served.len() - 1;
+    for (n, (_, _, size, delta_kib)) in served.iter().enumerate().skip(1) {
+        let per_cert = (delta_kib * 1024) as f64 / *size as f64;
         let overhead = per_cert - own;
         report
             .metrics
@@ -76,22 +92,24 @@ pub(super) async fn scale(cfg: &Config) -> anyhow::Result<Report> {
         report
             .metrics
             .insert(format!("overhead_per_certificate_bytes_{size}"), overhead);
-        let ratio = p50 / small_p50.max(1.0);
-        report
-            .metrics
-            .insert(format!("hit_p50_ratio_{size}"), ratio);
-        report.target(
-            &format!("{size} keys: overhead <= 8 KiB per certificate"),
-            overhead,
-            8192.0,
-            false,
-        );
-        report.target(
-            &format!("{size} keys: hit p50 <= 1.25 x small cache"),
-            ratio,
-            1.25,
-            false,
-        );
+        let ratio = report.spread(&format!("hit_p50_ratio_{size}"), &ratios[n]);
+        if n == largest {
+            report.target(
+                &format!(
+                    "14.5 {size} keys: memory beyond the certificate's own bytes <= 1 KiB per \
+                     certificate"
+                ),
+                overhead,
+                1024.0,
+                false,
+            );
+            report.target(
+                &format!("14.5 {size} keys: hit p50 <= 1.1 x {small}-key cache (median of rounds)"),
+                ratio,
+                1.1,
+                false,
+            );
+        }
     }
     report.finish(&cfg.out)
 }

@@ -102,19 +102,119 @@ fn every_scenario_runs_and_reports() {
         serde_json::from_slice(&std::fs::read(out_dir.path().join(format!("{s}.json"))).unwrap())
             .unwrap()
     };
+    // Every issue-14 target, numbered, in the scenario that measures it, and in the summary.
+    for (number, scenario, count) in [
+        ("14.1", "external", 1),
+        ("14.2", "l2", 1),
+        ("14.3", "cold", 1),
+        ("14.4", "fanin", 2),
+        ("14.5", "scale", 2),
+    ] {
+        let json = read(scenario);
+        let names: Vec<&str> = json["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|t| t["name"].as_str())
+            .filter(|n| n.starts_with(&format!("{number} ")))
+            .collect();
+        assert_eq!(names.len(), count, "{scenario}: {json}");
+        let summary = stdout.split("== targets ==").last().unwrap();
+        for name in names {
+            assert!(
+                summary.lines().any(|l| l.starts_with(scenario)
+                    && l.contains(name)
+                    && (l.ends_with("PASS") || l.ends_with("MISS"))),
+                "{name} not in the summary:\n{summary}"
+            );
+        }
+    }
+    assert!(!stdout.contains("not measured"), "{stdout}");
+    // The summary of the written files alone (what ./scripts/bench prints at the end).
+    let summary = Command::new(bench)
+        .arg("--summary")
+        .arg("--out")
+        .arg(out_dir.path())
+        .output()
+        .expect("run certbroker-bench --summary");
+    let summary = String::from_utf8_lossy(&summary.stdout);
+    for number in ["14.1", "14.2", "14.3", "14.4", "14.5"] {
+        assert!(
+            summary.lines().any(|l| l.contains(&format!(" {number} "))),
+            "{number} missing from the summary:\n{summary}"
+        );
+    }
+    // Every ratio with its spread (one round in a smoke run: min = median = max).
+    for (scenario, metric) in [
+        ("l1", "throughput_ratio"),
+        ("l2", "l2_vs_composed_limit_ratio"),
+        ("fanin", "extra_vs_transport_ratio"),
+        ("cold", "round_ratio"),
+        ("scale", "hit_p50_ratio_300"),
+        ("external", "ratio"),
+    ] {
+        let m = &read(scenario)["metrics"];
+        let (min, median, max) = (
+            m[format!("{metric}_min")].as_f64(),
+            m[format!("{metric}_median")].as_f64(),
+            m[format!("{metric}_max")].as_f64(),
+        );
+        assert!(
+            matches!((min, median, max), (Some(a), Some(b), Some(c)) if a <= b && b <= c && a > 0.0),
+            "{scenario} {metric}: {m}"
+        );
+    }
+
     let fanin = read("fanin");
-    assert_eq!(fanin["metrics"]["orders"], 1.0, "one order for all callers");
-    assert_eq!(fanin["metrics"]["distinct_certificates"], 1.0);
+    assert_eq!(
+        fanin["metrics"]["orders_max"], 1.0,
+        "one order for all callers"
+    );
+    assert_eq!(
+        fanin["metrics"]["orders_min"], 1.0,
+        "one order for all callers"
+    );
+    assert_eq!(fanin["metrics"]["distinct_certificates_max"], 1.0);
     assert_eq!(fanin["rows"][0]["requests"], 200);
+    assert_eq!(fanin["rows"][1]["requests"], 200);
     let l2 = read("l2");
     assert!(
         l2["metrics"]["entry_bytes"].as_f64().unwrap() > 1000.0,
         "{l2}"
     );
-    assert_eq!(l2["rows"][0]["name"], "redis-benchmark GET");
+    let l2_rows: Vec<&str> = l2["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["name"].as_str())
+        .collect();
+    assert_eq!(
+        l2_rows,
+        [
+            "tonic baseline (same response), r1",
+            "redis-benchmark GET, r1",
+            "broker L2 hit (fresh replicas), r1"
+        ]
+    );
     let cold = read("cold");
-    assert_eq!(cold["rows"][0]["requests"], 2);
-    assert_eq!(cold["rows"][1]["requests"], 2);
+    for row in 0..3 {
+        assert_eq!(cold["rows"][row]["requests"], 2, "{cold}");
+    }
+    // Each miss talked to the CA, and the broker's histogram saw it.
+    assert!(
+        cold["metrics"]["acme_requests_per_miss_min"]
+            .as_f64()
+            .unwrap()
+            >= 3.0,
+        "{cold}"
+    );
+    assert!(
+        cold["metrics"]["acme_round_trips_median_ms"]
+            .as_f64()
+            .unwrap()
+            > 0.0,
+        "{cold}"
+    );
     let preauth = read("preauth");
     assert_eq!(
         preauth["metrics"]["challenges_with_preauth"], 0.0,
