@@ -102,7 +102,7 @@ fn status_label(status: CacheStatus) -> &'static str {
     }
 }
 
-/// The caller recorded by [`layers::identify`], or read from the connection directly.
+/// The caller recorded by [`layers::RpcLayer`], or read from the connection directly.
 fn caller_of<T>(request: &Request<T>) -> Caller {
     request
         .extensions()

@@ -1,11 +1,12 @@
 //! The tower stack in front of the gRPC services, outermost first:
 //!
 //! 1. `rpc` span with W3C trace context ([`rpc_span`], installed as tonic's `trace_fn`),
-//!    and its gRPC status ([`RpcStatusLayer`]),
-//! 2. caller identity ([`identify`]): the client certificate's names, or the peer IP,
-//! 3. per-caller rate limit ([`RateLimitLayer`]) → `RESOURCE_EXHAUSTED` with `RetryInfo`,
-//! 4. concurrency limit with load shedding ([`ShedLayer`]) → `UNAVAILABLE`,
-//! 5. request timeout ([`TimeoutLayer`]) → `DEADLINE_EXCEEDED`,
+//!    and ([`RpcLayer`]) the caller's identity, worked out once per request (the client
+//!    certificate's names, or the peer IP) and recorded on the span and in the request's
+//!    extensions, and the gRPC status,
+//! 2. per-caller rate limit ([`RateLimitLayer`]) → `RESOURCE_EXHAUSTED` with `RetryInfo`,
+//! 3. concurrency limit with load shedding ([`ShedLayer`]) → `UNAVAILABLE`,
+//! 4. request timeout ([`TimeoutLayer`]) → `DEADLINE_EXCEEDED`,
 //!
 //! and, per service, the request size limit (tonic's `max_decoding_message_size`) →
 //! `OUT_OF_RANGE`. Rejections are answered as gRPC statuses built in `status.rs`, never as
@@ -45,11 +46,10 @@ pub use crate::telemetry::RejectionObserver;
 
 /// The `rpc` span of one request (tonic's `trace_fn`), a SERVER span after the
 /// OpenTelemetry RPC conventions: named `{rpc.service}/{rpc.method}` when exported, with
-/// `rpc.system`, `rpc.service`, `rpc.method` and (by [`RpcStatusLayer`])
-/// `rpc.grpc.status_code`; the caller's identity; and the caller's W3C trace context
+/// `rpc.system`, `rpc.service`, `rpc.method` and, by [`RpcLayer`], the caller's identity
+/// and `rpc.grpc.status_code`; and the caller's W3C trace context
 /// (`traceparent`, `tracestate`, read by OpenTelemetry's propagator) as its parent.
 pub fn rpc_span(req: &http::Request<()>) -> tracing::Span {
-    let caller = Caller::from_extensions(req.extensions());
     let path = req.uri().path();
     // `/package.Service/Method`; anything else is reported whole as the method.
     let (service, method) = path
@@ -61,7 +61,7 @@ pub fn rpc_span(req: &http::Request<()>) -> tracing::Span {
         otel.name = %path.trim_start_matches('/'),
         otel.kind = "server",
         rpc.method = %method,
-        caller = %caller.label(),
+        caller = tracing::field::Empty,
         trace_id = tracing::field::Empty,
     );
     // Attributes only the exporter needs, kept out of every log line.
@@ -73,7 +73,10 @@ pub fn rpc_span(req: &http::Request<()>) -> tracing::Span {
     span
 }
 
-/// Records the gRPC status of each response on the current `rpc` span: the numeric
+/// Works out who is calling ([`Caller`]: the client certificate's names, or the peer IP),
+/// once per request, for the rate limit, the policy and the audit (in the request's
+/// extensions) and for the logs (the `rpc` span's `caller`); and records the gRPC status of
+/// each response on the span: the numeric
 /// `rpc.grpc.status_code`, and, for the codes the OpenTelemetry conventions count as
 /// server errors (`UNKNOWN`, `DEADLINE_EXCEEDED`, `UNIMPLEMENTED`, `INTERNAL`,
 /// `UNAVAILABLE`, `DATA_LOSS`), an error status with the `grpc-message`. The status is in
@@ -82,22 +85,22 @@ pub fn rpc_span(req: &http::Request<()>) -> tracing::Span {
 /// covers the whole exchange, streaming responses included. Install it outermost, under
 /// the span.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct RpcStatusLayer;
+pub struct RpcLayer;
 
-impl<S> Layer<S> for RpcStatusLayer {
-    type Service = RpcStatus<S>;
+impl<S> Layer<S> for RpcLayer {
+    type Service = Rpc<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        RpcStatus { inner }
+        Rpc { inner }
     }
 }
 
-/// See [`RpcStatusLayer`].
+/// See [`RpcLayer`].
 #[derive(Debug, Clone)]
-pub struct RpcStatus<S> {
+pub struct Rpc<S> {
     inner: S,
 }
 
-impl<S> Service<HttpRequest> for RpcStatus<S>
+impl<S> Service<HttpRequest> for Rpc<S>
 where
     S: Service<HttpRequest, Response = HttpResponse> + Clone + Send + 'static,
     S::Future: Send + 'static,
@@ -110,12 +113,15 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: HttpRequest) -> Self::Future {
+    fn call(&mut self, mut req: HttpRequest) -> Self::Future {
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
+        let caller = Caller::from_extensions(req.extensions());
         Box::pin(async move {
             // tonic enters the `rpc` span while polling this future (not during `call`).
             let span = tracing::Span::current();
+            span.record("caller", tracing::field::display(caller.label()));
+            req.extensions_mut().insert(caller);
             let res = inner.call(req).await?;
             if record_grpc_status(&span, res.headers()) {
                 return Ok(res);
@@ -214,15 +220,6 @@ impl http_body::Body for StatusBody {
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
     }
-}
-
-// === caller identity ===
-
-/// Records the [`Caller`] in the request's extensions, for the rate limit and the policy.
-pub fn identify(mut req: HttpRequest) -> HttpRequest {
-    let caller = Caller::from_extensions(req.extensions());
-    req.extensions_mut().insert(caller);
-    req
 }
 
 // === impl RateLimitLayer ===

@@ -140,10 +140,9 @@ pub async fn serve(
 
     let observer = options.observer.clone();
     let stack = tower::ServiceBuilder::new()
-        // The gRPC status of every answer (rejections included) on the `rpc` span.
-        .layer(layers::RpcStatusLayer)
-        // Who is calling: certificate names or peer IP, for the limits and the policy.
-        .map_request(layers::identify)
+        // Who is calling (certificate names or peer IP, for the limits, the policy and the
+        // `rpc` span), and the gRPC status of every answer (rejections included) on the span.
+        .layer(layers::RpcLayer)
         // Per-caller token bucket; a flood from one caller does not starve the others.
         .layer(RateLimitLayer::new(
             options.rate_limit_per_sec,

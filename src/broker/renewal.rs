@@ -332,10 +332,17 @@ impl Broker {
                 info!(serial = %new.serial_hex, old = %current.serial_hex, "certificate renewed");
                 self.announce(&key).await;
             }
-            self.record_outcome(&key, result.err(), opts);
-            if star_fetch {
-                self.retry_star_soon(&key, &current);
-            }
+            // A STAR successor the CA has not issued yet is only late: retried on the
+            // order's own short schedule, not after the general renewal backoff.
+            let backoff = |failures: u32| {
+                let general = opts.retry_base * 2u32.saturating_pow(failures.min(10) - 1);
+                if star_fetch {
+                    general.min(super::star::retry_after(&current, failures))
+                } else {
+                    general
+                }
+            };
+            self.record_outcome(&key, result.err(), backoff);
         }
     }
 
@@ -397,8 +404,14 @@ impl Broker {
         Some(plan)
     }
 
-    /// Resets the key's retry state on success; schedules a jittered backoff on failure.
-    fn record_outcome(&self, key: &str, error: Option<super::BrokerError>, opts: &RenewalOptions) {
+    /// Resets the key's retry state on success; on failure, schedules the next try after
+    /// `backoff(consecutive failures)`, jittered by up to a quarter.
+    fn record_outcome(
+        &self,
+        key: &str,
+        error: Option<super::BrokerError>,
+        backoff: impl FnOnce(u32) -> Duration,
+    ) {
         let mut keys = self.inner().tracker.lock();
         let Some(t) = keys.get_mut(key) else { return };
         match error {
@@ -409,7 +422,7 @@ impl Broker {
             }
             Some(e) => {
                 t.failures += 1;
-                let backoff = opts.retry_base * 2u32.saturating_pow(t.failures.min(10) - 1);
+                let backoff = backoff(t.failures);
                 let jitter = rand::rng().random_range(0.0..0.25);
                 t.retry_at = Some(Instant::now() + backoff.mul_f64(1.0 + jitter));
                 t.last_error = Some(e.to_string());

@@ -192,7 +192,9 @@ impl Broker {
     /// A certificate for `req`: L1, then (once per cache key in this process, every
     /// concurrent caller joining) L1 again, the store, and one issuance shared across the
     /// fleet. While the store is down each replica thus issues at most once per key.
-    #[tracing::instrument(name = "broker.get_certificate", skip_all, fields(pool = %req.pool, force_renew = req.force_renew))]
+    // Debug level: exported with every span of the project's own (telemetry::init), but the
+    // log formatter at the default `info` does not format its fields on every cache hit.
+    #[tracing::instrument(name = "broker.get_certificate", level = "debug", skip_all, fields(pool = %req.pool, force_renew = req.force_renew))]
     pub async fn get_certificate(
         &self,
         req: CertRequest,

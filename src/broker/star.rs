@@ -11,9 +11,7 @@
 
 use std::time::Duration;
 
-use tokio::time::Instant;
-
-use super::{schedule, service::Broker};
+use super::schedule;
 use crate::store::CertRecord;
 
 /// When and how a STAR certificate is renewed.
@@ -45,26 +43,13 @@ pub(super) fn continues(cert: &CertRecord) -> bool {
         .is_some_and(|s| cert.not_after < s.end_date && super::service::now() < s.end_date)
 }
 
-/// First retry after a fetch that found no successor: short, as the CA is only late; it
-/// doubles per failure like any renewal retry, but stays a fraction of the lifetime.
-fn retry_after(cert: &CertRecord, failures: u32) -> Duration {
+/// The wait before the next try after `failures` consecutive failed successor fetches:
+/// short, as the CA is only late; it doubles per failure like any renewal retry, but stays
+/// a fraction of the lifetime.
+pub(super) fn retry_after(cert: &CertRecord, failures: u32) -> Duration {
     let lifetime = cert.star.as_ref().map_or(60, |s| s.lifetime_secs.max(1));
     let base = Duration::from_millis((lifetime * 1000 / 20).clamp(250, 30_000));
     base * 2u32.saturating_pow(failures.clamp(1, 6) - 1)
-}
-
-impl Broker {
-    /// After a failed successor fetch for `cert`: retry soon (see [`retry_after`]) rather
-    /// than after the general renewal backoff.
-    pub(super) fn retry_star_soon(&self, key: &str, cert: &CertRecord) {
-        let mut keys = self.inner().tracker.lock();
-        let Some(t) = keys.get_mut(key) else { return };
-        if t.failures == 0 {
-            return;
-        }
-        let soon = Instant::now() + retry_after(cert, t.failures);
-        t.retry_at = Some(t.retry_at.map_or(soon, |at| at.min(soon)));
-    }
 }
 
 #[cfg(test)]

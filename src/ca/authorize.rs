@@ -52,6 +52,35 @@ impl Solvers {
         &self.tkauth
     }
 
+    /// The token source a tkauth-01 answer needs, or the set-up error that says what to
+    /// configure.
+    pub(super) fn token_source(&self) -> Result<&Arc<dyn TokenProvider>, AttemptError> {
+        self.tokens.as_ref().ok_or_else(|| {
+            AttemptError::Setup(format!(
+                "ca {:?} needs an SPC token: configure sti_pa or token_file",
+                self.ca
+            ))
+        })
+    }
+
+    /// What to ask the token source for to answer a challenge on `list` with `account`:
+    /// the token is bound to the account key's fingerprint in this CA's dialect.
+    pub(super) fn token_request(
+        &self,
+        account: &Account,
+        list: TnAuthList,
+        kind: CertKind,
+    ) -> Result<TokenRequest, AttemptError> {
+        Ok(TokenRequest {
+            tn_auth_list: list,
+            ca: kind.is_ca(),
+            fingerprint: challenge::fingerprint(
+                self.tkauth.fingerprint,
+                &account.key().public_jwk(),
+            )?,
+        })
+    }
+
     /// Answers one authorization's challenge and waits for it to become valid; an
     /// authorization already valid (an earlier order's, or a pre-authorization) is left
     /// as it is.
@@ -92,20 +121,9 @@ impl Solvers {
         kind: CertKind,
     ) -> Result<(), AttemptError> {
         let challenge = find_challenge(authz, "tkauth-01")?;
-        let tokens = self.tokens.as_ref().ok_or_else(|| {
-            AttemptError::Setup(format!(
-                "ca {:?} needs an SPC token: configure sti_pa or token_file",
-                self.ca
-            ))
-        })?;
+        let tokens = self.token_source()?;
         let list = TnAuthList::decode(&authz.identifier.value)?;
-        let fingerprint =
-            challenge::fingerprint(self.tkauth.fingerprint, &account.key().public_jwk())?;
-        let req = TokenRequest {
-            tn_auth_list: list,
-            ca: kind.is_ca(),
-            fingerprint,
-        };
+        let req = self.token_request(account, list, kind)?;
         let token = tokens
             .token(&req)
             .instrument(tracing::info_span!("challenge.token", ca = %self.ca))

@@ -32,7 +32,7 @@ use tracing::{debug, info, warn};
 use super::{AttemptError, CaPool, CertKind, Upstream};
 use crate::{
     acme::{self, Account, AuthorizationStatus, Endpoint, Identifier, RetryPolicy},
-    challenge::{self, TokenRefreshed, TokenRequest},
+    challenge::TokenRefreshed,
     shaken::TnAuthList,
     telemetry::Metrics,
 };
@@ -111,7 +111,7 @@ impl Task {
         let mut refreshes = self
             .upstream
             .upgrade()
-            .and_then(|u| u.tokens().and_then(|t| t.refreshes()));
+            .and_then(|u| u.solvers().tokens().and_then(|t| t.refreshes()));
         let mut lost = match self.upstream.upgrade() {
             Some(u) => u.preauth_lost(),
             None => return,
@@ -221,25 +221,15 @@ impl Task {
         if account.client().directory().new_authz.is_none() {
             return Ok(Round::NotOffered);
         }
-        let tokens = up.tokens().ok_or_else(|| {
-            AttemptError::Setup(format!(
-                "ca {:?}: pre-authorization needs an SPC token: configure sti_pa or token_file",
-                self.ca
-            ))
-        })?;
-        let tkauth = up.tkauth();
+        let solvers = up.solvers();
+        let tokens = solvers.token_source()?;
+        let tkauth = solvers.tkauth();
         let margin = tkauth.refresh_margin;
         // With a token cache, the token the challenge will be answered with is the one
         // asked for here (cached); without one, every ask fetches, so none is asked here.
         let follows_tokens = tokens.refreshes().is_some();
         let (jti, token_due) = if follows_tokens {
-            let fingerprint =
-                challenge::fingerprint(tkauth.fingerprint, &account.key().public_jwk())?;
-            let req = TokenRequest {
-                tn_auth_list: self.list.clone(),
-                ca: false,
-                fingerprint,
-            };
+            let req = solvers.token_request(&account, self.list.clone(), CertKind::EndEntity)?;
             let token = tokens.token(&req).await?;
             (Some(token.jti), minus(token.expires_at, margin))
         } else {

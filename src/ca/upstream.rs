@@ -16,7 +16,7 @@ use super::{
 use crate::{
     acme::{Account, AcmeError, Client, RetryPolicy},
     cert::Identifiers,
-    challenge::{TkAuthSettings, TokenProvider},
+    challenge::TokenProvider,
     config::{BreakerSettings, CaSettings, PreauthSettings},
     shaken::TnAuthList,
 };
@@ -136,14 +136,9 @@ impl Upstream {
         self.preauth_lost.subscribe()
     }
 
-    /// Where its SPC tokens come from, if anywhere.
-    pub(super) fn tokens(&self) -> Option<&Arc<dyn TokenProvider>> {
-        self.solvers.tokens()
-    }
-
-    /// Its tkauth-01 dialect.
-    pub(super) fn tkauth(&self) -> &TkAuthSettings {
-        self.solvers.tkauth()
+    /// What answers its challenges: token source, tkauth-01 dialect, http-01 responder.
+    pub(super) fn solvers(&self) -> &Solvers {
+        &self.solvers
     }
 
     /// Answers one authorization (a pre-authorization's) as an order's would be.

@@ -20,7 +20,7 @@ use super::{
     ari,
     behaviour::{Counter, InjectedError, Step},
     challenge, issue,
-    jws::{self, Flattened, KeyRef, Problem, thumbprint, verify_request},
+    jws::{self, AccountRequest, Flattened, KeyRef, Problem, thumbprint, verify_request},
     order, star,
     state::{Account, Inner, account_json, random_id},
 };
@@ -317,10 +317,8 @@ fn check_eab(
 async fn account(
     State(inner): State<Arc<Inner>>,
     Path(id): Path<String>,
-    uri: Uri,
-    body: Bytes,
+    AccountRequest(req): AccountRequest,
 ) -> Result<Response, Problem> {
-    let req = verify_request(&inner, uri.path(), &body, KeyRef::Kid)?;
     if req.account_id()? != id {
         return Err(Problem::unauthorized("not your account"));
     }
@@ -354,9 +352,8 @@ async fn account(
 async fn key_change(
     State(inner): State<Arc<Inner>>,
     uri: Uri,
-    body: Bytes,
+    AccountRequest(req): AccountRequest,
 ) -> Result<Response, Problem> {
-    let req = verify_request(&inner, uri.path(), &body, KeyRef::Kid)?;
     let id = req.account_id()?.to_owned();
     let inner_jws: Flattened = serde_json::from_slice(&req.payload)
         .map_err(|e| Problem::malformed(format!("keyChange payload is not a JWS: {e}")))?;

@@ -5,9 +5,8 @@ use std::sync::Arc;
 
 use axum::{
     Json,
-    body::Bytes,
     extract::{Path, State},
-    http::{HeaderValue, StatusCode, Uri, header},
+    http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
 use serde_json::Value;
@@ -16,7 +15,7 @@ use time::OffsetDateTime;
 use super::{
     DevResponseField,
     behaviour::Counter,
-    jws::{KeyRef, Problem, thumbprint, verify_request},
+    jws::{AccountRequest, Problem, thumbprint},
     order::update_order,
     state::{AcmeState, Inner, Status, challenge_json, identifier_names},
     stipa,
@@ -29,10 +28,8 @@ use super::{
 pub(crate) async fn challenge(
     State(inner): State<Arc<Inner>>,
     Path(id): Path<String>,
-    uri: Uri,
-    body: Bytes,
+    AccountRequest(req): AccountRequest,
 ) -> Result<Response, Problem> {
-    let req = verify_request(&inner, uri.path(), &body, KeyRef::Kid)?;
     let payload = req.json()?;
     let mut state = inner.lock_state();
     let authz_id = state

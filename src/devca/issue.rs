@@ -16,7 +16,7 @@ use time::{Duration, OffsetDateTime};
 use super::{
     DevKeyReuse, ari,
     behaviour::Counter,
-    jws::{KeyRef, Problem, spki_der, verify_request},
+    jws::{AccountRequest, KeyRef, Problem, spki_der, verify_request},
     pki::IssueRequest,
     state::{Inner, IssuedCert, Order, Status, identifier_names, order_json, random_id},
 };
@@ -31,10 +31,8 @@ fn bad_csr(detail: impl Into<String>) -> Problem {
 pub(crate) async fn finalize(
     State(inner): State<Arc<Inner>>,
     Path(id): Path<String>,
-    uri: Uri,
-    body: Bytes,
+    AccountRequest(req): AccountRequest,
 ) -> Result<Response, Problem> {
-    let req = verify_request(&inner, uri.path(), &body, KeyRef::Kid)?;
     let payload = req.json()?.unwrap_or_default();
     let csr_der = payload
         .get("csr")
@@ -258,10 +256,8 @@ pub(crate) fn issue_and_record(
 pub(crate) async fn certificate(
     State(inner): State<Arc<Inner>>,
     Path(id): Path<String>,
-    uri: Uri,
-    body: Bytes,
+    AccountRequest(req): AccountRequest,
 ) -> Result<Response, Problem> {
-    let req = verify_request(&inner, uri.path(), &body, KeyRef::Kid)?;
     let state = inner.lock_state();
     let cert = state
         .certs

@@ -1,7 +1,11 @@
 //! Verification of ACME requests (RFC 8555 §6.2–§6.5) and problem documents (RFC 7807,
 //! RFC 8555 §6.7).
 
+use std::sync::Arc;
+
 use axum::{
+    body::Bytes,
+    extract::{FromRequest, Request},
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
@@ -126,6 +130,24 @@ impl Verified {
         self.account
             .as_deref()
             .ok_or_else(|| Problem::malformed("request must be signed with kid"))
+    }
+}
+
+/// A POST signed by an existing account (`kid`) whose signature, URL and nonce checked out
+/// ([`verify_request`] with [`KeyRef::Kid`]): what every account-bound endpoint extracts
+/// first. It reads the body, so it comes last among a handler's extractors.
+#[derive(Debug)]
+pub(crate) struct AccountRequest(pub(crate) Verified);
+
+impl FromRequest<Arc<Inner>> for AccountRequest {
+    type Rejection = Problem;
+
+    async fn from_request(req: Request, inner: &Arc<Inner>) -> Result<Self, Problem> {
+        let path = req.uri().path().to_owned();
+        let body = Bytes::from_request(req, inner)
+            .await
+            .map_err(|e| Problem::malformed(format!("request body: {e}")))?;
+        verify_request(inner, &path, &body, KeyRef::Kid).map(Self)
     }
 }
 

@@ -18,7 +18,7 @@ use super::{
     acme::created,
     ari,
     behaviour::Counter,
-    jws::{KeyRef, Problem, verify_request},
+    jws::{AccountRequest, KeyRef, Problem, verify_request},
     star,
     state::{
         AcmeState, Authz, Challenge, Identifier, Inner, Order, Status, authz_json,
@@ -30,10 +30,8 @@ use crate::shaken::TnAuthList;
 /// newOrder (RFC 8555 §7.4) for `TNAuthList` (RFC 9448 §3) and `dns` identifiers.
 pub(crate) async fn new_order(
     State(inner): State<Arc<Inner>>,
-    uri: Uri,
-    body: Bytes,
+    AccountRequest(req): AccountRequest,
 ) -> Result<Response, Problem> {
-    let req = verify_request(&inner, uri.path(), &body, KeyRef::Kid)?;
     let account = req.account_id()?.to_owned();
     if let Some(secs) = inner.behaviour.rate_limit() {
         let mut p = Problem::new(
@@ -366,10 +364,8 @@ fn parse_identifier(id: &Value) -> Result<Identifier, Problem> {
 pub(crate) async fn order(
     State(inner): State<Arc<Inner>>,
     Path(id): Path<String>,
-    uri: Uri,
-    body: Bytes,
+    AccountRequest(req): AccountRequest,
 ) -> Result<Response, Problem> {
-    let req = verify_request(&inner, uri.path(), &body, KeyRef::Kid)?;
     let payload = req.json()?;
     let mut state = inner.lock_state();
     let order = state
@@ -390,10 +386,8 @@ pub(crate) async fn order(
 pub(crate) async fn orders(
     State(inner): State<Arc<Inner>>,
     Path(id): Path<String>,
-    uri: Uri,
-    body: Bytes,
+    AccountRequest(req): AccountRequest,
 ) -> Result<Response, Problem> {
-    let req = verify_request(&inner, uri.path(), &body, KeyRef::Kid)?;
     if req.account_id()? != id {
         return Err(Problem::unauthorized("not your account"));
     }
@@ -412,10 +406,8 @@ pub(crate) async fn orders(
 pub(crate) async fn authz(
     State(inner): State<Arc<Inner>>,
     Path(id): Path<String>,
-    uri: Uri,
-    body: Bytes,
+    AccountRequest(req): AccountRequest,
 ) -> Result<Response, Problem> {
-    let req = verify_request(&inner, uri.path(), &body, KeyRef::Kid)?;
     let payload = req.json()?;
     let mut state = inner.lock_state();
     let authz = state

@@ -13,9 +13,8 @@ use std::sync::Arc;
 
 use axum::{
     Json,
-    body::Bytes,
     extract::{Path, State},
-    http::{HeaderValue, Method, StatusCode, Uri, header},
+    http::{HeaderValue, Method, StatusCode, header},
     response::{IntoResponse, Response},
 };
 use serde_json::{Value, json};
@@ -24,7 +23,7 @@ use time::{Duration, OffsetDateTime, format_description::well_known::Rfc3339};
 use super::{
     behaviour::Counter,
     issue::{fail_order, issue_and_record},
-    jws::{KeyRef, Problem, verify_request},
+    jws::{AccountRequest, Problem},
     pki::IssueRequest,
     state::{AcmeState, Inner, Status, order_json, rfc3339},
 };
@@ -369,10 +368,8 @@ fn expired(end: OffsetDateTime) -> Problem {
 pub(crate) async fn star_post(
     State(inner): State<Arc<Inner>>,
     Path(id): Path<String>,
-    uri: Uri,
-    body: Bytes,
+    AccountRequest(req): AccountRequest,
 ) -> Result<Response, Problem> {
-    let req = verify_request(&inner, uri.path(), &body, KeyRef::Kid)?;
     let account = req.account_id()?.to_owned();
     current(&inner, &id, Some(&account), true)
 }
