@@ -24,7 +24,8 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::{
-    IssueRequest, Replaces,
+    CertRequest, Identifiers, IssueRequest, Replaces,
+    request::CacheKey,
     schedule::{self, AriPlan},
     service::{Broker, now},
 };
@@ -65,7 +66,7 @@ pub struct RenewalStatus {
     /// The pool the certificate is requested from.
     pub pool: String,
     /// What the certificate is for.
-    pub identifiers: super::Identifiers,
+    pub identifiers: Identifiers,
     /// The CA that issued the current certificate, if one is known.
     pub issuer_ca: Option<String>,
     /// What the strict review of the current certificate's chain finds
@@ -77,25 +78,66 @@ pub struct RenewalStatus {
     pub star: Option<crate::cert::StarOrder>,
 }
 
+/// One certificate the tracker keeps fresh. Every key the replica served has one, so it is
+/// kept small: the key is the map's (32 bytes), the renewal template holds only what a
+/// renewal asks the CA for, and what only a failing or ARI-scheduled renewal needs is boxed.
 #[derive(Debug)]
 pub(super) struct Tracked {
-    request: IssueRequest,
+    template: Template,
     /// Milliseconds since [`EPOCH`]; atomic so the hot path needs only a read lock.
     last_requested: AtomicU64,
     /// Open WatchCertificate streams on it: a watched certificate is in use however long
     /// ago it was last asked for, so it is never dropped as idle.
-    watchers: usize,
-    pub(super) retry_at: Option<Instant>,
-    pub(super) failures: u32,
-    last_error: Option<String>,
+    watchers: u32,
+    /// The failures since the last success, while there are any.
+    failing: Option<Box<Failing>>,
     /// The CA's renewal window for the current certificate, once fetched.
-    ari: Option<AriPlan>,
+    ari: Option<Box<AriPlan>>,
+}
+
+/// Failed renewals of one certificate since its last success.
+#[derive(Debug)]
+pub(super) struct Failing {
+    /// When to try again.
+    pub(super) retry_at: Instant,
+    /// Consecutive failures (at least one).
+    pub(super) failures: u32,
+    last_error: String,
+}
+
+/// What a renewal re-issues: the first request's pool, identifiers, CSR and kind. The cache
+/// key is the tracker's, and the pool name is shared by every key of the pool.
+#[derive(Debug, Clone)]
+struct Template {
+    pool: Arc<str>,
+    identifiers: Identifiers,
+    csr_der: Option<Box<[u8]>>,
+    ca: bool,
+}
+
+impl Template {
+    /// The issuance of a renewal for `key`.
+    fn issue_request(&self, key: CacheKey) -> IssueRequest {
+        IssueRequest {
+            pool: self.pool.to_string(),
+            identifiers: self.identifiers.clone(),
+            csr_der: self.csr_der.as_deref().map(<[u8]>::to_vec),
+            ca: self.ca,
+            cache_key: key.to_string(),
+            resume: None,
+            progress: None,
+            replaces: None,
+            star_next: None,
+        }
+    }
 }
 
 /// The set of certificates kept fresh by this replica.
 #[derive(Debug, Default)]
 pub(super) struct Tracker {
-    keys: RwLock<HashMap<String, Tracked>>,
+    keys: RwLock<HashMap<CacheKey, Tracked>>,
+    /// The pool names the templates share (a few: requests name configured pools only).
+    pools: std::sync::Mutex<Vec<Arc<str>>>,
     /// The scheduler's renew fraction, once it runs.
     fraction: std::sync::OnceLock<f64>,
 }
@@ -110,57 +152,91 @@ impl Tracker {
     }
 
     // One map operation per critical section: a poisoned map is still consistent.
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Tracked>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<CacheKey, Tracked>> {
         self.keys.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(super) fn lock(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Tracked>> {
+    pub(super) fn lock(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<CacheKey, Tracked>> {
         self.keys.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Notes that `key` was just asked for (or is being watched); `request` builds the
-    /// renewal template the first time. On every cache hit: a shared lock and a store.
-    pub(super) fn touch_with(&self, key: &str, request: impl FnOnce() -> IssueRequest) {
+    /// Notes that `key` (the cache key of `req`) was just asked for; the first time, keeps
+    /// `req` as its renewal template. On every cache hit: a shared lock and a store.
+    pub(super) fn touch(&self, key: CacheKey, req: &CertRequest) {
         let now = since_epoch();
-        if let Some(t) = self.read().get(key) {
+        if let Some(t) = self.read().get(&key) {
             t.last_requested.store(now, Ordering::Relaxed);
             return;
         }
+        let template = self.template(req);
         self.lock()
-            .entry(key.to_owned())
-            .or_insert_with(|| Tracked::new(request(), now));
+            .entry(key)
+            .or_insert_with(|| Tracked::new(template, now));
     }
 
-    /// Marks `key` watched until the guard is dropped (see [`Broker::watching`]).
-    fn watch(&self, key: &str, request: impl FnOnce() -> IssueRequest) {
+    /// Marks `key` (the cache key of `req`) watched until the guard is dropped (see
+    /// [`Broker::watching`]).
+    fn watch(&self, key: CacheKey, req: &CertRequest) {
         let now = since_epoch();
+        let template = self.template(req);
         let mut keys = self.lock();
         let t = keys
-            .entry(key.to_owned())
-            .or_insert_with(|| Tracked::new(request(), now));
+            .entry(key)
+            .or_insert_with(|| Tracked::new(template, now));
         t.watchers += 1;
         t.last_requested.store(now, Ordering::Relaxed);
     }
 
     /// Ends one watch of `key`; the idle horizon counts from now.
-    fn unwatch(&self, key: &str) {
-        if let Some(t) = self.lock().get_mut(key) {
+    fn unwatch(&self, key: CacheKey) {
+        if let Some(t) = self.lock().get_mut(&key) {
             t.watchers = t.watchers.saturating_sub(1);
             t.last_requested.store(since_epoch(), Ordering::Relaxed);
+        }
+    }
+
+    /// The renewal template of `req`, its pool name shared with the other templates.
+    fn template(&self, req: &CertRequest) -> Template {
+        let pool = {
+            let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+            match pools.iter().find(|p| ***p == *req.pool) {
+                Some(p) => p.clone(),
+                None => {
+                    let p: Arc<str> = req.pool.as_str().into();
+                    pools.push(p.clone());
+                    p
+                }
+            }
+        };
+        Template {
+            pool,
+            identifiers: req.identifiers.clone(),
+            csr_der: req.csr_der.as_deref().map(Box::from),
+            ca: req.ca,
         }
     }
 }
 
 impl Tracked {
-    fn new(request: IssueRequest, now: u64) -> Self {
+    fn new(template: Template, now: u64) -> Self {
         Self {
-            request,
+            template,
             last_requested: AtomicU64::new(now),
             watchers: 0,
-            retry_at: None,
-            failures: 0,
-            last_error: None,
+            failing: None,
             ari: None,
+        }
+    }
+
+    /// Consecutive failed renewals.
+    pub(super) fn failures(&self) -> u32 {
+        self.failing.as_ref().map_or(0, |f| f.failures)
+    }
+
+    /// Moves the next retry of a failing renewal to `at` when that is sooner.
+    pub(super) fn retry_no_later_than(&mut self, at: Instant) {
+        if let Some(f) = &mut self.failing {
+            f.retry_at = f.retry_at.min(at);
         }
     }
 }
@@ -170,23 +246,21 @@ impl Tracked {
 #[derive(Debug)]
 pub struct WatchGuard {
     broker: Broker,
-    key: String,
+    key: CacheKey,
 }
 
 impl Drop for WatchGuard {
     fn drop(&mut self) {
-        self.broker.inner().tracker.unwatch(&self.key);
+        self.broker.inner().tracker.unwatch(self.key);
     }
 }
 
 impl Broker {
     /// Marks the certificate of `req` as in use until the guard is dropped: an open watch
     /// keeps it renewed even when nobody asks for it within the idle horizon.
-    pub fn watching(&self, req: &super::CertRequest) -> WatchGuard {
-        let key = req.cache_key();
-        self.inner()
-            .tracker
-            .watch(&key, || IssueRequest::template(req, &key));
+    pub fn watching(&self, req: &CertRequest) -> WatchGuard {
+        let key = req.key();
+        self.inner().tracker.watch(key, req);
         WatchGuard {
             broker: self.clone(),
             key,
@@ -219,7 +293,7 @@ impl Broker {
             u32,
             Option<AriPlan>,
             String,
-            super::Identifiers,
+            Identifiers,
         );
         let snapshot: Vec<Row> = self
             .inner()
@@ -228,12 +302,12 @@ impl Broker {
             .iter()
             .map(|(k, t)| {
                 (
-                    k.clone(),
-                    t.last_error.clone(),
-                    t.failures,
-                    t.ari.clone(),
-                    t.request.pool.clone(),
-                    t.request.identifiers.clone(),
+                    k.to_string(),
+                    t.failing.as_ref().map(|f| f.last_error.clone()),
+                    t.failures(),
+                    t.ari.as_deref().cloned(),
+                    t.template.pool.to_string(),
+                    t.template.identifiers.clone(),
                 )
             })
             .collect();
@@ -252,7 +326,7 @@ impl Broker {
                         |s| s.due,
                     )
                 }),
-                star: current.as_ref().and_then(|c| c.star.clone()),
+                star: current.as_ref().and_then(|c| c.star.as_deref().cloned()),
                 profile_findings: current
                     .as_ref()
                     .map(|c| {
@@ -272,7 +346,7 @@ impl Broker {
     }
 
     async fn current(&self, key: &str) -> Option<Arc<CertRecord>> {
-        if let Some(c) = self.inner().l1.get(key).await {
+        if let Some(c) = self.inner().l1_get(&CacheKey::of(key)).await {
             return Some(c);
         }
         self.inner()
@@ -285,6 +359,7 @@ impl Broker {
     }
 
     async fn renew_due(&self, opts: &RenewalOptions) {
+        self.inner().l1_sweep().await;
         let due: Vec<IssueRequest> = {
             let mut keys = self.inner().tracker.lock();
             let horizon = opts.idle_horizon.as_millis() as u64;
@@ -293,9 +368,13 @@ impl Broker {
                 t.watchers > 0
                     || now.saturating_sub(t.last_requested.load(Ordering::Relaxed)) < horizon
             });
-            keys.values()
-                .filter(|t| t.retry_at.is_none_or(|at| at <= Instant::now()))
-                .map(|t| t.request.clone())
+            keys.iter()
+                .filter(|(_, t)| {
+                    t.failing
+                        .as_ref()
+                        .is_none_or(|f| f.retry_at <= Instant::now())
+                })
+                .map(|(k, t)| t.template.issue_request(*k))
                 .collect()
         };
         for mut request in due {
@@ -344,7 +423,10 @@ impl Broker {
     /// (the fraction rule) that is retried after [`ARI_RETRY_AFTER_FAILURE`].
     async fn ari_plan(&self, key: &str, current: &CertRecord) -> Option<AriPlan> {
         let tracker = &self.inner().tracker;
-        let known = tracker.read().get(key).and_then(|t| t.ari.clone());
+        let known = tracker
+            .read()
+            .get(&CacheKey::of(key))
+            .and_then(|t| t.ari.as_deref().cloned());
         if let Some(plan) = known.filter(|p| p.is_current(current, Instant::now())) {
             return Some(plan);
         }
@@ -391,8 +473,8 @@ impl Broker {
                 }
             }
         };
-        if let Some(t) = tracker.lock().get_mut(key) {
-            t.ari = Some(plan.clone());
+        if let Some(t) = tracker.lock().get_mut(&CacheKey::of(key)) {
+            t.ari = Some(Box::new(plan.clone()));
         }
         Some(plan)
     }
@@ -400,21 +482,22 @@ impl Broker {
     /// Resets the key's retry state on success; schedules a jittered backoff on failure.
     fn record_outcome(&self, key: &str, error: Option<super::BrokerError>, opts: &RenewalOptions) {
         let mut keys = self.inner().tracker.lock();
-        let Some(t) = keys.get_mut(key) else { return };
+        let Some(t) = keys.get_mut(&CacheKey::of(key)) else {
+            return;
+        };
         match error {
-            None => {
-                t.failures = 0;
-                t.retry_at = None;
-                t.last_error = None;
-            }
+            None => t.failing = None,
             Some(e) => {
-                t.failures += 1;
-                let backoff = opts.retry_base * 2u32.saturating_pow(t.failures.min(10) - 1);
+                let failures = t.failures() + 1;
+                let backoff = opts.retry_base * 2u32.saturating_pow(failures.min(10) - 1);
                 let jitter = rand::rng().random_range(0.0..0.25);
-                t.retry_at = Some(Instant::now() + backoff.mul_f64(1.0 + jitter));
-                t.last_error = Some(e.to_string());
+                t.failing = Some(Box::new(Failing {
+                    retry_at: Instant::now() + backoff.mul_f64(1.0 + jitter),
+                    failures,
+                    last_error: e.to_string(),
+                }));
                 self.inner().stats.record_renewal_failure();
-                warn!(error = %e, failures = t.failures, "renewal failed; the current certificate stays in service");
+                warn!(error = %e, failures, "renewal failed; the current certificate stays in service");
             }
         }
     }

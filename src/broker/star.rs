@@ -58,12 +58,13 @@ impl Broker {
     /// than after the general renewal backoff.
     pub(super) fn retry_star_soon(&self, key: &str, cert: &CertRecord) {
         let mut keys = self.inner().tracker.lock();
-        let Some(t) = keys.get_mut(key) else { return };
-        if t.failures == 0 {
+        let Some(t) = keys.get_mut(&super::request::CacheKey::of(key)) else {
+            return;
+        };
+        if t.failures() == 0 {
             return;
         }
-        let soon = Instant::now() + retry_after(cert, t.failures);
-        t.retry_at = Some(t.retry_at.map_or(soon, |at| at.min(soon)));
+        t.retry_no_later_than(Instant::now() + retry_after(cert, t.failures()));
     }
 }
 
@@ -85,12 +86,12 @@ mod tests {
             issuer_ca: "ca".into(),
             issuer_account: "a".into(),
             issued_at: not_before,
-            star: Some(StarOrder {
+            star: Some(Box::new(StarOrder {
                 order_url: "https://ca/order/1".into(),
                 certificate_url: "https://ca/star/1".into(),
                 end_date: end,
                 lifetime_secs: lifetime,
-            }),
+            })),
         }
     }
 
