@@ -79,11 +79,14 @@ pub struct RenewalStatus {
 }
 
 /// One certificate the tracker keeps fresh. Every key the replica served has one, so it is
-/// kept small: the key is the map's (32 bytes), the renewal template holds only what a
-/// renewal asks the CA for, and what only a failing or ARI-scheduled renewal needs is boxed.
+/// kept small (80 bytes with its key): the key is the map's, the renewal template is one
+/// allocation of what a renewal asks the CA for, and what only a failing or ARI-scheduled
+/// renewal needs is boxed.
 #[derive(Debug)]
 pub(super) struct Tracked {
     template: Template,
+    /// Index of the request's pool in [`Tracker::pools`].
+    pool: u32,
     /// Milliseconds since [`EPOCH`]; atomic so the hot path needs only a read lock.
     last_requested: AtomicU64,
     /// Open WatchCertificate streams on it: a watched certificate is in use however long
@@ -105,30 +108,69 @@ pub(super) struct Failing {
     last_error: String,
 }
 
-/// What a renewal re-issues: the first request's pool, identifiers, CSR and kind. The cache
-/// key is the tracker's, and the pool name is shared by every key of the pool.
-#[derive(Debug, Clone)]
-struct Template {
-    pool: Arc<str>,
-    identifiers: Identifiers,
-    csr_der: Option<Box<[u8]>>,
-    ca: bool,
-}
+/// What a renewal re-issues besides the pool and the key: the first request's kind,
+/// identifiers and CSR, packed into one allocation. Byte 0 holds flags ([`Template::CA`],
+/// [`Template::DNS`], [`Template::CSR`]), bytes 1..5 the length of the identifiers (u32,
+/// big-endian), then the identifiers (the TNAuthList's DER, or the DNS names joined by
+/// `,`, which no valid name contains), then the CSR's DER.
+struct Template(Box<[u8]>);
 
 impl Template {
-    /// The issuance of a renewal for `key`.
-    fn issue_request(&self, key: CacheKey) -> IssueRequest {
-        IssueRequest {
-            pool: self.pool.to_string(),
-            identifiers: self.identifiers.clone(),
-            csr_der: self.csr_der.as_deref().map(<[u8]>::to_vec),
-            ca: self.ca,
-            cache_key: key.to_string(),
-            resume: None,
-            progress: None,
-            replaces: None,
-            star_next: None,
+    /// A CA certificate (`CertRequest::ca`).
+    const CA: u8 = 1;
+    /// DNS names rather than a TNAuthList.
+    const DNS: u8 = 2;
+    /// The caller's CSR follows the identifiers.
+    const CSR: u8 = 4;
+
+    fn of(req: &CertRequest) -> Self {
+        let (kind, ids) = match &req.identifiers {
+            Identifiers::TnAuthList(list) => (0, list.to_der()),
+            Identifiers::Dns(names) => (Self::DNS, names.join(",").into_bytes()),
+        };
+        let csr = req.csr_der.as_deref();
+        let mut flags = kind;
+        if req.ca {
+            flags |= Self::CA;
         }
+        if csr.is_some() {
+            flags |= Self::CSR;
+        }
+        let len = u32::try_from(ids.len()).unwrap_or(u32::MAX);
+        let mut out = Vec::with_capacity(5 + ids.len() + csr.map_or(0, <[u8]>::len));
+        out.push(flags);
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(&ids);
+        out.extend_from_slice(csr.unwrap_or_default());
+        Self(out.into_boxed_slice())
+    }
+
+    fn flags(&self) -> u8 {
+        self.0.first().copied().unwrap_or_default()
+    }
+
+    /// The identifiers, and the CSR if there was one; `None` only if the bytes are not what
+    /// [`Template::of`] writes, which cannot be.
+    fn parts(&self) -> Option<(Identifiers, Option<Vec<u8>>)> {
+        let len: [u8; 4] = self.0.get(1..5)?.try_into().ok()?;
+        let end = 5 + usize::try_from(u32::from_be_bytes(len)).ok()?;
+        let ids = self.0.get(5..end)?;
+        let ids = if self.flags() & Self::DNS != 0 {
+            let names = std::str::from_utf8(ids).ok()?;
+            Identifiers::Dns(names.split(',').map(str::to_owned).collect())
+        } else {
+            Identifiers::TnAuthList(crate::shaken::TnAuthList::from_der(ids).ok()?)
+        };
+        let csr = (self.flags() & Self::CSR != 0).then(|| self.0[end..].to_vec());
+        Some((ids, csr))
+    }
+}
+
+impl std::fmt::Debug for Template {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Template")
+            .field("bytes", &self.0.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -136,8 +178,9 @@ impl Template {
 #[derive(Debug, Default)]
 pub(super) struct Tracker {
     keys: RwLock<HashMap<CacheKey, Tracked>>,
-    /// The pool names the templates share (a few: requests name configured pools only).
-    pools: std::sync::Mutex<Vec<Arc<str>>>,
+    /// The names of the pools tracked certificates come from, indexed by [`Tracked::pool`]
+    /// (a few: requests name configured pools only). Locked after `keys`, never before.
+    pools: std::sync::Mutex<Vec<String>>,
     /// The scheduler's renew fraction, once it runs.
     fraction: std::sync::OnceLock<f64>,
 }
@@ -168,21 +211,21 @@ impl Tracker {
             t.last_requested.store(now, Ordering::Relaxed);
             return;
         }
-        let template = self.template(req);
+        let pool = self.pool_index(&req.pool);
         self.lock()
             .entry(key)
-            .or_insert_with(|| Tracked::new(template, now));
+            .or_insert_with(|| Tracked::new(Template::of(req), pool, now));
     }
 
     /// Marks `key` (the cache key of `req`) watched until the guard is dropped (see
     /// [`Broker::watching`]).
     fn watch(&self, key: CacheKey, req: &CertRequest) {
         let now = since_epoch();
-        let template = self.template(req);
+        let pool = self.pool_index(&req.pool);
         let mut keys = self.lock();
         let t = keys
             .entry(key)
-            .or_insert_with(|| Tracked::new(template, now));
+            .or_insert_with(|| Tracked::new(Template::of(req), pool, now));
         t.watchers += 1;
         t.last_requested.store(now, Ordering::Relaxed);
     }
@@ -195,32 +238,54 @@ impl Tracker {
         }
     }
 
-    /// The renewal template of `req`, its pool name shared with the other templates.
-    fn template(&self, req: &CertRequest) -> Template {
-        let pool = {
-            let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
-            match pools.iter().find(|p| ***p == *req.pool) {
-                Some(p) => p.clone(),
-                None => {
-                    let p: Arc<str> = req.pool.as_str().into();
-                    pools.push(p.clone());
-                    p
-                }
-            }
+    fn pools(&self) -> std::sync::MutexGuard<'_, Vec<String>> {
+        self.pools.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The index of `pool` in [`Tracker::pools`], added if new.
+    fn pool_index(&self, pool: &str) -> u32 {
+        let mut pools = self.pools();
+        let i = pools.iter().position(|p| p == pool).unwrap_or_else(|| {
+            pools.push(pool.to_owned());
+            pools.len() - 1
+        });
+        u32::try_from(i).unwrap_or(u32::MAX)
+    }
+
+    /// The pool, identifiers and CSR `t` was first requested with.
+    fn request_of(&self, t: &Tracked) -> Option<(String, Identifiers, Option<Vec<u8>>)> {
+        let pool = self.pools().get(t.pool as usize)?.clone();
+        let (ids, csr) = t.template.parts()?;
+        Some((pool, ids, csr))
+    }
+
+    /// The issuance of a renewal of `key`, if it is tracked.
+    fn issue_request(&self, key: CacheKey) -> Option<IssueRequest> {
+        let keys = self.read();
+        let t = keys.get(&key)?;
+        let Some((pool, identifiers, csr_der)) = self.request_of(t) else {
+            warn!(key = %key, "unreadable renewal template; not renewing");
+            return None;
         };
-        Template {
+        Some(IssueRequest {
             pool,
-            identifiers: req.identifiers.clone(),
-            csr_der: req.csr_der.as_deref().map(Box::from),
-            ca: req.ca,
-        }
+            identifiers,
+            csr_der,
+            ca: t.template.flags() & Template::CA != 0,
+            cache_key: key.to_string(),
+            resume: None,
+            progress: None,
+            replaces: None,
+            star_next: None,
+        })
     }
 }
 
 impl Tracked {
-    fn new(template: Template, now: u64) -> Self {
+    fn new(template: Template, pool: u32, now: u64) -> Self {
         Self {
             template,
+            pool,
             last_requested: AtomicU64::new(now),
             watchers: 0,
             failing: None,
@@ -295,20 +360,20 @@ impl Broker {
             String,
             Identifiers,
         );
-        let snapshot: Vec<Row> = self
-            .inner()
-            .tracker
+        let tracker = &self.inner().tracker;
+        let snapshot: Vec<Row> = tracker
             .read()
             .iter()
-            .map(|(k, t)| {
-                (
+            .filter_map(|(k, t)| {
+                let (pool, identifiers, _) = tracker.request_of(t)?;
+                Some((
                     k.to_string(),
                     t.failing.as_ref().map(|f| f.last_error.clone()),
                     t.failures(),
                     t.ari.as_deref().cloned(),
-                    t.template.pool.to_string(),
-                    t.template.identifiers.clone(),
-                )
+                    pool,
+                    identifiers,
+                ))
             })
             .collect();
         let mut out = vec![];
@@ -360,7 +425,7 @@ impl Broker {
 
     async fn renew_due(&self, opts: &RenewalOptions) {
         self.inner().l1_sweep().await;
-        let due: Vec<IssueRequest> = {
+        let due: Vec<CacheKey> = {
             let mut keys = self.inner().tracker.lock();
             let horizon = opts.idle_horizon.as_millis() as u64;
             let now = since_epoch();
@@ -374,16 +439,17 @@ impl Broker {
                         .as_ref()
                         .is_none_or(|f| f.retry_at <= Instant::now())
                 })
-                .map(|(k, t)| t.template.issue_request(*k))
+                .map(|(k, _)| *k)
                 .collect()
         };
-        for mut request in due {
-            let Some(current) = self.current(&request.cache_key).await else {
+        for key in due {
+            let hex = key.to_string();
+            let Some(current) = self.current(&hex).await else {
                 continue;
             };
             let star = super::star::plan(&current, opts.renew_fraction);
             let plan = if opts.use_ari && star.is_none() {
-                self.ari_plan(&request.cache_key, &current).await
+                self.ari_plan(&hex, &current).await
             } else {
                 None
             };
@@ -394,6 +460,9 @@ impl Broker {
             if now() < due {
                 continue;
             }
+            let Some(mut request) = self.inner().tracker.issue_request(key) else {
+                continue;
+            };
             match star {
                 Some(s) if s.fetch => request.star_next = Some(current.clone()),
                 Some(_) => {}
@@ -523,4 +592,67 @@ pub fn unix_to_rfc3339(unix: i64) -> String {
                 .ok()
         })
         .unwrap_or_else(|| unix.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shaken::TnAuthList;
+
+    fn req(identifiers: Identifiers, csr_der: Option<Vec<u8>>, ca: bool) -> CertRequest {
+        CertRequest {
+            identifiers,
+            csr_der,
+            csr_public_key: None,
+            pool: "default".into(),
+            min_remaining: None,
+            force_renew: false,
+            ca,
+        }
+    }
+
+    #[test]
+    fn a_template_gives_back_the_request_it_was_made_of() {
+        let tn = Identifiers::TnAuthList(TnAuthList::from_spc("1234").unwrap());
+        let dns = Identifiers::dns(&["b.example".into(), "a.example".into()]).unwrap();
+        for r in [
+            req(tn.clone(), None, false),
+            req(tn, Some(vec![0x30, 1, 2, 3]), true),
+            req(dns.clone(), None, true),
+            req(dns, Some(vec![9; 300]), false),
+        ] {
+            let t = Template::of(&r);
+            assert_eq!(t.parts(), Some((r.identifiers.clone(), r.csr_der.clone())));
+            assert_eq!(t.flags() & Template::CA != 0, r.ca);
+        }
+    }
+
+    #[test]
+    fn the_tracker_keeps_each_template_and_its_pool() {
+        let tracker = Tracker::default();
+        let spc = |s| Identifiers::TnAuthList(TnAuthList::from_spc(s).unwrap());
+        let a = req(spc("1000"), None, false);
+        let b = CertRequest {
+            pool: "other".into(),
+            ..req(spc("2000"), None, true)
+        };
+        for r in [&a, &b, &a] {
+            tracker.touch(r.key(), r);
+        }
+        assert_eq!(tracker.read().len(), 2);
+        assert_eq!(tracker.pools().len(), 2);
+        let issued = tracker.issue_request(b.key()).unwrap();
+        assert_eq!(
+            (issued.pool.as_str(), &issued.identifiers, issued.ca),
+            ("other", &b.identifiers, true)
+        );
+        assert_eq!(issued.cache_key, b.cache_key());
+        assert!(tracker.issue_request(CacheKey::of("untracked")).is_none());
+    }
+
+    #[test]
+    fn a_tracked_entry_stays_small() {
+        // What every key this replica served costs in the map (before the map's slack).
+        assert!(size_of::<(CacheKey, Tracked)>() <= 80);
+    }
 }
