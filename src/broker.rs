@@ -10,6 +10,7 @@ mod schedule;
 mod service;
 mod singleflight;
 mod star;
+mod tracker;
 mod watch;
 
 /// Re-exported from [`crate::cert`], where the shared domain lives.

@@ -39,9 +39,10 @@ pub struct CertRecord {
     #[serde(default)]
     pub issued_at: i64,
     /// The STAR order (RFC 8739) this certificate came from, when it is a short-term one:
-    /// the broker fetches its successor there, and cancels it on revocation.
+    /// the broker fetches its successor there, and cancels it on revocation. Boxed: most
+    /// certificates have none, and every cached record would carry its size inline.
     #[serde(default)]
-    pub star: Option<StarOrder>,
+    pub star: Option<Box<StarOrder>>,
 }
 
 impl fmt::Debug for CertRecord {

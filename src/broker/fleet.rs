@@ -115,7 +115,10 @@ impl Broker {
         match self.inner().store.current(key).await {
             Ok(Some(c)) if usable(&c) => {
                 let c = Arc::new(c);
-                self.inner().l1.insert(key.to_owned(), c.clone()).await;
+                self.inner()
+                    .l1
+                    .insert(super::request::CacheKey::of(key), c.clone())
+                    .await;
                 Some(c)
             }
             _ => None,
@@ -184,7 +187,10 @@ impl Broker {
             warn!(error = %e, "issued certificate could not be written to the shared store");
         }
         let record = Arc::new(record);
-        inner.l1.insert(req.cache_key.clone(), record.clone()).await;
+        inner
+            .l1
+            .insert(super::request::CacheKey::of(&req.cache_key), record.clone())
+            .await;
         Ok((record, true))
     }
 }

@@ -10,11 +10,7 @@
 //! issuer tells only the CA that issued it.
 
 use std::{
-    collections::HashMap,
-    sync::{
-        Arc, LazyLock, RwLock,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, atomic::Ordering},
     time::Duration,
 };
 
@@ -24,9 +20,11 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::{
-    IssueRequest, Replaces,
+    CertRequest, Identifiers, Replaces,
+    request::CacheKey,
     schedule::{self, AriPlan},
     service::{Broker, now},
+    tracker::{Failing, since_epoch},
 };
 use crate::cert::CertRecord;
 
@@ -65,7 +63,7 @@ pub struct RenewalStatus {
     /// The pool the certificate is requested from.
     pub pool: String,
     /// What the certificate is for.
-    pub identifiers: super::Identifiers,
+    pub identifiers: Identifiers,
     /// The CA that issued the current certificate, if one is known.
     pub issuer_ca: Option<String>,
     /// What the strict review of the current certificate's chain finds
@@ -77,116 +75,26 @@ pub struct RenewalStatus {
     pub star: Option<crate::cert::StarOrder>,
 }
 
-#[derive(Debug)]
-pub(super) struct Tracked {
-    request: IssueRequest,
-    /// Milliseconds since [`EPOCH`]; atomic so the hot path needs only a read lock.
-    last_requested: AtomicU64,
-    /// Open WatchCertificate streams on it: a watched certificate is in use however long
-    /// ago it was last asked for, so it is never dropped as idle.
-    watchers: usize,
-    pub(super) retry_at: Option<Instant>,
-    pub(super) failures: u32,
-    last_error: Option<String>,
-    /// The CA's renewal window for the current certificate, once fetched.
-    ari: Option<AriPlan>,
-}
-
-/// The set of certificates kept fresh by this replica.
-#[derive(Debug, Default)]
-pub(super) struct Tracker {
-    keys: RwLock<HashMap<String, Tracked>>,
-    /// The scheduler's renew fraction, once it runs.
-    fraction: std::sync::OnceLock<f64>,
-}
-
-impl Tracker {
-    fn set_fraction(&self, f: f64) {
-        let _ = self.fraction.set(f);
-    }
-
-    fn fraction(&self) -> f64 {
-        self.fraction.get().copied().unwrap_or(1.0 / 3.0)
-    }
-
-    // One map operation per critical section: a poisoned map is still consistent.
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Tracked>> {
-        self.keys.read().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub(super) fn lock(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Tracked>> {
-        self.keys.write().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Notes that `key` was just asked for (or is being watched); `request` builds the
-    /// renewal template the first time. On every cache hit: a shared lock and a store.
-    pub(super) fn touch_with(&self, key: &str, request: impl FnOnce() -> IssueRequest) {
-        let now = since_epoch();
-        if let Some(t) = self.read().get(key) {
-            t.last_requested.store(now, Ordering::Relaxed);
-            return;
-        }
-        self.lock()
-            .entry(key.to_owned())
-            .or_insert_with(|| Tracked::new(request(), now));
-    }
-
-    /// Marks `key` watched until the guard is dropped (see [`Broker::watching`]).
-    fn watch(&self, key: &str, request: impl FnOnce() -> IssueRequest) {
-        let now = since_epoch();
-        let mut keys = self.lock();
-        let t = keys
-            .entry(key.to_owned())
-            .or_insert_with(|| Tracked::new(request(), now));
-        t.watchers += 1;
-        t.last_requested.store(now, Ordering::Relaxed);
-    }
-
-    /// Ends one watch of `key`; the idle horizon counts from now.
-    fn unwatch(&self, key: &str) {
-        if let Some(t) = self.lock().get_mut(key) {
-            t.watchers = t.watchers.saturating_sub(1);
-            t.last_requested.store(since_epoch(), Ordering::Relaxed);
-        }
-    }
-}
-
-impl Tracked {
-    fn new(request: IssueRequest, now: u64) -> Self {
-        Self {
-            request,
-            last_requested: AtomicU64::new(now),
-            watchers: 0,
-            retry_at: None,
-            failures: 0,
-            last_error: None,
-            ari: None,
-        }
-    }
-}
-
 /// Keeps a certificate on the renewal schedule while a WatchCertificate stream is open on
 /// it, whatever `renewal.idle_horizon_secs` says; from [`Broker::watching`].
 #[derive(Debug)]
 pub struct WatchGuard {
     broker: Broker,
-    key: String,
+    key: CacheKey,
 }
 
 impl Drop for WatchGuard {
     fn drop(&mut self) {
-        self.broker.inner().tracker.unwatch(&self.key);
+        self.broker.inner().tracker.unwatch(self.key);
     }
 }
 
 impl Broker {
     /// Marks the certificate of `req` as in use until the guard is dropped: an open watch
     /// keeps it renewed even when nobody asks for it within the idle horizon.
-    pub fn watching(&self, req: &super::CertRequest) -> WatchGuard {
-        let key = req.cache_key();
-        self.inner()
-            .tracker
-            .watch(&key, || IssueRequest::template(req, &key));
+    pub fn watching(&self, req: &CertRequest) -> WatchGuard {
+        let key = req.key();
+        self.inner().tracker.watch(key, req);
         WatchGuard {
             broker: self.clone(),
             key,
@@ -219,22 +127,22 @@ impl Broker {
             u32,
             Option<AriPlan>,
             String,
-            super::Identifiers,
+            Identifiers,
         );
-        let snapshot: Vec<Row> = self
-            .inner()
-            .tracker
+        let tracker = &self.inner().tracker;
+        let snapshot: Vec<Row> = tracker
             .read()
             .iter()
-            .map(|(k, t)| {
-                (
-                    k.clone(),
-                    t.last_error.clone(),
-                    t.failures,
-                    t.ari.clone(),
-                    t.request.pool.clone(),
-                    t.request.identifiers.clone(),
-                )
+            .filter_map(|(k, t)| {
+                let (pool, identifiers, _) = tracker.request_of(t)?;
+                Some((
+                    k.to_string(),
+                    t.failing.as_ref().map(|f| f.last_error.clone()),
+                    t.failures(),
+                    t.ari.as_deref().cloned(),
+                    pool,
+                    identifiers,
+                ))
             })
             .collect();
         let mut out = vec![];
@@ -252,7 +160,7 @@ impl Broker {
                         |s| s.due,
                     )
                 }),
-                star: current.as_ref().and_then(|c| c.star.clone()),
+                star: current.as_ref().and_then(|c| c.star.as_deref().cloned()),
                 profile_findings: current
                     .as_ref()
                     .map(|c| {
@@ -272,7 +180,7 @@ impl Broker {
     }
 
     async fn current(&self, key: &str) -> Option<Arc<CertRecord>> {
-        if let Some(c) = self.inner().l1.get(key).await {
+        if let Some(c) = self.inner().l1_get(&CacheKey::of(key)).await {
             return Some(c);
         }
         self.inner()
@@ -285,7 +193,8 @@ impl Broker {
     }
 
     async fn renew_due(&self, opts: &RenewalOptions) {
-        let due: Vec<IssueRequest> = {
+        self.inner().l1_sweep().await;
+        let due: Vec<CacheKey> = {
             let mut keys = self.inner().tracker.lock();
             let horizon = opts.idle_horizon.as_millis() as u64;
             let now = since_epoch();
@@ -293,18 +202,23 @@ impl Broker {
                 t.watchers > 0
                     || now.saturating_sub(t.last_requested.load(Ordering::Relaxed)) < horizon
             });
-            keys.values()
-                .filter(|t| t.retry_at.is_none_or(|at| at <= Instant::now()))
-                .map(|t| t.request.clone())
+            keys.iter()
+                .filter(|(_, t)| {
+                    t.failing
+                        .as_ref()
+                        .is_none_or(|f| f.retry_at <= Instant::now())
+                })
+                .map(|(k, _)| *k)
                 .collect()
         };
-        for mut request in due {
-            let Some(current) = self.current(&request.cache_key).await else {
+        for key in due {
+            let hex = key.to_string();
+            let Some(current) = self.current(&hex).await else {
                 continue;
             };
             let star = super::star::plan(&current, opts.renew_fraction);
             let plan = if opts.use_ari && star.is_none() {
-                self.ari_plan(&request.cache_key, &current).await
+                self.ari_plan(&hex, &current).await
             } else {
                 None
             };
@@ -315,6 +229,9 @@ impl Broker {
             if now() < due {
                 continue;
             }
+            let Some(mut request) = self.inner().tracker.issue_request(key) else {
+                continue;
+            };
             match star {
                 Some(s) if s.fetch => request.star_next = Some(current.clone()),
                 Some(_) => {}
@@ -351,7 +268,10 @@ impl Broker {
     /// (the fraction rule) that is retried after [`ARI_RETRY_AFTER_FAILURE`].
     async fn ari_plan(&self, key: &str, current: &CertRecord) -> Option<AriPlan> {
         let tracker = &self.inner().tracker;
-        let known = tracker.read().get(key).and_then(|t| t.ari.clone());
+        let known = tracker
+            .read()
+            .get(&CacheKey::of(key))
+            .and_then(|t| t.ari.as_deref().cloned());
         if let Some(plan) = known.filter(|p| p.is_current(current, Instant::now())) {
             return Some(plan);
         }
@@ -398,8 +318,8 @@ impl Broker {
                 }
             }
         };
-        if let Some(t) = tracker.lock().get_mut(key) {
-            t.ari = Some(plan.clone());
+        if let Some(t) = tracker.lock().get_mut(&CacheKey::of(key)) {
+            t.ari = Some(Box::new(plan.clone()));
         }
         Some(plan)
     }
@@ -413,31 +333,25 @@ impl Broker {
         backoff: impl FnOnce(u32) -> Duration,
     ) {
         let mut keys = self.inner().tracker.lock();
-        let Some(t) = keys.get_mut(key) else { return };
+        let Some(t) = keys.get_mut(&CacheKey::of(key)) else {
+            return;
+        };
         match error {
-            None => {
-                t.failures = 0;
-                t.retry_at = None;
-                t.last_error = None;
-            }
+            None => t.failing = None,
             Some(e) => {
-                t.failures += 1;
-                let backoff = backoff(t.failures);
+                let failures = t.failures() + 1;
+                let backoff = backoff(failures);
                 let jitter = rand::rng().random_range(0.0..0.25);
-                t.retry_at = Some(Instant::now() + backoff.mul_f64(1.0 + jitter));
-                t.last_error = Some(e.to_string());
+                t.failing = Some(Box::new(Failing {
+                    retry_at: Instant::now() + backoff.mul_f64(1.0 + jitter),
+                    failures,
+                    last_error: e.to_string(),
+                }));
                 self.inner().stats.record_renewal_failure();
-                warn!(error = %e, failures = t.failures, "renewal failed; the current certificate stays in service");
+                warn!(error = %e, failures, "renewal failed; the current certificate stays in service");
             }
         }
     }
-}
-
-/// Process-wide origin of the trackers' millisecond clocks.
-static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
-
-fn since_epoch() -> u64 {
-    EPOCH.elapsed().as_millis() as u64
 }
 
 /// How long a failed renewal-information fetch is not repeated for a certificate (the

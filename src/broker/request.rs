@@ -135,6 +135,11 @@ impl CertRequest {
     /// Identity of the certificate asked for: pool, identifiers and key source. Requests with
     /// equal keys are answered by the same certificate.
     pub fn cache_key(&self) -> String {
+        self.key().to_string()
+    }
+
+    /// [`CertRequest::cache_key`] as the bytes the broker keeps in memory.
+    pub(super) fn key(&self) -> CacheKey {
         let key_spec = match &self.csr_public_key {
             Some(spki) => format!("csr:{}", hex::encode(Sha256::digest(spki))),
             None => "broker:p256".to_owned(),
@@ -155,7 +160,56 @@ impl CertRequest {
             h.update((part.len() as u64).to_be_bytes());
             h.update(part.as_bytes());
         }
-        hex::encode(h.finalize())
+        CacheKey(h.finalize().into())
+    }
+}
+
+/// A cache key as this process holds it (L1, renewal tracker): the 32 bytes of the SHA-256
+/// whose lowercase hex is the fleet's key, the one in the store, in invalidation messages and
+/// in [`super::IssueRequest::cache_key`]. Inline and half the size of the hex, so a map entry
+/// keyed by it owns no allocation for its key.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) struct CacheKey([u8; 32]);
+
+impl CacheKey {
+    /// The key the fleet key `key` names: its bytes when it is 64 lowercase hex digits, as
+    /// every key [`CertRequest::cache_key`] makes is; any other string (no replica makes one)
+    /// still names a key of its own, the SHA-256 of the string.
+    pub(super) fn of(key: &str) -> Self {
+        let mut out = [0u8; 32];
+        let digits = key.as_bytes();
+        let nibble = |c: u8| match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            _ => None,
+        };
+        if digits.len() == 64
+            && out.iter_mut().zip(digits.chunks_exact(2)).all(|(o, pair)| {
+                match (nibble(pair[0]), nibble(pair[1])) {
+                    (Some(hi), Some(lo)) => {
+                        *o = hi << 4 | lo;
+                        true
+                    }
+                    _ => false,
+                }
+            })
+        {
+            return Self(out);
+        }
+        Self(Sha256::digest(digits).into())
+    }
+}
+
+impl std::fmt::Display for CacheKey {
+    /// The fleet's form: lowercase hex.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl std::fmt::Debug for CacheKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
     }
 }
 
@@ -191,6 +245,25 @@ mod tests {
             );
         }
         assert!(Identifiers::dns(&[]).is_err());
+    }
+
+    #[test]
+    fn cache_key_bytes_are_the_fleet_key() {
+        let r = req(
+            Identifiers::TnAuthList(TnAuthList::from_spc("1234").unwrap()),
+            "default",
+            None,
+        );
+        let hex = r.cache_key();
+        assert_eq!(hex.len(), 64);
+        assert_eq!(CacheKey::of(&hex), r.key());
+        assert_eq!(CacheKey::of(&hex).to_string(), hex);
+        // Anything else is a key of its own, never one a request makes.
+        for other in ["k", &hex.to_uppercase(), &hex[..63], &format!("{hex}0")] {
+            assert_ne!(CacheKey::of(other), r.key(), "{other}");
+            assert_eq!(CacheKey::of(other), CacheKey::of(other));
+        }
+        assert_ne!(CacheKey::of("k1"), CacheKey::of("k2"));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use moka::{Expiry, future::Cache};
+use moka::{future::Cache, ops::compute::Op};
 use time::OffsetDateTime;
 use tracing::{info, warn};
 
@@ -11,8 +11,9 @@ use tokio::sync::broadcast;
 use super::{
     BrokerError, CertRequest, IssueRequest, Issuer, RevokeRequest,
     fleet::{BrokerStats, Usable, decode_refusal},
-    renewal::Tracker,
+    request::CacheKey,
     singleflight::SingleFlight,
+    tracker::Tracker,
 };
 use crate::{
     cert::{CertRecord, CertSelector},
@@ -87,7 +88,9 @@ pub struct Broker {
 pub(super) struct Inner {
     pub(super) issuer: Arc<dyn Issuer>,
     pub(super) store: Arc<dyn Store>,
-    pub(super) l1: Cache<String, Arc<CertRecord>>,
+    /// The in-process cache, bounded by `cache_capacity`. Read it through [`Inner::l1_get`],
+    /// which never answers an expired certificate.
+    pub(super) l1: Cache<CacheKey, Arc<CertRecord>>,
     flights: SingleFlight<FlightResult>,
     pub(super) opts: BrokerOptions,
     pub(super) stats: BrokerStats,
@@ -96,15 +99,60 @@ pub(super) struct Inner {
     updates: broadcast::Sender<String>,
 }
 
+// === impl Inner ===
+
+impl Inner {
+    /// The L1 certificate for `key` while it is valid. An expired one is dropped (unless a
+    /// fresh one replaced it meanwhile) and is not answered: L1 never serves an expired
+    /// certificate.
+    pub(super) async fn l1_get(&self, key: &CacheKey) -> Option<Arc<CertRecord>> {
+        let c = self.l1.get(key).await?;
+        if c.remaining_secs(now()) > 0 {
+            return Some(c);
+        }
+        self.l1
+            .entry(*key)
+            .and_compute_with(|e| async move {
+                match e {
+                    Some(e) if e.value().remaining_secs(now()) <= 0 => Op::Remove,
+                    _ => Op::Nop,
+                }
+            })
+            .await;
+        None
+    }
+
+    /// Drops every expired certificate from L1, so that the certificates of keys nobody
+    /// asks for any more free their memory when they expire, as they would with a
+    /// per-entry expiry. Called by the renewal loop once per check; yields to the runtime
+    /// every 1,024 entries.
+    pub(super) async fn l1_sweep(&self) {
+        let t = now();
+        let expired: Vec<CacheKey> = self
+            .l1
+            .iter()
+            .filter(|(_, c)| c.remaining_secs(t) <= 0)
+            .map(|(k, _)| *k)
+            .collect();
+        for (i, key) in expired.iter().enumerate() {
+            if i % 1024 == 1023 {
+                tokio::task::yield_now().await;
+            }
+            // `l1_get` drops it unless a fresh certificate replaced it.
+            let _ = self.l1_get(key).await;
+        }
+    }
+}
+
 // === impl Broker ===
 
 impl Broker {
     /// A broker over an issuer and a store.
     pub fn new(issuer: Arc<dyn Issuer>, store: Arc<dyn Store>, opts: BrokerOptions) -> Self {
-        let l1 = Cache::builder()
-            .max_capacity(opts.cache_capacity)
-            .expire_after(UntilNotAfter)
-            .build();
+        // No per-entry expiry in moka: its timer wheel costs a node per entry (~50 bytes)
+        // and housekeeping work, while every read already compares notAfter with the clock
+        // ([`Inner::l1_get`]); expired entries are dropped there and by [`Inner::l1_sweep`].
+        let l1 = Cache::builder().max_capacity(opts.cache_capacity).build();
         Self {
             inner: Arc::new(Inner {
                 issuer,
@@ -178,7 +226,7 @@ impl Broker {
                 let Some(inner) = weak.upgrade() else { break };
                 match msg {
                     Ok(key) => {
-                        inner.l1.invalidate(&key).await;
+                        inner.l1.invalidate(&CacheKey::of(&key)).await;
                         let _ = inner.updates.send(key);
                     }
                     Err(broadcast::error::RecvError::Lagged(_)) => inner.l1.invalidate_all(),
@@ -211,19 +259,18 @@ impl Broker {
             .unwrap_or(inner.opts.default_min_remaining);
         // Refusals before any cache lookup or CA work.
         self.check_pool_lifetime(&req, min_remaining)?;
-        let key = req.cache_key();
-        let template = || IssueRequest::template(&req, &key);
+        let key = req.key();
         let min_secs = min_remaining.as_secs() as i64;
         let fresh = move |c: &CertRecord| c.remaining_secs(now()) > min_secs;
 
         // The certificate this request finds wanting, if any: a replacement must differ.
         let mut stale_serial = None;
-        let cached = inner.l1.get(&key).await;
+        let cached = inner.l1_get(&key).await;
         if let Some(c) = &cached
             && fresh(c)
             && !req.force_renew
         {
-            inner.tracker.touch_with(&key, template);
+            inner.tracker.touch(key, &req);
             return Ok((c.clone(), CacheStatus::HitLocal));
         }
         if let Some(c) = cached {
@@ -231,14 +278,15 @@ impl Broker {
             stale_serial = Some(c.serial_hex.clone());
         }
         // Tracked (renewed ahead of expiry) only once it passed the checks above.
-        inner.tracker.touch_with(&key, template);
+        inner.tracker.touch(key, &req);
         // Everything past L1 runs once per key in this process, store I/O included: callers
         // that miss together share one store round trip, and while the store is down they
         // all wait for the one issuance instead of each paying the store's timeout and then
         // starting its own. A flight re-checks L1 first, so a request that missed L1 just
         // before another flight finished finds that flight's certificate.
         let this = self.clone();
-        let issue_req = template();
+        let key = key.to_string();
+        let issue_req = IssueRequest::template(&req, &key);
         let force_renew = req.force_renew;
         let (result, joined) = inner
             .flights
@@ -283,16 +331,16 @@ impl Broker {
         force_renew: bool,
     ) -> FlightResult {
         let inner = &self.inner;
-        let key = req.cache_key.clone();
+        let key = CacheKey::of(&req.cache_key);
         let fresh = move |c: &CertRecord| c.remaining_secs(now()) > min_secs;
         // Another flight for this key may have finished since the caller looked: it left
         // its certificate here before it ended.
-        if let Some(c) = inner.l1.get(&key).await {
+        if let Some(c) = inner.l1_get(&key).await {
             if fresh(&c) && Some(&c.serial_hex) != stale_serial.as_ref() {
                 return Ok((c, CacheStatus::HitLocal));
             }
         }
-        match inner.store.current(&key).await {
+        match inner.store.current(&req.cache_key).await {
             Ok(Some(c)) if fresh(&c) && !force_renew => {
                 let c = Arc::new(c);
                 inner.l1.insert(key, c.clone()).await;
@@ -308,7 +356,7 @@ impl Broker {
             Ok(None) => {}
             Err(e) => warn!(error = %e, "store lookup failed; treating as a miss"),
         }
-        if let Ok(Some(refusal)) = inner.store.negative(&key).await {
+        if let Ok(Some(refusal)) = inner.store.negative(&req.cache_key).await {
             return Err(decode_refusal(&refusal));
         }
         let usable: Usable = Arc::new(move |c: &CertRecord| {
@@ -344,7 +392,7 @@ impl Broker {
         } else {
             inner.issuer.revoke(&record, req.reason).await?;
         }
-        inner.l1.invalidate(&record.cache_key).await;
+        inner.l1.invalidate(&CacheKey::of(&record.cache_key)).await;
         let _ = inner.updates.send(record.cache_key.clone());
         if let Err(e) = inner.store.evict(&record).await {
             warn!(error = %e, serial = %record.serial_hex, "revoked certificate could not be evicted from the store");
@@ -383,18 +431,5 @@ pub(super) fn now() -> i64 {
     OffsetDateTime::now_utc().unix_timestamp()
 }
 
-/// L1 entries live no longer than their certificate.
-struct UntilNotAfter;
-
-impl Expiry<String, Arc<CertRecord>> for UntilNotAfter {
-    fn expire_after_create(
-        &self,
-        _key: &String,
-        value: &Arc<CertRecord>,
-        _created_at: std::time::Instant,
-    ) -> Option<Duration> {
-        Some(Duration::from_secs(
-            value.remaining_secs(now()).max(0) as u64
-        ))
-    }
-}
+#[cfg(test)]
+mod tests;

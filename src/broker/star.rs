@@ -70,12 +70,12 @@ mod tests {
             issuer_ca: "ca".into(),
             issuer_account: "a".into(),
             issued_at: not_before,
-            star: Some(StarOrder {
+            star: Some(Box::new(StarOrder {
                 order_url: "https://ca/order/1".into(),
                 certificate_url: "https://ca/star/1".into(),
                 end_date: end,
                 lifetime_secs: lifetime,
-            }),
+            })),
         }
     }
 

@@ -436,7 +436,7 @@ pub(super) fn record(req: &IssueRequest, ca: &str, issued: Issued) -> CertRecord
         issuer_ca: ca.to_owned(),
         issuer_account: issued.account_url,
         issued_at: time::OffsetDateTime::now_utc().unix_timestamp(),
-        star: issued.star,
+        star: issued.star.map(Box::new),
     }
 }
 

@@ -68,7 +68,7 @@ pub(super) fn encode(
         issuer_ca: record.issuer_ca.clone(),
         issuer_account: record.issuer_account.clone(),
         issued_at: record.issued_at,
-        star: record.star.clone(),
+        star: record.star.as_deref().cloned(),
     };
     serde_json::to_vec(&stored).map_err(|e| StoreError::Corrupt(format!("cannot encode: {e}")))
 }
@@ -112,7 +112,7 @@ pub(super) fn decode(bytes: &[u8], keyring: Option<&Keyring>) -> Result<CertReco
         issuer_ca: stored.issuer_ca,
         issuer_account: stored.issuer_account,
         issued_at: stored.issued_at,
-        star: stored.star,
+        star: stored.star.map(Box::new),
     })
 }
 
@@ -182,12 +182,12 @@ mod tests {
     #[test]
     fn a_star_order_survives_the_round_trip_and_old_records_have_none() {
         let r = CertRecord {
-            star: Some(crate::cert::StarOrder {
+            star: Some(Box::new(crate::cert::StarOrder {
                 order_url: "https://ca/order/7".into(),
                 certificate_url: "https://ca/star/7".into(),
                 end_date: 1_900_000_000,
                 lifetime_secs: 3600,
-            }),
+            })),
             ..record(Some(vec![1, 2, 3]))
         };
         let bytes = encode(&r, Some(&ring())).unwrap();
