@@ -22,16 +22,18 @@ pub struct RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// 5 ms, doubling, at most 10 s per step, 90 s overall.
+    /// 1 ms, doubling, at most 10 s per step, 90 s overall.
     ///
-    /// The first poll goes out at once; the first re-poll only 5 ms later, because a CA that
+    /// The first poll goes out at once; the first re-poll only 1 ms later, because a CA that
     /// issues in milliseconds (Pebble, the devca, most CAs for a tkauth-01 order) often
     /// answers the first poll with `processing`, and a fixed quarter second there was most
-    /// of a cold issuance. Doubling reaches a second after about 8 polls (2.5 s), so a slow
-    /// CA is not hammered; its `Retry-After` on a poll answer wins over these steps.
+    /// of a cold issuance (5 ms, the step before, was still half of a Pebble issuance's own
+    /// time). Doubling keeps the wait within twice the CA's processing time, and reaches a
+    /// second after 10 polls (about 1 s), so a slow CA is not hammered; its `Retry-After` on
+    /// a poll answer wins over these steps.
     pub const fn new() -> Self {
         Self {
-            initial_delay: Duration::from_millis(5),
+            initial_delay: Duration::from_millis(1),
             backoff: 2.0,
             max_delay: Duration::from_secs(10),
             timeout: Duration::from_secs(90),
@@ -143,16 +145,17 @@ mod tests {
         let p = RetryPolicy::new();
         let mut delay = p.initial_delay;
         let mut schedule = vec![];
-        for _ in 0..14 {
+        for _ in 0..15 {
             schedule.push(p.step(delay, None));
             delay = p.next_delay(delay);
         }
-        assert_eq!(schedule[0], Duration::from_millis(5));
-        assert_eq!(schedule[1], Duration::from_millis(10));
-        // Ten polls in the first ~5 s, then one per max_delay.
+        assert_eq!(schedule[0], Duration::from_millis(1));
+        assert_eq!(schedule[1], Duration::from_millis(2));
+        // Ten polls in the first ~1 s, then doubling up to one per max_delay.
         let first_ten: Duration = schedule[..10].iter().sum();
-        assert!(first_ten < Duration::from_secs(6), "{first_ten:?}");
-        assert_eq!(schedule[13], p.max_delay);
+        assert!(first_ten < Duration::from_millis(1100), "{first_ten:?}");
+        assert!(schedule[13] < p.max_delay);
+        assert_eq!(schedule[14], p.max_delay);
         // A server's hint replaces the step, even a long one, up to max_delay.
         assert_eq!(
             p.step(p.initial_delay, Some(Duration::from_secs(1))),
