@@ -1,5 +1,9 @@
 //! The `certbroker` binary: see `certbroker --help`.
 
+/// The allocator of the broker binary (docs/benchmarks.md, "Allocator").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     match certbroker::cli::main() {
         Ok(()) => std::process::ExitCode::SUCCESS,
