@@ -177,26 +177,14 @@ impl CacheKey {
     /// still names a key of its own, the SHA-256 of the string.
     pub(super) fn of(key: &str) -> Self {
         let mut out = [0u8; 32];
-        let digits = key.as_bytes();
-        let nibble = |c: u8| match c {
-            b'0'..=b'9' => Some(c - b'0'),
-            b'a'..=b'f' => Some(c - b'a' + 10),
-            _ => None,
-        };
-        if digits.len() == 64
-            && out.iter_mut().zip(digits.chunks_exact(2)).all(|(o, pair)| {
-                match (nibble(pair[0]), nibble(pair[1])) {
-                    (Some(hi), Some(lo)) => {
-                        *o = hi << 4 | lo;
-                        true
-                    }
-                    _ => false,
-                }
-            })
+        // `hex` also reads uppercase digits, which no replica writes: those stay keys of
+        // their own, as any other string.
+        if !key.bytes().any(|b| b.is_ascii_uppercase())
+            && hex::decode_to_slice(key, &mut out).is_ok()
         {
             return Self(out);
         }
-        Self(Sha256::digest(digits).into())
+        Self(Sha256::digest(key.as_bytes()).into())
     }
 }
 
