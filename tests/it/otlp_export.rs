@@ -263,6 +263,21 @@ async fn spans_reach_an_otlp_collector_with_the_conventions() {
     );
     assert_eq!(rpc.trace_state, TRACE_STATE, "tracestate kept");
     assert_ne!(hex::encode(&rpc.span_id), CALLER_SPAN, "a span of its own");
+    // The caller, recorded once per request by RpcLayer (dev mode: no client certificate).
+    let caller = str_attr(rpc, "caller");
+    assert!(
+        caller
+            .as_deref()
+            .is_some_and(|c| c.starts_with("anonymous@")),
+        "caller attribute: {caller:?}"
+    );
+    // broker.get_certificate is a debug-level span: exported all the same at the default
+    // log filter, as the child of the server span.
+    let get = spans
+        .iter()
+        .find(|r| r.span.name == "broker.get_certificate" && r.span.trace_id == rpc.trace_id)
+        .expect("broker.get_certificate exported");
+    assert_eq!(get.span.parent_span_id, rpc.span_id);
 
     // acme.request: CLIENT spans below the server span in the same trace.
     let by_id: HashMap<&[u8], &Span> = spans
