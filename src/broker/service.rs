@@ -362,7 +362,9 @@ impl Broker {
         let usable: Usable = Arc::new(move |c: &CertRecord| {
             c.remaining_secs(now()) > 0 && Some(&c.serial_hex) != stale_serial.as_ref()
         });
-        let (cert, issued_here) = self.obtain(req, usable).await?;
+        // Boxed: the issuance's state machine is large, and this future is moved into its
+        // task and its output out of it on every L2 hit, which never issues.
+        let (cert, issued_here) = Box::pin(self.obtain(req, usable)).await?;
         let status = if issued_here {
             CacheStatus::Issued
         } else {

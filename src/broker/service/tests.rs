@@ -68,3 +68,32 @@ async fn l1_never_answers_an_expired_certificate_and_sweeps_them() {
     assert!(inner.l1.get(&dead2).await.is_none());
     assert!(inner.l1.get(&live).await.is_some());
 }
+
+/// The flight an L1 miss spawns is moved into its task and its output out of it on every
+/// L2 hit: it must not carry the issuance's state machine inline (tens of KiB), which would
+/// cost a large copy per hit. The issuance is boxed behind it.
+#[tokio::test]
+async fn the_flight_future_of_an_l2_hit_stays_small() {
+    let broker = Broker::new(
+        Arc::new(NoIssuer),
+        Arc::new(MemoryStore::new()),
+        BrokerOptions {
+            cache_capacity: 100,
+            default_min_remaining: Duration::ZERO,
+            issuance_timeout: Duration::from_secs(1),
+            lock_ttl: Duration::from_secs(1),
+            negative_ttl: Duration::from_secs(1),
+        },
+    );
+    let req = &CertRequest {
+        identifiers: crate::cert::Identifiers::Dns(vec!["a.example".into()]),
+        csr_der: None,
+        csr_public_key: None,
+        pool: "default".into(),
+        min_remaining: None,
+        force_renew: false,
+        ca: false,
+    };
+    let flight = broker.lookup_or_obtain(IssueRequest::template(req, "k"), 0, None, false);
+    assert!(size_of_val(&flight) <= 3072, "flight future grew");
+}
