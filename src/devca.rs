@@ -354,8 +354,14 @@ impl DevCa {
             .merge(stipa::router(inner.clone()))
             .merge(stats::router(inner.clone()));
         let server = axum_server::Handle::new();
-        let srv = axum_server::from_tcp_rustls(listener, tls)
+        // TCP_NODELAY on every accepted connection: an answer written in more than one
+        // piece (TLS records, HTTP/2 frames) must not wait for the client's delayed ACK,
+        // which stalled an issuance by ~40 ms now and then.
+        let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(tls)
+            .acceptor(axum_server::accept::NoDelayAcceptor::new());
+        let srv = axum_server::from_tcp(listener)
             .map_err(io("starting the server".into()))?
+            .acceptor(acceptor)
             .handle(server.clone());
         let task = tokio::spawn(async move {
             if let Err(e) = srv.serve(app.into_make_service()).await {
