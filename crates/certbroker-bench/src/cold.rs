@@ -255,6 +255,7 @@ pub(super) fn row(name: &str, times: &[Duration]) -> anyhow::Result<Row> {
             elapsed: total,
             statuses: [0; 5],
             first_error: None,
+            cpu_s: 0.0,
         },
     ))
 }

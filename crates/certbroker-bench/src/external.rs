@@ -113,14 +113,20 @@ pub(super) async fn external(cfg: &Config) -> anyhow::Result<Report> {
         .insert("response_bytes".into(), response_bytes as f64);
 
     let (mut broker_rps, mut base_rps, mut ratios) = (vec![], vec![], vec![]);
+    // [bare, broker] CPU microseconds per request, per round.
+    let (mut server_cpu, mut machine_cpu) = ([vec![], vec![]], [vec![], vec![]]);
     for round in 0..rounds {
-        let mut order = [(false, baseline.addr), (true, broker.addr)];
+        let mut order = [
+            (false, baseline.addr, baseline.pid()),
+            (true, broker.addr, broker.pid()),
+        ];
         if round % 2 == 1 {
             order.reverse();
         }
         let mut this_round = [0.0f64; 2];
-        for (is_broker, addr) in order {
-            let run = h2load(addr, &request_file, cfg.duration, warmup)?;
+        let mut cpu_round = [CpuPerRequest::default(); 2];
+        for (is_broker, addr, pid) in order {
+            let run = h2load(addr, pid, &request_file, cfg.duration, warmup)?;
             run.check(response_bytes)?;
             let name = if is_broker {
                 format!("broker L1 hit (process), r{}", round + 1)
@@ -129,7 +135,25 @@ pub(super) async fn external(cfg: &Config) -> anyhow::Result<Report> {
             };
             report.rows.push(run.row(&name));
             this_round[usize::from(is_broker)] = run.rps;
+            cpu_round[usize::from(is_broker)] = run.cpu;
         }
+        let [base, brk] = cpu_round;
+        report.details.push(format!(
+            "r{}: CPU per request, server process: bare {:.1} us, broker {:.1} us ({:.3}x); \
+             whole machine (h2load included): bare {:.1} us, broker {:.1} us; bare / broker \
+             {:.3}",
+            round + 1,
+            base.server_us,
+            brk.server_us,
+            brk.server_us / base.server_us.max(1e-9),
+            base.machine_us,
+            brk.machine_us,
+            base.machine_us / brk.machine_us.max(1e-9),
+        ));
+        server_cpu[0].push(base.server_us);
+        server_cpu[1].push(brk.server_us);
+        machine_cpu[0].push(base.machine_us);
+        machine_cpu[1].push(brk.machine_us);
         base_rps.push(this_round[0]);
         broker_rps.push(this_round[1]);
         ratios.push(this_round[1] / this_round[0]);
@@ -147,6 +171,10 @@ pub(super) async fn external(cfg: &Config) -> anyhow::Result<Report> {
     report.spread("broker_rps", &broker_rps);
     report.spread("baseline_rps", &base_rps);
     let median_ratio = report.spread("ratio", &ratios);
+    report.spread("server_cpu_us_per_request_bare", &server_cpu[0]);
+    report.spread("server_cpu_us_per_request_broker", &server_cpu[1]);
+    report.spread("machine_cpu_us_per_request_bare", &machine_cpu[0]);
+    report.spread("machine_cpu_us_per_request_broker", &machine_cpu[1]);
     let m = &mut report.metrics;
     // What default logging wrote during the whole run (every hit included).
     let log = std::fs::read_to_string(&broker_log).unwrap_or_default();
@@ -226,6 +254,11 @@ impl Proc {
         })
     }
 
+    /// The process id (0 once stopped).
+    fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
     /// SIGTERM, then up to 10 s for a clean exit (logs drained), then kill.
     fn stop(&mut self) {
         let Some(mut child) = self.child.take() else {
@@ -265,6 +298,7 @@ struct H2load {
     data_bytes: u64,
     max_us: Option<f64>,
     latency: Option<Histogram<u64>>,
+    cpu: CpuPerRequest,
 }
 
 impl H2load {
@@ -303,8 +337,37 @@ impl H2load {
     }
 }
 
+/// Busy CPU seconds (user + system) of process `pid` so far, from `/proc/<pid>/stat`; 0
+/// where that cannot be read.
+fn process_cpu_s(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) in parentheses: state is
+    // field 3, utime 14 and stime 15.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // `rest` starts at field 3, so utime (14) is at index 11; USER_HZ is 100 on Linux.
+    (tick(11) + tick(12)) as f64 / 100.0
+}
+
+/// CPU per measured request of one h2load run: the server process alone and the whole
+/// machine (server, h2load and whatever else runs), in microseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct CpuPerRequest {
+    server_us: f64,
+    machine_us: f64,
+}
+
 fn h2load(
     addr: SocketAddr,
+    server_pid: u32,
     request: &PathBuf,
     duration: Duration,
     warmup: Duration,
@@ -323,13 +386,24 @@ fn h2load(
     if !warmup.is_zero() {
         cmd.args(["--warm-up-time", &format!("{}ms", warmup.as_millis())]);
     }
-    let out = cmd
+    let child = cmd
         .arg("-d")
         .arg(request)
         .args(["-H", "content-type: application/grpc", "-H", "te: trailers"])
         .arg(&url)
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .context("running h2load")?;
+    // CPU is counted over the measured part: from the end of the warm-up (h2load's clock
+    // starts as it connects, a few ms after this) to its exit.
+    std::thread::sleep(warmup);
+    let (server0, machine0) = (process_cpu_s(server_pid), crate::procs::busy_cpu_s());
+    let out = child.wait_with_output().context("running h2load")?;
+    let (server_s, machine_s) = (
+        process_cpu_s(server_pid) - server0,
+        crate::procs::busy_cpu_s() - machine0,
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     anyhow::ensure!(
         out.status.success(),
@@ -345,6 +419,11 @@ fn h2load(
         "h2load: {not_ok} measured requests not answered 200"
     );
     run.latency = Some(latency);
+    let n = run.done.max(1) as f64;
+    run.cpu = CpuPerRequest {
+        server_us: server_s * 1e6 / n,
+        machine_us: machine_s * 1e6 / n,
+    };
     Ok(run)
 }
 
@@ -430,6 +509,7 @@ fn parse_h2load(out: &str) -> anyhow::Result<H2load> {
         data_bytes,
         max_us,
         latency: None,
+        cpu: CpuPerRequest::default(),
     })
 }
 
@@ -494,6 +574,7 @@ req/s           :    3933.57     3943.04     3938.17        3.24    62.50%
                 data_bytes: 99_154_435,
                 max_us: Some(16530.0),
                 latency: None,
+                cpu: CpuPerRequest::default(),
             }
         );
         assert!(r.check(3052).is_ok());
@@ -505,5 +586,33 @@ req/s           :    3933.57     3943.04     3938.17        3.24    62.50%
             (hist.len(), hist.max(), hist.min(), not_ok),
             (2, 500, 300, 1)
         );
+    }
+}
+
+#[cfg(test)]
+mod cpu_tests {
+    use super::*;
+
+    #[test]
+    fn process_and_machine_cpu_count_work_done() {
+        let (own, machine) = (
+            process_cpu_s(std::process::id()),
+            crate::procs::busy_cpu_s(),
+        );
+        // Work until this process has used at least two clock ticks of CPU.
+        let mut x = 0u64;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while process_cpu_s(std::process::id()) - own < 0.02 {
+            assert!(
+                Instant::now() < deadline,
+                "no CPU time counted in /proc/self/stat"
+            );
+            for i in 0..100_000u64 {
+                x = x.wrapping_mul(31).wrapping_add(i);
+            }
+            std::hint::black_box(x);
+        }
+        assert!(crate::procs::busy_cpu_s() - machine >= 0.01);
+        assert_eq!(process_cpu_s(u32::MAX), 0.0, "no such process");
     }
 }

@@ -55,6 +55,9 @@ pub(super) struct LoadResult {
     pub(super) statuses: [u64; 5],
     /// First error message seen, if any.
     pub(super) first_error: Option<String>,
+    /// Busy CPU seconds of the whole machine during the recorded part
+    /// ([`crate::procs::busy_cpu_s`]).
+    pub(super) cpu_s: f64,
 }
 
 impl LoadResult {
@@ -115,6 +118,7 @@ async fn drive(
     stop: Stop,
 ) -> anyhow::Result<LoadResult> {
     let next = Arc::new(AtomicU64::new(0));
+    let cpu = crate::procs::busy_cpu_s();
     let start = Instant::now();
     let mut workers = Vec::with_capacity(concurrency);
     for w in 0..concurrency.max(1) {
@@ -159,6 +163,7 @@ async fn drive(
         elapsed: Duration::ZERO,
         statuses: [0; 5],
         first_error: None,
+        cpu_s: 0.0,
     };
     for w in workers {
         let (hist, errors, statuses, first_error) = w.await.context("load worker")?;
@@ -172,6 +177,7 @@ async fn drive(
         }
     }
     result.elapsed = start.elapsed();
+    result.cpu_s = crate::procs::busy_cpu_s() - cpu;
     Ok(result)
 }
 

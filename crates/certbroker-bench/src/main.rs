@@ -18,6 +18,11 @@ mod scenarios;
 
 use std::{path::PathBuf, time::Duration};
 
+/// The broker binary's allocator (src/main.rs), so that the brokers measured in this
+/// process allocate as the release binary does; the baselines in this process use it too.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 
@@ -49,6 +54,11 @@ struct BenchArgs {
     /// of the "small cache" in the scale scenario).
     #[arg(long, default_value_t = 16)]
     keys: usize,
+    /// L2: seeded keys, each asked for once per fresh replica; enough that a replica's
+    /// set-up and its ramp up and down are a small part of its run [default: 20000,
+    /// --quick 200].
+    #[arg(long)]
+    l2_keys: Option<usize>,
     /// Fan-in: concurrent callers for one new key [default: 1000, --quick 200].
     #[arg(long)]
     fanin_callers: Option<usize>,
@@ -113,6 +123,7 @@ struct Config {
     connections: usize,
     duration: Duration,
     keys: usize,
+    l2_keys: usize,
     fanin_callers: usize,
     fanin_runs: usize,
     cold_runs: usize,
@@ -138,6 +149,7 @@ impl Config {
             connections: a.connections.max(1),
             duration: Duration::from_secs_f64(duration),
             keys: a.keys,
+            l2_keys: a.l2_keys.unwrap_or(if q { 200 } else { 20_000 }).max(1),
             fanin_callers: a.fanin_callers.unwrap_or(if q { 200 } else { 1000 }).max(1),
             fanin_runs: a.fanin_runs.unwrap_or(if q { 1 } else { 5 }).max(1),
             cold_runs: a.cold_runs.unwrap_or(if q { 2 } else { 7 }),

@@ -124,10 +124,13 @@ pub(super) struct RedisBenchmark {
     pub(super) max_us: f64,
     /// Requests made.
     pub(super) requests: u64,
+    /// Busy CPU seconds of the machine during the GET run ([`busy_cpu_s`]).
+    pub(super) cpu_s: f64,
 }
 
-/// `redis-benchmark -t set,get -d <size> -c <clients> -n <requests> --csv`, GET row. SET
-/// runs first so that every GET finds a value of that size.
+/// `redis-benchmark -t get -d <size> -c <clients> -n <requests> --csv` after an unmeasured
+/// `-t set` that leaves a value of that size under the key GET reads. `cpu_s` is the
+/// machine's busy CPU time during the GET run alone (client and server).
 pub(super) fn redis_benchmark(
     port: u16,
     size: usize,
@@ -135,21 +138,52 @@ pub(super) fn redis_benchmark(
     requests: u64,
 ) -> anyhow::Result<RedisBenchmark> {
     require("redis-benchmark", "redis-tools")?;
-    let out = Command::new("redis-benchmark")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-        .args(["-t", "set,get", "--csv"])
-        .args(["-d", &size.to_string()])
-        .args(["-c", &clients.to_string()])
-        .args(["-n", &requests.to_string()])
-        .output()
-        .context("running redis-benchmark")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    anyhow::ensure!(
-        out.status.success(),
-        "redis-benchmark failed: {text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    parse_redis_benchmark_csv(&text, requests)
+    let run = |test: &str, n: u64| -> anyhow::Result<String> {
+        let out = Command::new("redis-benchmark")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-t", test, "--csv"])
+            .args(["-d", &size.to_string()])
+            .args(["-c", &clients.to_string()])
+            .args(["-n", &n.to_string()])
+            .output()
+            .context("running redis-benchmark")?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        anyhow::ensure!(
+            out.status.success(),
+            "redis-benchmark failed: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(text)
+    };
+    run("set", clients as u64)?;
+    let before = busy_cpu_s();
+    let text = run("get", requests)?;
+    let cpu_s = busy_cpu_s() - before;
+    let mut rb = parse_redis_benchmark_csv(&text, requests)?;
+    rb.cpu_s = cpu_s;
+    Ok(rb)
+}
+
+/// Busy CPU seconds of the whole machine so far, all cores (`/proc/stat`: user, nice,
+/// system, irq, softirq, steal; not idle or iowait); 0 where that file does not exist.
+/// The difference over a run, divided by its requests, is what one request costs the
+/// machine: load generator, server and Redis together.
+pub(super) fn busy_cpu_s() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(cpu) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+        return 0.0;
+    };
+    let ticks: Vec<u64> = cpu
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...; USER_HZ is 100 on Linux.
+    let busy: u64 = [0, 1, 2, 5, 6, 7]
+        .iter()
+        .filter_map(|&i| ticks.get(i))
+        .sum();
+    busy as f64 / 100.0
 }
 
 /// Parses the GET line of `redis-benchmark --csv` (Redis 7 columns: test, rps,
@@ -172,6 +206,7 @@ fn parse_redis_benchmark_csv(text: &str, requests: u64) -> anyhow::Result<RedisB
         p99_us: cols[5] * 1000.0,
         max_us: cols[6] * 1000.0,
         requests,
+        cpu_s: 0.0,
     })
 }
 

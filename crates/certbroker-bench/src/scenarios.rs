@@ -123,7 +123,7 @@ pub(super) async fn l2(cfg: &Config) -> anyhow::Result<Report> {
     let redis = RedisServer::start()?;
     let env = DevEnv::start().await?;
     let template = fixture::template_record(&env).await?;
-    let seeds = if cfg.quick { 200 } else { 2000 };
+    let seeds = cfg.l2_keys;
     let seeder =
         fixture::template_broker(fixture::redis_store(&redis.url()).await?, template.clone())
             .await?;
@@ -164,6 +164,10 @@ pub(super) async fn l2(cfg: &Config) -> anyhow::Result<Report> {
     // odd rounds in the reverse order, so that drift hits every side alike.
     let (mut vs_composed, mut vs_redis, mut vs_tonic, mut composed_rps) =
         (vec![], vec![], vec![], vec![]);
+    // Busy CPU of the whole machine per request, each side: what the composed limit adds
+    // up when the sides are CPU-bound (they share the two cores).
+    let (mut tonic_cpu, mut redis_cpu, mut broker_cpu) = (vec![], vec![], vec![]);
+    let cpu_us = |cpu_s: f64, requests: u64| cpu_s * 1e6 / (requests as f64).max(1.0);
     for round in 0..cfg.rounds {
         let mut order = [L2Side::Tonic, L2Side::Redis, L2Side::Broker];
         if round % 2 == 1 {
@@ -183,6 +187,7 @@ pub(super) async fn l2(cfg: &Config) -> anyhow::Result<Report> {
                         },
                     )
                     .await?;
+                    tonic_cpu.push(cpu_us(base.cpu_s, base.hist.len()));
                     tonic = base.throughput();
                     report.rows.push(Row::from_load(
                         &format!("tonic baseline (same response), r{r}"),
@@ -196,6 +201,7 @@ pub(super) async fn l2(cfg: &Config) -> anyhow::Result<Report> {
                     })
                     .await??;
                     redis_rps = rb.rps;
+                    redis_cpu.push(cpu_us(rb.cpu_s, rb.requests));
                     report.rows.push(Row {
                         name: format!("redis-benchmark GET, r{r}"),
                         requests: rb.requests,
@@ -211,6 +217,7 @@ pub(super) async fn l2(cfg: &Config) -> anyhow::Result<Report> {
                 L2Side::Broker => {
                     let (combined, replicas) =
                         l2_fresh_replicas(&redis, &template, &mix, &spec, cfg.duration).await?;
+                    broker_cpu.push(cpu_us(combined.cpu_s, combined.hist.len()));
                     broker = combined.throughput();
                     report.rows.push(Row::from_load(
                         &format!("broker L2 hit (fresh replicas), r{r}"),
@@ -233,7 +240,17 @@ pub(super) async fn l2(cfg: &Config) -> anyhow::Result<Report> {
             "r{r}: composed limit {composed:.0} req/s, broker L2 {broker:.0} req/s, ratio {:.3}",
             broker / composed
         ));
+        let (t, rd, b) = (tonic_cpu[round], redis_cpu[round], broker_cpu[round]);
+        report.details.push(format!(
+            "r{r}: machine CPU per request: tonic {t:.1} us + redis GET {rd:.1} us = {:.1} us; \
+             broker L2 {b:.1} us; (tonic + redis) / broker {:.3}",
+            t + rd,
+            (t + rd) / b.max(1e-9)
+        ));
     }
+    report.spread("cpu_us_per_request_tonic", &tonic_cpu);
+    report.spread("cpu_us_per_request_redis_get", &redis_cpu);
+    report.spread("cpu_us_per_request_broker_l2", &broker_cpu);
     drop(baseline);
     report.spread("composed_limit_rps", &composed_rps);
     let median = report.spread("l2_vs_composed_limit_ratio", &vs_composed);
@@ -258,7 +275,8 @@ enum L2Side {
 
 /// Fresh replicas (new broker, empty L1, new Redis connection), one after the other until
 /// `budget` has passed (at least one), each asked for every key of `mix` once; every answer
-/// must be HIT_SHARED. Returns the merged result and how many replicas ran.
+/// must be HIT_SHARED. Returns the merged result (its `cpu_s` the machine's busy CPU over
+/// the replicas' load runs) and how many replicas ran.
 async fn l2_fresh_replicas(
     redis: &RedisServer,
     template: &certbroker::cert::CertRecord,
@@ -267,7 +285,7 @@ async fn l2_fresh_replicas(
     budget: Duration,
 ) -> anyhow::Result<(load::LoadResult, u32)> {
     let mut hist = load::new_histogram();
-    let (mut elapsed, mut errors, mut replicas) = (Duration::ZERO, 0, 0u32);
+    let (mut elapsed, mut errors, mut replicas, mut cpu_s) = (Duration::ZERO, 0, 0u32, 0.0);
     let start = Instant::now();
     while replicas == 0 || start.elapsed() < budget {
         let replica =
@@ -275,6 +293,7 @@ async fn l2_fresh_replicas(
                 .await?;
         let served = Served::broker(replica).await?;
         let r = load::run(served.addr, mix.clone(), spec).await?;
+        cpu_s += r.cpu_s;
         check_all(&r, CacheStatus::HitShared)?;
         hist.add(&r.hist)?;
         elapsed += r.elapsed;
@@ -288,6 +307,7 @@ async fn l2_fresh_replicas(
             elapsed,
             statuses: [0; 5],
             first_error: None,
+            cpu_s,
         },
         replicas,
     ))
@@ -335,6 +355,11 @@ pub(super) async fn fanin(cfg: &Config) -> anyhow::Result<Report> {
         base_clients.push(load::connect(b.addr, 1).await?.remove(0));
         baselines.push(b);
     }
+    // Unmeasured: one burst of each kind first, so that every measured run finds the
+    // connections' HTTP/2 stream tables, flow-control windows and buffers grown to a burst
+    // of this size on both sides (the first burst ran up to 2.4x slower than the rest).
+    burst(&base_clients, callers, "3002").await?;
+    burst(&clients, callers, "3050").await?;
     let runs = cfg.fanin_runs;
     report.parameters.insert("runs".into(), runs as f64);
     let row = |hist, elapsed| load::LoadResult {
@@ -343,10 +368,12 @@ pub(super) async fn fanin(cfg: &Config) -> anyhow::Result<Report> {
         elapsed,
         statuses: [0; 5],
         first_error: None,
+        cpu_s: 0.0,
     };
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let (mut orders_per_run, mut certs_per_run) = (vec![], vec![]);
     let (mut issuances, mut extras, mut transports, mut ratios) = (vec![], vec![], vec![], vec![]);
+    let (mut loaded_issuances, mut deliveries) = (vec![], vec![]);
     for run in 0..runs {
         let r = run + 1;
         // This run's own "one issuance": a new key of the same pattern, one caller.
@@ -381,13 +408,21 @@ pub(super) async fn fanin(cfg: &Config) -> anyhow::Result<Report> {
         ));
         report.details.push(format!(
             "r{r}: orders {orders}, certificates {}, one issuance {:.3} ms, last answer {:.3} \
-             ms, extra {:.3} ms, transport burst {:.3} ms, extra / transport {ratio:.3}",
+             ms, extra {:.3} ms, transport burst {:.3} ms, extra / transport {ratio:.3}; \
+             first answer (the issuance under the burst) {:.3} ms, first to last answer {:.3} \
+             ms (transport: first answer {:.3} ms, first to last {:.3} ms)",
             serials.len(),
             ms(issuance),
             ms(fan.window),
             ms(extra),
             ms(transport.window),
+            ms(fan.first_answer),
+            ms(fan.window - fan.first_answer),
+            ms(transport.first_answer),
+            ms(transport.window - transport.first_answer),
         ));
+        loaded_issuances.push(ms(fan.first_answer));
+        deliveries.push(ms(fan.window - fan.first_answer));
         orders_per_run.push(orders as f64);
         certs_per_run.push(serials.len() as f64);
         issuances.push(ms(issuance));
@@ -401,6 +436,8 @@ pub(super) async fn fanin(cfg: &Config) -> anyhow::Result<Report> {
     report.spread("one_issuance_ms", &issuances);
     report.spread("extra_ms", &extras);
     report.spread("transport_burst_ms", &transports);
+    report.spread("issuance_under_burst_ms", &loaded_issuances);
+    report.spread("first_to_last_answer_ms", &deliveries);
     report.spread("extra_vs_transport_ratio", &ratios);
     let max_orders = orders_per_run.iter().copied().fold(0.0, f64::max);
     report.target(
@@ -429,6 +466,9 @@ struct Burst {
     hist: hdrhistogram::Histogram<u64>,
     /// First caller's start to last caller's answer.
     window: Duration,
+    /// First caller's start to the first answer: for the fan-in, the issuance as it ran
+    /// under the burst (every answer waits for it).
+    first_answer: Duration,
     serials: Vec<String>,
 }
 
@@ -453,7 +493,7 @@ async fn burst(
         }));
     }
     let mut hist = load::new_histogram();
-    let (mut first, mut last) = (None::<Instant>, None::<Instant>);
+    let (mut first, mut last, mut first_end) = (None::<Instant>, None::<Instant>, None::<Instant>);
     let mut serials = vec![];
     for t in tasks {
         let (start, end, r) = t.await?;
@@ -461,14 +501,16 @@ async fn burst(
         hist.saturating_record((end - start).as_micros() as u64);
         first = Some(first.map_or(start, |f| f.min(start)));
         last = Some(last.map_or(end, |l| l.max(end)));
+        first_end = Some(first_end.map_or(end, |l| l.min(end)));
     }
-    let window = match (first, last) {
-        (Some(f), Some(l)) => l - f,
+    let since_first = |t: Option<Instant>| match (first, t) {
+        (Some(f), Some(t)) => t - f,
         _ => Duration::ZERO,
     };
     Ok(Burst {
         hist,
-        window,
+        window: since_first(last),
+        first_answer: since_first(first_end),
         serials,
     })
 }
