@@ -202,6 +202,23 @@ impl std::fmt::Debug for CacheKey {
 }
 
 #[cfg(test)]
+impl CertRequest {
+    /// A request in pool `default` with the configured minimum validity, no renewal forced
+    /// and no CSR key, for tests.
+    pub(super) fn for_test(identifiers: Identifiers, csr_der: Option<Vec<u8>>, ca: bool) -> Self {
+        Self {
+            identifiers,
+            csr_der,
+            csr_public_key: None,
+            pool: "default".into(),
+            min_remaining: None,
+            force_renew: false,
+            ca,
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::shaken::TnAuthList;

@@ -248,15 +248,7 @@ mod tests {
     use crate::shaken::TnAuthList;
 
     fn req(identifiers: Identifiers, csr_der: Option<Vec<u8>>, ca: bool) -> CertRequest {
-        CertRequest {
-            identifiers,
-            csr_der,
-            csr_public_key: None,
-            pool: "default".into(),
-            min_remaining: None,
-            force_renew: false,
-            ca,
-        }
+        CertRequest::for_test(identifiers, csr_der, ca)
     }
 
     #[test]

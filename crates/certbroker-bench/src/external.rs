@@ -19,7 +19,7 @@ use anyhow::{Context, bail};
 use hdrhistogram::Histogram;
 use prost::Message;
 
-use super::{Config, fixture, procs::require, report::Report, report::Row};
+use super::{Config, fixture, procs, procs::require, report::Report, report::Row};
 use certbroker::pb::{self, CacheStatus, certificate_broker_service_server::SERVICE_NAME};
 
 /// h2load connections and streams per connection (the 8 x 16).
@@ -337,26 +337,6 @@ impl H2load {
     }
 }
 
-/// Busy CPU seconds (user + system) of process `pid` so far, from `/proc/<pid>/stat`; 0
-/// where that cannot be read.
-fn process_cpu_s(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces) in parentheses: state is
-    // field 3, utime 14 and stime 15.
-    let Some((_, rest)) = stat.rsplit_once(')') else {
-        return 0.0;
-    };
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let tick = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    // `rest` starts at field 3, so utime (14) is at index 11; USER_HZ is 100 on Linux.
-    (tick(11) + tick(12)) as f64 / 100.0
-}
-
 /// CPU per measured request of one h2load run: the server process alone and the whole
 /// machine (server, h2load and whatever else runs), in microseconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -398,11 +378,11 @@ fn h2load(
     // CPU is counted over the measured part: from the end of the warm-up (h2load's clock
     // starts as it connects, a few ms after this) to its exit.
     std::thread::sleep(warmup);
-    let (server0, machine0) = (process_cpu_s(server_pid), crate::procs::busy_cpu_s());
+    let (server0, machine0) = (procs::process_cpu_s(server_pid), procs::busy_cpu_s());
     let out = child.wait_with_output().context("running h2load")?;
     let (server_s, machine_s) = (
-        process_cpu_s(server_pid) - server0,
-        crate::procs::busy_cpu_s() - machine0,
+        procs::process_cpu_s(server_pid) - server0,
+        procs::busy_cpu_s() - machine0,
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     anyhow::ensure!(
@@ -586,33 +566,5 @@ req/s           :    3933.57     3943.04     3938.17        3.24    62.50%
             (hist.len(), hist.max(), hist.min(), not_ok),
             (2, 500, 300, 1)
         );
-    }
-}
-
-#[cfg(test)]
-mod cpu_tests {
-    use super::*;
-
-    #[test]
-    fn process_and_machine_cpu_count_work_done() {
-        let (own, machine) = (
-            process_cpu_s(std::process::id()),
-            crate::procs::busy_cpu_s(),
-        );
-        // Work until this process has used at least two clock ticks of CPU.
-        let mut x = 0u64;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while process_cpu_s(std::process::id()) - own < 0.02 {
-            assert!(
-                Instant::now() < deadline,
-                "no CPU time counted in /proc/self/stat"
-            );
-            for i in 0..100_000u64 {
-                x = x.wrapping_mul(31).wrapping_add(i);
-            }
-            std::hint::black_box(x);
-        }
-        assert!(crate::procs::busy_cpu_s() - machine >= 0.01);
-        assert_eq!(process_cpu_s(u32::MAX), 0.0, "no such process");
     }
 }

@@ -164,6 +164,9 @@ pub(super) fn redis_benchmark(
     Ok(rb)
 }
 
+/// Clock ticks per second in `/proc` (`USER_HZ`): 100 on Linux, whatever the kernel's HZ.
+const USER_HZ: f64 = 100.0;
+
 /// Busy CPU seconds of the whole machine so far, all cores (`/proc/stat`: user, nice,
 /// system, irq, softirq, steal; not idle or iowait); 0 where that file does not exist.
 /// The difference over a run, divided by its requests, is what one request costs the
@@ -178,12 +181,32 @@ pub(super) fn busy_cpu_s() -> f64 {
         .skip(1)
         .filter_map(|t| t.parse().ok())
         .collect();
-    // user nice system idle iowait irq softirq steal ...; USER_HZ is 100 on Linux.
+    // user nice system idle iowait irq softirq steal ...
     let busy: u64 = [0, 1, 2, 5, 6, 7]
         .iter()
         .filter_map(|&i| ticks.get(i))
         .sum();
-    busy as f64 / 100.0
+    busy as f64 / USER_HZ
+}
+
+/// Busy CPU seconds (user + system) of process `pid` so far, from `/proc/<pid>/stat`; 0
+/// where that cannot be read.
+pub(super) fn process_cpu_s(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) in parentheses: state is
+    // field 3, utime 14 and stime 15.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // `rest` starts at field 3, so utime (14) is at index 11.
+    (tick(11) + tick(12)) as f64 / USER_HZ
 }
 
 /// Parses the GET line of `redis-benchmark --csv` (Redis 7 columns: test, rps,
@@ -261,5 +284,25 @@ mod tests {
     #[test]
     fn rejects_output_without_a_get_line() {
         assert!(parse_redis_benchmark_csv("\"SET\",\"1\"\n", 1).is_err());
+    }
+
+    #[test]
+    fn process_and_machine_cpu_count_work_done() {
+        let (own, machine) = (process_cpu_s(std::process::id()), busy_cpu_s());
+        // Work until this process has used at least two clock ticks of CPU.
+        let mut x = 0u64;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while process_cpu_s(std::process::id()) - own < 0.02 {
+            assert!(
+                Instant::now() < deadline,
+                "no CPU time counted in /proc/self/stat"
+            );
+            for i in 0..100_000u64 {
+                x = x.wrapping_mul(31).wrapping_add(i);
+            }
+            std::hint::black_box(x);
+        }
+        assert!(busy_cpu_s() - machine >= 0.01);
+        assert_eq!(process_cpu_s(u32::MAX), 0.0, "no such process");
     }
 }

@@ -81,15 +81,11 @@ async fn l1_never_answers_an_expired_certificate_and_sweeps_them() {
 #[tokio::test]
 async fn the_flight_future_of_an_l2_hit_stays_small() {
     let broker = broker();
-    let req = &CertRequest {
-        identifiers: crate::cert::Identifiers::Dns(vec!["a.example".into()]),
-        csr_der: None,
-        csr_public_key: None,
-        pool: "default".into(),
-        min_remaining: None,
-        force_renew: false,
-        ca: false,
-    };
+    let req = &CertRequest::for_test(
+        crate::cert::Identifiers::Dns(vec!["a.example".into()]),
+        None,
+        false,
+    );
     let flight = broker.lookup_or_obtain(IssueRequest::template(req, "k"), 0, None, false);
     assert!(size_of_val(&flight) <= 3072, "flight future grew");
 }
