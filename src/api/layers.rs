@@ -49,6 +49,12 @@ pub use crate::telemetry::RejectionObserver;
 /// `rpc.system`, `rpc.service`, `rpc.method` and, by [`RpcLayer`], the caller's identity
 /// and `rpc.grpc.status_code`; and the caller's W3C trace context
 /// (`traceparent`, `tracestate`, read by OpenTelemetry's propagator) as its parent.
+///
+/// A debug-level span: exported whenever spans are (the exporter gets the project's own
+/// spans at debug), in log lines with `RUST_LOG=info,certbroker::api::layers=debug` (or
+/// `debug`). At the default `info` log filter without export it is disabled, and the
+/// request pays nothing for it: an L1 hit logs no line but its `audit` line (which names
+/// the caller), and what a miss logs runs in the broker's info-level span.
 pub fn rpc_span(req: &http::Request<()>) -> tracing::Span {
     let path = req.uri().path();
     // `/package.Service/Method`; anything else is reported whole as the method.
@@ -56,7 +62,7 @@ pub fn rpc_span(req: &http::Request<()>) -> tracing::Span {
         .strip_prefix('/')
         .and_then(|p| p.split_once('/'))
         .unwrap_or(("", path));
-    let span = tracing::info_span!(
+    let span = tracing::debug_span!(
         "rpc",
         otel.name = %path.trim_start_matches('/'),
         otel.kind = "server",
@@ -64,6 +70,9 @@ pub fn rpc_span(req: &http::Request<()>) -> tracing::Span {
         caller = tracing::field::Empty,
         trace_id = tracing::field::Empty,
     );
+    if span.is_disabled() {
+        return span;
+    }
     // Attributes only the exporter needs, kept out of every log line.
     span.set_attribute("rpc.system", "grpc");
     span.set_attribute("rpc.service", service.to_owned());
@@ -118,11 +127,18 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let caller = Caller::from_extensions(req.extensions());
         Box::pin(async move {
-            // tonic enters the `rpc` span while polling this future (not during `call`).
-            let span = tracing::Span::current();
-            span.record("caller", tracing::field::display(caller.label()));
+            // tonic enters the `rpc` span while polling this future (not during `call`);
+            // disabled (see [`rpc_span`]), there is nothing to record.
+            let span = Some(tracing::Span::current())
+                .filter(|s| s.metadata().is_some_and(|m| m.name() == "rpc"));
+            if let Some(span) = &span {
+                span.record("caller", tracing::field::display(caller.label()));
+            }
             req.extensions_mut().insert(caller);
             let res = inner.call(req).await?;
+            let Some(span) = span else {
+                return Ok(res);
+            };
             if record_grpc_status(&span, res.headers()) {
                 return Ok(res);
             }

@@ -4,7 +4,7 @@ use std::{sync::Arc, time::Duration};
 
 use moka::{future::Cache, ops::compute::Op};
 use time::OffsetDateTime;
-use tracing::{info, warn};
+use tracing::{Instrument, info, warn};
 
 use tokio::sync::broadcast;
 
@@ -240,9 +240,11 @@ impl Broker {
     /// A certificate for `req`: L1, then (once per cache key in this process, every
     /// concurrent caller joining) L1 again, the store, and one issuance shared across the
     /// fleet. While the store is down each replica thus issues at most once per key.
-    // Debug level: exported with every span of the project's own (telemetry::init), but the
-    // log formatter at the default `info` does not format its fields on every cache hit.
-    #[tracing::instrument(name = "broker.get_certificate", level = "debug", skip_all, fields(pool = %req.pool, force_renew = req.force_renew))]
+    ///
+    /// An L1 hit makes no span and writes no log line (the caller's `audit` line names it).
+    /// Past L1 the work runs in an info-level `broker.get_certificate` span (pool,
+    /// identifiers), so every line a miss logs, its issuance's included, says what it was
+    /// for; exported, it is the child of the `rpc` span.
     pub async fn get_certificate(
         &self,
         req: CertRequest,
@@ -261,18 +263,39 @@ impl Broker {
         self.check_pool_lifetime(&req, min_remaining)?;
         let key = req.key();
         let min_secs = min_remaining.as_secs() as i64;
-        let fresh = move |c: &CertRecord| c.remaining_secs(now()) > min_secs;
-
-        // The certificate this request finds wanting, if any: a replacement must differ.
-        let mut stale_serial = None;
         let cached = inner.l1_get(&key).await;
         if let Some(c) = &cached
-            && fresh(c)
+            && c.remaining_secs(now()) > min_secs
             && !req.force_renew
         {
             inner.tracker.touch(key, &req);
             return Ok((c.clone(), CacheStatus::HitLocal));
         }
+        let span = tracing::info_span!(
+            "broker.get_certificate",
+            pool = %req.pool,
+            identifiers = %req.identifiers.describe(),
+            force_renew = req.force_renew,
+        );
+        self.past_l1(req, key, cached, min_remaining)
+            .instrument(span)
+            .await
+    }
+
+    /// [`Broker::get_certificate`] once L1 had no fresh certificate (`cached`: the one it
+    /// had, stale or to be renewed by force).
+    async fn past_l1(
+        &self,
+        req: CertRequest,
+        key: CacheKey,
+        cached: Option<Arc<CertRecord>>,
+        min_remaining: Duration,
+    ) -> Result<(Arc<CertRecord>, CacheStatus), BrokerError> {
+        let inner = &self.inner;
+        let min_secs = min_remaining.as_secs() as i64;
+        let fresh = move |c: &CertRecord| c.remaining_secs(now()) > min_secs;
+        // The certificate this request finds wanting, if any: a replacement must differ.
+        let mut stale_serial = None;
         if let Some(c) = cached {
             self.check_recent_refusal(&req, min_remaining, &c)?;
             stale_serial = Some(c.serial_hex.clone());

@@ -22,15 +22,23 @@ struct Server {
 }
 
 fn serve_dev(audit_interval_secs: u64) -> Server {
+    // The default log filter, as users run it.
+    serve_dev_logging(audit_interval_secs, None)
+}
+
+/// [`serve_dev`] with `RUST_LOG` set to `filter` (`None`: unset).
+fn serve_dev_logging(audit_interval_secs: u64, filter: Option<&str>) -> Server {
     let mut dev = common::serve_dev(|c| {
-        // The default log filter, as users run it.
-        c.env_remove("RUST_LOG")
-            .env("CERTBROKER_TELEMETRY__JSON", "true")
-            .env(
-                "CERTBROKER_TELEMETRY__AUDIT_INTERVAL_SECS",
-                audit_interval_secs.to_string(),
-            )
-            .stderr(Stdio::piped());
+        match filter {
+            Some(f) => c.env("RUST_LOG", f),
+            None => c.env_remove("RUST_LOG"),
+        }
+        .env("CERTBROKER_TELEMETRY__JSON", "true")
+        .env(
+            "CERTBROKER_TELEMETRY__AUDIT_INTERVAL_SECS",
+            audit_interval_secs.to_string(),
+        )
+        .stderr(Stdio::piped());
     });
     let (tx, lines) = mpsc::channel();
     let stderr = dev.child.stderr.take().expect("stderr");
@@ -161,4 +169,83 @@ async fn pending_counts_are_written_at_shutdown() {
     let audit = audit_fields(&lines);
     assert_eq!(firsts(&audit, &serial).len(), 1, "{audit:#?}");
     assert_eq!(repeats(&audit, &serial), 2, "{audit:#?}");
+}
+
+/// Reads `server`'s stderr until a line satisfies `done` (deadline 20 s); every line read.
+fn read_until(server: &Server, done: impl Fn(&[String]) -> bool) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut lines = vec![];
+    while !done(&lines) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match server.lines.recv_timeout(left) {
+            Ok(line) => lines.push(line),
+            Err(e) => panic!("not logged before the deadline ({e}):\n{lines:#?}"),
+        }
+    }
+    lines
+}
+
+/// The broker's "certificate issued" lines among `lines` (the devca, in the same process,
+/// has a line of that name too).
+fn issued_lines(lines: &[String]) -> Vec<Value> {
+    lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| {
+            v["fields"]["message"] == "certificate issued"
+                && v["target"] == "certbroker::broker::fleet"
+        })
+        .collect()
+}
+
+/// The names of the spans a JSON log line was written in, outermost first.
+fn span_names(line: &Value) -> Vec<String> {
+    line["spans"]
+        .as_array()
+        .map(|spans| {
+            spans
+                .iter()
+                .filter_map(|s| s["name"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_miss_logs_says_what_it_was_for_and_request_spans_are_opt_in() {
+    // The default filter: no `rpc` span (it costs every hit), but a miss's lines, its
+    // issuance's included, run in the broker's span naming pool and identifiers.
+    let server = serve_dev(3600);
+    let serial = get_n(&server.dev.addr, "1234", 2).await;
+    let lines = read_until(&server, |l| !firsts(&audit_fields(l), &serial).is_empty());
+    let issued = issued_lines(&lines);
+    assert_eq!(issued.len(), 1, "{lines:#?}");
+    assert_eq!(issued[0]["fields"]["serial"], serial.as_str());
+    assert_eq!(span_names(&issued[0]), ["broker.get_certificate"]);
+    assert_eq!(issued[0]["span"]["identifiers"], "spc 1234");
+    assert_eq!(issued[0]["span"]["pool"], "default");
+    let audit: Vec<Value> = lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["target"] == "audit")
+        .collect();
+    assert!(
+        audit.iter().all(|l| span_names(l).is_empty()),
+        "the audit line names its caller itself: {audit:#?}"
+    );
+
+    // The README's switch: the `rpc` span (method, caller) on every line of a request.
+    let server = serve_dev_logging(3600, Some("info,certbroker::api::layers=debug"));
+    let serial = get_n(&server.dev.addr, "1234", 1).await;
+    let lines = read_until(&server, |l| !firsts(&audit_fields(l), &serial).is_empty());
+    let issued = issued_lines(&lines);
+    assert_eq!(issued.len(), 1, "{lines:#?}");
+    assert_eq!(
+        span_names(&issued[0]),
+        ["rpc", "broker.get_certificate"],
+        "{issued:#?}"
+    );
+    let rpc = &issued[0]["spans"][0];
+    assert_eq!(rpc["rpc.method"], "GetCertificate");
+    assert_eq!(rpc["caller"], "anonymous@127.0.0.1");
 }

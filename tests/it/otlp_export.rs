@@ -271,8 +271,8 @@ async fn spans_reach_an_otlp_collector_with_the_conventions() {
             .is_some_and(|c| c.starts_with("anonymous@")),
         "caller attribute: {caller:?}"
     );
-    // broker.get_certificate is a debug-level span: exported all the same at the default
-    // log filter, as the child of the server span.
+    // The server span is a debug-level span, exported all the same at the default log
+    // filter (above: it was found); the miss's broker.get_certificate is its child.
     let get = spans
         .iter()
         .find(|r| r.span.name == "broker.get_certificate" && r.span.trace_id == rpc.trace_id)
