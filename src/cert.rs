@@ -162,9 +162,34 @@ impl Identifiers {
 
     /// The identifiers as one canonical string, part of the cache key.
     pub fn canonical(&self) -> String {
+        let mut out = String::new();
+        self.write_canonical(&mut out);
+        out
+    }
+
+    /// Appends [`Identifiers::canonical`] to `out`.
+    pub fn write_canonical(&self, out: &mut String) {
         match self {
-            Self::TnAuthList(list) => format!("tnauthlist:{}", hex::encode(list.to_der())),
-            Self::Dns(names) => format!("dns:{}", names.join(",")),
+            Self::TnAuthList(list) => {
+                out.push_str("tnauthlist:");
+                let der = list.to_der();
+                let mut pair = [0u8; 2];
+                for b in der {
+                    // Two hex digits are ASCII; the buffer holds exactly them.
+                    let _ = hex::encode_to_slice([b], &mut pair);
+                    out.push(char::from(pair[0]));
+                    out.push(char::from(pair[1]));
+                }
+            }
+            Self::Dns(names) => {
+                out.push_str("dns:");
+                for (i, name) in names.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(name);
+                }
+            }
         }
     }
 

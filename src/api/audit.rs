@@ -25,13 +25,15 @@
 
 use std::{
     borrow::Cow,
-    collections::{HashMap, hash_map},
+    collections::hash_map,
     sync::{
         Arc, PoisonError, RwLock,
         atomic::{AtomicU8, AtomicU64, Ordering},
     },
     time::Duration,
 };
+
+use foldhash::HashMap;
 
 use super::policy::Caller;
 use crate::cert::CertRecord;
@@ -96,7 +98,7 @@ impl Audit {
     pub fn new(interval: Duration) -> Self {
         Self {
             inner: Arc::new(Inner {
-                seen: RwLock::new(HashMap::new()),
+                seen: RwLock::new(HashMap::default()),
                 interval: interval.max(Duration::from_millis(10)),
             }),
         }

@@ -139,26 +139,37 @@ impl CertRequest {
     }
 
     /// [`CertRequest::cache_key`] as the bytes the broker keeps in memory.
+    ///
+    /// The SHA-256 of four length-prefixed parts: `certbroker/v1`, the pool, the canonical
+    /// identifiers ([`Identifiers::canonical`]) and the key source (`broker:p256`, or
+    /// `csr:` and the hex SHA-256 of the CSR's public key; `;ca` appended for a CA
+    /// certificate). Every replica of every release computes the same key: it names the
+    /// certificate in the shared store. Computed on every request, so without building the
+    /// parts as strings of their own.
     pub(super) fn key(&self) -> CacheKey {
-        let key_spec = match &self.csr_public_key {
-            Some(spki) => format!("csr:{}", hex::encode(Sha256::digest(spki))),
-            None => "broker:p256".to_owned(),
-        };
+        let mut identifiers = String::with_capacity(64);
+        self.identifiers.write_canonical(&mut identifiers);
         // Appended only for CA certificates, so end-entity keys stay what they were.
-        let key_spec = if self.ca {
-            format!("{key_spec};ca")
-        } else {
-            key_spec
-        };
+        let ca: &[u8] = if self.ca { b";ca" } else { b"" };
         let mut h = Sha256::new();
-        for part in [
-            "certbroker/v1",
-            &self.pool,
-            &self.identifiers.canonical(),
-            &key_spec,
-        ] {
-            h.update((part.len() as u64).to_be_bytes());
-            h.update(part.as_bytes());
+        let mut part = |pieces: &[&[u8]]| {
+            let len: usize = pieces.iter().map(|p| p.len()).sum();
+            h.update((len as u64).to_be_bytes());
+            for p in pieces {
+                h.update(p);
+            }
+        };
+        part(&[b"certbroker/v1"]);
+        part(&[self.pool.as_bytes()]);
+        part(&[identifiers.as_bytes()]);
+        match &self.csr_public_key {
+            Some(spki) => {
+                let mut digest = [0u8; 64];
+                // 32 bytes into 64 hex digits: the buffer is exactly their size.
+                let _ = hex::encode_to_slice(Sha256::digest(spki), &mut digest);
+                part(&[b"csr:", &digest, ca]);
+            }
+            None => part(&[b"broker:p256", ca]),
         }
         CacheKey(h.finalize().into())
     }
@@ -250,6 +261,32 @@ mod tests {
             );
         }
         assert!(Identifiers::dns(&[]).is_err());
+    }
+
+    #[test]
+    fn cache_keys_are_what_every_release_computed() {
+        // Computed apart from this code (Python's hashlib over the length-prefixed parts):
+        // a changed key would orphan every certificate the fleet holds in the store.
+        let spc = || Identifiers::TnAuthList(TnAuthList::from_spc("1234").unwrap());
+        assert_eq!(
+            req(spc(), "default", None).cache_key(),
+            "159ea1b1ec5eb268b1569172c39de739d54e7a29ec8fd42a5095f3db9fb6d366"
+        );
+        let mut ca = req(spc(), "default", None);
+        ca.ca = true;
+        assert_eq!(
+            ca.cache_key(),
+            "9df4c229181c906640e16c01a78e1a325db858a270f9a6496c757345fc1e4c25"
+        );
+        assert_eq!(
+            req(spc(), "east", Some(b"spki")).cache_key(),
+            "84903798701e8aa42831121320c9f5a2801c880b37f6cbab4b086c8ac26f5f79"
+        );
+        let dns = Identifiers::dns(&["b.example".into(), "a.example".into()]).unwrap();
+        assert_eq!(
+            req(dns, "default", None).cache_key(),
+            "9332c6f23598f9450bce2aa6bbd57b4a90d3c8538222198f8650462e37ec0ff9"
+        );
     }
 
     #[test]

@@ -90,7 +90,7 @@ pub(super) struct Inner {
     pub(super) store: Arc<dyn Store>,
     /// The in-process cache, bounded by `cache_capacity`. Read it through [`Inner::l1_get`],
     /// which never answers an expired certificate.
-    pub(super) l1: Cache<CacheKey, Arc<CertRecord>>,
+    pub(super) l1: Cache<CacheKey, Arc<CertRecord>, foldhash::fast::RandomState>,
     flights: SingleFlight<FlightResult>,
     pub(super) opts: BrokerOptions,
     pub(super) stats: BrokerStats,
@@ -152,7 +152,9 @@ impl Broker {
         // No per-entry expiry in moka: its timer wheel costs a node per entry (~50 bytes)
         // and housekeeping work, while every read already compares notAfter with the clock
         // ([`Inner::l1_get`]); expired entries are dropped there and by [`Inner::l1_sweep`].
-        let l1 = Cache::builder().max_capacity(opts.cache_capacity).build();
+        let l1 = Cache::builder()
+            .max_capacity(opts.cache_capacity)
+            .build_with_hasher(foldhash::fast::RandomState::default());
         Self {
             inner: Arc::new(Inner {
                 issuer,

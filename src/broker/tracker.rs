@@ -1,14 +1,12 @@
 //! The certificates this replica keeps fresh, one small entry per cache key it served: the
 //! renewal loop ([`super::renewal`]) walks them, every hit touches one.
 
-use std::{
-    collections::HashMap,
-    sync::{
-        LazyLock, RwLock,
-        atomic::{AtomicU64, Ordering},
-    },
+use std::sync::{
+    LazyLock, RwLock,
+    atomic::{AtomicU64, Ordering},
 };
 
+use foldhash::HashMap;
 use tokio::time::Instant;
 use tracing::warn;
 

@@ -29,7 +29,7 @@
 //! above in one place, each with its help text; split, a family would sit apart from the others.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
@@ -110,7 +110,7 @@ struct Inner {
     acme_requests: IntCounterVec,
     acme_duration: HistogramVec,
     /// Certificates this replica has handed out and not seen revoked: serial → notAfter.
-    served: Mutex<HashMap<String, i64>>,
+    served: Mutex<foldhash::HashMap<String, i64>>,
     ca_source: Mutex<Option<Arc<dyn CaBreakerSource>>>,
 }
 
@@ -316,7 +316,7 @@ impl Metrics {
                 cert_ready,
                 acme_requests,
                 acme_duration,
-                served: Mutex::new(HashMap::new()),
+                served: Mutex::new(foldhash::HashMap::default()),
                 ca_source: Mutex::new(None),
             }),
         })
