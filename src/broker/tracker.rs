@@ -138,11 +138,15 @@ impl Tracker {
     }
 
     /// Notes that `key` (the cache key of `req`) was just asked for; the first time, keeps
-    /// `req` as its renewal template. On every cache hit: a shared lock and a store.
+    /// `req` as its renewal template. On every cache hit: a shared lock, and a store when
+    /// the time moved by [`TOUCH_RESOLUTION_MS`] (a hot key's time is one cache line that
+    /// both cores would otherwise write on every hit).
     pub(super) fn touch(&self, key: CacheKey, req: &CertRequest) {
         let now = since_epoch();
         if let Some(t) = self.read().get(&key) {
-            t.last_requested.store(now, Ordering::Relaxed);
+            if now.saturating_sub(t.last_requested.load(Ordering::Relaxed)) >= TOUCH_RESOLUTION_MS {
+                t.last_requested.store(now, Ordering::Relaxed);
+            }
             return;
         }
         let pool = self.pool_index(&req.pool);
@@ -235,6 +239,10 @@ impl Tracked {
 
 /// Process-wide origin of the trackers' millisecond clocks.
 static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+/// How stale a hit may leave a key's last-requested time, in milliseconds: far below any
+/// idle horizon (`renewal.idle_horizon_secs`, whole seconds).
+const TOUCH_RESOLUTION_MS: u64 = 10;
 
 pub(super) fn since_epoch() -> u64 {
     EPOCH.elapsed().as_millis() as u64
