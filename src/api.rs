@@ -118,7 +118,7 @@ impl CertificateBrokerService for GrpcBroker {
         request: Request<pb::GetCertificateRequest>,
     ) -> Result<Response<pb::GetCertificateResponse>, Status> {
         let started = Instant::now();
-        let result = self.get_inner(request).await;
+        let result = self.get_inner(request, started).await;
         let cache_status = result
             .as_ref()
             .ok()
@@ -223,11 +223,12 @@ impl GrpcBroker {
         self
     }
 
+    /// `started`: when the request arrived, for the issuance duration.
     async fn get_inner(
         &self,
         request: Request<pb::GetCertificateRequest>,
+        started: Instant,
     ) -> Result<Response<pb::GetCertificateResponse>, Status> {
-        let started = Instant::now();
         let caller = caller_of(&request);
         let req = convert::cert_request(request.into_inner()).map_err(|e| to_status(&e))?;
         self.authorize(

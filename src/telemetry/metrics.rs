@@ -111,8 +111,35 @@ struct Inner {
     acme_duration: HistogramVec,
     /// Certificates this replica has handed out and not seen revoked: serial → notAfter.
     served: Mutex<foldhash::HashMap<String, i64>>,
+    /// Bumped by every change of `served` other than an insert (revocations), so that a
+    /// thread's memo of what it last recorded ([`Metrics::certificate_served`]) expires.
+    served_epoch: std::sync::atomic::AtomicU64,
+    /// Tells this instance's memos from another's (tests make many in one thread).
+    id: u64,
+    /// The series of an L1 hit (`GetCertificate`, `OK`, `hit_local`), resolved on the first
+    /// one: most requests are those, and `with_label_values` hashes the labels and takes
+    /// the family's lock each time.
+    hit_local: std::sync::OnceLock<(IntCounter, prometheus::Histogram)>,
     ca_source: Mutex<Option<Arc<dyn CaBreakerSource>>>,
 }
+
+/// What a thread last recorded in [`Metrics::certificate_served`], besides the serial.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Served {
+    /// [`Inner::id`] of the instance.
+    metrics: u64,
+    /// [`Inner::served_epoch`] when it was recorded.
+    epoch: u64,
+    not_after: i64,
+}
+
+thread_local! {
+    static LAST_SERVED: std::cell::RefCell<Option<(Served, String)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// [`Inner::id`] of the next instance.
+static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// A metric could not be registered (a name clash: a programming error).
 #[derive(Debug, thiserror::Error)]
@@ -317,6 +344,9 @@ impl Metrics {
                 acme_requests,
                 acme_duration,
                 served: Mutex::new(foldhash::HashMap::default()),
+                served_epoch: std::sync::atomic::AtomicU64::new(0),
+                id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                hit_local: std::sync::OnceLock::new(),
                 ca_source: Mutex::new(None),
             }),
         })
@@ -335,6 +365,23 @@ impl Metrics {
         cache_status: Option<&str>,
         took: Duration,
     ) {
+        let inner = &self.inner;
+        if method == "GetCertificate"
+            && code == tonic::Code::Ok
+            && cache_status == Some("hit_local")
+        {
+            let (count, duration) = inner.hit_local.get_or_init(|| {
+                (
+                    inner
+                        .requests
+                        .with_label_values(&[method, "OK", "hit_local"]),
+                    inner.request_duration.with_label_values(&[method]),
+                )
+            });
+            count.inc();
+            duration.observe(took.as_secs_f64());
+            return;
+        }
         let code = grpc_code_name(code);
         self.inner
             .requests
@@ -419,17 +466,51 @@ impl Metrics {
     }
 
     /// A certificate was handed out.
+    ///
+    /// Every worker thread remembers the last certificate it recorded, so a run of hits on
+    /// one certificate takes no lock after the first (the map's mutex was a cache line both
+    /// cores wrote on every hit).
     pub fn certificate_served(&self, serial_hex: &str, not_after_unix: i64) {
-        let mut served = lock(&self.inner.served);
-        // A hit on a known certificate (the common case) allocates nothing.
-        if served.get(serial_hex) != Some(&not_after_unix) {
-            served.insert(serial_hex.to_owned(), not_after_unix);
+        let inner = &self.inner;
+        let epoch = inner
+            .served_epoch
+            .load(std::sync::atomic::Ordering::Acquire);
+        let memo = Served {
+            metrics: inner.id,
+            epoch,
+            not_after: not_after_unix,
+        };
+        let known = LAST_SERVED.with_borrow(|last| {
+            last.as_ref()
+                .is_some_and(|(m, serial)| *m == memo && serial == serial_hex)
+        });
+        if known {
+            return;
         }
+        {
+            let mut served = lock(&inner.served);
+            if served.get(serial_hex) != Some(&not_after_unix) {
+                served.insert(serial_hex.to_owned(), not_after_unix);
+            }
+        }
+        LAST_SERVED.with_borrow_mut(|last| match last {
+            Some((m, serial)) => {
+                *m = memo;
+                serial.clear();
+                serial.push_str(serial_hex);
+            }
+            None => *last = Some((memo, serial_hex.to_owned())),
+        });
     }
 
     /// A certificate was revoked; it no longer counts.
     pub fn certificate_revoked(&self, serial_hex: &str) {
-        lock(&self.inner.served).remove(serial_hex);
+        let mut served = lock(&self.inner.served);
+        served.remove(serial_hex);
+        // Under the lock: a thread that records after this sees the new epoch.
+        self.inner
+            .served_epoch
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     /// The Prometheus text exposition, with gauges brought up to date; `store_fallbacks`
@@ -475,7 +556,13 @@ impl Metrics {
     fn update_expiry(&self, now: i64) {
         let inner = &self.inner;
         let mut served = lock(&inner.served);
+        let before = served.len();
         served.retain(|_, not_after| *not_after > now);
+        if served.len() != before {
+            inner
+                .served_epoch
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        }
         let left: Vec<i64> = served.values().map(|na| na - now).collect();
         drop(served);
         for window in EXPIRY_WINDOWS {
@@ -715,5 +802,68 @@ mod tests {
             m.render(3, 0)
                 .contains("certbroker_certificates{expires_within=\"+Inf\"} 1")
         );
+    }
+
+    #[test]
+    fn a_thread_remembering_its_last_certificate_misses_no_change() {
+        let inf = |m: &Metrics| {
+            m.render(0, 0)
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix("certbroker_certificates{expires_within=\"+Inf\"} ")
+                        .map(|n| n.parse::<u64>().unwrap())
+                })
+                .unwrap()
+        };
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let (a, b) = (Metrics::new().unwrap(), Metrics::new().unwrap());
+        a.certificate_served("01", now + 1_000);
+        a.certificate_served("01", now + 1_000);
+        // Another instance on the same thread records the same certificate for itself.
+        b.certificate_served("01", now + 1_000);
+        assert_eq!((inf(&a), inf(&b)), (1, 1));
+        // Revoked, then served again (a re-issue with the same serial in a test CA): counted.
+        a.certificate_revoked("01");
+        assert_eq!(inf(&a), 0);
+        a.certificate_served("01", now + 1_000);
+        assert_eq!(inf(&a), 1);
+        // Expired and swept by a scrape, then served again: counted again.
+        a.certificate_served("02", now - 1);
+        assert_eq!(inf(&a), 1, "an expired one is not counted");
+        a.certificate_served("02", now + 500);
+        assert_eq!(inf(&a), 2, "renewed notAfter for the same serial");
+        // Hits on the memo's certificate from another thread are recorded there too.
+        let a2 = a.clone();
+        std::thread::spawn(move || a2.certificate_served("03", now + 10))
+            .join()
+            .unwrap();
+        assert_eq!(inf(&a), 3);
+    }
+
+    #[test]
+    fn l1_hits_count_in_the_same_series_as_other_answers() {
+        let m = Metrics::new().unwrap();
+        for _ in 0..3 {
+            m.request(
+                "GetCertificate",
+                tonic::Code::Ok,
+                Some("hit_local"),
+                Duration::from_millis(1),
+            );
+        }
+        m.request(
+            "GetCertificate",
+            tonic::Code::Ok,
+            Some("issued"),
+            Duration::from_millis(1),
+        );
+        let text = m.render(0, 0);
+        for line in [
+            "certbroker_requests_total{cache_status=\"hit_local\",code=\"OK\",method=\"GetCertificate\"} 3",
+            "certbroker_requests_total{cache_status=\"issued\",code=\"OK\",method=\"GetCertificate\"} 1",
+            "certbroker_request_duration_seconds_count{method=\"GetCertificate\"} 4",
+        ] {
+            assert!(text.contains(line), "missing {line}:\n{text}");
+        }
     }
 }
