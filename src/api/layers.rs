@@ -18,13 +18,15 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
     task::{Context, Poll},
     time::{Duration, Instant},
 };
 
 use futures::future::BoxFuture;
-use tokio::sync::Semaphore;
 use tonic::body::Body;
 use tower::{Layer, Service};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -123,19 +125,25 @@ where
     }
 
     fn call(&mut self, mut req: HttpRequest) -> Self::Future {
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
         let caller = Caller::from_extensions(req.extensions());
+        // The label only if the `rpc` span can be enabled at all; tonic enters it while
+        // polling the future below, not during `call`.
+        let label = tracing::enabled!(kind: tracing::metadata::Kind::SPAN, tracing::Level::DEBUG)
+            .then(|| caller.label());
+        req.extensions_mut().insert(caller);
+        // `self.inner` was polled ready; calling it here, not in the future, spares
+        // cloning (and dropping) the whole stack below on every request.
+        let response = self.inner.call(req);
         Box::pin(async move {
-            // tonic enters the `rpc` span while polling this future (not during `call`);
-            // disabled (see [`rpc_span`]), there is nothing to record.
-            let span = Some(tracing::Span::current())
-                .filter(|s| s.metadata().is_some_and(|m| m.name() == "rpc"));
-            if let Some(span) = &span {
-                span.record("caller", tracing::field::display(caller.label()));
-            }
-            req.extensions_mut().insert(caller);
-            let res = inner.call(req).await?;
+            let span = label.and_then(|label| {
+                let span = tracing::Span::current();
+                let rpc = span.metadata().is_some_and(|m| m.name() == "rpc");
+                rpc.then(|| {
+                    span.record("caller", tracing::field::display(label));
+                    span
+                })
+            });
+            let res = response.await?;
             let Some(span) = span else {
                 return Ok(res);
             };
@@ -351,10 +359,8 @@ where
                 return Box::pin(async move { Ok(status::rate_limited(wait).into_http()) });
             }
         }
-        // Clone-and-swap: the clone may not be ready, the original was polled ready.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(inner.call(req))
+        // `self.inner` was polled ready, and is called here rather than in a future.
+        Box::pin(self.inner.call(req))
     }
 }
 
@@ -365,16 +371,56 @@ where
 /// client's retry can reach another.
 #[derive(Debug, Clone)]
 pub struct ShedLayer {
-    permits: Arc<Semaphore>,
+    shared: Arc<ShedShared>,
+}
+
+/// A count, not a semaphore: nothing ever waits for a slot, so there is no waiter list
+/// (and no lock) to take when a request ends.
+#[derive(Debug)]
+struct ShedShared {
+    in_flight: AtomicUsize,
+    max: usize,
     observer: Option<Arc<dyn RejectionObserver>>,
+}
+
+/// One request's slot; given back on drop.
+struct InFlight(Arc<ShedShared>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Release);
+    }
 }
 
 impl ShedLayer {
     /// Allows `max` concurrent requests.
     pub fn new(max: usize, observer: Option<Arc<dyn RejectionObserver>>) -> Self {
         Self {
-            permits: Arc::new(Semaphore::new(max)),
-            observer,
+            shared: Arc::new(ShedShared {
+                in_flight: AtomicUsize::new(0),
+                max,
+                observer,
+            }),
+        }
+    }
+
+    /// A slot, unless `max` requests hold one.
+    fn enter(&self) -> Option<InFlight> {
+        let shared = &self.shared;
+        let mut n = shared.in_flight.load(Ordering::Relaxed);
+        loop {
+            if n >= shared.max {
+                return None;
+            }
+            match shared.in_flight.compare_exchange_weak(
+                n,
+                n + 1,
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Some(InFlight(Arc::clone(shared))),
+                Err(now) => n = now,
+            }
         }
     }
 }
@@ -410,24 +456,23 @@ where
     }
 
     fn call(&mut self, req: HttpRequest) -> Self::Future {
-        let permit = if exempt(&req) {
+        let slot = if exempt(&req) {
             None
         } else {
-            match self.layer.permits.clone().try_acquire_owned() {
-                Ok(p) => Some(p),
-                Err(_) => {
-                    if let Some(o) = &self.layer.observer {
+            match self.layer.enter() {
+                Some(slot) => Some(slot),
+                None => {
+                    if let Some(o) = &self.layer.shared.observer {
                         o.rejected(req.uri().path(), "overloaded");
                     }
                     return Box::pin(async { Ok(status::overloaded().into_http()) });
                 }
             }
         };
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let response = self.inner.call(req);
         Box::pin(async move {
-            let res = inner.call(req).await;
-            drop(permit);
+            let res = response.await;
+            drop(slot);
             res
         })
     }
@@ -438,8 +483,16 @@ where
 /// Bounds each request; on expiry the handler is dropped (cancelling its broker work for
 /// this caller; an issuance other callers share goes on) and the caller gets
 /// `DEADLINE_EXCEEDED`.
+///
+/// The timer starts when the request first waits: a request answered by its first poll
+/// (an L1 hit) never registers one, and one that waits is bounded from then on.
 #[derive(Debug, Clone)]
 pub struct TimeoutLayer {
+    shared: Arc<TimeoutShared>,
+}
+
+#[derive(Debug)]
+struct TimeoutShared {
     after: Duration,
     observer: Option<Arc<dyn RejectionObserver>>,
 }
@@ -447,7 +500,9 @@ pub struct TimeoutLayer {
 impl TimeoutLayer {
     /// Times requests out after `after`.
     pub fn new(after: Duration, observer: Option<Arc<dyn RejectionObserver>>) -> Self {
-        Self { after, observer }
+        Self {
+            shared: Arc::new(TimeoutShared { after, observer }),
+        }
     }
 }
 
@@ -482,18 +537,21 @@ where
     }
 
     fn call(&mut self, req: HttpRequest) -> Self::Future {
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let layer = self.layer.clone();
-        let method = req.uri().path().to_owned();
+        let shared = Arc::clone(&self.layer.shared);
+        let uri = req.uri().clone();
+        let response = self.inner.call(req);
         Box::pin(async move {
-            match tokio::time::timeout(layer.after, inner.call(req)).await {
+            let mut response = std::pin::pin!(response);
+            if let Poll::Ready(res) = futures::poll!(response.as_mut()) {
+                return res;
+            }
+            match tokio::time::timeout(shared.after, response).await {
                 Ok(res) => res,
                 Err(_) => {
-                    if let Some(o) = &layer.observer {
-                        o.rejected(&method, "timeout");
+                    if let Some(o) = &shared.observer {
+                        o.rejected(uri.path(), "timeout");
                     }
-                    Ok(status::request_timed_out(layer.after).into_http())
+                    Ok(status::request_timed_out(shared.after).into_http())
                 }
             }
         })
@@ -621,7 +679,7 @@ mod tests {
         let a = tokio::spawn(svc.clone().oneshot(request(path)));
         let b = tokio::spawn(svc.clone().oneshot(request(path)));
         // Wait until both hold a permit.
-        while svc.layer.permits.available_permits() > 0 {
+        while svc.layer.shared.in_flight.load(Ordering::Relaxed) < 2 {
             tokio::task::yield_now().await;
         }
         let shed = svc.clone().oneshot(request(path)).await.unwrap();
@@ -644,9 +702,9 @@ mod tests {
             "health is not shed"
         );
         assert_eq!(
-            svc.layer.permits.available_permits(),
-            2,
-            "permits come back"
+            svc.layer.shared.in_flight.load(Ordering::Relaxed),
+            0,
+            "slots come back"
         );
         let again = tokio::spawn(svc.clone().oneshot(request(path)));
         while !again.is_finished() {
