@@ -7,7 +7,10 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -52,7 +55,7 @@ struct Member {
     breaker: Breaker,
     metrics: Metrics,
     /// Lifetime (notAfter − notBefore) of the last certificate it issued, and when.
-    learned_lifetime: Mutex<Option<(Duration, Instant)>>,
+    learned_lifetime: LearnedLifetime,
     /// What the warm-up and later attempts found out about its account.
     ready: Mutex<ReadyState>,
 }
@@ -65,15 +68,48 @@ impl Member {
     /// The longest lifetime this CA is known to issue: learned from its last certificate
     /// (recently), else its `cert_lifetime_secs`.
     fn lifetime(&self) -> Option<Duration> {
-        let learned = *Self::lock(&self.learned_lifetime);
-        learned
-            .filter(|(_, at)| at.elapsed() < LEARNED_LIFETIME_TTL)
-            .map(|(d, _)| d)
+        self.learned_lifetime
+            .get()
             .or_else(|| self.upstream.cert_lifetime())
     }
 
     fn set_ready(&self, state: ReadyState) {
         *Self::lock(&self.ready) = state;
+    }
+}
+
+/// A learned lifetime and when it was learned, in one atomic word (whole seconds: the
+/// lifetime in the high half, the time since `epoch` plus one in the low half, zero for
+/// none): every request reads it (`Issuer::max_lifetime`), so it takes no lock.
+#[derive(Debug)]
+struct LearnedLifetime {
+    epoch: Instant,
+    packed: AtomicU64,
+}
+
+impl LearnedLifetime {
+    fn new() -> Self {
+        Self {
+            epoch: Instant::now(),
+            packed: AtomicU64::new(0),
+        }
+    }
+
+    /// The lifetime learned within [`LEARNED_LIFETIME_TTL`], if any.
+    fn get(&self) -> Option<Duration> {
+        let packed = self.packed.load(Ordering::Relaxed);
+        let at = packed & u64::from(u32::MAX);
+        if at == 0 {
+            return None;
+        }
+        let age = self.epoch.elapsed().as_secs().saturating_sub(at - 1);
+        (age < LEARNED_LIFETIME_TTL.as_secs()).then(|| Duration::from_secs(packed >> 32))
+    }
+
+    fn set(&self, lifetime_secs: u64) {
+        let life = lifetime_secs.min(u64::from(u32::MAX));
+        let at = (self.epoch.elapsed().as_secs() + 1).min(u64::from(u32::MAX));
+        self.packed.store(life << 32 | at, Ordering::Relaxed);
     }
 }
 
@@ -98,7 +134,7 @@ impl CaPool {
                 Arc::new(Member {
                     breaker: Breaker::new(upstream.breaker_settings()),
                     metrics: Metrics::default(),
-                    learned_lifetime: Mutex::new(None),
+                    learned_lifetime: LearnedLifetime::new(),
                     ready: Mutex::new(ReadyState::WarmingUp),
                     upstream,
                 })
@@ -371,8 +407,7 @@ fn attempt(
                 let cert = record(&req, &name, issued);
                 let life = cert.not_after.saturating_sub(cert.not_before);
                 if let Ok(secs) = u64::try_from(life) {
-                    *Member::lock(&m.learned_lifetime) =
-                        Some((Duration::from_secs(secs), Instant::now()));
+                    m.learned_lifetime.set(secs);
                 }
                 Outcome::Won(cert)
             }
@@ -513,5 +548,35 @@ fn internal(detail: &str) -> IssueError {
         problem_type: None,
         detail: detail.to_owned(),
         retry_after: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_learned_lifetime_stands_for_an_hour() {
+        let learned = LearnedLifetime::new();
+        assert_eq!(learned.get(), None);
+        learned.set(86_400);
+        assert_eq!(learned.get(), Some(Duration::from_secs(86_400)));
+        learned.set(0);
+        assert_eq!(
+            learned.get(),
+            Some(Duration::ZERO),
+            "zero is a lifetime, not none"
+        );
+        // Learned at the epoch, an hour and a second ago.
+        let old = LearnedLifetime {
+            epoch: Instant::now() - LEARNED_LIFETIME_TTL - Duration::from_secs(1),
+            packed: AtomicU64::new(86_400 << 32 | 1),
+        };
+        assert_eq!(old.get(), None);
+        let recent = LearnedLifetime {
+            epoch: Instant::now() - LEARNED_LIFETIME_TTL + Duration::from_secs(60),
+            packed: AtomicU64::new(86_400 << 32 | 1),
+        };
+        assert_eq!(recent.get(), Some(Duration::from_secs(86_400)));
     }
 }
