@@ -118,7 +118,7 @@ impl fmt::Display for CertSelector {
 }
 
 /// What a certificate is for: exactly one kind of identifier.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Identifiers {
     /// SHAKEN identifiers (RFC 8226).
     TnAuthList(TnAuthList),

@@ -144,9 +144,15 @@ impl CertRequest {
     /// identifiers ([`Identifiers::canonical`]) and the key source (`broker:p256`, or
     /// `csr:` and the hex SHA-256 of the CSR's public key; `;ca` appended for a CA
     /// certificate). Every replica of every release computes the same key: it names the
-    /// certificate in the shared store. Computed on every request, so without building the
-    /// parts as strings of their own.
+    /// certificate in the shared store. Asked for on every request, so each thread keeps
+    /// the keys of the last few request shapes it saw ([`KeyMemo`]) and computes the rest
+    /// without building the parts as strings of their own.
     pub(super) fn key(&self) -> CacheKey {
+        KEY_MEMO.with_borrow_mut(|memo| memo.key(self))
+    }
+
+    /// [`CertRequest::key`], computed.
+    fn compute_key(&self) -> CacheKey {
         let mut identifiers = String::with_capacity(64);
         self.identifiers.write_canonical(&mut identifiers);
         // Appended only for CA certificates, so end-entity keys stay what they were.
@@ -172,6 +178,77 @@ impl CertRequest {
             None => part(&[b"broker:p256", ca]),
         }
         CacheKey(h.finalize().into())
+    }
+}
+
+/// How many request shapes (pool, identifiers, key source) each thread remembers the key of.
+const KEY_MEMO_SIZE: usize = 16;
+
+thread_local! {
+    static KEY_MEMO: std::cell::RefCell<KeyMemo> = const { std::cell::RefCell::new(KeyMemo::new()) };
+}
+
+/// The cache keys of the last [`KEY_MEMO_SIZE`] request shapes one thread computed, so that
+/// a hit on a key the fleet keeps asking for costs a hash and a comparison instead of the
+/// SHA-256 and the canonical identifiers. Replaced round-robin; an entry is used only
+/// when every input of the key is equal, the hash only says where to look.
+struct KeyMemo {
+    entries: Vec<Memoized>,
+    next: usize,
+}
+
+/// The inputs of one key, and the key.
+struct Memoized {
+    hash: u64,
+    pool: String,
+    identifiers: Identifiers,
+    csr_public_key: Option<Vec<u8>>,
+    ca: bool,
+    key: CacheKey,
+}
+
+impl KeyMemo {
+    const fn new() -> Self {
+        Self {
+            entries: Vec::new(),
+            next: 0,
+        }
+    }
+
+    fn key(&mut self, req: &CertRequest) -> CacheKey {
+        use std::hash::BuildHasher;
+        let hash = foldhash::fast::FixedState::default().hash_one((
+            &req.pool,
+            &req.identifiers,
+            &req.csr_public_key,
+            req.ca,
+        ));
+        let found = self.entries.iter().find(|m| {
+            m.hash == hash
+                && m.ca == req.ca
+                && m.pool == req.pool
+                && m.identifiers == req.identifiers
+                && m.csr_public_key == req.csr_public_key
+        });
+        if let Some(m) = found {
+            return m.key;
+        }
+        let key = req.compute_key();
+        let m = Memoized {
+            hash,
+            pool: req.pool.clone(),
+            identifiers: req.identifiers.clone(),
+            csr_public_key: req.csr_public_key.clone(),
+            ca: req.ca,
+            key,
+        };
+        if self.entries.len() < KEY_MEMO_SIZE {
+            self.entries.push(m);
+        } else {
+            self.entries[self.next] = m;
+            self.next = (self.next + 1) % KEY_MEMO_SIZE;
+        }
+        key
     }
 }
 
@@ -287,6 +364,36 @@ mod tests {
             req(dns, "default", None).cache_key(),
             "9332c6f23598f9450bce2aa6bbd57b4a90d3c8538222198f8650462e37ec0ff9"
         );
+    }
+
+    #[test]
+    fn the_per_thread_memo_answers_what_the_computation_does() {
+        // More shapes than the memo holds, twice round, and shapes that differ in one input
+        // only: every key is the computed one, and no two shapes share a key.
+        let mut shapes = vec![];
+        for i in 0..(KEY_MEMO_SIZE * 2 + 3) {
+            let spc =
+                Identifiers::TnAuthList(TnAuthList::from_spc(&format!("{}", 1000 + i)).unwrap());
+            let plain = req(spc.clone(), "default", None);
+            let mut ca = plain.clone();
+            ca.ca = true;
+            shapes.extend([
+                plain,
+                ca,
+                req(spc.clone(), "east", None),
+                req(spc, "default", Some(format!("spki{i}").as_bytes())),
+            ]);
+        }
+        let mut seen = std::collections::HashSet::new();
+        for round in 0..2 {
+            for r in &shapes {
+                assert_eq!(r.key(), r.compute_key(), "round {round}: {r:?}");
+                assert_eq!(r.key(), r.key());
+                if round == 0 {
+                    assert!(seen.insert(r.key()), "two shapes, one key: {r:?}");
+                }
+            }
+        }
     }
 
     #[test]
