@@ -240,11 +240,9 @@ impl GrpcBroker {
             },
         )?;
         let has_csr = req.csr_der.is_some();
-        // Kept for the audit line of a first hand-out.
-        let identifiers = req.identifiers.clone();
         let (cert, cache_status) = self
             .broker
-            .get_certificate(req)
+            .get_certificate(&req)
             .await
             .map_err(|e| self.broker_error(&e))?;
         let response = self.respond(&cert, cache_status, has_csr);
@@ -256,7 +254,7 @@ impl GrpcBroker {
                 cache_status: status_label(cache_status),
                 key_returned: !has_csr,
             },
-            || policy::describe(&identifiers),
+            || policy::describe(&req.identifiers),
         );
         if let Some(m) = &self.metrics {
             if cache_status == CacheStatus::Issued {

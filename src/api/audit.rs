@@ -107,10 +107,13 @@ impl Audit {
     /// Records a hand-out: writes the first one of a (caller, serial) pair, counts repeats.
     /// `identifiers` (the request's identifiers in words) is only called for a first one.
     pub fn delivered(&self, d: Delivery<'_>, identifiers: impl FnOnce() -> String) {
-        let caller = label(d.caller);
-        if !self.record(&caller, &d.cert.serial_hex, d.key_returned) {
+        let first = with_label(d.caller, |caller| {
+            self.record(caller, &d.cert.serial_hex, d.key_returned)
+        });
+        if !first {
             return;
         }
+        let caller = label(d.caller);
         tracing::info!(
             target: "audit",
             action = d.action,
@@ -243,6 +246,27 @@ impl Audit {
 }
 
 /// [`Caller::label`] without an allocation for a named caller.
+/// Calls `f` with the caller's label ([`Caller::label`]). An anonymous caller's label is
+/// formatted from its IP address; each thread keeps the last one it formatted, so that
+/// repeats from one address cost a comparison. `f` must not call this again.
+fn with_label<R>(caller: &Caller, f: impl FnOnce(&str) -> R) -> R {
+    thread_local! {
+        static ANONYMOUS: std::cell::RefCell<Option<(std::net::IpAddr, String)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    match (caller.names.first(), caller.remote) {
+        (Some(name), _) => f(name),
+        (None, None) => f(&caller.label()),
+        (None, Some(addr)) => ANONYMOUS.with_borrow_mut(|last| {
+            let ip = addr.ip();
+            match last {
+                Some((last_ip, label)) if *last_ip == ip => f(label),
+                _ => f(&last.insert((ip, caller.label())).1),
+            }
+        }),
+    }
+}
+
 fn label(caller: &Caller) -> Cow<'_, str> {
     match caller.names.first() {
         Some(name) => Cow::Borrowed(name),
@@ -304,5 +328,32 @@ mod tests {
             remote: None,
         };
         assert_eq!(label(&named), "signer-a");
+    }
+
+    #[test]
+    fn the_remembered_anonymous_label_follows_the_address() {
+        let from = |addr: &str| Caller {
+            names: vec![],
+            remote: Some(addr.parse().unwrap()),
+        };
+        for addr in [
+            "192.0.2.1:4000",
+            "192.0.2.1:4001",
+            "[2001:db8::1]:443",
+            "192.0.2.1:4000",
+        ] {
+            let c = from(addr);
+            assert_eq!(with_label(&c, str::to_owned), c.label(), "{addr}");
+        }
+        let named = Caller {
+            names: vec!["signer-a".into()],
+            remote: Some("192.0.2.1:4000".parse().unwrap()),
+        };
+        assert_eq!(with_label(&named, str::to_owned), "signer-a");
+        let nowhere = Caller {
+            names: vec![],
+            remote: None,
+        };
+        assert_eq!(with_label(&nowhere, str::to_owned), "anonymous");
     }
 }

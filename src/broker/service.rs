@@ -247,10 +247,13 @@ impl Broker {
     /// Past L1 the work runs in an info-level `broker.get_certificate` span (pool,
     /// identifiers), so every line a miss logs, its issuance's included, says what it was
     /// for; exported, it is the child of the `rpc` span.
+    ///
+    /// Takes the request by value or by reference: it is only read.
     pub async fn get_certificate(
         &self,
-        req: CertRequest,
+        req: impl std::borrow::Borrow<CertRequest>,
     ) -> Result<(Arc<CertRecord>, CacheStatus), BrokerError> {
+        let req = req.borrow();
         let inner = &self.inner;
         if !inner.issuer.has_pool(&req.pool) {
             return Err(BrokerError::invalid(
@@ -262,7 +265,7 @@ impl Broker {
             .min_remaining
             .unwrap_or(inner.opts.default_min_remaining);
         // Refusals before any cache lookup or CA work.
-        self.check_pool_lifetime(&req, min_remaining)?;
+        self.check_pool_lifetime(req, min_remaining)?;
         let key = req.key();
         let min_secs = min_remaining.as_secs() as i64;
         let cached = inner.l1_get(&key).await;
@@ -270,7 +273,7 @@ impl Broker {
             && c.remaining_secs(now()) > min_secs
             && !req.force_renew
         {
-            inner.tracker.touch(key, &req);
+            inner.tracker.touch(key, req);
             return Ok((c.clone(), CacheStatus::HitLocal));
         }
         let span = tracing::info_span!(
@@ -288,7 +291,7 @@ impl Broker {
     /// had, stale or to be renewed by force).
     async fn past_l1(
         &self,
-        req: CertRequest,
+        req: &CertRequest,
         key: CacheKey,
         cached: Option<Arc<CertRecord>>,
         min_remaining: Duration,
@@ -299,11 +302,11 @@ impl Broker {
         // The certificate this request finds wanting, if any: a replacement must differ.
         let mut stale_serial = None;
         if let Some(c) = cached {
-            self.check_recent_refusal(&req, min_remaining, &c)?;
+            self.check_recent_refusal(req, min_remaining, &c)?;
             stale_serial = Some(c.serial_hex.clone());
         }
         // Tracked (renewed ahead of expiry) only once it passed the checks above.
-        inner.tracker.touch(key, &req);
+        inner.tracker.touch(key, req);
         // Everything past L1 runs once per key in this process, store I/O included: callers
         // that miss together share one store round trip, and while the store is down they
         // all wait for the one issuance instead of each paying the store's timeout and then
@@ -311,7 +314,7 @@ impl Broker {
         // before another flight finished finds that flight's certificate.
         let this = self.clone();
         let key = key.to_string();
-        let issue_req = IssueRequest::template(&req, &key);
+        let issue_req = IssueRequest::template(req, &key);
         let force_renew = req.force_renew;
         let (result, joined) = inner
             .flights
