@@ -251,12 +251,13 @@ impl http_body::Body for StatusBody {
 /// Token bucket per caller: `per_sec` sustained, `burst` at once.
 #[derive(Debug, Clone)]
 pub struct RateLimitLayer {
+    /// `None` when the limit is off: then a request clones nothing of it.
     limiter: Option<Arc<Limiter>>,
-    observer: Option<Arc<dyn RejectionObserver>>,
 }
 
 #[derive(Debug)]
 struct Limiter {
+    observer: Option<Arc<dyn RejectionObserver>>,
     per_sec: f64,
     burst: f64,
     buckets: Mutex<HashMap<String, Bucket>>,
@@ -276,12 +277,13 @@ impl RateLimitLayer {
     pub fn new(per_sec: u32, burst: u32, observer: Option<Arc<dyn RejectionObserver>>) -> Self {
         let limiter = (per_sec > 0).then(|| {
             Arc::new(Limiter {
+                observer,
                 per_sec: f64::from(per_sec),
                 burst: f64::from(burst.max(1)),
                 buckets: Mutex::new(HashMap::new()),
             })
         });
-        Self { limiter, observer }
+        Self { limiter }
     }
 }
 
@@ -352,7 +354,7 @@ where
                 .get::<Caller>()
                 .map_or_else(|| "anonymous".to_owned(), Caller::rate_key);
             if let Err(wait) = limiter.take(&key, Instant::now()) {
-                if let Some(o) = &self.layer.observer {
+                if let Some(o) = &limiter.observer {
                     o.rejected(req.uri().path(), "rate_limited");
                 }
                 tracing::debug!(caller = %key, "rate limited");
