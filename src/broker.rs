@@ -4,6 +4,7 @@
 
 mod error;
 mod fleet;
+mod l1;
 mod renewal;
 mod request;
 mod schedule;

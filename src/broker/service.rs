@@ -2,7 +2,6 @@
 
 use std::{sync::Arc, time::Duration};
 
-use moka::{future::Cache, ops::compute::Op};
 use time::OffsetDateTime;
 use tracing::{Instrument, info, warn};
 
@@ -11,6 +10,7 @@ use tokio::sync::broadcast;
 use super::{
     BrokerError, CertRequest, IssueRequest, Issuer, RevokeRequest,
     fleet::{BrokerStats, Usable, decode_refusal},
+    l1::L1,
     request::CacheKey,
     singleflight::SingleFlight,
     tracker::Tracker,
@@ -90,7 +90,7 @@ pub(super) struct Inner {
     pub(super) store: Arc<dyn Store>,
     /// The in-process cache, bounded by `cache_capacity`. Read it through [`Inner::l1_get`],
     /// which never answers an expired certificate.
-    pub(super) l1: Cache<CacheKey, Arc<CertRecord>, foldhash::fast::RandomState>,
+    pub(super) l1: L1,
     flights: SingleFlight<FlightResult>,
     pub(super) opts: BrokerOptions,
     pub(super) stats: BrokerStats,
@@ -111,13 +111,7 @@ impl Inner {
             return Some(c);
         }
         self.l1
-            .entry(*key)
-            .and_compute_with(|e| async move {
-                match e {
-                    Some(e) if e.value().remaining_secs(now()) <= 0 => Op::Remove,
-                    _ => Op::Nop,
-                }
-            })
+            .remove_if(key, |c| c.remaining_secs(now()) <= 0)
             .await;
         None
     }
@@ -149,12 +143,7 @@ impl Inner {
 impl Broker {
     /// A broker over an issuer and a store.
     pub fn new(issuer: Arc<dyn Issuer>, store: Arc<dyn Store>, opts: BrokerOptions) -> Self {
-        // No per-entry expiry in moka: its timer wheel costs a node per entry (~50 bytes)
-        // and housekeeping work, while every read already compares notAfter with the clock
-        // ([`Inner::l1_get`]); expired entries are dropped there and by [`Inner::l1_sweep`].
-        let l1 = Cache::builder()
-            .max_capacity(opts.cache_capacity)
-            .build_with_hasher(foldhash::fast::RandomState::default());
+        let l1 = L1::new(opts.cache_capacity);
         Self {
             inner: Arc::new(Inner {
                 issuer,
@@ -273,7 +262,7 @@ impl Broker {
             && c.remaining_secs(now()) > min_secs
             && !req.force_renew
         {
-            inner.tracker.touch(key, req);
+            inner.tracker.touch_hit(key, req);
             return Ok((c.clone(), CacheStatus::HitLocal));
         }
         let span = tracing::info_span!(

@@ -1,9 +1,12 @@
 //! The certificates this replica keeps fresh, one small entry per cache key it served: the
 //! renewal loop ([`super::renewal`]) walks them, every hit touches one.
 
-use std::sync::{
-    LazyLock, RwLock,
-    atomic::{AtomicU64, Ordering},
+use std::{
+    cell::Cell,
+    sync::{
+        LazyLock, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use foldhash::HashMap;
@@ -111,6 +114,7 @@ impl std::fmt::Debug for Template {
 /// The set of certificates kept fresh by this replica.
 #[derive(Debug, Default)]
 pub(super) struct Tracker {
+    id: TrackerId,
     keys: RwLock<HashMap<CacheKey, Tracked>>,
     /// The names of the pools tracked certificates come from, indexed by [`Tracked::pool`]
     /// (a few: requests name configured pools only). Locked after `keys`, never before.
@@ -142,7 +146,29 @@ impl Tracker {
     /// the time moved by [`TOUCH_RESOLUTION_MS`] (a hot key's time is one cache line that
     /// both cores would otherwise write on every hit).
     pub(super) fn touch(&self, key: CacheKey, req: &CertRequest) {
+        self.touch_at(key, req, since_epoch());
+    }
+
+    /// [`Tracker::touch`] for an L1 hit: a thread that touched `key` less than
+    /// [`TOUCH_RESOLUTION_MS`] ago has nothing to store, and skips even the shared lock.
+    pub(super) fn touch_hit(&self, key: CacheKey, req: &CertRequest) {
+        thread_local! {
+            /// This thread's last touch: tracker, key, when.
+            static LAST: Cell<Option<(u64, CacheKey, u64)>> = const { Cell::new(None) };
+        }
         let now = since_epoch();
+        if let Some((id, k, at)) = LAST.get()
+            && id == self.id.0
+            && k == key
+            && now.saturating_sub(at) < TOUCH_RESOLUTION_MS
+        {
+            return;
+        }
+        self.touch_at(key, req, now);
+        LAST.set(Some((self.id.0, key, now)));
+    }
+
+    fn touch_at(&self, key: CacheKey, req: &CertRequest, now: u64) {
         if let Some(t) = self.read().get(&key) {
             if now.saturating_sub(t.last_requested.load(Ordering::Relaxed)) >= TOUCH_RESOLUTION_MS {
                 t.last_requested.store(now, Ordering::Relaxed);
@@ -237,6 +263,18 @@ impl Tracked {
     }
 }
 
+/// Tells one tracker's entries in a thread's memo from another's (tests and benches run
+/// several brokers in one process).
+#[derive(Debug)]
+struct TrackerId(u64);
+
+impl Default for TrackerId {
+    fn default() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        Self(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
 /// Process-wide origin of the trackers' millisecond clocks.
 static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
 
@@ -294,6 +332,29 @@ mod tests {
         );
         assert_eq!(issued.cache_key, b.cache_key());
         assert!(tracker.issue_request(CacheKey::of("untracked")).is_none());
+    }
+
+    #[test]
+    fn a_hit_tracks_its_key_and_only_a_tracker_of_its_own() {
+        let spc = |s| Identifiers::TnAuthList(TnAuthList::from_spc(s).unwrap());
+        let a = req(spc("1000"), None, false);
+        let (one, two) = (Tracker::default(), Tracker::default());
+        one.touch_hit(a.key(), &a);
+        assert_eq!(one.read().len(), 1);
+        // The same key on the same thread, within the resolution, but another tracker.
+        two.touch_hit(a.key(), &a);
+        assert_eq!(two.read().len(), 1, "another tracker's memo does not count");
+        // Forgotten meanwhile (the renewal loop's idle sweep): tracked again once the
+        // thread's memo is older than the resolution.
+        one.lock().clear();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while one.read().is_empty() {
+            assert!(std::time::Instant::now() < deadline, "never tracked again");
+            one.touch_hit(a.key(), &a);
+            std::thread::yield_now();
+        }
+        let last = one.read()[&a.key()].last_requested.load(Ordering::Relaxed);
+        assert!(since_epoch() - last < 1_000);
     }
 
     #[test]
