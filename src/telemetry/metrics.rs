@@ -28,6 +28,8 @@
 //! Over 500 lines (tests aside) because [`Metrics::new`] registers every family of the table
 //! above in one place, each with its help text; split, a family would sit apart from the others.
 
+mod hits;
+
 use std::{
     collections::BTreeMap,
     sync::{Arc, Mutex, PoisonError},
@@ -116,10 +118,11 @@ struct Inner {
     served_epoch: std::sync::atomic::AtomicU64,
     /// Tells this instance's memos from another's (tests make many in one thread).
     id: u64,
-    /// The series of an L1 hit (`GetCertificate`, `OK`, `hit_local`), resolved on the first
-    /// one: most requests are those, and `with_label_values` hashes the labels and takes
-    /// the family's lock each time.
-    hit_local: std::sync::OnceLock<(IntCounter, prometheus::Histogram)>,
+    /// The series of an L1 hit (`GetCertificate`, `OK`, `hit_local`), created on the first
+    /// one so that a scrape finds them to add [`Inner::hits`] to.
+    hit_local: std::sync::OnceLock<()>,
+    /// L1 hits, counted per thread (most requests are those).
+    hits: hits::Hits,
     ca_source: Mutex<Option<Arc<dyn CaBreakerSource>>>,
 }
 
@@ -152,9 +155,7 @@ impl Metrics {
     /// A fresh registry with every metric at zero.
     pub fn new() -> Result<Self, MetricsError> {
         let registry = Registry::new();
-        let latency_buckets = vec![
-            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
-        ];
+        let latency_buckets = hits::LATENCY_BUCKETS.to_vec();
         let requests = IntCounterVec::new(
             Opts::new("certbroker_requests_total", "gRPC broker requests answered"),
             &["method", "code", "cache_status"],
@@ -347,6 +348,7 @@ impl Metrics {
                 served_epoch: std::sync::atomic::AtomicU64::new(0),
                 id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
                 hit_local: std::sync::OnceLock::new(),
+                hits: hits::Hits::new(),
                 ca_source: Mutex::new(None),
             }),
         })
@@ -370,16 +372,13 @@ impl Metrics {
             && code == tonic::Code::Ok
             && cache_status == Some("hit_local")
         {
-            let (count, duration) = inner.hit_local.get_or_init(|| {
-                (
-                    inner
-                        .requests
-                        .with_label_values(&[method, "OK", "hit_local"]),
-                    inner.request_duration.with_label_values(&[method]),
-                )
+            inner.hit_local.get_or_init(|| {
+                inner
+                    .requests
+                    .with_label_values(&[method, "OK", "hit_local"]);
+                inner.request_duration.with_label_values(&[method]);
             });
-            count.inc();
-            duration.observe(took.as_secs_f64());
+            inner.hits.observe(took);
             return;
         }
         let code = grpc_code_name(code);
@@ -549,8 +548,46 @@ impl Metrics {
         }
         let mut out = vec![];
         // Encoding into a Vec cannot fail for well-formed metric families.
-        let _ = TextEncoder::new().encode(&inner.registry.gather(), &mut out);
+        let _ = TextEncoder::new().encode(&self.gather(), &mut out);
         String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// The registry's families, with the per-thread L1-hit counts added to their series.
+    fn gather(&self) -> Vec<prometheus::proto::MetricFamily> {
+        let mut families = self.inner.registry.gather();
+        let labels = |m: &prometheus::proto::Metric, want: &[(&str, &str)]| {
+            want.iter().all(|(name, value)| {
+                m.get_label()
+                    .iter()
+                    .any(|l| l.name() == *name && l.value() == *value)
+            })
+        };
+        for family in &mut families {
+            let name = family.name().to_owned();
+            for m in family.mut_metric() {
+                match name.as_str() {
+                    "certbroker_requests_total"
+                        if labels(
+                            m,
+                            &[
+                                ("method", "GetCertificate"),
+                                ("code", "OK"),
+                                ("cache_status", "hit_local"),
+                            ],
+                        ) =>
+                    {
+                        self.inner.hits.add_to_counter(m);
+                    }
+                    "certbroker_request_duration_seconds"
+                        if labels(m, &[("method", "GetCertificate")]) =>
+                    {
+                        self.inner.hits.add_to_histogram(m);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        families
     }
 
     fn update_expiry(&self, now: i64) {
@@ -862,6 +899,31 @@ mod tests {
             "certbroker_requests_total{cache_status=\"hit_local\",code=\"OK\",method=\"GetCertificate\"} 3",
             "certbroker_requests_total{cache_status=\"issued\",code=\"OK\",method=\"GetCertificate\"} 1",
             "certbroker_request_duration_seconds_count{method=\"GetCertificate\"} 4",
+            // The hits, counted per thread, are in the buckets with the other answers.
+            "certbroker_request_duration_seconds_bucket{method=\"GetCertificate\",le=\"0.005\"} 4",
+            "certbroker_request_duration_seconds_bucket{method=\"GetCertificate\",le=\"+Inf\"} 4",
+            "certbroker_request_duration_seconds_sum{method=\"GetCertificate\"} 0.004",
+        ] {
+            assert!(text.contains(line), "missing {line}:\n{text}");
+        }
+        // A hit from another thread, and a slow one.
+        let m2 = m.clone();
+        std::thread::spawn(move || {
+            m2.request(
+                "GetCertificate",
+                tonic::Code::Ok,
+                Some("hit_local"),
+                Duration::from_millis(20),
+            )
+        })
+        .join()
+        .unwrap();
+        let text = m.render(0, 0);
+        for line in [
+            "certbroker_requests_total{cache_status=\"hit_local\",code=\"OK\",method=\"GetCertificate\"} 4",
+            "certbroker_request_duration_seconds_bucket{method=\"GetCertificate\",le=\"0.01\"} 4",
+            "certbroker_request_duration_seconds_bucket{method=\"GetCertificate\",le=\"0.025\"} 5",
+            "certbroker_request_duration_seconds_count{method=\"GetCertificate\"} 5",
         ] {
             assert!(text.contains(line), "missing {line}:\n{text}");
         }
