@@ -701,6 +701,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 mod tests {
     use super::*;
 
+    /// Fails naming the first of `lines` that `text` lacks.
+    fn assert_lines(text: &str, lines: &[&str]) {
+        for line in lines {
+            assert!(text.contains(line), "missing {line}:\n{text}");
+        }
+    }
+
     #[derive(Debug)]
     struct Breakers;
     impl CaBreakerSource for Breakers {
@@ -804,24 +811,25 @@ mod tests {
         m.certificate_served("03", now - 5);
         m.set_ca_breaker_source(Arc::new(Breakers));
         let text = m.render(3, 2);
-        for line in [
-            "certbroker_requests_total{cache_status=\"ISSUED\",code=\"OK\",method=\"GetCertificate\"} 1",
-            "certbroker_request_duration_seconds_count{method=\"GetCertificate\"} 1",
-            "certbroker_issuance_duration_seconds_count{ca=\"primary\"} 1",
-            "certbroker_issuance_failures_total{ca=\"secondary\",kind=\"unavailable\"} 1",
-            "certbroker_requests_rejected_total{method=\"GetCertificate\",reason=\"rate_limited\"} 1",
-            "certbroker_store_fallbacks_total 3",
-            "certbroker_renewal_failures_total 2",
-            "certbroker_certificates{expires_within=\"3600\"} 1",
-            "certbroker_certificates{expires_within=\"86400\"} 1",
-            "certbroker_certificates{expires_within=\"604800\"} 2",
-            "certbroker_certificates{expires_within=\"+Inf\"} 2",
-            "certbroker_ca_breaker_state{ca=\"primary\"} 2",
-            "certbroker_ca_profile_findings_total{ca=\"primary\",finding=\"der_encoded_default\"} 3",
-            "certbroker_ca_preauthorizations_total{ca=\"primary\",result=\"valid\"} 1",
-        ] {
-            assert!(text.contains(line), "missing {line}:\n{text}");
-        }
+        assert_lines(
+            &text,
+            &[
+                "certbroker_requests_total{cache_status=\"ISSUED\",code=\"OK\",method=\"GetCertificate\"} 1",
+                "certbroker_request_duration_seconds_count{method=\"GetCertificate\"} 1",
+                "certbroker_issuance_duration_seconds_count{ca=\"primary\"} 1",
+                "certbroker_issuance_failures_total{ca=\"secondary\",kind=\"unavailable\"} 1",
+                "certbroker_requests_rejected_total{method=\"GetCertificate\",reason=\"rate_limited\"} 1",
+                "certbroker_store_fallbacks_total 3",
+                "certbroker_renewal_failures_total 2",
+                "certbroker_certificates{expires_within=\"3600\"} 1",
+                "certbroker_certificates{expires_within=\"86400\"} 1",
+                "certbroker_certificates{expires_within=\"604800\"} 2",
+                "certbroker_certificates{expires_within=\"+Inf\"} 2",
+                "certbroker_ca_breaker_state{ca=\"primary\"} 2",
+                "certbroker_ca_profile_findings_total{ca=\"primary\",finding=\"der_encoded_default\"} 3",
+                "certbroker_ca_preauthorizations_total{ca=\"primary\",result=\"valid\"} 1",
+            ],
+        );
         let min: i64 = text
             .lines()
             .find_map(|l| l.strip_prefix("certbroker_certificate_min_expiry_seconds "))
@@ -895,17 +903,18 @@ mod tests {
             Duration::from_millis(1),
         );
         let text = m.render(0, 0);
-        for line in [
-            "certbroker_requests_total{cache_status=\"hit_local\",code=\"OK\",method=\"GetCertificate\"} 3",
-            "certbroker_requests_total{cache_status=\"issued\",code=\"OK\",method=\"GetCertificate\"} 1",
-            "certbroker_request_duration_seconds_count{method=\"GetCertificate\"} 4",
-            // The hits, counted per thread, are in the buckets with the other answers.
-            "certbroker_request_duration_seconds_bucket{method=\"GetCertificate\",le=\"0.005\"} 4",
-            "certbroker_request_duration_seconds_bucket{method=\"GetCertificate\",le=\"+Inf\"} 4",
-            "certbroker_request_duration_seconds_sum{method=\"GetCertificate\"} 0.004",
-        ] {
-            assert!(text.contains(line), "missing {line}:\n{text}");
-        }
+        assert_lines(
+            &text,
+            &[
+                "certbroker_requests_total{cache_status=\"hit_local\",code=\"OK\",method=\"GetCertificate\"} 3",
+                "certbroker_requests_total{cache_status=\"issued\",code=\"OK\",method=\"GetCertificate\"} 1",
+                "certbroker_request_duration_seconds_count{method=\"GetCertificate\"} 4",
+                // The hits, counted per thread, are in the buckets with the other answers.
+                "certbroker_request_duration_seconds_bucket{method=\"GetCertificate\",le=\"0.005\"} 4",
+                "certbroker_request_duration_seconds_bucket{method=\"GetCertificate\",le=\"+Inf\"} 4",
+                "certbroker_request_duration_seconds_sum{method=\"GetCertificate\"} 0.004",
+            ],
+        );
         // A hit from another thread, and a slow one.
         let m2 = m.clone();
         std::thread::spawn(move || {
@@ -919,13 +928,14 @@ mod tests {
         .join()
         .unwrap();
         let text = m.render(0, 0);
-        for line in [
-            "certbroker_requests_total{cache_status=\"hit_local\",code=\"OK\",method=\"GetCertificate\"} 4",
-            "certbroker_request_duration_seconds_bucket{method=\"GetCertificate\",le=\"0.01\"} 4",
-            "certbroker_request_duration_seconds_bucket{method=\"GetCertificate\",le=\"0.025\"} 5",
-            "certbroker_request_duration_seconds_count{method=\"GetCertificate\"} 5",
-        ] {
-            assert!(text.contains(line), "missing {line}:\n{text}");
-        }
+        assert_lines(
+            &text,
+            &[
+                "certbroker_requests_total{cache_status=\"hit_local\",code=\"OK\",method=\"GetCertificate\"} 4",
+                "certbroker_request_duration_seconds_bucket{method=\"GetCertificate\",le=\"0.01\"} 4",
+                "certbroker_request_duration_seconds_bucket{method=\"GetCertificate\",le=\"0.025\"} 5",
+                "certbroker_request_duration_seconds_count{method=\"GetCertificate\"} 5",
+            ],
+        );
     }
 }
