@@ -20,6 +20,7 @@ pub mod challenge;
 pub mod cli;
 pub mod config;
 pub mod devca;
+mod instance;
 pub mod publish;
 pub mod shaken;
 pub mod store;

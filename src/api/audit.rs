@@ -245,7 +245,6 @@ impl Audit {
     }
 }
 
-/// [`Caller::label`] without an allocation for a named caller.
 /// Calls `f` with the caller's label ([`Caller::label`]). An anonymous caller's label is
 /// formatted from its IP address; each thread keeps the last one it formatted, so that
 /// repeats from one address cost a comparison. `f` must not call this again.
@@ -267,6 +266,7 @@ fn with_label<R>(caller: &Caller, f: impl FnOnce(&str) -> R) -> R {
     }
 }
 
+/// [`Caller::label`] without an allocation for a named caller.
 fn label(caller: &Caller) -> Cow<'_, str> {
     match caller.names.first() {
         Some(name) => Cow::Borrowed(name),

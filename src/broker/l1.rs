@@ -25,7 +25,7 @@ use std::{
 use moka::{future::Cache, ops::compute::Op};
 
 use super::request::CacheKey;
-use crate::cert::CertRecord;
+use crate::{cert::CertRecord, instance::InstanceId};
 
 /// Entries each thread remembers.
 const MEMO_SIZE: usize = 8;
@@ -33,17 +33,13 @@ const MEMO_SIZE: usize = 8;
 /// One memo hit in this many reads moka instead, for its eviction policy.
 const REFRESH_EVERY: u32 = 64;
 
-/// Tells one cache's memo entries from another's (tests and benches run several brokers
-/// in one process).
-static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-
 thread_local! {
     static MEMO: RefCell<Vec<Memo>> = const { RefCell::new(Vec::new()) };
 }
 
 /// One remembered read.
 struct Memo {
-    cache: u64,
+    cache: InstanceId,
     epoch: u64,
     key: CacheKey,
     value: Arc<CertRecord>,
@@ -54,7 +50,7 @@ struct Memo {
 #[derive(Debug)]
 pub(super) struct L1 {
     cache: Cache<CacheKey, Arc<CertRecord>, foldhash::fast::RandomState>,
-    id: u64,
+    id: InstanceId,
     epoch: AtomicU64,
 }
 
@@ -70,7 +66,7 @@ impl L1 {
             .build_with_hasher(foldhash::fast::RandomState::default());
         Self {
             cache,
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            id: InstanceId::default(),
             epoch: AtomicU64::new(0),
         }
     }

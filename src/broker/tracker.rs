@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use tracing::warn;
 
 use super::{CertRequest, Identifiers, IssueRequest, request::CacheKey, schedule::AriPlan};
+use crate::instance::InstanceId;
 
 /// One certificate the tracker keeps fresh. Every key the replica served has one, so it is
 /// kept small (80 bytes with its key): the key is the map's, the renewal template is one
@@ -114,7 +115,8 @@ impl std::fmt::Debug for Template {
 /// The set of certificates kept fresh by this replica.
 #[derive(Debug, Default)]
 pub(super) struct Tracker {
-    id: TrackerId,
+    /// Tags this tracker's entry in a thread's memo ([`Tracker::touch_hit`]).
+    id: InstanceId,
     keys: RwLock<HashMap<CacheKey, Tracked>>,
     /// The names of the pools tracked certificates come from, indexed by [`Tracked::pool`]
     /// (a few: requests name configured pools only). Locked after `keys`, never before.
@@ -154,18 +156,18 @@ impl Tracker {
     pub(super) fn touch_hit(&self, key: CacheKey, req: &CertRequest) {
         thread_local! {
             /// This thread's last touch: tracker, key, when.
-            static LAST: Cell<Option<(u64, CacheKey, u64)>> = const { Cell::new(None) };
+            static LAST: Cell<Option<(InstanceId, CacheKey, u64)>> = const { Cell::new(None) };
         }
         let now = since_epoch();
         if let Some((id, k, at)) = LAST.get()
-            && id == self.id.0
+            && id == self.id
             && k == key
             && now.saturating_sub(at) < TOUCH_RESOLUTION_MS
         {
             return;
         }
         self.touch_at(key, req, now);
-        LAST.set(Some((self.id.0, key, now)));
+        LAST.set(Some((self.id, key, now)));
     }
 
     fn touch_at(&self, key: CacheKey, req: &CertRequest, now: u64) {
@@ -260,18 +262,6 @@ impl Tracked {
     /// Consecutive failed renewals.
     pub(super) fn failures(&self) -> u32 {
         self.failing.as_ref().map_or(0, |f| f.failures)
-    }
-}
-
-/// Tells one tracker's entries in a thread's memo from another's (tests and benches run
-/// several brokers in one process).
-#[derive(Debug)]
-struct TrackerId(u64);
-
-impl Default for TrackerId {
-    fn default() -> Self {
-        static NEXT: AtomicU64 = AtomicU64::new(1);
-        Self(NEXT.fetch_add(1, Ordering::Relaxed))
     }
 }
 

@@ -36,6 +36,7 @@ use std::{
     time::Duration,
 };
 
+use crate::instance::InstanceId;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
@@ -117,7 +118,7 @@ struct Inner {
     /// thread's memo of what it last recorded ([`Metrics::certificate_served`]) expires.
     served_epoch: std::sync::atomic::AtomicU64,
     /// Tells this instance's memos from another's (tests make many in one thread).
-    id: u64,
+    id: InstanceId,
     /// The series of an L1 hit (`GetCertificate`, `OK`, `hit_local`), created on the first
     /// one so that a scrape finds them to add [`Inner::hits`] to.
     hit_local: std::sync::OnceLock<()>,
@@ -130,7 +131,7 @@ struct Inner {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Served {
     /// [`Inner::id`] of the instance.
-    metrics: u64,
+    metrics: InstanceId,
     /// [`Inner::served_epoch`] when it was recorded.
     epoch: u64,
     not_after: i64,
@@ -140,9 +141,6 @@ thread_local! {
     static LAST_SERVED: std::cell::RefCell<Option<(Served, String)>> =
         const { std::cell::RefCell::new(None) };
 }
-
-/// [`Inner::id`] of the next instance.
-static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// A metric could not be registered (a name clash: a programming error).
 #[derive(Debug, thiserror::Error)]
@@ -346,7 +344,7 @@ impl Metrics {
                 acme_duration,
                 served: Mutex::new(foldhash::HashMap::default()),
                 served_epoch: std::sync::atomic::AtomicU64::new(0),
-                id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                id: InstanceId::default(),
                 hit_local: std::sync::OnceLock::new(),
                 hits: hits::Hits::new(),
                 ca_source: Mutex::new(None),
