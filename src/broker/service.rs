@@ -91,7 +91,7 @@ pub(super) struct Inner {
     /// The in-process cache, bounded by `cache_capacity`. Read it through [`Inner::l1_get`],
     /// which never answers an expired certificate.
     pub(super) l1: L1,
-    flights: SingleFlight<FlightResult>,
+    flights: SingleFlight<CacheKey, FlightResult>,
     pub(super) opts: BrokerOptions,
     pub(super) stats: BrokerStats,
     pub(super) tracker: Tracker,
@@ -300,24 +300,22 @@ impl Broker {
         // that miss together share one store round trip, and while the store is down they
         // all wait for the one issuance instead of each paying the store's timeout and then
         // starting its own. A flight re-checks L1 first, so a request that missed L1 just
-        // before another flight finished finds that flight's certificate.
-        let this = self.clone();
-        let key = key.to_string();
-        let issue_req = IssueRequest::template(req, &key);
-        let force_renew = req.force_renew;
+        // before another flight finished finds that flight's certificate. Only the caller
+        // that starts the flight builds what it needs; the others just wait.
         let (result, joined) = inner
             .flights
             .run(
                 &key,
-                move || async move {
-                    this.lookup_or_obtain(issue_req, min_secs, stale_serial, force_renew)
-                        .await
+                || {
+                    let this = self.clone();
+                    let issue_req = IssueRequest::template(req, &key.to_string());
+                    let force_renew = req.force_renew;
+                    async move {
+                        this.lookup_or_obtain(issue_req, min_secs, stale_serial, force_renew)
+                            .await
+                    }
                 },
-                |panic| {
-                    Err(BrokerError::Internal(format!(
-                        "issuance task failed: {panic}"
-                    )))
-                },
+                |panic| Err(BrokerError::Internal(format!("issuance failed: {panic}"))),
             )
             .await;
         let (cert, status) = result?;
@@ -379,8 +377,8 @@ impl Broker {
         let usable: Usable = Arc::new(move |c: &CertRecord| {
             c.remaining_secs(now()) > 0 && Some(&c.serial_hex) != stale_serial.as_ref()
         });
-        // Boxed: the issuance's state machine is large, and this future is moved into its
-        // task and its output out of it on every L2 hit, which never issues.
+        // Boxed: the issuance's state machine is large, and this future is boxed into its
+        // flight on every L2 hit, which never issues.
         let (cert, issued_here) = Box::pin(self.obtain(req, usable)).await?;
         let status = if issued_here {
             CacheStatus::Issued
