@@ -14,7 +14,9 @@ use std::{
     future::Future,
     hash::Hash,
     panic::AssertUnwindSafe,
+    pin::Pin,
     sync::{Arc, Mutex},
+    task::{Context, Poll, ready},
 };
 
 use foldhash::HashMap;
@@ -87,7 +89,7 @@ where
         };
         // The work runs in the first caller's span, so traces show it under that request,
         // in whichever task it ends.
-        let mut run = Starter(Some(
+        let run = Starter(Some(
             async move {
                 let out = match AssertUnwindSafe(work).catch_unwind().await {
                     Ok(out) => out,
@@ -100,12 +102,7 @@ where
             .in_current_span()
             .boxed(),
         ));
-        let out = match run.0.as_mut() {
-            Some(work) => work.await,
-            None => unreachable!("a run is polled by its starter until it is done"),
-        };
-        run.0 = None;
-        (out, false)
+        (run.await, false)
     }
 
     /// Number of keys in flight (for tests and metrics).
@@ -128,9 +125,23 @@ impl<K: Hash + Eq, T: Clone> Drop for Entry<K, T> {
     }
 }
 
-/// The starting caller's run: dropped before the work is done (the caller went away), it
-/// hands the rest of the work to a task of its own.
+/// The starting caller's run, polled by that caller: dropped before the work is done (the
+/// caller went away), it hands the rest of the work to a task of its own.
 struct Starter<T: Send + 'static>(Option<BoxFuture<'static, T>>);
+
+impl<T: Send + 'static> Future for Starter<T> {
+    type Output = T;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+        let Some(work) = self.0.as_mut() else {
+            // Done already: a future is not polled again after `Ready`.
+            return Poll::Pending;
+        };
+        let out = ready!(work.as_mut().poll(cx));
+        self.0 = None;
+        Poll::Ready(out)
+    }
+}
 
 impl<T: Send + 'static> Drop for Starter<T> {
     fn drop(&mut self) {
