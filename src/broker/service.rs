@@ -106,8 +106,13 @@ impl Inner {
     /// fresh one replaced it meanwhile) and is not answered: L1 never serves an expired
     /// certificate.
     pub(super) async fn l1_get(&self, key: &CacheKey) -> Option<Arc<CertRecord>> {
+        self.l1_get_at(key, now()).await
+    }
+
+    /// [`Inner::l1_get`] with the clock read by the caller (`t`, Unix seconds).
+    async fn l1_get_at(&self, key: &CacheKey, t: i64) -> Option<Arc<CertRecord>> {
         let c = self.l1.get(key).await?;
-        if c.remaining_secs(now()) > 0 {
+        if c.remaining_secs(t) > 0 {
             return Some(c);
         }
         self.l1
@@ -257,9 +262,11 @@ impl Broker {
         self.check_pool_lifetime(req, min_remaining)?;
         let key = req.key();
         let min_secs = min_remaining.as_secs() as i64;
-        let cached = inner.l1_get(&key).await;
+        // One clock read for the hit: L1's validity check and this request's minimum.
+        let t = now();
+        let cached = inner.l1_get_at(&key, t).await;
         if let Some(c) = &cached
-            && c.remaining_secs(now()) > min_secs
+            && c.remaining_secs(t) > min_secs
             && !req.force_renew
         {
             inner.tracker.touch_hit(key, req);
@@ -311,7 +318,7 @@ impl Broker {
                     let issue_req = IssueRequest::template(req, &key.to_string());
                     let force_renew = req.force_renew;
                     async move {
-                        this.lookup_or_obtain(issue_req, min_secs, stale_serial, force_renew)
+                        this.lookup_or_obtain(key, issue_req, min_secs, stale_serial, force_renew)
                             .await
                     }
                 },
@@ -340,13 +347,13 @@ impl Broker {
     /// one issuance for the fleet.
     async fn lookup_or_obtain(
         &self,
+        key: CacheKey,
         mut req: IssueRequest,
         min_secs: i64,
         mut stale_serial: Option<String>,
         force_renew: bool,
     ) -> FlightResult {
         let inner = &self.inner;
-        let key = CacheKey::of(&req.cache_key);
         let fresh = move |c: &CertRecord| c.remaining_secs(now()) > min_secs;
         // Another flight for this key may have finished since the caller looked: it left
         // its certificate here before it ended.
@@ -444,8 +451,11 @@ impl IssueRequest {
     }
 }
 
+/// The wall clock in Unix seconds (read on every L1 hit: no calendar conversion).
 pub(super) fn now() -> i64 {
-    OffsetDateTime::now_utc().unix_timestamp()
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 #[cfg(test)]

@@ -86,6 +86,13 @@ async fn the_flight_future_of_an_l2_hit_stays_small() {
         None,
         false,
     );
-    let flight = broker.lookup_or_obtain(IssueRequest::template(req, "k"), 0, None, false);
+    let key = req.key();
+    let flight = broker.lookup_or_obtain(
+        key,
+        IssueRequest::template(req, &key.to_string()),
+        0,
+        None,
+        false,
+    );
     assert!(size_of_val(&flight) <= 3072, "flight future grew");
 }
