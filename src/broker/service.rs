@@ -344,7 +344,8 @@ impl Broker {
 
     /// The flight behind [`Broker::get_certificate`] after an L1 miss (or a stale or
     /// `force_renew` hit on `stale_serial`): L1 again, the store, the negative cache, then
-    /// one issuance for the fleet.
+    /// one issuance for the fleet. `key` is the cache key `req.cache_key` spells in hex,
+    /// passed as the caller computed it rather than parsed back.
     async fn lookup_or_obtain(
         &self,
         key: CacheKey,
